@@ -1,0 +1,246 @@
+//! The compressor: weights checked once, a backend chosen once, any number of calls.
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuApi, GpuContext, GpuEngine};
+use crate::layout::{Keep, Layout, Queries, Scope};
+use crate::reference;
+use crate::shaders::Elem;
+use crate::tensor::Features;
+use crate::weights::PMeta;
+
+/// Storage precision of the GPU path. Arithmetic and the softmax are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 storage.
+    #[default]
+    F32,
+    /// f16 storage of tokens, weights and intermediates (needs `SHADER_F16`); scores and `P`
+    /// stay f32.
+    F16,
+}
+
+impl Precision {
+    /// The element type kernels store.
+    pub fn elem(self) -> Elem {
+        match self {
+            Precision::F32 => Elem::F32,
+            Precision::F16 => Elem::F16,
+        }
+    }
+
+    /// Bytes per stored element.
+    pub fn size(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+/// Where the forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The best GPU adapter of any API (real GPUs before software ones).
+    #[default]
+    Auto,
+    /// Vulkan.
+    Vulkan,
+    /// Metal.
+    Metal,
+    /// Direct3D 12.
+    Dx12,
+    /// OpenGL / GLES.
+    Gl,
+    /// The float64 reference on the CPU.
+    Cpu,
+}
+
+impl Backend {
+    /// Parses a `--backend` value.
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text.to_lowercase().as_str() {
+            "auto" => Backend::Auto,
+            "vulkan" => Backend::Vulkan,
+            "metal" => Backend::Metal,
+            "dx12" => Backend::Dx12,
+            "gl" => Backend::Gl,
+            "cpu" => Backend::Cpu,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "backend {text:?} is unknown; expected auto, vulkan, metal, dx12, gl or cpu"
+                )))
+            }
+        })
+    }
+
+    fn api(self) -> Option<GpuApi> {
+        match self {
+            Backend::Auto => Some(GpuApi::Any),
+            Backend::Vulkan => Some(GpuApi::Vulkan),
+            Backend::Metal => Some(GpuApi::Metal),
+            Backend::Dx12 => Some(GpuApi::Dx12),
+            Backend::Gl => Some(GpuApi::Gl),
+            Backend::Cpu => None,
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Keep fraction `k` (default 0.1).
+    pub keep: Keep,
+    /// Softmax scope (default `image`).
+    pub scope: Scope,
+    /// Whether to hand back `P` as well as `Y`.
+    pub save_projection: bool,
+    /// Testing aid: fill every GPU buffer a kernel writes with NaN before the run, so an
+    /// element no kernel writes cannot pass for a right one.
+    pub poison: bool,
+}
+
+/// The result of one call.
+#[derive(Clone, Debug)]
+pub struct Compressed {
+    /// Reduced tokens `Y`, `batch x m x d`, row-major.
+    pub tokens: Vec<f32>,
+    /// The compression projection `P`, `batch x m x n`, when asked for.
+    pub projection: Option<Vec<f32>>,
+    /// Images in the batch.
+    pub batch: usize,
+    /// Tokens per input image `n`.
+    pub input_tokens: usize,
+    /// Token width `d`.
+    pub width: usize,
+    /// The query grids; `queries.count` is `m`.
+    pub queries: Queries,
+}
+
+enum Engine {
+    Cpu,
+    Gpu(Box<GpuEngine>),
+}
+
+/// P_meta weights bound to a backend, ready to compress any number of batches.
+pub struct Compressor {
+    weights: PMeta,
+    precision: Precision,
+    engine: Engine,
+}
+
+impl Compressor {
+    /// Opens `backend` (an adapter whose name contains `adapter`, if given) and prepares the
+    /// weights at `precision`. The CPU backend is the float64 reference and takes f32 only.
+    pub fn new(
+        weights: PMeta,
+        backend: Backend,
+        adapter: Option<&str>,
+        precision: Precision,
+    ) -> Result<Self> {
+        let engine = match backend.api() {
+            None => {
+                if precision != Precision::F32 {
+                    return Err(Error::InvalidArgument(format!(
+                        "--precision {} is for GPU backends; the cpu backend computes in float64 \
+                         (use --precision f32)",
+                        precision.name()
+                    )));
+                }
+                Engine::Cpu
+            }
+            Some(api) => {
+                let context = GpuContext::open(api, adapter)?;
+                Engine::Gpu(Box::new(GpuEngine::new(context, &weights, precision)?))
+            }
+        };
+        Ok(Compressor {
+            weights,
+            precision,
+            engine,
+        })
+    }
+
+    /// What runs the pass, for people: the adapter and API, or the CPU reference.
+    pub fn device(&self) -> String {
+        match &self.engine {
+            Engine::Cpu => "cpu (float64 reference)".to_string(),
+            Engine::Gpu(engine) => {
+                let adapter = &engine.context().adapter;
+                format!(
+                    "{} ({}, {}, {})",
+                    adapter.name,
+                    adapter.backend,
+                    adapter.device_type,
+                    self.precision.name()
+                )
+            }
+        }
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &PMeta {
+        &self.weights
+    }
+
+    /// Compresses every image of `features` (all sharing `layout`) to `m` tokens each.
+    pub fn compress(
+        &self,
+        features: &Features,
+        layout: &Layout,
+        options: &Options,
+    ) -> Result<Compressed> {
+        if features.width() != self.weights.width() {
+            return Err(Error::InvalidTensor(format!(
+                "features have width d = {}; the weights expect d = {}",
+                features.width(),
+                self.weights.width()
+            )));
+        }
+        if layout.tokens() != features.tokens() {
+            return Err(Error::InvalidArgument(format!(
+                "the layout describes {} tokens; the features hold n = {}",
+                layout.tokens(),
+                features.tokens()
+            )));
+        }
+        let queries = layout.queries(options.keep);
+        let (tokens, projection) = match &self.engine {
+            Engine::Cpu => {
+                let result =
+                    reference::forward(features, &self.weights, layout, &queries, options.scope);
+                let narrow = |values: Vec<f64>| values.into_iter().map(|v| v as f32).collect();
+                (
+                    narrow(result.tokens),
+                    options.save_projection.then(|| narrow(result.projection)),
+                )
+            }
+            Engine::Gpu(engine) => {
+                let output = engine.run(
+                    features,
+                    layout,
+                    &queries,
+                    options.scope,
+                    options.save_projection,
+                    options.poison,
+                )?;
+                (output.tokens, output.projection)
+            }
+        };
+        Ok(Compressed {
+            tokens,
+            projection,
+            batch: features.batch(),
+            input_tokens: features.tokens(),
+            width: features.width(),
+            queries,
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! The library's one error type. The command line only formats it.
+
+use std::fmt;
+
+/// Everything that can go wrong in metacompress, as variants a caller can match on.
+#[derive(Debug)]
+pub enum Error {
+    /// A value given by the caller (a flag, an option, a layout) is out of its range.
+    /// The command line exits with status 2 for these.
+    InvalidArgument(String),
+    /// A tensor (features or weights) has the wrong name, shape, dtype or values.
+    InvalidTensor(String),
+    /// A file could not be parsed as what it should be (safetensors, metadata).
+    Format(String),
+    /// Reading or writing a file failed.
+    Io {
+        /// The file concerned.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// No adapter matches the request (backend, name), or none exists.
+    NoAdapter(String),
+    /// The adapter lacks something the request needs (f16, buffer size).
+    Unsupported(String),
+    /// The GPU device reported an error (validation, out of memory, device lost).
+    Gpu(String),
+}
+
+impl Error {
+    /// Whether the error is a usage error (exit status 2) rather than a failure (exit status 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::InvalidArgument(_))
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(message)
+            | Error::InvalidTensor(message)
+            | Error::Format(message)
+            | Error::NoAdapter(message)
+            | Error::Unsupported(message)
+            | Error::Gpu(message) => f.write_str(message),
+            Error::Io { path, source } => write!(f, "{path}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,99 @@
+//! GPU buffers: uploads in a kernel element type, outputs (optionally poisoned), read-back.
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::shaders::Elem;
+
+/// Bytes of `values` stored as `elem`.
+pub fn elem_bytes(values: &[f32], elem: Elem) -> Vec<u8> {
+    match elem {
+        Elem::F32 => bytemuck::cast_slice(values).to_vec(),
+        Elem::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Values stored as `elem` in `bytes`, widened to f32 (`count` of them; padding ignored).
+pub fn elem_values(bytes: &[u8], elem: Elem, count: usize) -> Vec<f32> {
+    match elem {
+        Elem::F32 => bytes
+            .chunks_exact(4)
+            .take(count)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Elem::F16 => bytes
+            .chunks_exact(2)
+            .take(count)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
+}
+
+/// Bytes a buffer of `count` elements of `size` bytes takes, padded to wgpu's 4-byte copy unit.
+pub fn padded_size(count: usize, size: usize) -> u64 {
+    ((count * size).max(1) as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+}
+
+/// A read-only storage buffer holding `bytes`.
+pub fn storage_with(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// A storage buffer for a kernel to write, of `bytes` bytes. With `poison`, every byte is 0xFF
+/// (NaN in f32 and f16), so an element no kernel writes cannot pass for a right one.
+pub fn storage_output(device: &wgpu::Device, label: &str, bytes: u64, poison: bool) -> wgpu::Buffer {
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    if poison {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &vec![0xFF; bytes as usize],
+            usage,
+        })
+    } else {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+}
+
+/// A buffer the host can map to read what `source` holds once a copy lands in it.
+pub fn staging_for(device: &wgpu::Device, source: &wgpu::Buffer) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read-back"),
+        size: source.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Waits for the GPU and returns the bytes of a mapped-for-reading staging buffer.
+pub fn read_staging(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let slice = staging.slice(..);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        let _ = sender.send(result);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+    receiver
+        .recv()
+        .map_err(|_| Error::Gpu("the GPU never answered the read-back".into()))?
+        .map_err(|e| Error::Gpu(format!("reading results back failed: {e}")))?;
+    let bytes = slice
+        .get_mapped_range()
+        .map_err(|e| Error::Gpu(format!("reading results back failed: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(bytes)
+}

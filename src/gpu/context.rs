@@ -1,0 +1,176 @@
+//! The GPU context: which adapter, which device, what it offers.
+
+use crate::error::{Error, Result};
+
+/// A graphics API through which wgpu can reach a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuApi {
+    /// Whichever API has the best adapter.
+    Any,
+    /// Vulkan (Linux, Windows, Android; lavapipe in CI).
+    Vulkan,
+    /// Metal (macOS, iOS).
+    Metal,
+    /// Direct3D 12 (Windows).
+    Dx12,
+    /// OpenGL / GLES.
+    Gl,
+}
+
+impl GpuApi {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            GpuApi::Any => wgpu::Backends::all(),
+            GpuApi::Vulkan => wgpu::Backends::VULKAN,
+            GpuApi::Metal => wgpu::Backends::METAL,
+            GpuApi::Dx12 => wgpu::Backends::DX12,
+            GpuApi::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// What an adapter is and offers, as `metacompress devices` prints it.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// The adapter's name.
+    pub name: String,
+    /// The API it is reached through.
+    pub backend: String,
+    /// Discrete, integrated, virtual, CPU or other.
+    pub device_type: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// Whether it offers `SHADER_F16`.
+    pub f16: bool,
+    /// Whether it offers subgroup operations.
+    pub subgroups: bool,
+    /// Whether it offers timestamp queries.
+    pub timestamps: bool,
+}
+
+impl AdapterReport {
+    fn of(adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let driver = format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string();
+        AdapterReport {
+            name: info.name,
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            device_type: device_type_name(info.device_type).to_string(),
+            driver,
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+}
+
+fn device_type_name(device_type: wgpu::DeviceType) -> &'static str {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => "discrete",
+        wgpu::DeviceType::IntegratedGpu => "integrated",
+        wgpu::DeviceType::VirtualGpu => "virtual",
+        wgpu::DeviceType::Cpu => "cpu",
+        wgpu::DeviceType::Other => "other",
+    }
+}
+
+/// Preference among device types when no adapter is named: real GPUs first.
+fn device_type_rank(device_type: wgpu::DeviceType) -> u8 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn instance(api: GpuApi) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = api.backends();
+    wgpu::Instance::new(descriptor)
+}
+
+/// Every adapter wgpu sees through `api`.
+pub fn list_adapters(api: GpuApi) -> Vec<AdapterReport> {
+    let adapters = pollster::block_on(instance(api).enumerate_adapters(api.backends()));
+    adapters.iter().map(AdapterReport::of).collect()
+}
+
+/// An open device on one adapter, with what it offers.
+pub struct GpuContext {
+    /// The device the kernels run on.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// What the adapter is.
+    pub adapter: AdapterReport,
+    /// The limits granted to the device (the adapter's own).
+    pub limits: wgpu::Limits,
+}
+
+impl GpuContext {
+    /// Opens the best adapter reachable through `api` whose name contains `name` (any case),
+    /// asking for the adapter's own limits and for `SHADER_F16` where it is offered.
+    pub fn open(api: GpuApi, name: Option<&str>) -> Result<Self> {
+        let instance = instance(api);
+        let adapters = pollster::block_on(instance.enumerate_adapters(api.backends()));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let info = a.get_info();
+                format!("{} ({:?})", info.name, info.backend)
+            })
+            .collect();
+        let wanted = name.map(str::to_lowercase);
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                wanted
+                    .as_deref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+            })
+            .min_by_key(|a| device_type_rank(a.get_info().device_type))
+            .ok_or_else(|| {
+                let what = match name {
+                    Some(name) => format!("no adapter named like {name:?}"),
+                    None => "no GPU adapter".to_string(),
+                };
+                let seen = if seen.is_empty() {
+                    "none; on Linux install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu".to_string()
+                } else {
+                    seen.join(", ")
+                };
+                Error::NoAdapter(format!(
+                    "{what} for backend {}; adapters seen: {seen}",
+                    format!("{api:?}").to_lowercase()
+                ))
+            })?;
+        let report = AdapterReport::of(&adapter);
+        let limits = adapter.limits();
+        let required_features = adapter.features() & wgpu::Features::SHADER_F16;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("metacompress"),
+            required_features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", report.name)))?;
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter: report,
+            limits,
+        })
+    }
+
+    /// Whether the device was opened with `SHADER_F16`.
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+}

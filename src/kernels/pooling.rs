@@ -1,0 +1,61 @@
+//! `Q_in = pool(Xp)` (SPEC 4, step 3): `shaders/pooling.wgsl`.
+
+use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape, LINEAR_WORKGROUP};
+use crate::shaders::ShaderSource;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    elements: u32,
+    tokens: u32,
+    queries: u32,
+    width: u32,
+    grid_count: u32,
+    padding: [u32; 3],
+}
+
+/// The pooling kernel.
+pub struct Pooling {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Pooling {
+    /// Builds the pipeline.
+    pub fn new(device: &wgpu::Device, source: &ShaderSource) -> Self {
+        Pooling {
+            pipeline: pipeline(device, source),
+        }
+    }
+
+    /// Records `pooled = pool(positioned)`; `query_grids` holds 8 words per grid (see the
+    /// shader's `QueryGrid`).
+    pub fn encode(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &ForwardShape,
+        positioned: &wgpu::Buffer,
+        query_grids: &wgpu::Buffer,
+        pooled: &wgpu::Buffer,
+    ) {
+        let elements = shape.batch * shape.queries * shape.width;
+        let params = uniform(
+            device,
+            &Params {
+                elements,
+                tokens: shape.tokens,
+                queries: shape.queries,
+                width: shape.width,
+                grid_count: shape.grid_count,
+                padding: [0; 3],
+            },
+        );
+        dispatch(
+            device,
+            encoder,
+            &self.pipeline,
+            &[&params, positioned, query_grids, pooled],
+            linear_groups(elements, LINEAR_WORKGROUP),
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! `P = softmax(S)` per row within its key range, in place (SPEC 4, step 6):
+//! `shaders/softmax.wgsl`.
+
+use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape};
+use crate::shaders::ShaderSource;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    tokens: u32,
+    queries: u32,
+    padding: u32,
+}
+
+/// The softmax kernel.
+pub struct Softmax {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Softmax {
+    /// Builds the pipeline.
+    pub fn new(device: &wgpu::Device, source: &ShaderSource) -> Self {
+        Softmax {
+            pipeline: pipeline(device, source),
+        }
+    }
+
+    /// Records the in-place softmax of every row of `scores` (one workgroup per row).
+    pub fn encode(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &ForwardShape,
+        key_ranges: &wgpu::Buffer,
+        scores: &wgpu::Buffer,
+    ) {
+        let rows = shape.batch * shape.queries;
+        let params = uniform(
+            device,
+            &Params {
+                rows,
+                tokens: shape.tokens,
+                queries: shape.queries,
+                padding: 0,
+            },
+        );
+        dispatch(
+            device,
+            encoder,
+            &self.pipeline,
+            &[&params, key_ranges, scores],
+            linear_groups(rows, 1),
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! metacompress: learned visual-token compression (MetaCompress, CVPR 2026) for
+//! vision-language models, on any GPU through wgpu and hand-written WGSL, with a float64 CPU
+//! reference. `../shared/SPEC.md`'s contract is summarised in `docs/FORMATS.md`.
+//!
+//! ```no_run
+//! use metacompress::{Backend, Compressor, Features, Layout, Options, PMeta, Precision};
+//!
+//! # fn main() -> metacompress::Result<()> {
+//! // P_meta for 1024-wide tokens, projected to 64 channels (the paper's initialisation).
+//! let weights = PMeta::init(1024, 64, Some((24, 24)), 1.0, 0)?;
+//! let compressor = Compressor::new(weights, Backend::Auto, None, Precision::F32)?;
+//! // One LLaVA-1.5-shaped image: 576 tokens on a 24x24 grid.
+//! let values = vec![0.5f32; 576 * 1024];
+//! let features = Features::new(1, 576, 1024, values)?;
+//! let layout = Layout::square(576)?;
+//! let reduced = compressor.compress(&features, &layout, &Options::default())?;
+//! assert_eq!(reduced.queries.count, 64); // keep 0.1 -> an 8x8 query grid
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod compress;
+pub mod demo;
+pub mod error;
+pub mod files;
+pub mod gpu;
+pub mod kernels;
+pub mod layout;
+pub mod reference;
+pub mod shaders;
+pub mod tensor;
+pub mod weights;
+
+pub use compress::{Backend, Compressed, Compressor, Options, Precision};
+pub use error::{Error, Result};
+pub use layout::{Grid, Keep, Layout, Queries, QueryGrid, Scope};
+pub use tensor::{Dtype, Features};
+pub use weights::{PMeta, PositionTable};

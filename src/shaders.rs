@@ -1,0 +1,109 @@
+//! WGSL sources of the kernels, with the element-type prelude the host prepends.
+//! Every variant the host can build is listed here, so tests validate exactly those.
+
+use crate::compress::Precision;
+
+/// Element type a kernel stores in a buffer (arithmetic is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (needs `SHADER_F16`).
+    F16,
+}
+
+impl Elem {
+    fn wgsl(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::F16 => "f16",
+        }
+    }
+}
+
+/// One buildable shader: a label naming the kernel and its variant, and the full WGSL.
+#[derive(Clone, Debug)]
+pub struct ShaderSource {
+    /// For example `matmul<f32,f16,f16>`.
+    pub label: String,
+    /// Prelude and kernel body.
+    pub code: String,
+}
+
+const POSITION: &str = include_str!("../shaders/position.wgsl");
+const POOLING: &str = include_str!("../shaders/pooling.wgsl");
+const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const SCORES: &str = include_str!("../shaders/scores.wgsl");
+const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
+
+/// `alias NAME = TYPE;` for each pair, after `enable f16;` when any type is f16.
+fn with_prelude(kernel: &str, body: &str, aliases: &[(&str, Elem)]) -> ShaderSource {
+    let mut code = String::new();
+    if aliases.iter().any(|(_, elem)| *elem == Elem::F16) {
+        code.push_str("enable f16;\n");
+    }
+    for (name, elem) in aliases {
+        code.push_str(&format!("alias {name} = {};\n", elem.wgsl()));
+    }
+    code.push_str(body);
+    let types: Vec<&str> = aliases.iter().map(|(_, elem)| elem.wgsl()).collect();
+    let label = if types.is_empty() {
+        kernel.to_string()
+    } else {
+        format!("{kernel}<{}>", types.join(","))
+    };
+    ShaderSource { label, code }
+}
+
+/// The shaders of one forward pass at one precision.
+#[derive(Clone, Debug)]
+pub struct KernelSources {
+    /// `Xp = X + E`.
+    pub position: ShaderSource,
+    /// `Q_in = pool(Xp)`.
+    pub pooling: ShaderSource,
+    /// `Q = Q_in w_q` and `K = Xp w_k`.
+    pub projection: ShaderSource,
+    /// `S = (Q omega) K^T / sqrt(d_c)`.
+    pub scores: ShaderSource,
+    /// `P = softmax(S)`.
+    pub softmax: ShaderSource,
+    /// `Y = P X` (P is f32).
+    pub reduction: ShaderSource,
+}
+
+impl KernelSources {
+    /// The variants a forward pass at `precision` builds: tokens, weights and intermediates
+    /// stored as the precision's element type, scores and `P` as f32.
+    pub fn for_precision(precision: Precision) -> Self {
+        let elem = precision.elem();
+        KernelSources {
+            position: with_prelude("position", POSITION, &[("elem", elem)]),
+            pooling: with_prelude("pooling", POOLING, &[("elem", elem)]),
+            projection: with_prelude(
+                "matmul",
+                MATMUL,
+                &[("lhs_elem", elem), ("rhs_elem", elem), ("out_elem", elem)],
+            ),
+            scores: with_prelude("scores", SCORES, &[("elem", elem)]),
+            softmax: with_prelude("softmax", SOFTMAX, &[]),
+            reduction: with_prelude(
+                "matmul",
+                MATMUL,
+                &[("lhs_elem", Elem::F32), ("rhs_elem", elem), ("out_elem", elem)],
+            ),
+        }
+    }
+
+    /// All six, in spec order.
+    pub fn all(&self) -> [&ShaderSource; 6] {
+        [
+            &self.position,
+            &self.pooling,
+            &self.projection,
+            &self.scores,
+            &self.softmax,
+            &self.reduction,
+        ]
+    }
+}

@@ -1,0 +1,136 @@
+//! Host-side tensors: image features and element types.
+
+use crate::error::{Error, Result};
+
+/// Element type of a tensor in a file or on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// 32-bit IEEE float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl Dtype {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+}
+
+/// Image tokens `X` for a batch of images sharing one layout: `batch x tokens x width`,
+/// row-major, held as f32 (f16 and bf16 widen to f32 exactly).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Features {
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    values: Vec<f32>,
+}
+
+impl Features {
+    /// Checked features: `values.len() == batch * tokens * width`, all finite, no zero size.
+    pub fn new(batch: usize, tokens: usize, width: usize, values: Vec<f32>) -> Result<Self> {
+        if batch == 0 || tokens == 0 || width == 0 {
+            return Err(Error::InvalidTensor(format!(
+                "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
+            )));
+        }
+        let expected = batch
+            .checked_mul(tokens)
+            .and_then(|v| v.checked_mul(width));
+        if expected != Some(values.len()) {
+            return Err(Error::InvalidTensor(format!(
+                "features hold {} values; expected {batch} x {tokens} x {width}",
+                values.len()
+            )));
+        }
+        check_finite("features", &[batch, tokens, width], &values)?;
+        Ok(Features {
+            batch,
+            tokens,
+            width,
+            values,
+        })
+    }
+
+    /// Number of images `b`.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens per image `n`.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Width of a token `d`.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// All values, image by image, row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The `n x d` values of image `image`.
+    pub fn image(&self, image: usize) -> &[f32] {
+        let size = self.tokens * self.width;
+        &self.values[image * size..(image + 1) * size]
+    }
+}
+
+/// Refuses a NaN or infinity, naming the tensor and the index of the first one.
+pub fn check_finite(name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+    let Some(position) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let mut index = vec![0; shape.len()];
+    let mut rest = position;
+    for (slot, size) in index.iter_mut().zip(shape).rev() {
+        *slot = rest % size.max(&1);
+        rest /= size.max(&1);
+    }
+    let index: Vec<String> = index.iter().map(|i| i.to_string()).collect();
+    Err(Error::InvalidTensor(format!(
+        "{name}[{}] is {}; expected finite values",
+        index.join(", "),
+        values[position]
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_named_by_index() {
+        let mut values = vec![0.5; 2 * 3 * 4];
+        values[4 * 3 + 2 * 4 + 1] = f32::NAN;
+        let error = Features::new(2, 3, 4, values).unwrap_err().to_string();
+        assert_eq!(error, "features[1, 2, 1] is NaN; expected finite values");
+        let error = check_finite("w_q", &[2, 2], &[1.0, 2.0, f32::INFINITY, 0.0]).unwrap_err();
+        assert_eq!(error.to_string(), "w_q[1, 0] is inf; expected finite values");
+    }
+
+    #[test]
+    fn wrong_sizes_are_refused() {
+        assert!(Features::new(1, 2, 3, vec![0.0; 5]).is_err());
+        assert!(Features::new(0, 2, 3, vec![]).is_err());
+    }
+}
