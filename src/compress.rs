@@ -156,15 +156,23 @@ impl Compressor {
                 }
                 Engine::Cpu
             }
-            Some(api) => {
-                let context = GpuContext::open(api, adapter)?;
-                Engine::Gpu(Box::new(GpuEngine::new(context, &weights, precision)?))
-            }
+            Some(api) => return Compressor::on_context(weights, GpuContext::open(api, adapter)?, precision),
         };
         Ok(Compressor {
             weights,
             precision,
             engine,
+        })
+    }
+
+    /// Prepares the weights at `precision` on a device already open (several compressors
+    /// may share one context).
+    pub fn on_context(weights: PMeta, context: GpuContext, precision: Precision) -> Result<Self> {
+        let engine = GpuEngine::new(context, &weights, precision)?;
+        Ok(Compressor {
+            weights,
+            precision,
+            engine: Engine::Gpu(Box::new(engine)),
         })
     }
 

@@ -1,0 +1,169 @@
+//! Built-in data for `metacompress demo`: LLaVA-1.5-shaped features with real spatial
+//! structure (objects on a smooth background), and a figure that says whether the reduced
+//! tokens still represent each object.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::compress::Compressed;
+use crate::tensor::Features;
+
+/// Grid side of the demo image (LLaVA-1.5: 24x24 tokens).
+pub const SIDE: usize = 24;
+/// Token width of the demo (a small stand-in for 4096).
+pub const WIDTH: usize = 1024;
+
+/// One object of the scene: an axis-aligned rectangle of cells with its own feature direction.
+#[derive(Clone, Debug)]
+pub struct Object {
+    /// A name to print.
+    pub name: &'static str,
+    /// Rows `top..bottom` and columns `left..right` of the grid it covers.
+    pub rows: std::ops::Range<usize>,
+    /// See `rows`.
+    pub columns: std::ops::Range<usize>,
+    /// Its unit-length feature direction.
+    pub direction: Vec<f32>,
+}
+
+impl Object {
+    /// Whether grid cell `(row, column)` is part of the object.
+    pub fn covers(&self, row: usize, column: usize) -> bool {
+        self.rows.contains(&row) && self.columns.contains(&column)
+    }
+
+    /// Number of cells it covers.
+    pub fn area(&self) -> usize {
+        self.rows.len() * self.columns.len()
+    }
+}
+
+/// A scene: `SIDE x SIDE` tokens of width `WIDTH` and the objects in it.
+pub struct Scene {
+    /// One image of `SIDE * SIDE` tokens.
+    pub features: Features,
+    /// The objects placed in it.
+    pub objects: Vec<Object>,
+}
+
+fn unit(rng: &mut ChaCha8Rng, width: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..width).map(|_| rng.sample(StandardNormal)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// The demo scene: a smooth background (a few slow 2-D waves, each along its own feature
+/// direction), four objects of different sizes with strong directions of their own, and a
+/// little noise. Deterministic for a seed.
+pub fn scene(seed: u64) -> Scene {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let scale = (WIDTH as f32).sqrt();
+    let waves: Vec<(Vec<f32>, f32, f32, f32)> = (0..3)
+        .map(|_| {
+            let direction = unit(&mut rng, WIDTH);
+            (
+                direction,
+                rng.random_range(0.1..0.35),
+                rng.random_range(0.1..0.35),
+                rng.random_range(0.0..6.28),
+            )
+        })
+        .collect();
+    let objects = vec![
+        ("cat", 3..9, 4..11),
+        ("ball", 15..18, 17..20),
+        ("lamp", 2..12, 19..22),
+        ("book", 17..22, 3..9),
+    ]
+    .into_iter()
+    .map(|(name, rows, columns)| Object {
+        name,
+        rows,
+        columns,
+        direction: unit(&mut rng, WIDTH),
+    })
+    .collect::<Vec<_>>();
+    let mut values = Vec::with_capacity(SIDE * SIDE * WIDTH);
+    for row in 0..SIDE {
+        for column in 0..SIDE {
+            let mut token = vec![0.0f32; WIDTH];
+            for (direction, fy, fx, phase) in &waves {
+                let amplitude = (row as f32 * fy + column as f32 * fx + phase).sin() * 0.6 * scale;
+                token.iter_mut().zip(direction).for_each(|(t, d)| *t += amplitude * d);
+            }
+            for object in objects.iter().filter(|o| o.covers(row, column)) {
+                token
+                    .iter_mut()
+                    .zip(&object.direction)
+                    .for_each(|(t, d)| *t += 1.5 * scale * d);
+            }
+            token
+                .iter_mut()
+                .for_each(|t| *t += 0.3 * rng.sample::<f32, _>(StandardNormal));
+            values.extend(token);
+        }
+    }
+    Scene {
+        features: Features::new(1, SIDE * SIDE, WIDTH, values).expect("demo shapes agree"),
+        objects,
+    }
+}
+
+/// How well one object survives the reduction.
+#[derive(Clone, Debug)]
+pub struct ObjectReport {
+    /// The object's name.
+    pub name: &'static str,
+    /// Its share of the image's tokens.
+    pub area_share: f64,
+    /// Reduced tokens whose strongest component (largest cosine among objects) is this object.
+    pub tokens: usize,
+    /// Best cosine similarity between the object's direction and any reduced token.
+    pub best_cosine: f64,
+}
+
+/// For each object: how many reduced tokens are mainly about it, and how close the closest
+/// reduced token comes to its feature direction.
+pub fn object_report(scene: &Scene, reduced: &Compressed) -> Vec<ObjectReport> {
+    let d = reduced.width;
+    let tokens: Vec<&[f32]> = reduced.tokens.chunks_exact(d).collect();
+    let cosine = |token: &[f32], direction: &[f32]| {
+        let dot: f64 = token.iter().zip(direction).map(|(a, b)| (*a * *b) as f64).sum();
+        let norm: f64 = token.iter().map(|a| (*a * *a) as f64).sum::<f64>().sqrt();
+        dot / norm.max(1e-30)
+    };
+    let strongest: Vec<usize> = tokens
+        .iter()
+        .map(|token| {
+            (0..scene.objects.len())
+                .max_by(|&a, &b| {
+                    cosine(token, &scene.objects[a].direction)
+                        .total_cmp(&cosine(token, &scene.objects[b].direction))
+                })
+                .unwrap_or(0)
+        })
+        .collect();
+    scene
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(index, object)| {
+            let best = tokens
+                .iter()
+                .map(|t| cosine(t, &object.direction))
+                .fold(f64::NEG_INFINITY, f64::max);
+            let mine = tokens
+                .iter()
+                .zip(&strongest)
+                .filter(|(t, s)| **s == index && cosine(t, &object.direction) > 0.3)
+                .count();
+            ObjectReport {
+                name: object.name,
+                area_share: object.area() as f64 / (SIDE * SIDE) as f64,
+                tokens: mine,
+                best_cosine: best,
+            }
+        })
+        .collect()
+}

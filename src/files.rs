@@ -1,0 +1,331 @@
+//! Files (SPEC section 5): weights, input features and output tokens as safetensors, with F32,
+//! F16 and BF16 read and written through `half`. Outputs go to a temporary file beside the
+//! target and are renamed into place, so a failed run never changes an existing file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+use crate::layout::{parse_grids_json, Grid};
+use crate::tensor::{Dtype, Features};
+use crate::weights::{PMeta, PositionTable};
+
+/// The `format` metadata of a weights file.
+pub const WEIGHTS_FORMAT: &str = "metacompress.pmeta";
+
+/// Reads a whole safetensors file. The size comes from the file system, never from the header,
+/// and the safetensors parser checks every tensor's extent against it before anything else is
+/// allocated.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Format(format!(
+            "{} is not a regular file; expected a .safetensors file",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::Format(format!(
+            "{} is not a valid safetensors file ({e}); expected a safetensors file whose header \
+             matches its size",
+            path.display()
+        ))
+    })
+}
+
+/// Values of a tensor widened to f32, with its shape; F32, F16 and BF16 only.
+fn tensor_values(
+    path: &Path,
+    file: &SafeTensors,
+    name: &str,
+) -> Result<Option<(Vec<usize>, Vec<f32>, Dtype)>> {
+    let view = match file.tensor(name) {
+        Ok(view) => view,
+        Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
+        Err(e) => return Err(Error::Format(format!("{}: {e}", path.display()))),
+    };
+    let data = view.data();
+    let (values, dtype) = match view.dtype() {
+        FileDtype::F32 => (
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F32,
+        ),
+        FileDtype::F16 => (
+            data.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16,
+        ),
+        FileDtype::BF16 => (
+            data.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16,
+        ),
+        other => {
+            return Err(Error::InvalidTensor(format!(
+                "{}: tensor {name} has dtype {other:?}; expected F32, F16 or BF16",
+                path.display()
+            )))
+        }
+    };
+    Ok(Some((view.shape().to_vec(), values, dtype)))
+}
+
+fn required(
+    path: &Path,
+    file: &SafeTensors,
+    name: &str,
+) -> Result<(Vec<usize>, Vec<f32>, Dtype)> {
+    tensor_values(path, file, name)?.ok_or_else(|| {
+        let names = file.names().join(", ");
+        Error::InvalidTensor(format!(
+            "{}: tensor {name} is missing; the file holds [{names}]",
+            path.display()
+        ))
+    })
+}
+
+/// An input file: the features, their dtype, and the layout from its `grids` metadata.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// The features, widened to f32.
+    pub features: Features,
+    /// The dtype they were stored in (the output's default dtype).
+    pub dtype: Dtype,
+    /// Whether the tensor was `b x n x d` (else `n x d`); the output keeps the same rank.
+    pub batched: bool,
+    /// The `grids` metadata, if present.
+    pub grids: Option<Vec<Grid>>,
+}
+
+/// Reads an input file (tensor `features`, `n x d` or `b x n x d`).
+pub fn read_input(path: &Path) -> Result<Input> {
+    let bytes = read_file(path)?;
+    let file = parse(path, &bytes)?;
+    let (shape, values, dtype) = required(path, &file, "features")?;
+    let (batch, tokens, width, batched) = match shape[..] {
+        [tokens, width] => (1, tokens, width, false),
+        [batch, tokens, width] => (batch, tokens, width, true),
+        _ => {
+            return Err(Error::InvalidTensor(format!(
+                "{}: tensor features has shape {shape:?}; expected [n, d] or [b, n, d]",
+                path.display()
+            )))
+        }
+    };
+    let features = Features::new(batch, tokens, width, values)
+        .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
+    let grids = match file_metadata(path, &bytes)?.get("grids") {
+        Some(text) => Some(parse_grids_json(text)?),
+        None => None,
+    };
+    Ok(Input {
+        features,
+        dtype,
+        batched,
+        grids,
+    })
+}
+
+fn file_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Format(format!("{}: {e}", path.display())))?;
+    Ok(metadata.metadata().clone().unwrap_or_default())
+}
+
+/// Reads a weights file (`w_q`, `w_k`, `omega`, optional `pos_embed`).
+pub fn read_weights(path: &Path) -> Result<PMeta> {
+    let bytes = read_file(path)?;
+    let file = parse(path, &bytes)?;
+    let bad = |message: String| Error::InvalidTensor(format!("{}: {message}", path.display()));
+    let (q_shape, w_q, _) = required(path, &file, "w_q")?;
+    let (k_shape, w_k, _) = required(path, &file, "w_k")?;
+    let (o_shape, omega, _) = required(path, &file, "omega")?;
+    let [width, channels] = q_shape[..] else {
+        return Err(bad(format!(
+            "tensor w_q has shape {q_shape:?}; expected [d, d_c]"
+        )));
+    };
+    if k_shape != q_shape {
+        return Err(bad(format!(
+            "tensor w_k has shape {k_shape:?}; expected [{width}, {channels}] like w_q"
+        )));
+    }
+    if o_shape != [channels] {
+        return Err(bad(format!(
+            "tensor omega has shape {o_shape:?}; expected [{channels}]"
+        )));
+    }
+    let position = match tensor_values(path, &file, "pos_embed")? {
+        None => None,
+        Some((shape, values, _)) => match shape[..] {
+            [height, table_width, d] if d == width => Some(PositionTable {
+                height,
+                width: table_width,
+                values,
+            }),
+            _ => {
+                return Err(bad(format!(
+                    "tensor pos_embed has shape {shape:?}; expected [gh, gw, {width}]"
+                )))
+            }
+        },
+    };
+    PMeta::new(width, channels, w_q, w_k, omega, position).map_err(|e| bad(e.to_string()))
+}
+
+/// Bytes of `values` stored as `dtype`.
+pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn file_dtype(dtype: Dtype) -> FileDtype {
+    match dtype {
+        Dtype::F32 => FileDtype::F32,
+        Dtype::F16 => FileDtype::F16,
+        Dtype::BF16 => FileDtype::BF16,
+    }
+}
+
+/// One tensor to write: name, shape, values and the dtype to store them in.
+pub struct TensorOut<'a> {
+    /// Tensor name.
+    pub name: &'a str,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values (converted to `dtype` on write).
+    pub values: &'a [f32],
+    /// Stored dtype.
+    pub dtype: Dtype,
+}
+
+/// Writes tensors and metadata to `path` through a temporary file and a rename.
+pub fn write_tensors(path: &Path, tensors: &[TensorOut], metadata: &[(&str, String)]) -> Result<()> {
+    let encoded: Vec<Vec<u8>> = tensors.iter().map(|t| encode(t.values, t.dtype)).collect();
+    let views = tensors
+        .iter()
+        .zip(&encoded)
+        .map(|(t, bytes)| {
+            TensorView::new(file_dtype(t.dtype), t.shape.clone(), bytes)
+                .map(|view| (t.name, view))
+                .map_err(|e| Error::Format(format!("cannot store tensor {}: {e}", t.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Format(format!("cannot write {}: {e}", path.display())))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file in `path`'s folder, then renames it over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        Error::InvalidArgument(format!("output path {} names no file", path.display()))
+    })?;
+    let temporary = folder.join(format!(
+        ".{}.{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::write(&temporary, bytes)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| Error::io(path, e));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// Writes `weights` in f32 with the format metadata.
+pub fn write_weights(path: &Path, weights: &PMeta) -> Result<()> {
+    let (d, c) = (weights.width(), weights.channels());
+    let mut tensors = vec![
+        TensorOut {
+            name: "w_q",
+            shape: vec![d, c],
+            values: weights.w_q(),
+            dtype: Dtype::F32,
+        },
+        TensorOut {
+            name: "w_k",
+            shape: vec![d, c],
+            values: weights.w_k(),
+            dtype: Dtype::F32,
+        },
+        TensorOut {
+            name: "omega",
+            shape: vec![c],
+            values: weights.omega(),
+            dtype: Dtype::F32,
+        },
+    ];
+    if let Some(table) = weights.position() {
+        tensors.push(TensorOut {
+            name: "pos_embed",
+            shape: vec![table.height, table.width, d],
+            values: &table.values,
+            dtype: Dtype::F32,
+        });
+    }
+    write_tensors(
+        path,
+        &tensors,
+        &[
+            ("format", WEIGHTS_FORMAT.to_string()),
+            ("version", "1".to_string()),
+        ],
+    )
+}
+
+/// Writes an input file: `features` (`n x d`, or `b x n x d` when `batched`) in `dtype`, with
+/// the layout's `grids` metadata when given.
+pub fn write_input(
+    path: &Path,
+    features: &Features,
+    batched: bool,
+    dtype: Dtype,
+    grids: Option<&str>,
+) -> Result<()> {
+    let shape = if batched {
+        vec![features.batch(), features.tokens(), features.width()]
+    } else {
+        vec![features.tokens(), features.width()]
+    };
+    let metadata: Vec<(&str, String)> = grids.map(|g| ("grids", g.to_string())).into_iter().collect();
+    write_tensors(
+        path,
+        &[TensorOut {
+            name: "features",
+            shape,
+            values: features.values(),
+            dtype,
+        }],
+        &metadata,
+    )
+}

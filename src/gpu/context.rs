@@ -15,6 +15,8 @@ pub enum GpuApi {
     Dx12,
     /// OpenGL / GLES.
     Gl,
+    /// Vulkan, Metal or DX12, whichever this platform has.
+    Native,
 }
 
 impl GpuApi {
@@ -25,6 +27,19 @@ impl GpuApi {
             GpuApi::Metal => wgpu::Backends::METAL,
             GpuApi::Dx12 => wgpu::Backends::DX12,
             GpuApi::Gl => wgpu::Backends::GL,
+            GpuApi::Native => wgpu::Backends::PRIMARY,
+        }
+    }
+
+    /// The name used on the command line (`--backend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuApi::Any => "auto",
+            GpuApi::Vulkan => "vulkan",
+            GpuApi::Metal => "metal",
+            GpuApi::Dx12 => "dx12",
+            GpuApi::Gl => "gl",
+            GpuApi::Native => "vulkan/metal/dx12",
         }
     }
 }
@@ -100,7 +115,8 @@ pub fn list_adapters(api: GpuApi) -> Vec<AdapterReport> {
     adapters.iter().map(AdapterReport::of).collect()
 }
 
-/// An open device on one adapter, with what it offers.
+/// An open device on one adapter, with what it offers. Cloning shares the device.
+#[derive(Clone)]
 pub struct GpuContext {
     /// The device the kernels run on.
     pub device: wgpu::Device,
@@ -115,40 +131,49 @@ pub struct GpuContext {
 impl GpuContext {
     /// Opens the best adapter reachable through `api` whose name contains `name` (any case),
     /// asking for the adapter's own limits and for `SHADER_F16` where it is offered.
+    /// `GpuApi::Any` looks at GL only when Vulkan, Metal and DX12 offer no match.
     pub fn open(api: GpuApi, name: Option<&str>) -> Result<Self> {
-        let instance = instance(api);
-        let adapters = pollster::block_on(instance.enumerate_adapters(api.backends()));
-        let seen: Vec<String> = adapters
-            .iter()
-            .map(|a| {
+        let searches: &[GpuApi] = match api {
+            GpuApi::Any => &[GpuApi::Native, GpuApi::Gl],
+            _ => std::slice::from_ref(&api),
+        };
+        let mut seen = Vec::new();
+        let mut found = None;
+        for search in searches {
+            let instance = instance(*search);
+            let adapters = pollster::block_on(instance.enumerate_adapters(search.backends()));
+            seen.extend(adapters.iter().map(|a| {
                 let info = a.get_info();
                 format!("{} ({:?})", info.name, info.backend)
-            })
-            .collect();
-        let wanted = name.map(str::to_lowercase);
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| {
-                wanted
-                    .as_deref()
-                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-            })
-            .min_by_key(|a| device_type_rank(a.get_info().device_type))
-            .ok_or_else(|| {
-                let what = match name {
-                    Some(name) => format!("no adapter named like {name:?}"),
-                    None => "no GPU adapter".to_string(),
-                };
-                let seen = if seen.is_empty() {
-                    "none; on Linux install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu".to_string()
-                } else {
-                    seen.join(", ")
-                };
-                Error::NoAdapter(format!(
-                    "{what} for backend {}; adapters seen: {seen}",
-                    format!("{api:?}").to_lowercase()
-                ))
-            })?;
+            }));
+            let wanted = name.map(str::to_lowercase);
+            found = adapters
+                .into_iter()
+                .filter(|a| {
+                    wanted
+                        .as_deref()
+                        .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+                })
+                .min_by_key(|a| device_type_rank(a.get_info().device_type));
+            if found.is_some() {
+                break;
+            }
+        }
+        let adapter = found.ok_or_else(|| {
+            let what = match name {
+                Some(name) => format!("no adapter named like {name:?}"),
+                None => "no GPU adapter".to_string(),
+            };
+            let seen = if seen.is_empty() {
+                "none; on Linux install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu".to_string()
+            } else {
+                seen.join(", ")
+            };
+            Error::NoAdapter(format!(
+                "{what} for backend {}; adapters seen: {seen}",
+                api.name()
+            ))
+        })?;
         let report = AdapterReport::of(&adapter);
         let limits = adapter.limits();
         let required_features = adapter.features() & wgpu::Features::SHADER_F16;

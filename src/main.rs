@@ -1,0 +1,400 @@
+//! The `metacompress` command line (SPEC section 6). It parses flags, calls the library and
+//! formats its errors as one line: exit 0 on success, 2 on a usage error, 1 on any other.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use metacompress::files::{self, TensorOut};
+use metacompress::gpu::{list_adapters, GpuApi};
+use metacompress::layout::parse_grid_flags;
+use metacompress::{
+    demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
+    Scope,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "metacompress",
+    version,
+    about = "Learned visual-token compression (MetaCompress) for vision-language models, on any GPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress the visual tokens of an input file with P_meta weights.
+    Compress(CompressArgs),
+    /// Write the paper's training-free initialisation of P_meta.
+    Init(InitArgs),
+    /// List every adapter wgpu sees.
+    Devices,
+    /// Run the whole path on built-in data, with no files and no flags.
+    Demo,
+}
+
+#[derive(clap::Args)]
+struct CompressArgs {
+    /// P_meta weights (safetensors: w_q, w_k, omega, optional pos_embed).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input features (safetensors: features, n x d or b x n x d).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output file (safetensors: tokens, and projection with --save-projection).
+    #[arg(long)]
+    output: PathBuf,
+    /// Fraction of tokens to keep, in (0, 1] [default: 0.1].
+    #[arg(long, conflicts_with = "reduction", allow_negative_numbers = true)]
+    keep: Option<f64>,
+    /// Fraction of tokens to remove: keep = 1 - R.
+    #[arg(long, allow_negative_numbers = true)]
+    reduction: Option<f64>,
+    /// A grid of the layout, HxW[@OFFSET] (repeatable); overrides the file's `grids`.
+    #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
+    grids: Vec<String>,
+    /// Which keys each query's softmax runs over.
+    #[arg(long, value_enum, default_value_t = ScopeArg::Image)]
+    scope: ScopeArg,
+    /// Storage precision on the GPU.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Use the adapter whose name contains NAME (any case).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Also write the compression projection P (f32).
+    #[arg(long)]
+    save_projection: bool,
+    /// Dtype of the output tokens [default: the input's].
+    #[arg(long, value_enum)]
+    output_dtype: Option<DtypeArg>,
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Token width d.
+    #[arg(long)]
+    dim: usize,
+    /// Projection width d_c (at most d).
+    #[arg(long)]
+    dc: usize,
+    /// Add a 2-D sine-cosine position table of GHxGW cells.
+    #[arg(long, value_name = "GHxGW")]
+    pos: Option<String>,
+    /// Scale of the position table.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pos_scale: f32,
+    /// Seed of the random orthonormal projection.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output weights file.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    Image,
+    Grid,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+    Cpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Vulkan => Backend::Vulkan,
+            BackendArg::Metal => Backend::Metal,
+            BackendArg::Dx12 => Backend::Dx12,
+            BackendArg::Gl => Backend::Gl,
+            BackendArg::Cpu => Backend::Cpu,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset.
+    // Compute needs no display, so point it somewhere harmless before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's first, without its "error: " prefix and usage block.
+            let text = error.to_string();
+            let line = text.lines().next().unwrap_or("invalid command line");
+            eprintln!(
+                "metacompress: {} (see metacompress --help)",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Compress(args) => compress(args),
+        Command::Init(args) => init(args),
+        Command::Devices => devices(),
+        Command::Demo => run_demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("metacompress: {error}");
+            ExitCode::from(if error.is_usage() { 2 } else { 1 })
+        }
+    }
+}
+
+fn compress(args: CompressArgs) -> Result<()> {
+    let keep = match (args.keep, args.reduction) {
+        (_, Some(reduction)) => {
+            if !(0.0..1.0).contains(&reduction) {
+                return Err(Error::InvalidArgument(format!(
+                    "--reduction {reduction} is out of range; expected a fraction in [0, 1)"
+                )));
+            }
+            Keep::new(1.0 - reduction)?
+        }
+        (Some(keep), None) => Keep::new(keep)?,
+        (None, None) => Keep::default(),
+    };
+    let flag_grids = parse_grid_flags(&args.grids)?;
+    let precision = match args.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let scope = match args.scope {
+        ScopeArg::Image => Scope::Image,
+        ScopeArg::Grid => Scope::Grid,
+    };
+    let weights = files::read_weights(&args.weights)?;
+    let input = files::read_input(&args.input)?;
+    let features = &input.features;
+    let layout = if !flag_grids.is_empty() {
+        Layout::new(features.tokens(), flag_grids)?
+    } else if let Some(grids) = input.grids.clone() {
+        Layout::new(features.tokens(), grids)?
+    } else {
+        Layout::square(features.tokens())?
+    };
+    if features.width() != weights.width() {
+        return Err(Error::InvalidTensor(format!(
+            "{}: features have width d = {}; the weights in {} expect d = {}",
+            args.input.display(),
+            features.width(),
+            args.weights.display(),
+            weights.width()
+        )));
+    }
+    let compressor = Compressor::new(
+        weights,
+        args.backend.into(),
+        args.adapter.as_deref(),
+        precision,
+    )?;
+    let options = Options {
+        keep,
+        scope,
+        save_projection: args.save_projection,
+        poison: false,
+    };
+    let started = Instant::now();
+    let reduced = compressor.compress(features, &layout, &options)?;
+    let elapsed = started.elapsed();
+
+    let (b, n, m, d) = (
+        reduced.batch,
+        reduced.input_tokens,
+        reduced.queries.count,
+        reduced.width,
+    );
+    let shape = |rows: usize, columns: usize| {
+        if input.batched {
+            vec![b, rows, columns]
+        } else {
+            vec![rows, columns]
+        }
+    };
+    let dtype = match args.output_dtype {
+        None => input.dtype,
+        Some(DtypeArg::F32) => Dtype::F32,
+        Some(DtypeArg::F16) => Dtype::F16,
+        Some(DtypeArg::Bf16) => Dtype::BF16,
+    };
+    let mut tensors = vec![TensorOut {
+        name: "tokens",
+        shape: shape(m, d),
+        values: &reduced.tokens,
+        dtype,
+    }];
+    if let Some(projection) = &reduced.projection {
+        tensors.push(TensorOut {
+            name: "projection",
+            shape: shape(m, n),
+            values: projection,
+            dtype: Dtype::F32,
+        });
+    }
+    let metadata = [
+        ("method", "metacompress".to_string()),
+        ("keep", keep.value().to_string()),
+        ("scope", scope.name().to_string()),
+        ("n", n.to_string()),
+        ("m", m.to_string()),
+        ("query_grids", reduced.queries.to_json()),
+    ];
+    files::write_tensors(&args.output, &tensors, &metadata)?;
+    println!(
+        "compressed {b} x {n} -> {m} tokens of width {d} (keep {}, scope {}) on {} in {:.1} ms; wrote {}",
+        keep.value(),
+        scope.name(),
+        compressor.device(),
+        elapsed.as_secs_f64() * 1e3,
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let position = match &args.pos {
+        None => None,
+        Some(text) => {
+            let bad = || {
+                Error::InvalidArgument(format!(
+                    "--pos {text:?} is not a table size; expected GHxGW such as 24x24"
+                ))
+            };
+            let (height, width) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+            Some((
+                height.trim().parse().map_err(|_| bad())?,
+                width.trim().parse().map_err(|_| bad())?,
+            ))
+        }
+    };
+    let weights = PMeta::init(args.dim, args.dc, position, args.pos_scale, args.seed)?;
+    files::write_weights(&args.output, &weights)?;
+    println!(
+        "wrote P_meta (d {}, d_c {}, w_q = w_k orthonormal from seed {}, omega = 1{}) to {}",
+        args.dim,
+        args.dc,
+        args.seed,
+        position.map_or(String::new(), |(h, w)| format!(
+            ", {h}x{w} sine-cosine position table x {}",
+            args.pos_scale
+        )),
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn devices() -> Result<()> {
+    let adapters = list_adapters(GpuApi::Any);
+    if adapters.is_empty() {
+        println!("no adapters found (on Linux, install a Vulkan driver such as mesa-vulkan-drivers); --backend cpu always works");
+        return Ok(());
+    }
+    let yes = |flag: bool| if flag { "yes" } else { "no" };
+    for adapter in adapters {
+        println!(
+            "{}\n  backend {}, type {}, driver {}\n  f16 {}, subgroups {}, timestamp queries {}",
+            adapter.name,
+            adapter.backend,
+            adapter.device_type,
+            if adapter.driver.is_empty() { "unknown" } else { &adapter.driver },
+            yes(adapter.f16),
+            yes(adapter.subgroups),
+            yes(adapter.timestamps)
+        );
+    }
+    Ok(())
+}
+
+fn run_demo() -> Result<()> {
+    let scene = demo::scene(2026);
+    let layout = Layout::square(demo::SIDE * demo::SIDE)?;
+    let weights = PMeta::init(demo::WIDTH, 128, Some((demo::SIDE, demo::SIDE)), 1.0, 0)?;
+    println!(
+        "demo: one LLaVA-1.5-shaped image, {side}x{side} = {n} tokens of width {d}, with {objects} objects on a smooth background",
+        side = demo::SIDE,
+        n = demo::SIDE * demo::SIDE,
+        d = demo::WIDTH,
+        objects = scene.objects.len()
+    );
+    println!("P_meta: the paper's initialisation (w_q = w_k orthonormal, d_c 128, omega 1, 24x24 sine-cosine positions)");
+    let started = Instant::now();
+    let compressor = match Compressor::new(weights.clone(), Backend::Auto, None, Precision::F32) {
+        Ok(compressor) => compressor,
+        Err(error) => {
+            println!("no GPU adapter ({error}); using the cpu backend");
+            Compressor::new(weights, Backend::Cpu, None, Precision::F32)?
+        }
+    };
+    println!(
+        "device: {} (opened and kernels built in {:.0} ms)",
+        compressor.device(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let options = Options {
+        save_projection: true,
+        ..Options::default()
+    };
+    let started = Instant::now();
+    let reduced = compressor.compress(&scene.features, &layout, &options)?;
+    let elapsed = started.elapsed();
+    let (n, m) = (reduced.input_tokens, reduced.queries.count);
+    println!(
+        "compressed {n} -> {m} tokens (keep {}, {:.0}% fewer) in {:.1} ms, upload and read-back included",
+        options.keep.value(),
+        100.0 * (1.0 - m as f64 / n as f64),
+        elapsed.as_secs_f64() * 1e3
+    );
+    println!("how each object survives among the {m} reduced tokens:");
+    println!("  object  area   tokens mainly about it   best cosine to its features");
+    for report in demo::object_report(&scene, &reduced) {
+        println!(
+            "  {:<6} {:>5.1}%   {:>22}   {:>27.2}",
+            report.name,
+            100.0 * report.area_share,
+            report.tokens,
+            report.best_cosine
+        );
+    }
+    println!("(a cosine near 1 means some reduced token still carries that object clearly)");
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Shared by the test files: seeded random inputs, the GPU context (or a loud skip, never a
+//! silent one; a failure when `CI` is set), and the error measure of SPEC section 7.
+#![allow(dead_code)]
+
+use metacompress::gpu::{GpuApi, GpuContext};
+use metacompress::{Features, Grid, PMeta, PositionTable};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+/// A fresh seed each run (or `METACOMPRESS_SEED`), printed so a failure can be replayed.
+pub fn seeded(test: &str) -> (u64, ChaCha8Rng) {
+    let seed = std::env::var("METACOMPRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            now.as_nanos() as u64 ^ (test.len() as u64).rotate_left(40)
+        });
+    eprintln!("{test}: seed {seed} (replay with METACOMPRESS_SEED={seed})");
+    (seed, ChaCha8Rng::seed_from_u64(seed))
+}
+
+pub fn normal(rng: &mut ChaCha8Rng, count: usize, scale: f32) -> Vec<f32> {
+    (0..count)
+        .map(|_| rng.sample::<f32, _>(StandardNormal) * scale)
+        .collect()
+}
+
+/// Standard-normal features.
+pub fn features(rng: &mut ChaCha8Rng, batch: usize, tokens: usize, width: usize) -> Features {
+    Features::new(batch, tokens, width, normal(rng, batch * tokens * width, 1.0)).unwrap()
+}
+
+/// Random weights with entries of size about 1/sqrt(d), as SPEC section 7 assumes; `omega`
+/// around 1, and an optional `gh x gw` standard-normal position table.
+pub fn weights(
+    rng: &mut ChaCha8Rng,
+    width: usize,
+    channels: usize,
+    table: Option<(usize, usize)>,
+) -> PMeta {
+    let scale = 1.0 / (width as f32).sqrt();
+    let omega = (0..channels)
+        .map(|_| 0.5 + rng.random::<f32>())
+        .collect();
+    let position = table.map(|(height, table_width)| PositionTable {
+        height,
+        width: table_width,
+        values: normal(rng, height * table_width * width, 1.0),
+    });
+    PMeta::new(
+        width,
+        channels,
+        normal(rng, width * channels, scale),
+        normal(rng, width * channels, scale),
+        omega,
+        position,
+    )
+    .unwrap()
+}
+
+pub fn grid(offset: usize, height: usize, width: usize) -> Grid {
+    Grid {
+        offset,
+        height,
+        width,
+    }
+}
+
+/// `||out - ref|| / ||ref||` (relative Frobenius error).
+pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "output and reference sizes differ");
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (o, r) in out.iter().zip(reference) {
+        // A NaN left by poisoning makes the error NaN, which fails every bound.
+        diff += (*o as f64 - r).powi(2);
+        norm += r * r;
+    }
+    (diff / norm).sqrt()
+}
+
+/// The first GPU adapter (lavapipe in CI). Without one: a panic when `CI` is set, else `None`
+/// with a loud message, so GPU tests never pass by skipping in CI.
+pub fn gpu() -> Option<GpuContext> {
+    match GpuContext::open(GpuApi::Any, None) {
+        Ok(context) => Some(context),
+        Err(error) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but no GPU adapter is available: {error}")
+        }
+        Err(error) => {
+            eprintln!("SKIPPED: no GPU adapter ({error}); set CI=1 to make this a failure");
+            None
+        }
+    }
+}

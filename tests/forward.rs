@@ -1,0 +1,307 @@
+//! The GPU forward pass against the float64 reference (SPEC section 7), on fresh random inputs
+//! at odd sizes, with every GPU output buffer poisoned with NaN before each run.
+
+mod common;
+
+use common::{features, gpu, grid, relative_error, seeded, weights};
+use metacompress::gpu::GpuContext;
+use metacompress::{
+    reference, Compressor, Grid, Keep, Layout, Options, PMeta, Precision, Scope,
+};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+struct Case {
+    batch: usize,
+    tokens: usize,
+    grids: Vec<Grid>,
+    width: usize,
+    channels: usize,
+    table: Option<(usize, usize)>,
+    keep: f64,
+    scope: Scope,
+    precision: Precision,
+}
+
+impl Case {
+    fn tolerance(&self) -> f64 {
+        match self.precision {
+            Precision::F32 => 1e-4,
+            Precision::F16 => 1e-2,
+        }
+    }
+}
+
+/// Runs `case` on the GPU and the reference; returns both for further checks.
+fn run(
+    context: &GpuContext,
+    rng: &mut ChaCha8Rng,
+    seed: u64,
+    case: &Case,
+) -> (metacompress::Compressed, reference::Reference, PMeta) {
+    let weights = weights(rng, case.width, case.channels, case.table);
+    let features = features(rng, case.batch, case.tokens, case.width);
+    let layout = Layout::new(case.tokens, case.grids.clone()).unwrap();
+    let keep = Keep::new(case.keep).unwrap();
+    let compressor =
+        Compressor::on_context(weights.clone(), context.clone(), case.precision).unwrap();
+    let options = Options {
+        keep,
+        scope: case.scope,
+        save_projection: true,
+        poison: true,
+    };
+    let out = compressor.compress(&features, &layout, &options).unwrap();
+    let queries = layout.queries(keep);
+    let expected = reference::forward(&features, &weights, &layout, &queries, case.scope);
+    let describe = format!(
+        "seed {seed}: batch {} n {} d {} d_c {} grids {:?} table {:?} keep {} scope {:?} {:?}",
+        case.batch,
+        case.tokens,
+        case.width,
+        case.channels,
+        case.grids,
+        case.table,
+        case.keep,
+        case.scope,
+        case.precision
+    );
+    let tokens_error = relative_error(&out.tokens, &expected.tokens);
+    let projection_error = relative_error(out.projection.as_ref().unwrap(), &expected.projection);
+    eprintln!("{describe}: tokens error {tokens_error:.2e}, projection error {projection_error:.2e}");
+    assert!(
+        tokens_error <= case.tolerance(),
+        "{describe}: tokens error {tokens_error:e} > {:e}",
+        case.tolerance()
+    );
+    assert!(
+        projection_error <= case.tolerance(),
+        "{describe}: projection error {projection_error:e} > {:e}",
+        case.tolerance()
+    );
+    (out, expected, weights)
+}
+
+/// A random odd size in `range` (never a multiple of 4).
+fn odd(rng: &mut ChaCha8Rng, range: std::ops::Range<usize>) -> usize {
+    loop {
+        let value = rng.random_range(range.clone());
+        if value % 4 != 0 && value % 2 == 1 {
+            return value;
+        }
+    }
+}
+
+/// Two grids with loose tokens before, between and after them (like LLaVA-NeXT's newlines).
+fn two_grid_layout(rng: &mut ChaCha8Rng) -> (usize, Vec<Grid>) {
+    let first = grid(2, odd(rng, 3..8), odd(rng, 3..8));
+    let second = grid(first.end() + 3, odd(rng, 3..10), odd(rng, 3..10));
+    (second.end() + 5, vec![first, second])
+}
+
+#[test]
+fn one_grid_at_odd_sizes_both_scopes() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("one_grid_at_odd_sizes_both_scopes");
+    for scope in [Scope::Image, Scope::Grid] {
+        let (height, width) = (odd(&mut rng, 3..12), odd(&mut rng, 3..12));
+        let case = Case {
+            batch: 1,
+            tokens: height * width,
+            grids: vec![grid(0, height, width)],
+            width: odd(&mut rng, 17..80),
+            channels: odd(&mut rng, 3..24),
+            table: None,
+            keep: rng.random_range(0.05..0.6),
+            scope,
+            precision: Precision::F32,
+        };
+        run(&context, &mut rng, seed, &case);
+    }
+}
+
+#[test]
+fn several_grids_with_loose_tokens_and_a_resized_position_table() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("several_grids_with_loose_tokens");
+    for scope in [Scope::Image, Scope::Grid] {
+        let (tokens, grids) = two_grid_layout(&mut rng);
+        let largest = grids.iter().map(|g| g.height.max(g.width)).max().unwrap();
+        let smallest = grids.iter().map(|g| g.height.min(g.width)).min().unwrap();
+        // A table larger than every grid (resized down), smaller than every grid (resized
+        // up), and the size of the first grid (used as it is there).
+        for table in [
+            (largest + 2, largest + 3),
+            (smallest - 1, smallest - 2),
+            (grids[0].height, grids[0].width),
+        ] {
+            let case = Case {
+                batch: 1,
+                tokens,
+                grids: grids.clone(),
+                width: odd(&mut rng, 9..40),
+                channels: odd(&mut rng, 3..16),
+                table: Some(table),
+                keep: rng.random_range(0.1..0.7),
+                scope,
+                precision: Precision::F32,
+            };
+            run(&context, &mut rng, seed, &case);
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_images() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("a_batch_of_images");
+    let (tokens, grids) = two_grid_layout(&mut rng);
+    let case = Case {
+        batch: 3,
+        tokens,
+        grids,
+        width: odd(&mut rng, 9..40),
+        channels: odd(&mut rng, 3..16),
+        table: Some((5, 5)),
+        keep: 0.25,
+        scope: Scope::Grid,
+        precision: Precision::F32,
+    };
+    run(&context, &mut rng, seed, &case);
+}
+
+#[test]
+fn more_tokens_than_a_workgroup_holds() {
+    // 24x24 + loose: the softmax rows span several strides of its 256 lanes.
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("more_tokens_than_a_workgroup_holds");
+    let case = Case {
+        batch: 1,
+        tokens: 581,
+        grids: vec![grid(0, 24, 24)],
+        width: odd(&mut rng, 33..70),
+        channels: odd(&mut rng, 9..24),
+        table: Some((7, 9)),
+        keep: 0.1,
+        scope: Scope::Image,
+        precision: Precision::F32,
+    };
+    run(&context, &mut rng, seed, &case);
+}
+
+#[test]
+fn f16_storage_stays_within_its_bound() {
+    let Some(context) = gpu() else { return };
+    if !context.has_f16() {
+        eprintln!("SKIPPED f16: adapter {} lacks SHADER_F16", context.adapter.name);
+        assert!(std::env::var_os("CI").is_none(), "CI's lavapipe offers SHADER_F16");
+        return;
+    }
+    let (seed, mut rng) = seeded("f16_storage_stays_within_its_bound");
+    for scope in [Scope::Image, Scope::Grid] {
+        let (tokens, grids) = two_grid_layout(&mut rng);
+        let case = Case {
+            batch: 2,
+            tokens,
+            grids,
+            width: odd(&mut rng, 17..64),
+            channels: odd(&mut rng, 3..20),
+            table: Some((4, 6)),
+            keep: rng.random_range(0.1..0.5),
+            scope,
+            precision: Precision::F16,
+        };
+        run(&context, &mut rng, seed, &case);
+    }
+}
+
+#[test]
+fn huge_omega_prunes_each_reduced_token_is_an_input_token() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("huge_omega_prunes");
+    let (tokens, grids) = two_grid_layout(&mut rng);
+    let (width, channels) = (odd(&mut rng, 9..40), odd(&mut rng, 5..16));
+    let weights = weights(&mut rng, width, channels, None)
+        .with_omega_scaled(1e5)
+        .unwrap();
+    let features = features(&mut rng, 1, tokens, width);
+    let layout = Layout::new(tokens, grids).unwrap();
+    let compressor = Compressor::on_context(weights, context, Precision::F32).unwrap();
+    let options = Options {
+        keep: Keep::new(0.3).unwrap(),
+        save_projection: true,
+        poison: true,
+        ..Options::default()
+    };
+    let out = compressor.compress(&features, &layout, &options).unwrap();
+    let projection = out.projection.unwrap();
+    for (i, row) in projection.chunks_exact(tokens).enumerate() {
+        let ones: Vec<usize> = (0..tokens).filter(|&j| row[j] == 1.0).collect();
+        let zeros = row.iter().filter(|&&p| p == 0.0).count();
+        assert_eq!(ones.len(), 1, "seed {seed}: row {i} of P is not one-hot: {row:?}");
+        assert_eq!(zeros, tokens - 1, "seed {seed}: row {i} of P is not one-hot");
+        let kept = &features.image(0)[ones[0] * width..][..width];
+        assert_eq!(&out.tokens[i * width..][..width], kept, "seed {seed}: token {i}");
+    }
+}
+
+#[test]
+fn keep_one_keeps_every_token_and_rows_sum_to_one() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("keep_one_keeps_every_token");
+    let (height, width) = (odd(&mut rng, 3..9), odd(&mut rng, 3..9));
+    let case = Case {
+        batch: 1,
+        tokens: height * width,
+        grids: vec![grid(0, height, width)],
+        width: odd(&mut rng, 9..40),
+        channels: odd(&mut rng, 3..12),
+        table: Some((3, 4)),
+        keep: 1.0,
+        scope: Scope::Image,
+        precision: Precision::F32,
+    };
+    let (out, _, _) = run(&context, &mut rng, seed, &case);
+    assert_eq!(out.queries.count, case.tokens);
+    for (i, row) in out.projection.unwrap().chunks_exact(case.tokens).enumerate() {
+        let sum: f64 = row.iter().map(|&p| p as f64).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "seed {seed}: row {i} sums to {sum}");
+        assert!(row.iter().all(|&p| p >= 0.0), "seed {seed}: row {i} has a negative");
+    }
+}
+
+#[test]
+fn grid_scope_puts_exact_zeros_outside_the_query_grid() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("grid_scope_exact_zeros");
+    let (tokens, grids) = two_grid_layout(&mut rng);
+    let case = Case {
+        batch: 2,
+        tokens,
+        grids,
+        width: odd(&mut rng, 9..30),
+        channels: odd(&mut rng, 3..12),
+        table: None,
+        keep: 0.4,
+        scope: Scope::Grid,
+        precision: Precision::F32,
+    };
+    let (out, _, _) = run(&context, &mut rng, seed, &case);
+    let projection = out.projection.unwrap();
+    let m = out.queries.count;
+    for image in 0..case.batch {
+        for query in 0..m {
+            let range = out.queries.key_range(query, Scope::Grid, tokens);
+            let row = &projection[(image * m + query) * tokens..][..tokens];
+            for (j, p) in row.iter().enumerate() {
+                if range.contains(&j) {
+                    assert!(*p > 0.0, "seed {seed}: P[{query}, {j}] = {p} inside its grid");
+                } else {
+                    assert_eq!(*p, 0.0, "seed {seed}: P[{query}, {j}] outside its grid");
+                }
+            }
+            let sum: f64 = row.iter().map(|&p| p as f64).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "seed {seed}: row {query} sums to {sum}");
+        }
+    }
+}
