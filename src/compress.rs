@@ -156,7 +156,9 @@ impl Compressor {
                 }
                 Engine::Cpu
             }
-            Some(api) => return Compressor::on_context(weights, GpuContext::open(api, adapter)?, precision),
+            Some(api) => {
+                return Compressor::on_context(weights, GpuContext::open(api, adapter)?, precision)
+            }
         };
         Ok(Compressor {
             weights,

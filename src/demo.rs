@@ -66,7 +66,7 @@ pub fn scene(seed: u64) -> Scene {
                 direction,
                 rng.random_range(0.1..0.35),
                 rng.random_range(0.1..0.35),
-                rng.random_range(0.0..6.28),
+                rng.random_range(0.0..std::f32::consts::TAU),
             )
         })
         .collect();
@@ -90,7 +90,10 @@ pub fn scene(seed: u64) -> Scene {
             let mut token = vec![0.0f32; WIDTH];
             for (direction, fy, fx, phase) in &waves {
                 let amplitude = (row as f32 * fy + column as f32 * fx + phase).sin() * 0.6 * scale;
-                token.iter_mut().zip(direction).for_each(|(t, d)| *t += amplitude * d);
+                token
+                    .iter_mut()
+                    .zip(direction)
+                    .for_each(|(t, d)| *t += amplitude * d);
             }
             for object in objects.iter().filter(|o| o.covers(row, column)) {
                 token
@@ -129,7 +132,11 @@ pub fn object_report(scene: &Scene, reduced: &Compressed) -> Vec<ObjectReport> {
     let d = reduced.width;
     let tokens: Vec<&[f32]> = reduced.tokens.chunks_exact(d).collect();
     let cosine = |token: &[f32], direction: &[f32]| {
-        let dot: f64 = token.iter().zip(direction).map(|(a, b)| (*a * *b) as f64).sum();
+        let dot: f64 = token
+            .iter()
+            .zip(direction)
+            .map(|(a, b)| (*a * *b) as f64)
+            .sum();
         let norm: f64 = token.iter().map(|a| (*a * *a) as f64).sum::<f64>().sqrt();
         dot / norm.max(1e-30)
     };

@@ -39,12 +39,15 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
     })
 }
 
-/// Values of a tensor widened to f32, with its shape; F32, F16 and BF16 only.
-fn tensor_values(
-    path: &Path,
-    file: &SafeTensors,
-    name: &str,
-) -> Result<Option<(Vec<usize>, Vec<f32>, Dtype)>> {
+/// A tensor read from a file, widened to f32.
+struct FileTensor {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+    dtype: Dtype,
+}
+
+/// A tensor's values widened to f32, with its shape; F32, F16 and BF16 only.
+fn tensor_values(path: &Path, file: &SafeTensors, name: &str) -> Result<Option<FileTensor>> {
     let view = match file.tensor(name) {
         Ok(view) => view,
         Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
@@ -77,14 +80,14 @@ fn tensor_values(
             )))
         }
     };
-    Ok(Some((view.shape().to_vec(), values, dtype)))
+    Ok(Some(FileTensor {
+        shape: view.shape().to_vec(),
+        values,
+        dtype,
+    }))
 }
 
-fn required(
-    path: &Path,
-    file: &SafeTensors,
-    name: &str,
-) -> Result<(Vec<usize>, Vec<f32>, Dtype)> {
+fn required(path: &Path, file: &SafeTensors, name: &str) -> Result<FileTensor> {
     tensor_values(path, file, name)?.ok_or_else(|| {
         let names = file.names().join(", ");
         Error::InvalidTensor(format!(
@@ -111,7 +114,11 @@ pub struct Input {
 pub fn read_input(path: &Path) -> Result<Input> {
     let bytes = read_file(path)?;
     let file = parse(path, &bytes)?;
-    let (shape, values, dtype) = required(path, &file, "features")?;
+    let FileTensor {
+        shape,
+        values,
+        dtype,
+    } = required(path, &file, "features")?;
     let (batch, tokens, width, batched) = match shape[..] {
         [tokens, width] => (1, tokens, width, false),
         [batch, tokens, width] => (batch, tokens, width, true),
@@ -147,9 +154,10 @@ pub fn read_weights(path: &Path) -> Result<PMeta> {
     let bytes = read_file(path)?;
     let file = parse(path, &bytes)?;
     let bad = |message: String| Error::InvalidTensor(format!("{}: {message}", path.display()));
-    let (q_shape, w_q, _) = required(path, &file, "w_q")?;
-    let (k_shape, w_k, _) = required(path, &file, "w_k")?;
-    let (o_shape, omega, _) = required(path, &file, "omega")?;
+    let w_q = required(path, &file, "w_q")?;
+    let w_k = required(path, &file, "w_k")?;
+    let omega = required(path, &file, "omega")?;
+    let (q_shape, k_shape, o_shape) = (&w_q.shape, &w_k.shape, &omega.shape);
     let [width, channels] = q_shape[..] else {
         return Err(bad(format!(
             "tensor w_q has shape {q_shape:?}; expected [d, d_c]"
@@ -160,14 +168,14 @@ pub fn read_weights(path: &Path) -> Result<PMeta> {
             "tensor w_k has shape {k_shape:?}; expected [{width}, {channels}] like w_q"
         )));
     }
-    if o_shape != [channels] {
+    if o_shape[..] != [channels] {
         return Err(bad(format!(
             "tensor omega has shape {o_shape:?}; expected [{channels}]"
         )));
     }
     let position = match tensor_values(path, &file, "pos_embed")? {
         None => None,
-        Some((shape, values, _)) => match shape[..] {
+        Some(FileTensor { shape, values, .. }) => match shape[..] {
             [height, table_width, d] if d == width => Some(PositionTable {
                 height,
                 width: table_width,
@@ -180,7 +188,15 @@ pub fn read_weights(path: &Path) -> Result<PMeta> {
             }
         },
     };
-    PMeta::new(width, channels, w_q, w_k, omega, position).map_err(|e| bad(e.to_string()))
+    PMeta::new(
+        width,
+        channels,
+        w_q.values,
+        w_k.values,
+        omega.values,
+        position,
+    )
+    .map_err(|e| bad(e.to_string()))
 }
 
 /// Bytes of `values` stored as `dtype`.
@@ -219,7 +235,11 @@ pub struct TensorOut<'a> {
 }
 
 /// Writes tensors and metadata to `path` through a temporary file and a rename.
-pub fn write_tensors(path: &Path, tensors: &[TensorOut], metadata: &[(&str, String)]) -> Result<()> {
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[TensorOut],
+    metadata: &[(&str, String)],
+) -> Result<()> {
     let encoded: Vec<Vec<u8>> = tensors.iter().map(|t| encode(t.values, t.dtype)).collect();
     let views = tensors
         .iter()
@@ -317,7 +337,10 @@ pub fn write_input(
     } else {
         vec![features.tokens(), features.width()]
     };
-    let metadata: Vec<(&str, String)> = grids.map(|g| ("grids", g.to_string())).into_iter().collect();
+    let metadata: Vec<(&str, String)> = grids
+        .map(|g| ("grids", g.to_string()))
+        .into_iter()
+        .collect();
     write_tensors(
         path,
         &[TensorOut {

@@ -165,9 +165,7 @@ fn query_shape(height: usize, width: usize, keep: f64) -> (usize, usize) {
 }
 
 fn triples_json(triples: impl Iterator<Item = [usize; 3]>) -> String {
-    let items: Vec<String> = triples
-        .map(|[a, b, c]| format!("[{a},{b},{c}]"))
-        .collect();
+    let items: Vec<String> = triples.map(|[a, b, c]| format!("[{a},{b},{c}]")).collect();
     format!("[{}]", items.join(","))
 }
 

@@ -36,3 +36,8 @@ pub use error::{Error, Result};
 pub use layout::{Grid, Keep, Layout, Queries, QueryGrid, Scope};
 pub use tensor::{Dtype, Features};
 pub use weights::{PMeta, PositionTable};
+
+// The README's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -11,8 +11,7 @@ use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::layout::parse_grid_flags;
 use metacompress::{
-    demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
-    Scope,
+    demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result, Scope,
 };
 
 #[derive(Parser)]
@@ -152,7 +151,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             use clap::error::ErrorKind;
-            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
                 let _ = error.print();
                 return ExitCode::SUCCESS;
             }
@@ -336,7 +338,11 @@ fn devices() -> Result<()> {
             adapter.name,
             adapter.backend,
             adapter.device_type,
-            if adapter.driver.is_empty() { "unknown" } else { &adapter.driver },
+            if adapter.driver.is_empty() {
+                "unknown"
+            } else {
+                &adapter.driver
+            },
             yes(adapter.f16),
             yes(adapter.subgroups),
             yes(adapter.timestamps)

@@ -83,7 +83,10 @@ pub fn position_embedding(layout: &Layout, table: Option<&PositionTable>, d: usi
 
 /// Step 1: `Xp = X + E`.
 pub fn add_position(x: &[f32], embedding: &[f64]) -> Vec<f64> {
-    x.iter().zip(embedding).map(|(x, e)| *x as f64 + e).collect()
+    x.iter()
+        .zip(embedding)
+        .map(|(x, e)| *x as f64 + e)
+        .collect()
 }
 
 /// Step 3: adaptive average pooling of `Xp` over each grid to its query grid (`m x d`).

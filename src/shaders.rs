@@ -90,7 +90,11 @@ impl KernelSources {
             reduction: with_prelude(
                 "matmul",
                 MATMUL,
-                &[("lhs_elem", Elem::F32), ("rhs_elem", elem), ("out_elem", elem)],
+                &[
+                    ("lhs_elem", Elem::F32),
+                    ("rhs_elem", elem),
+                    ("out_elem", elem),
+                ],
             ),
         }
     }

@@ -50,9 +50,7 @@ impl Features {
                 "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
             )));
         }
-        let expected = batch
-            .checked_mul(tokens)
-            .and_then(|v| v.checked_mul(width));
+        let expected = batch.checked_mul(tokens).and_then(|v| v.checked_mul(width));
         if expected != Some(values.len()) {
             return Err(Error::InvalidTensor(format!(
                 "features hold {} values; expected {batch} x {tokens} x {width}",
@@ -125,7 +123,10 @@ mod tests {
         let error = Features::new(2, 3, 4, values).unwrap_err().to_string();
         assert_eq!(error, "features[1, 2, 1] is NaN; expected finite values");
         let error = check_finite("w_q", &[2, 2], &[1.0, 2.0, f32::INFINITY, 0.0]).unwrap_err();
-        assert_eq!(error.to_string(), "w_q[1, 0] is inf; expected finite values");
+        assert_eq!(
+            error.to_string(),
+            "w_q[1, 0] is inf; expected finite values"
+        );
     }
 
     #[test]

@@ -251,7 +251,10 @@ mod tests {
                     .map(|r| w[r * 11 + a] as f64 * w[r * 11 + b] as f64)
                     .sum();
                 let expected = if a == b { 1.0 } else { 0.0 };
-                assert!((dot - expected).abs() < 1e-5, "column {a} . column {b} = {dot}");
+                assert!(
+                    (dot - expected).abs() < 1e-5,
+                    "column {a} . column {b} = {dot}"
+                );
             }
         }
         assert_eq!(weights.w_q(), weights.w_k());

@@ -45,13 +45,28 @@ fn path(p: &Path) -> &str {
 /// Writes small valid weights (d 13, d_c 5, 3x3 table) with the CLI's own `init`.
 fn init_weights(dir: &Path) -> PathBuf {
     let weights = dir.join("weights.safetensors");
-    let out = run(&["init", "--dim", "13", "--dc", "5", "--pos", "3x3", "--seed", "4", "--output", path(&weights)]);
+    let out = run(&[
+        "init",
+        "--dim",
+        "13",
+        "--dc",
+        "5",
+        "--pos",
+        "3x3",
+        "--seed",
+        "4",
+        "--output",
+        path(&weights),
+    ]);
     assert_eq!(out.code, 0, "init failed: {}", out.stderr);
     weights
 }
 
 fn write_features(file: &Path, shape: Vec<usize>, values: &[f32], grids: Option<&str>) {
-    let metadata: Vec<(&str, String)> = grids.map(|g| ("grids", g.to_string())).into_iter().collect();
+    let metadata: Vec<(&str, String)> = grids
+        .map(|g| ("grids", g.to_string()))
+        .into_iter()
+        .collect();
     files::write_tensors(
         file,
         &[TensorOut {
@@ -74,14 +89,27 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
     let layout = Layout::new(32, vec![grid(0, 3, 5), grid(17, 4, 3)]).unwrap();
     let original = features(&mut rng, 2, 32, 13);
     let input = dir.join("input.safetensors");
-    files::write_input(&input, &original, true, Dtype::BF16, Some(&layout.to_json())).unwrap();
+    files::write_input(
+        &input,
+        &original,
+        true,
+        Dtype::BF16,
+        Some(&layout.to_json()),
+    )
+    .unwrap();
     // What the program reads: the features rounded to bf16.
     let read = files::read_input(&input).unwrap();
     assert_eq!(read.dtype, Dtype::BF16);
     let weights = files::read_weights(&weights_path).unwrap();
     assert_eq!(weights.w_q(), weights.w_k());
     let keep = Keep::new(0.5).unwrap();
-    let expected = reference::forward(&read.features, &weights, &layout, &layout.queries(keep), Scope::Grid);
+    let expected = reference::forward(
+        &read.features,
+        &weights,
+        &layout,
+        &layout.queries(keep),
+        Scope::Grid,
+    );
 
     let mut backends = vec!["cpu"];
     if gpu().is_some() {
@@ -90,12 +118,29 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
     for backend in backends {
         let output = dir.join(format!("out-{backend}.safetensors"));
         let out = run(&[
-            "compress", "--weights", path(&weights_path), "--input", path(&input),
-            "--output", path(&output), "--reduction", "0.5", "--scope", "grid",
-            "--backend", backend, "--save-projection", "--output-dtype", "f32",
+            "compress",
+            "--weights",
+            path(&weights_path),
+            "--input",
+            path(&input),
+            "--output",
+            path(&output),
+            "--reduction",
+            "0.5",
+            "--scope",
+            "grid",
+            "--backend",
+            backend,
+            "--save-projection",
+            "--output-dtype",
+            "f32",
         ]);
         assert_eq!(out.code, 0, "{backend}: {}", out.stderr);
-        assert!(out.stdout.contains("2 x 32 ->"), "{backend}: {}", out.stdout);
+        assert!(
+            out.stdout.contains("2 x 32 ->"),
+            "{backend}: {}",
+            out.stdout
+        );
         let bytes = std::fs::read(&output).unwrap();
         let file = SafeTensors::deserialize(&bytes).unwrap();
         let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -112,24 +157,42 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
         assert_eq!(tokens.dtype(), safetensors::Dtype::F32);
         let values: Vec<f32> = bytemuck::pod_collect_to_vec(tokens.data());
         let error = relative_error(&values, &expected.tokens);
-        assert!(error <= 1e-4, "seed {seed}: {backend}: tokens error {error}");
+        assert!(
+            error <= 1e-4,
+            "seed {seed}: {backend}: tokens error {error}"
+        );
         let projection = file.tensor("projection").unwrap();
         assert_eq!(projection.shape(), &[2, m, 32]);
         let values: Vec<f32> = bytemuck::pod_collect_to_vec(projection.data());
         let error = relative_error(&values, &expected.projection);
-        assert!(error <= 1e-4, "seed {seed}: {backend}: projection error {error}");
+        assert!(
+            error <= 1e-4,
+            "seed {seed}: {backend}: projection error {error}"
+        );
     }
 
     // Without --output-dtype the tokens keep the input's dtype, and --grid overrides the file.
     let output = dir.join("out-default.safetensors");
     let out = run(&[
-        "compress", "--weights", path(&weights_path), "--input", path(&input),
-        "--output", path(&output), "--backend", "cpu", "--grid", "4x8",
+        "compress",
+        "--weights",
+        path(&weights_path),
+        "--input",
+        path(&input),
+        "--output",
+        path(&output),
+        "--backend",
+        "cpu",
+        "--grid",
+        "4x8",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let bytes = std::fs::read(&output).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(file.tensor("tokens").unwrap().dtype(), safetensors::Dtype::BF16);
+    assert_eq!(
+        file.tensor("tokens").unwrap().dtype(),
+        safetensors::Dtype::BF16
+    );
     assert!(file.tensor("projection").is_err());
     // 4x8 at keep 0.1: round(4 * 0.316) = 1, round(8 * 0.316) = 3.
     assert_eq!(file.tensor("tokens").unwrap().shape(), &[2, 3, 13]);
@@ -156,13 +219,33 @@ fn check_bad(case: &Bad, output: &Path) {
     let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let out = run(&args);
     let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(out.code, case.code, "{}: exit {}; stderr: {}", case.what, out.code, out.stderr);
-    assert_eq!(lines.len(), 1, "{}: expected one stderr line, got: {}", case.what, out.stderr);
+    assert_eq!(
+        out.code, case.code,
+        "{}: exit {}; stderr: {}",
+        case.what, out.code, out.stderr
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "{}: expected one stderr line, got: {}",
+        case.what,
+        out.stderr
+    );
     for word in case.says {
-        assert!(lines[0].contains(word), "{}: {:?} lacks {word:?}", case.what, lines[0]);
+        assert!(
+            lines[0].contains(word),
+            "{}: {:?} lacks {word:?}",
+            case.what,
+            lines[0]
+        );
     }
     assert!(!out.stderr.contains("panicked"), "{}: panicked", case.what);
-    assert_eq!(std::fs::read(output).unwrap(), before, "{}: output file changed", case.what);
+    assert_eq!(
+        std::fs::read(output).unwrap(),
+        before,
+        "{}: output file changed",
+        case.what
+    );
     let leftovers: Vec<_> = std::fs::read_dir(output.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -187,7 +270,12 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
         write_features(&file, shape, &values, grids);
         file
     };
-    let wrong_width = make("wrong_width.safetensors", vec![9, 12], vec![0.5; 9 * 12], None);
+    let wrong_width = make(
+        "wrong_width.safetensors",
+        vec![9, 12],
+        vec![0.5; 9 * 12],
+        None,
+    );
     let flat = make("flat.safetensors", vec![9 * 13], vec![0.5; 9 * 13], None);
     let mut with_nan = good.values().to_vec();
     with_nan[2 * 13 + 7] = f32::NAN;
@@ -196,20 +284,48 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
     with_inf[4] = f32::NEG_INFINITY;
     let inf_input = make("inf.safetensors", vec![9, 13], with_inf, None);
     let not_square = make("ten.safetensors", vec![10, 13], vec![0.25; 130], None);
-    let overlapping = make("overlap.safetensors", vec![10, 13], vec![0.25; 130], Some("[[0,2,3],[5,1,2]]"));
-    let bad_json = make("badjson.safetensors", vec![10, 13], vec![0.25; 130], Some("[[0,2"));
+    let overlapping = make(
+        "overlap.safetensors",
+        vec![10, 13],
+        vec![0.25; 130],
+        Some("[[0,2,3],[5,1,2]]"),
+    );
+    let bad_json = make(
+        "badjson.safetensors",
+        vec![10, 13],
+        vec![0.25; 130],
+        Some("[[0,2"),
+    );
     let no_features = dir.join("no_features.safetensors");
     files::write_tensors(
         &no_features,
-        &[TensorOut { name: "image", shape: vec![9, 13], values: good.values(), dtype: Dtype::F32 }],
+        &[TensorOut {
+            name: "image",
+            shape: vec![9, 13],
+            values: good.values(),
+            dtype: Dtype::F32,
+        }],
         &[],
     )
     .unwrap();
     let int_features = dir.join("int_features.safetensors");
-    std::fs::write(&int_features, safetensors::serialize(
-        [("features", safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![9, 13], &[0u8; 9 * 13 * 4]).unwrap())],
-        None,
-    ).unwrap()).unwrap();
+    std::fs::write(
+        &int_features,
+        safetensors::serialize(
+            [(
+                "features",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::I32,
+                    vec![9, 13],
+                    &[0u8; 9 * 13 * 4],
+                )
+                .unwrap(),
+            )],
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
 
     // Weights with a NaN, and weights whose w_k disagrees with w_q.
     let nan_weights = dir.join("nan_weights.safetensors");
@@ -217,17 +333,44 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
     w[3 * 5 + 1] = f32::NAN;
     let fine = vec![0.1f32; 13 * 5];
     let omega = vec![1.0f32; 5];
-    let tensor = |name, shape: Vec<usize>, values| TensorOut { name, shape, values, dtype: Dtype::F32 };
-    files::write_tensors(&nan_weights, &[tensor("w_q", vec![13, 5], &w), tensor("w_k", vec![13, 5], &fine), tensor("omega", vec![5], &omega)], &[]).unwrap();
+    let tensor = |name, shape: Vec<usize>, values| TensorOut {
+        name,
+        shape,
+        values,
+        dtype: Dtype::F32,
+    };
+    files::write_tensors(
+        &nan_weights,
+        &[
+            tensor("w_q", vec![13, 5], &w),
+            tensor("w_k", vec![13, 5], &fine),
+            tensor("omega", vec![5], &omega),
+        ],
+        &[],
+    )
+    .unwrap();
     let mismatched = dir.join("mismatched_weights.safetensors");
-    files::write_tensors(&mismatched, &[tensor("w_q", vec![13, 5], &fine), tensor("w_k", vec![5, 13], &fine), tensor("omega", vec![5], &omega)], &[]).unwrap();
+    files::write_tensors(
+        &mismatched,
+        &[
+            tensor("w_q", vec![13, 5], &fine),
+            tensor("w_k", vec![5, 13], &fine),
+            tensor("omega", vec![5], &omega),
+        ],
+        &[],
+    )
+    .unwrap();
 
     // A file cut short, a file of garbage, an empty file.
     let truncated = dir.join("truncated.safetensors");
     let whole = std::fs::read(&good_input).unwrap();
     std::fs::write(&truncated, &whole[..whole.len() - 20]).unwrap();
     let garbage = dir.join("garbage.safetensors");
-    std::fs::write(&garbage, b"this is not a safetensors file at all, just words").unwrap();
+    std::fs::write(
+        &garbage,
+        b"this is not a safetensors file at all, just words",
+    )
+    .unwrap();
     let empty = dir.join("empty.safetensors");
     std::fs::write(&empty, b"").unwrap();
     // A header that claims 16 TB of features for a file of 16 bytes of data.
@@ -244,47 +387,265 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
     std::fs::write(&huge_header, bytes).unwrap();
 
     let compress = |input: &Path, weights: &Path, extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = ["compress", "--weights", path(weights), "--input", path(input), "--output", path(&output), "--backend", "cpu"]
-            .iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = [
+            "compress",
+            "--weights",
+            path(weights),
+            "--input",
+            path(input),
+            "--output",
+            path(&output),
+            "--backend",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
     let cases = [
-        Bad { what: "wrong width", args: compress(&wrong_width, &weights, &[]), code: 1, says: &["width", "12", "13"] },
-        Bad { what: "misshapen features", args: compress(&flat, &weights, &[]), code: 1, says: &["features", "[117]"] },
-        Bad { what: "missing features", args: compress(&no_features, &weights, &[]), code: 1, says: &["features", "missing"] },
-        Bad { what: "integer features", args: compress(&int_features, &weights, &[]), code: 1, says: &["I32", "F32"] },
-        Bad { what: "NaN in features", args: compress(&nan_input, &weights, &[]), code: 1, says: &["features[0, 2, 7]", "NaN"] },
-        Bad { what: "infinity in features", args: compress(&inf_input, &weights, &[]), code: 1, says: &["features[0, 0, 4]", "inf"] },
-        Bad { what: "NaN in weights", args: compress(&good_input, &nan_weights, &[]), code: 1, says: &["w_q[3, 1]", "NaN"] },
-        Bad { what: "mismatched weights", args: compress(&good_input, &mismatched, &[]), code: 1, says: &["w_k", "[5, 13]"] },
-        Bad { what: "keep zero", args: compress(&good_input, &weights, &["--keep", "0"]), code: 2, says: &["keep 0", "(0, 1]"] },
-        Bad { what: "keep above one", args: compress(&good_input, &weights, &["--keep", "1.5"]), code: 2, says: &["keep 1.5"] },
-        Bad { what: "keep negative", args: compress(&good_input, &weights, &["--keep", "-0.2"]), code: 2, says: &["keep -0.2"] },
-        Bad { what: "keep NaN", args: compress(&good_input, &weights, &["--keep", "NaN"]), code: 2, says: &["keep NaN"] },
-        Bad { what: "keep not a number", args: compress(&good_input, &weights, &["--keep", "lots"]), code: 2, says: &["lots", "--keep"] },
-        Bad { what: "reduction one", args: compress(&good_input, &weights, &["--reduction", "1"]), code: 2, says: &["--reduction 1"] },
-        Bad { what: "keep and reduction", args: compress(&good_input, &weights, &["--keep", "0.5", "--reduction", "0.5"]), code: 2, says: &["--reduction"] },
-        Bad { what: "overlapping grid flags", args: compress(&good_input, &weights, &["--grid", "2x3@0", "--grid", "2x2@4"]), code: 2, says: &["overlap", "2x3@0"] },
-        Bad { what: "grid past the end", args: compress(&good_input, &weights, &["--grid", "3x4"]), code: 2, says: &["3x4@0", "0..9"] },
-        Bad { what: "grid flag not a grid", args: compress(&good_input, &weights, &["--grid", "3by3"]), code: 2, says: &["3by3", "HxW"] },
-        Bad { what: "overlapping grids metadata", args: compress(&overlapping, &weights, &[]), code: 2, says: &["overlap"] },
-        Bad { what: "grids metadata not JSON", args: compress(&bad_json, &weights, &[]), code: 1, says: &["grids", "[[0,2"] },
-        Bad { what: "non-square n without layout", args: compress(&not_square, &weights, &[]), code: 2, says: &["10 tokens", "--grid"] },
-        Bad { what: "truncated file", args: compress(&truncated, &weights, &[]), code: 1, says: &["truncated.safetensors", "not a valid safetensors"] },
-        Bad { what: "garbage file", args: compress(&garbage, &weights, &[]), code: 1, says: &["garbage.safetensors"] },
-        Bad { what: "empty file", args: compress(&empty, &weights, &[]), code: 1, says: &["empty.safetensors"] },
-        Bad { what: "header claiming terabytes", args: compress(&liar, &weights, &[]), code: 1, says: &["liar.safetensors"] },
-        Bad { what: "header length claiming exabytes", args: compress(&huge_header, &weights, &[]), code: 1, says: &["huge_header.safetensors"] },
-        Bad { what: "missing input", args: compress(&dir.join("absent.safetensors"), &weights, &[]), code: 1, says: &["absent.safetensors"] },
-        Bad { what: "weights given as input", args: compress(&weights, &weights, &[]), code: 1, says: &["features", "missing"] },
-        Bad { what: "f16 on the cpu backend", args: compress(&good_input, &weights, &["--precision", "f16"]), code: 2, says: &["f16", "cpu"] },
-        Bad { what: "unknown backend", args: with_backend(compress(&good_input, &weights, &[]), "cuda"), code: 2, says: &["cuda", "--backend"] },
-        Bad { what: "unknown scope", args: compress(&good_input, &weights, &["--scope", "world"]), code: 2, says: &["world"] },
-        Bad { what: "unknown adapter", args: with_backend(compress(&good_input, &weights, &["--adapter", "no-such-gpu-anywhere"]), "auto"), code: 1, says: &["no-such-gpu-anywhere"] },
-        Bad { what: "init d_c above d", args: ["init", "--dim", "4", "--dc", "8", "--output", path(&output)].iter().map(|s| s.to_string()).collect(), code: 2, says: &["--dc 8", "--dim 4"] },
-        Bad { what: "init bad table", args: ["init", "--dim", "4", "--dc", "2", "--pos", "3y3", "--output", path(&output)].iter().map(|s| s.to_string()).collect(), code: 2, says: &["--pos", "3y3"] },
-        Bad { what: "unknown command", args: vec!["shrink".into()], code: 2, says: &["shrink"] },
+        Bad {
+            what: "wrong width",
+            args: compress(&wrong_width, &weights, &[]),
+            code: 1,
+            says: &["width", "12", "13"],
+        },
+        Bad {
+            what: "misshapen features",
+            args: compress(&flat, &weights, &[]),
+            code: 1,
+            says: &["features", "[117]"],
+        },
+        Bad {
+            what: "missing features",
+            args: compress(&no_features, &weights, &[]),
+            code: 1,
+            says: &["features", "missing"],
+        },
+        Bad {
+            what: "integer features",
+            args: compress(&int_features, &weights, &[]),
+            code: 1,
+            says: &["I32", "F32"],
+        },
+        Bad {
+            what: "NaN in features",
+            args: compress(&nan_input, &weights, &[]),
+            code: 1,
+            says: &["features[0, 2, 7]", "NaN"],
+        },
+        Bad {
+            what: "infinity in features",
+            args: compress(&inf_input, &weights, &[]),
+            code: 1,
+            says: &["features[0, 0, 4]", "inf"],
+        },
+        Bad {
+            what: "NaN in weights",
+            args: compress(&good_input, &nan_weights, &[]),
+            code: 1,
+            says: &["w_q[3, 1]", "NaN"],
+        },
+        Bad {
+            what: "mismatched weights",
+            args: compress(&good_input, &mismatched, &[]),
+            code: 1,
+            says: &["w_k", "[5, 13]"],
+        },
+        Bad {
+            what: "keep zero",
+            args: compress(&good_input, &weights, &["--keep", "0"]),
+            code: 2,
+            says: &["keep 0", "(0, 1]"],
+        },
+        Bad {
+            what: "keep above one",
+            args: compress(&good_input, &weights, &["--keep", "1.5"]),
+            code: 2,
+            says: &["keep 1.5"],
+        },
+        Bad {
+            what: "keep negative",
+            args: compress(&good_input, &weights, &["--keep", "-0.2"]),
+            code: 2,
+            says: &["keep -0.2"],
+        },
+        Bad {
+            what: "keep NaN",
+            args: compress(&good_input, &weights, &["--keep", "NaN"]),
+            code: 2,
+            says: &["keep NaN"],
+        },
+        Bad {
+            what: "keep not a number",
+            args: compress(&good_input, &weights, &["--keep", "lots"]),
+            code: 2,
+            says: &["lots", "--keep"],
+        },
+        Bad {
+            what: "reduction one",
+            args: compress(&good_input, &weights, &["--reduction", "1"]),
+            code: 2,
+            says: &["--reduction 1"],
+        },
+        Bad {
+            what: "keep and reduction",
+            args: compress(
+                &good_input,
+                &weights,
+                &["--keep", "0.5", "--reduction", "0.5"],
+            ),
+            code: 2,
+            says: &["--reduction"],
+        },
+        Bad {
+            what: "overlapping grid flags",
+            args: compress(
+                &good_input,
+                &weights,
+                &["--grid", "2x3@0", "--grid", "2x2@4"],
+            ),
+            code: 2,
+            says: &["overlap", "2x3@0"],
+        },
+        Bad {
+            what: "grid past the end",
+            args: compress(&good_input, &weights, &["--grid", "3x4"]),
+            code: 2,
+            says: &["3x4@0", "0..9"],
+        },
+        Bad {
+            what: "grid flag not a grid",
+            args: compress(&good_input, &weights, &["--grid", "3by3"]),
+            code: 2,
+            says: &["3by3", "HxW"],
+        },
+        Bad {
+            what: "overlapping grids metadata",
+            args: compress(&overlapping, &weights, &[]),
+            code: 2,
+            says: &["overlap"],
+        },
+        Bad {
+            what: "grids metadata not JSON",
+            args: compress(&bad_json, &weights, &[]),
+            code: 1,
+            says: &["grids", "[[0,2"],
+        },
+        Bad {
+            what: "non-square n without layout",
+            args: compress(&not_square, &weights, &[]),
+            code: 2,
+            says: &["10 tokens", "--grid"],
+        },
+        Bad {
+            what: "truncated file",
+            args: compress(&truncated, &weights, &[]),
+            code: 1,
+            says: &["truncated.safetensors", "not a valid safetensors"],
+        },
+        Bad {
+            what: "garbage file",
+            args: compress(&garbage, &weights, &[]),
+            code: 1,
+            says: &["garbage.safetensors"],
+        },
+        Bad {
+            what: "empty file",
+            args: compress(&empty, &weights, &[]),
+            code: 1,
+            says: &["empty.safetensors"],
+        },
+        Bad {
+            what: "header claiming terabytes",
+            args: compress(&liar, &weights, &[]),
+            code: 1,
+            says: &["liar.safetensors"],
+        },
+        Bad {
+            what: "header length claiming exabytes",
+            args: compress(&huge_header, &weights, &[]),
+            code: 1,
+            says: &["huge_header.safetensors"],
+        },
+        Bad {
+            what: "missing input",
+            args: compress(&dir.join("absent.safetensors"), &weights, &[]),
+            code: 1,
+            says: &["absent.safetensors"],
+        },
+        Bad {
+            what: "weights given as input",
+            args: compress(&weights, &weights, &[]),
+            code: 1,
+            says: &["features", "missing"],
+        },
+        Bad {
+            what: "f16 on the cpu backend",
+            args: compress(&good_input, &weights, &["--precision", "f16"]),
+            code: 2,
+            says: &["f16", "cpu"],
+        },
+        Bad {
+            what: "unknown backend",
+            args: with_backend(compress(&good_input, &weights, &[]), "cuda"),
+            code: 2,
+            says: &["cuda", "--backend"],
+        },
+        Bad {
+            what: "unknown scope",
+            args: compress(&good_input, &weights, &["--scope", "world"]),
+            code: 2,
+            says: &["world"],
+        },
+        Bad {
+            what: "unknown adapter",
+            args: with_backend(
+                compress(
+                    &good_input,
+                    &weights,
+                    &["--adapter", "no-such-gpu-anywhere"],
+                ),
+                "auto",
+            ),
+            code: 1,
+            says: &["no-such-gpu-anywhere"],
+        },
+        Bad {
+            what: "init d_c above d",
+            args: ["init", "--dim", "4", "--dc", "8", "--output", path(&output)]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            code: 2,
+            says: &["--dc 8", "--dim 4"],
+        },
+        Bad {
+            what: "init bad table",
+            args: [
+                "init",
+                "--dim",
+                "4",
+                "--dc",
+                "2",
+                "--pos",
+                "3y3",
+                "--output",
+                path(&output),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            code: 2,
+            says: &["--pos", "3y3"],
+        },
+        Bad {
+            what: "unknown command",
+            args: vec!["shrink".into()],
+            code: 2,
+            says: &["shrink"],
+        },
     ];
     for case in &cases {
         check_bad(case, &output);

@@ -5,9 +5,7 @@ mod common;
 
 use common::{features, gpu, grid, relative_error, seeded, weights};
 use metacompress::gpu::GpuContext;
-use metacompress::{
-    reference, Compressor, Grid, Keep, Layout, Options, PMeta, Precision, Scope,
-};
+use metacompress::{reference, Compressor, Grid, Keep, Layout, Options, PMeta, Precision, Scope};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -68,7 +66,9 @@ fn run(
     );
     let tokens_error = relative_error(&out.tokens, &expected.tokens);
     let projection_error = relative_error(out.projection.as_ref().unwrap(), &expected.projection);
-    eprintln!("{describe}: tokens error {tokens_error:.2e}, projection error {projection_error:.2e}");
+    eprintln!(
+        "{describe}: tokens error {tokens_error:.2e}, projection error {projection_error:.2e}"
+    );
     assert!(
         tokens_error <= case.tolerance(),
         "{describe}: tokens error {tokens_error:e} > {:e}",
@@ -193,8 +193,14 @@ fn more_tokens_than_a_workgroup_holds() {
 fn f16_storage_stays_within_its_bound() {
     let Some(context) = gpu() else { return };
     if !context.has_f16() {
-        eprintln!("SKIPPED f16: adapter {} lacks SHADER_F16", context.adapter.name);
-        assert!(std::env::var_os("CI").is_none(), "CI's lavapipe offers SHADER_F16");
+        eprintln!(
+            "SKIPPED f16: adapter {} lacks SHADER_F16",
+            context.adapter.name
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI's lavapipe offers SHADER_F16"
+        );
         return;
     }
     let (seed, mut rng) = seeded("f16_storage_stays_within_its_bound");
@@ -238,10 +244,22 @@ fn huge_omega_prunes_each_reduced_token_is_an_input_token() {
     for (i, row) in projection.chunks_exact(tokens).enumerate() {
         let ones: Vec<usize> = (0..tokens).filter(|&j| row[j] == 1.0).collect();
         let zeros = row.iter().filter(|&&p| p == 0.0).count();
-        assert_eq!(ones.len(), 1, "seed {seed}: row {i} of P is not one-hot: {row:?}");
-        assert_eq!(zeros, tokens - 1, "seed {seed}: row {i} of P is not one-hot");
+        assert_eq!(
+            ones.len(),
+            1,
+            "seed {seed}: row {i} of P is not one-hot: {row:?}"
+        );
+        assert_eq!(
+            zeros,
+            tokens - 1,
+            "seed {seed}: row {i} of P is not one-hot"
+        );
         let kept = &features.image(0)[ones[0] * width..][..width];
-        assert_eq!(&out.tokens[i * width..][..width], kept, "seed {seed}: token {i}");
+        assert_eq!(
+            &out.tokens[i * width..][..width],
+            kept,
+            "seed {seed}: token {i}"
+        );
     }
 }
 
@@ -263,10 +281,21 @@ fn keep_one_keeps_every_token_and_rows_sum_to_one() {
     };
     let (out, _, _) = run(&context, &mut rng, seed, &case);
     assert_eq!(out.queries.count, case.tokens);
-    for (i, row) in out.projection.unwrap().chunks_exact(case.tokens).enumerate() {
+    for (i, row) in out
+        .projection
+        .unwrap()
+        .chunks_exact(case.tokens)
+        .enumerate()
+    {
         let sum: f64 = row.iter().map(|&p| p as f64).sum();
-        assert!((sum - 1.0).abs() < 1e-5, "seed {seed}: row {i} sums to {sum}");
-        assert!(row.iter().all(|&p| p >= 0.0), "seed {seed}: row {i} has a negative");
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "seed {seed}: row {i} sums to {sum}"
+        );
+        assert!(
+            row.iter().all(|&p| p >= 0.0),
+            "seed {seed}: row {i} has a negative"
+        );
     }
 }
 
@@ -295,13 +324,19 @@ fn grid_scope_puts_exact_zeros_outside_the_query_grid() {
             let row = &projection[(image * m + query) * tokens..][..tokens];
             for (j, p) in row.iter().enumerate() {
                 if range.contains(&j) {
-                    assert!(*p > 0.0, "seed {seed}: P[{query}, {j}] = {p} inside its grid");
+                    assert!(
+                        *p > 0.0,
+                        "seed {seed}: P[{query}, {j}] = {p} inside its grid"
+                    );
                 } else {
                     assert_eq!(*p, 0.0, "seed {seed}: P[{query}, {j}] outside its grid");
                 }
             }
             let sum: f64 = row.iter().map(|&p| p as f64).sum();
-            assert!((sum - 1.0).abs() < 1e-5, "seed {seed}: row {query} sums to {sum}");
+            assert!(
+                (sum - 1.0).abs() < 1e-5,
+                "seed {seed}: row {query} sums to {sum}"
+            );
         }
     }
 }

@@ -33,7 +33,11 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
     };
     let (metal, _) = msl::write_string(&module, &info, &msl::Options::default(), &msl_pipeline)
         .map_err(|e| format!("MSL: {e}"))?;
-    assert!(metal.contains("kernel"), "{}: MSL has no kernel", source.label);
+    assert!(
+        metal.contains("kernel"),
+        "{}: MSL has no kernel",
+        source.label
+    );
 
     let hlsl_options = hlsl::Options {
         shader_model: hlsl::ShaderModel::V6_2, // f16 needs 6.2; DX12 on wgpu targets >= 6.0
@@ -46,7 +50,11 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
     hlsl::Writer::new(&mut direct, &hlsl_options, &hlsl_pipeline)
         .write(&module, &info, None)
         .map_err(|e| format!("HLSL: {e}"))?;
-    assert!(direct.contains("numthreads"), "{}: HLSL has no kernel", source.label);
+    assert!(
+        direct.contains("numthreads"),
+        "{}: HLSL has no kernel",
+        source.label
+    );
 
     // wgpu's GL backend never offers SHADER_F16, so only f32 variants must reach GLSL.
     if precision == Precision::F32 {
@@ -70,7 +78,11 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
         )
         .and_then(|mut writer| writer.write())
         .map_err(|e| format!("GLSL: {e}"))?;
-        assert!(gl.contains("void main"), "{}: GLSL has no main", source.label);
+        assert!(
+            gl.contains("void main"),
+            "{}: GLSL has no main",
+            source.label
+        );
     }
     Ok(())
 }
@@ -95,7 +107,12 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
 fn f16_variants_enable_f16_and_f32_variants_do_not() {
     for source in KernelSources::for_precision(Precision::F16).all() {
         let uses_f16 = source.label.contains("f16");
-        assert_eq!(source.code.starts_with("enable f16;"), uses_f16, "{}", source.label);
+        assert_eq!(
+            source.code.starts_with("enable f16;"),
+            uses_f16,
+            "{}",
+            source.label
+        );
     }
     for source in KernelSources::for_precision(Precision::F32).all() {
         assert!(!source.code.contains("enable f16"), "{}", source.label);

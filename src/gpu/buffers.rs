@@ -48,7 +48,12 @@ pub fn storage_with(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::B
 
 /// A storage buffer for a kernel to write, of `bytes` bytes. With `poison`, every byte is 0xFF
 /// (NaN in f32 and f16), so an element no kernel writes cannot pass for a right one.
-pub fn storage_output(device: &wgpu::Device, label: &str, bytes: u64, poison: bool) -> wgpu::Buffer {
+pub fn storage_output(
+    device: &wgpu::Device,
+    label: &str,
+    bytes: u64,
+    poison: bool,
+) -> wgpu::Buffer {
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
     if poison {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

@@ -193,7 +193,11 @@ impl GpuEngine {
             rhs_per_image: true,
         };
         for product in [&keys_product, &queries_product, &reduction_product] {
-            if product.groups().iter().any(|g| *g > MAX_GROUPS_PER_DIMENSION) {
+            if product
+                .groups()
+                .iter()
+                .any(|g| *g > MAX_GROUPS_PER_DIMENSION)
+            {
                 return Err(Error::Unsupported(format!(
                     "a {}x{} product for a batch of {} passes the dispatch limit of {} \
                      workgroups per dimension",
@@ -235,7 +239,8 @@ impl GpuEngine {
                 .collect();
             let input = storage_with(device, "features", &elem_bytes(features.values(), elem));
             let grids = storage_with(device, "grids", bytemuck::cast_slice(&grids));
-            let query_grids = storage_with(device, "query grids", bytemuck::cast_slice(&query_grids));
+            let query_grids =
+                storage_with(device, "query grids", bytemuck::cast_slice(&query_grids));
             let key_ranges = storage_with(device, "key ranges", bytemuck::cast_slice(&key_ranges));
             let output = |label: &str, count: usize, size: usize| {
                 storage_output(device, label, padded_size(count, size), poison)
@@ -251,29 +256,67 @@ impl GpuEngine {
             let positioned = match &w.table {
                 Some((table, _, _)) => {
                     let positioned = output("positioned features", batch * n * d, elem_size);
-                    k.position
-                        .encode(device, &mut encoder, &shape, &input, table, &grids, &positioned);
+                    k.position.encode(
+                        device,
+                        &mut encoder,
+                        &shape,
+                        &input,
+                        table,
+                        &grids,
+                        &positioned,
+                    );
                     positioned
                 }
                 None => input.clone(),
             };
             // Step 3: Q_in = pool(Xp).
-            k.pooling
-                .encode(device, &mut encoder, &shape, &positioned, &query_grids, &pooled);
+            k.pooling.encode(
+                device,
+                &mut encoder,
+                &shape,
+                &positioned,
+                &query_grids,
+                &pooled,
+            );
             // Step 4: Q = Q_in w_q, K = Xp w_k.
-            k.projection
-                .encode(device, &mut encoder, &queries_product, &pooled, &w.w_q, &query);
-            k.projection
-                .encode(device, &mut encoder, &keys_product, &positioned, &w.w_k, &key);
+            k.projection.encode(
+                device,
+                &mut encoder,
+                &queries_product,
+                &pooled,
+                &w.w_q,
+                &query,
+            );
+            k.projection.encode(
+                device,
+                &mut encoder,
+                &keys_product,
+                &positioned,
+                &w.w_k,
+                &key,
+            );
             // Steps 5 and 6: S, then P = softmax(S) in place.
             k.scores.encode(
-                device, &mut encoder, &shape, &query, &key, &w.omega, &key_ranges, &scores,
+                device,
+                &mut encoder,
+                &shape,
+                &query,
+                &key,
+                &w.omega,
+                &key_ranges,
+                &scores,
             );
             k.softmax
                 .encode(device, &mut encoder, &shape, &key_ranges, &scores);
             // Step 7: Y = P X.
-            k.reduction
-                .encode(device, &mut encoder, &reduction_product, &scores, &input, &tokens);
+            k.reduction.encode(
+                device,
+                &mut encoder,
+                &reduction_product,
+                &scores,
+                &input,
+                &tokens,
+            );
 
             let tokens_staging = staging_for(device, &tokens);
             encoder.copy_buffer_to_buffer(&tokens, 0, &tokens_staging, 0, None);

@@ -29,6 +29,7 @@ impl Position {
     }
 
     /// Records `positioned = features + E`; `grids` holds `(offset, h, w, 0)` per grid.
+    #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
         device: &wgpu::Device,

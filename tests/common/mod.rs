@@ -31,7 +31,13 @@ pub fn normal(rng: &mut ChaCha8Rng, count: usize, scale: f32) -> Vec<f32> {
 
 /// Standard-normal features.
 pub fn features(rng: &mut ChaCha8Rng, batch: usize, tokens: usize, width: usize) -> Features {
-    Features::new(batch, tokens, width, normal(rng, batch * tokens * width, 1.0)).unwrap()
+    Features::new(
+        batch,
+        tokens,
+        width,
+        normal(rng, batch * tokens * width, 1.0),
+    )
+    .unwrap()
 }
 
 /// Random weights with entries of size about 1/sqrt(d), as SPEC section 7 assumes; `omega`
@@ -43,9 +49,7 @@ pub fn weights(
     table: Option<(usize, usize)>,
 ) -> PMeta {
     let scale = 1.0 / (width as f32).sqrt();
-    let omega = (0..channels)
-        .map(|_| 0.5 + rng.random::<f32>())
-        .collect();
+    let omega = (0..channels).map(|_| 0.5 + rng.random::<f32>()).collect();
     let position = table.map(|(height, table_width)| PositionTable {
         height,
         width: table_width,
@@ -72,7 +76,11 @@ pub fn grid(offset: usize, height: usize, width: usize) -> Grid {
 
 /// `||out - ref|| / ||ref||` (relative Frobenius error).
 pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len(), "output and reference sizes differ");
+    assert_eq!(
+        out.len(),
+        reference.len(),
+        "output and reference sizes differ"
+    );
     let (mut diff, mut norm) = (0.0, 0.0);
     for (o, r) in out.iter().zip(reference) {
         // A NaN left by poisoning makes the error NaN, which fails every bound.
