@@ -9,7 +9,7 @@ use crate::tensor::Features;
 use crate::weights::PMeta;
 
 /// Storage precision of the GPU path. Arithmetic and the softmax are always f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// f32 storage.
     #[default]
@@ -46,7 +46,7 @@ impl Precision {
 }
 
 /// Where the forward pass runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
     /// The best GPU adapter of any API (real GPUs before software ones).
     #[default]
@@ -56,6 +56,7 @@ pub enum Backend {
     /// Metal.
     Metal,
     /// Direct3D 12.
+    #[value(name = "dx12")]
     Dx12,
     /// OpenGL / GLES.
     Gl,
@@ -64,23 +65,6 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Parses a `--backend` value.
-    pub fn parse(text: &str) -> Result<Self> {
-        Ok(match text.to_lowercase().as_str() {
-            "auto" => Backend::Auto,
-            "vulkan" => Backend::Vulkan,
-            "metal" => Backend::Metal,
-            "dx12" => Backend::Dx12,
-            "gl" => Backend::Gl,
-            "cpu" => Backend::Cpu,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "backend {text:?} is unknown; expected auto, vulkan, metal, dx12, gl or cpu"
-                )))
-            }
-        })
-    }
-
     fn api(self) -> Option<GpuApi> {
         match self {
             Backend::Auto => Some(GpuApi::Any),

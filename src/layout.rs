@@ -265,7 +265,7 @@ impl Default for Keep {
 }
 
 /// Which keys a query's softmax runs over (SPEC section 4, step 5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Scope {
     /// Every token of the image.
     #[default]

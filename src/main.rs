@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
@@ -58,14 +58,14 @@ struct CompressArgs {
     #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
     grids: Vec<String>,
     /// Which keys each query's softmax runs over.
-    #[arg(long, value_enum, default_value_t = ScopeArg::Image)]
-    scope: ScopeArg,
+    #[arg(long, value_enum, default_value_t = Scope::Image)]
+    scope: Scope,
     /// Storage precision on the GPU.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Where to run.
-    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
-    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
     /// Use the adapter whose name contains NAME (any case).
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
@@ -74,7 +74,7 @@ struct CompressArgs {
     save_projection: bool,
     /// Dtype of the output tokens [default: the input's].
     #[arg(long, value_enum)]
-    output_dtype: Option<DtypeArg>,
+    output_dtype: Option<Dtype>,
 }
 
 #[derive(clap::Args)]
@@ -97,48 +97,6 @@ struct InitArgs {
     /// Output weights file.
     #[arg(long)]
     output: PathBuf,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ScopeArg {
-    Image,
-    Grid,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PrecisionArg {
-    F32,
-    F16,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    Auto,
-    Vulkan,
-    Metal,
-    Dx12,
-    Gl,
-    Cpu,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DtypeArg {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl From<BackendArg> for Backend {
-    fn from(arg: BackendArg) -> Self {
-        match arg {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::Vulkan => Backend::Vulkan,
-            BackendArg::Metal => Backend::Metal,
-            BackendArg::Dx12 => Backend::Dx12,
-            BackendArg::Gl => Backend::Gl,
-            BackendArg::Cpu => Backend::Cpu,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -197,14 +155,7 @@ fn compress(args: CompressArgs) -> Result<()> {
         (None, None) => Keep::default(),
     };
     let flag_grids = parse_grid_flags(&args.grids)?;
-    let precision = match args.precision {
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::F16 => Precision::F16,
-    };
-    let scope = match args.scope {
-        ScopeArg::Image => Scope::Image,
-        ScopeArg::Grid => Scope::Grid,
-    };
+    let (precision, scope) = (args.precision, args.scope);
     let weights = files::read_weights(&args.weights)?;
     let input = files::read_input(&args.input)?;
     let features = &input.features;
@@ -224,12 +175,7 @@ fn compress(args: CompressArgs) -> Result<()> {
             weights.width()
         )));
     }
-    let compressor = Compressor::new(
-        weights,
-        args.backend.into(),
-        args.adapter.as_deref(),
-        precision,
-    )?;
+    let compressor = Compressor::new(weights, args.backend, args.adapter.as_deref(), precision)?;
     let options = Options {
         keep,
         scope,
@@ -253,12 +199,7 @@ fn compress(args: CompressArgs) -> Result<()> {
             vec![rows, columns]
         }
     };
-    let dtype = match args.output_dtype {
-        None => input.dtype,
-        Some(DtypeArg::F32) => Dtype::F32,
-        Some(DtypeArg::F16) => Dtype::F16,
-        Some(DtypeArg::Bf16) => Dtype::BF16,
-    };
+    let dtype = args.output_dtype.unwrap_or(input.dtype);
     let mut tensors = vec![TensorOut {
         name: "tokens",
         shape: shape(m, d),

@@ -2,14 +2,15 @@
 
 use crate::error::{Error, Result};
 
-/// Element type of a tensor in a file or on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Element type of a tensor in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {
     /// 32-bit IEEE float.
     F32,
     /// 16-bit IEEE float.
     F16,
     /// bfloat16.
+    #[value(name = "bf16")]
     BF16,
 }
 

@@ -340,3 +340,29 @@ fn grid_scope_puts_exact_zeros_outside_the_query_grid() {
         }
     }
 }
+
+#[test]
+fn a_call_past_the_binding_limit_fails_cleanly_before_any_gpu_work() {
+    let Some(context) = gpu() else { return };
+    let (_, mut rng) = seeded("binding_limit");
+    // keep 1 on a 48x48 grid: P is 2304 x 2304 f32 per image; enough images pass the limit
+    // while the features (width 3) stay small.
+    let limit = context
+        .limits
+        .max_storage_buffer_binding_size
+        .min(context.limits.max_buffer_size);
+    let per_image = 2304u64 * 2304 * 4;
+    let batch = (limit / per_image + 1) as usize;
+    let weights = weights(&mut rng, 3, 2, None);
+    let features = features(&mut rng, batch, 2304, 3);
+    let compressor = Compressor::on_context(weights, context, Precision::F32).unwrap();
+    let options = Options {
+        keep: Keep::new(1.0).unwrap(),
+        ..Options::default()
+    };
+    let error = compressor
+        .compress(&features, &Layout::square(2304).unwrap(), &options)
+        .unwrap_err();
+    assert!(matches!(error, metacompress::Error::Unsupported(_)), "{error}");
+    assert!(error.to_string().contains("the scores"), "{error}");
+}

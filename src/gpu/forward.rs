@@ -67,6 +67,26 @@ fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> T) -> Res
     }
 }
 
+/// Fails, naming the buffer, when one would pass the device's storage binding or buffer size
+/// limits, or when its element count does not fit the kernels' 32-bit indices.
+fn check_fits(context: &GpuContext, buffers: &[(&str, usize, usize)]) -> Result<()> {
+    let limit = context
+        .limits
+        .max_storage_buffer_binding_size
+        .min(context.limits.max_buffer_size);
+    for (name, count, size) in buffers {
+        let bytes = padded_size(*count, *size);
+        if bytes > limit || *count > u32::MAX as usize {
+            return Err(Error::Unsupported(format!(
+                "{name} needs {bytes} bytes in one storage binding; adapter {} allows {limit} \
+                 (split the batch into smaller ones)",
+                context.adapter.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl GpuEngine {
     /// Builds the pipelines and uploads the weights.
     pub fn new(context: GpuContext, weights: &PMeta, precision: Precision) -> Result<Self> {
@@ -78,6 +98,14 @@ impl GpuEngine {
             )));
         }
         let elem = precision.elem();
+        let table_size = weights.position().map_or(0, |t| t.values.len());
+        check_fits(
+            &context,
+            &[
+                ("w_q", weights.w_q().len(), precision.size()),
+                ("pos_embed", table_size, precision.size()),
+            ],
+        )?;
         let device = &context.device;
         let sources = KernelSources::for_precision(precision);
         let (kernels, uploaded) = scoped(device, "building the kernels", || {
@@ -119,27 +147,6 @@ impl GpuEngine {
         &self.context
     }
 
-    /// Fails, naming the buffer, when one would pass the device's storage binding or buffer
-    /// size limits, or when an element count does not fit the kernels' 32-bit indices.
-    fn check_fits(&self, buffers: &[(&str, usize, usize)]) -> Result<()> {
-        let limit = self
-            .context
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.context.limits.max_buffer_size);
-        for (name, count, size) in buffers {
-            let bytes = padded_size(*count, *size);
-            if bytes > limit || *count > u32::MAX as usize {
-                return Err(Error::Unsupported(format!(
-                    "{name} needs {bytes} bytes in one storage binding; adapter {} allows {limit} \
-                     (split the batch into smaller ones)",
-                    self.context.adapter.name
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the forward pass on `features` (shapes already checked against the weights and
     /// layout). With `poison`, every buffer a kernel writes starts as NaN.
     pub fn run(
@@ -156,12 +163,15 @@ impl GpuEngine {
         debug_assert_eq!(d, self.weights.width);
         let elem = self.precision.elem();
         let elem_size = self.precision.size();
-        self.check_fits(&[
-            ("features", batch * n * d, elem_size),
-            ("the pooled queries", batch * m * d, elem_size),
-            ("the keys", batch * n * c, elem_size),
-            ("the scores", batch * m * n, 4),
-        ])?;
+        check_fits(
+            &self.context,
+            &[
+                ("features", batch * n * d, elem_size),
+                ("the pooled queries", batch * m * d, elem_size),
+                ("the keys", batch * n * c, elem_size),
+                ("the scores", batch * m * n, 4),
+            ],
+        )?;
         let shape = ForwardShape {
             batch: batch as u32,
             tokens: n as u32,
