@@ -48,7 +48,9 @@ impl Precision {
 /// Where the forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
-    /// The best GPU adapter of any API (real GPUs before software ones).
+    /// A real GPU when there is one; the fast CPU path when the only adapters are software
+    /// ones (such as lavapipe, about 100 times slower than the CPU path), unless f16 or an
+    /// adapter by name is asked for.
     #[default]
     Auto,
     /// Vulkan.
@@ -60,8 +62,10 @@ pub enum Backend {
     Dx12,
     /// OpenGL / GLES.
     Gl,
-    /// The float64 reference on the CPU.
+    /// The fast CPU path: f32, all cores, cache-blocked products.
     Cpu,
+    /// The float64 reference of SPEC section 4: slow, for checking results.
+    Reference,
 }
 
 impl Backend {
@@ -72,7 +76,7 @@ impl Backend {
             Backend::Metal => Some(GpuApi::Metal),
             Backend::Dx12 => Some(GpuApi::Dx12),
             Backend::Gl => Some(GpuApi::Gl),
-            Backend::Cpu => None,
+            Backend::Cpu | Backend::Reference => None,
         }
     }
 }
@@ -109,6 +113,7 @@ pub struct Compressed {
 }
 
 enum Engine {
+    Reference,
     Cpu,
     Gpu(Box<GpuEngine>),
 }
@@ -118,37 +123,71 @@ pub struct Compressor {
     weights: PMeta,
     precision: Precision,
     engine: Engine,
+    /// Why `Backend::Auto` chose what it chose, for people.
+    choice: Option<String>,
 }
 
 impl Compressor {
     /// Opens `backend` (an adapter whose name contains `adapter`, if given) and prepares the
-    /// weights at `precision`. The CPU backend is the float64 reference and takes f32 only.
+    /// weights at `precision`. The CPU backends take f32 only.
     pub fn new(
         weights: PMeta,
         backend: Backend,
         adapter: Option<&str>,
         precision: Precision,
     ) -> Result<Self> {
-        let engine = match backend.api() {
-            None => {
-                if precision != Precision::F32 {
-                    return Err(Error::InvalidArgument(format!(
-                        "--precision {} is for GPU backends; the cpu backend computes in float64 \
-                         (use --precision f32)",
-                        precision.name()
-                    )));
-                }
-                Engine::Cpu
-            }
-            Some(api) => {
-                return Compressor::on_context(weights, GpuContext::open(api, adapter)?, precision)
-            }
+        let cpu_engine = match backend {
+            Backend::Cpu => Some(Engine::Cpu),
+            Backend::Reference => Some(Engine::Reference),
+            _ => None,
         };
-        Ok(Compressor {
-            weights,
-            precision,
-            engine,
-        })
+        if let Some(engine) = cpu_engine {
+            if precision != Precision::F32 {
+                return Err(Error::InvalidArgument(format!(
+                    "--precision {} is for GPU backends; the {} backend computes in {} \
+                     (use --precision f32)",
+                    precision.name(),
+                    if backend == Backend::Cpu {
+                        "cpu"
+                    } else {
+                        "reference"
+                    },
+                    if backend == Backend::Cpu {
+                        "f32"
+                    } else {
+                        "float64"
+                    },
+                )));
+            }
+            return Ok(Compressor {
+                weights,
+                precision,
+                engine,
+                choice: None,
+            });
+        }
+        let api = backend.api().expect("GPU backends have an API");
+        let context = GpuContext::open(api, adapter)?;
+        if backend == Backend::Auto
+            && adapter.is_none()
+            && precision == Precision::F32
+            && context.adapter.device_type == "cpu"
+        {
+            return Ok(Compressor {
+                weights,
+                precision,
+                engine: Engine::Cpu,
+                choice: Some(format!(
+                    "auto chose the cpu path: the only GPU adapter is software ({})",
+                    context.adapter.name
+                )),
+            });
+        }
+        let mut compressor = Compressor::on_context(weights, context, precision)?;
+        if backend == Backend::Auto {
+            compressor.choice = Some("auto chose the best GPU adapter".to_string());
+        }
+        Ok(compressor)
     }
 
     /// Prepares the weights at `precision` on a device already open (several compressors
@@ -159,13 +198,20 @@ impl Compressor {
             weights,
             precision,
             engine: Engine::Gpu(Box::new(engine)),
+            choice: None,
         })
     }
 
-    /// What runs the pass, for people: the adapter and API, or the CPU reference.
+    /// Why `Backend::Auto` chose this device, if it was asked to choose.
+    pub fn choice(&self) -> Option<&str> {
+        self.choice.as_deref()
+    }
+
+    /// What runs the pass, for people: the adapter and API, or the CPU path.
     pub fn device(&self) -> String {
         match &self.engine {
-            Engine::Cpu => "cpu (float64 reference)".to_string(),
+            Engine::Reference => "cpu (float64 reference)".to_string(),
+            Engine::Cpu => "cpu (f32, multi-threaded sgemm)".to_string(),
             Engine::Gpu(engine) => {
                 let adapter = &engine.context().adapter;
                 format!(
@@ -207,7 +253,15 @@ impl Compressor {
         }
         let queries = layout.queries(options.keep);
         let (tokens, projection) = match &self.engine {
-            Engine::Cpu => {
+            Engine::Cpu => crate::cpu::forward(
+                features,
+                &self.weights,
+                layout,
+                &queries,
+                options.scope,
+                options.save_projection,
+            ),
+            Engine::Reference => {
                 let result =
                     reference::forward(features, &self.weights, layout, &queries, options.scope);
                 let narrow = |values: Vec<f64>| values.into_iter().map(|v| v as f32).collect();

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod compress;
+pub mod cpu;
 pub mod demo;
 pub mod error;
 pub mod files;

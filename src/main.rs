@@ -223,6 +223,9 @@ fn compress(args: CompressArgs) -> Result<()> {
         ("query_grids", reduced.queries.to_json()),
     ];
     files::write_tensors(&args.output, &tensors, &metadata)?;
+    if let Some(choice) = compressor.choice() {
+        println!("{choice}");
+    }
     println!(
         "compressed {b} x {n} -> {m} tokens of width {d} (keep {}, scope {}) on {} in {:.1} ms; wrote {}",
         keep.value(),
@@ -308,14 +311,17 @@ fn run_demo() -> Result<()> {
     let compressor = match Compressor::new(weights.clone(), Backend::Auto, None, Precision::F32) {
         Ok(compressor) => compressor,
         Err(error) => {
-            println!("no GPU adapter ({error}); using the cpu backend");
+            println!("no GPU adapter ({error}); using the cpu path");
             Compressor::new(weights, Backend::Cpu, None, Precision::F32)?
         }
     };
     println!(
-        "device: {} (opened and kernels built in {:.0} ms)",
+        "device: {} (ready in {:.0} ms){}",
         compressor.device(),
-        started.elapsed().as_secs_f64() * 1e3
+        started.elapsed().as_secs_f64() * 1e3,
+        compressor
+            .choice()
+            .map_or(String::new(), |choice| format!("; {choice}"))
     );
     let options = Options {
         save_projection: true,

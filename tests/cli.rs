@@ -111,11 +111,15 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
         Scope::Grid,
     );
 
-    let mut backends = vec!["cpu"];
-    if gpu().is_some() {
-        backends.push("auto");
+    let mut backends = vec![
+        "cpu".to_string(),
+        "reference".to_string(),
+        "auto".to_string(),
+    ];
+    if let Some(context) = gpu() {
+        backends.push(context.adapter.backend.clone());
     }
-    for backend in backends {
+    for backend in backends.iter().map(String::as_str) {
         let output = dir.join(format!("out-{backend}.safetensors"));
         let out = run(&[
             "compress",

@@ -363,6 +363,9 @@ fn a_call_past_the_binding_limit_fails_cleanly_before_any_gpu_work() {
     let error = compressor
         .compress(&features, &Layout::square(2304).unwrap(), &options)
         .unwrap_err();
-    assert!(matches!(error, metacompress::Error::Unsupported(_)), "{error}");
+    assert!(
+        matches!(error, metacompress::Error::Unsupported(_)),
+        "{error}"
+    );
     assert!(error.to_string().contains("the scores"), "{error}");
 }
