@@ -14,6 +14,14 @@ use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result, Scope,
 };
 
+/// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "metacompress",
@@ -34,7 +42,11 @@ enum Command {
     /// List every adapter wgpu sees.
     Devices,
     /// Run the whole path on built-in data, with no files and no flags.
-    Demo,
+    Demo {
+        /// Where to run (by default a real GPU, else the CPU path).
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
 }
 
 #[derive(clap::Args)]
@@ -130,7 +142,7 @@ fn main() -> ExitCode {
         Command::Compress(args) => compress(args),
         Command::Init(args) => init(args),
         Command::Devices => devices(),
-        Command::Demo => run_demo(),
+        Command::Demo { backend } => run_demo(backend),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,9 +236,9 @@ fn compress(args: CompressArgs) -> Result<()> {
     ];
     files::write_tensors(&args.output, &tensors, &metadata)?;
     if let Some(choice) = compressor.choice() {
-        println!("{choice}");
+        say!("{choice}");
     }
-    println!(
+    say!(
         "compressed {b} x {n} -> {m} tokens of width {d} (keep {}, scope {}) on {} in {:.1} ms; wrote {}",
         keep.value(),
         scope.name(),
@@ -255,7 +267,7 @@ fn init(args: InitArgs) -> Result<()> {
     };
     let weights = PMeta::init(args.dim, args.dc, position, args.pos_scale, args.seed)?;
     files::write_weights(&args.output, &weights)?;
-    println!(
+    say!(
         "wrote P_meta (d {}, d_c {}, w_q = w_k orthonormal from seed {}, omega = 1{}) to {}",
         args.dim,
         args.dc,
@@ -272,12 +284,12 @@ fn init(args: InitArgs) -> Result<()> {
 fn devices() -> Result<()> {
     let adapters = list_adapters(GpuApi::Any);
     if adapters.is_empty() {
-        println!("no adapters found (on Linux, install a Vulkan driver such as mesa-vulkan-drivers); --backend cpu always works");
+        say!("no adapters found (on Linux, install a Vulkan driver such as mesa-vulkan-drivers); --backend cpu always works");
         return Ok(());
     }
     let yes = |flag: bool| if flag { "yes" } else { "no" };
     for adapter in adapters {
-        println!(
+        say!(
             "{}\n  backend {}, type {}, driver {}\n  f16 {}, subgroups {}, timestamp queries {}",
             adapter.name,
             adapter.backend,
@@ -295,27 +307,28 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
-fn run_demo() -> Result<()> {
+fn run_demo(backend: Backend) -> Result<()> {
     let scene = demo::scene(2026);
     let layout = Layout::square(demo::SIDE * demo::SIDE)?;
     let weights = PMeta::init(demo::WIDTH, 128, Some((demo::SIDE, demo::SIDE)), 1.0, 0)?;
-    println!(
+    say!(
         "demo: one LLaVA-1.5-shaped image, {side}x{side} = {n} tokens of width {d}, with {objects} objects on a smooth background",
         side = demo::SIDE,
         n = demo::SIDE * demo::SIDE,
         d = demo::WIDTH,
         objects = scene.objects.len()
     );
-    println!("P_meta: the paper's initialisation (w_q = w_k orthonormal, d_c 128, omega 1, 24x24 sine-cosine positions)");
+    say!("P_meta: the paper's initialisation (w_q = w_k orthonormal, d_c 128, omega 1, 24x24 sine-cosine positions)");
     let started = Instant::now();
-    let compressor = match Compressor::new(weights.clone(), Backend::Auto, None, Precision::F32) {
+    let compressor = match Compressor::new(weights.clone(), backend, None, Precision::F32) {
         Ok(compressor) => compressor,
-        Err(error) => {
-            println!("no GPU adapter ({error}); using the cpu path");
+        Err(error) if backend == Backend::Auto => {
+            say!("no GPU adapter ({error}); using the cpu path");
             Compressor::new(weights, Backend::Cpu, None, Precision::F32)?
         }
+        Err(error) => return Err(error),
     };
-    println!(
+    say!(
         "device: {} (ready in {:.0} ms){}",
         compressor.device(),
         started.elapsed().as_secs_f64() * 1e3,
@@ -331,16 +344,16 @@ fn run_demo() -> Result<()> {
     let reduced = compressor.compress(&scene.features, &layout, &options)?;
     let elapsed = started.elapsed();
     let (n, m) = (reduced.input_tokens, reduced.queries.count);
-    println!(
-        "compressed {n} -> {m} tokens (keep {}, {:.0}% fewer) in {:.1} ms, upload and read-back included",
+    say!(
+        "compressed {n} -> {m} tokens (keep {}, {:.0}% fewer) in {:.1} ms (one call, data in and out included)",
         options.keep.value(),
         100.0 * (1.0 - m as f64 / n as f64),
         elapsed.as_secs_f64() * 1e3
     );
-    println!("how each object survives among the {m} reduced tokens:");
-    println!("  object  area   tokens mainly about it   best cosine to its features");
+    say!("how each object survives among the {m} reduced tokens:");
+    say!("  object  area   tokens mainly about it   best cosine to its features");
     for report in demo::object_report(&scene, &reduced) {
-        println!(
+        say!(
             "  {:<6} {:>5.1}%   {:>22}   {:>27.2}",
             report.name,
             100.0 * report.area_share,
@@ -348,6 +361,6 @@ fn run_demo() -> Result<()> {
             report.best_cosine
         );
     }
-    println!("(a cosine near 1 means some reduced token still carries that object clearly)");
+    say!("(a cosine near 1 means some reduced token still carries that object clearly)");
     Ok(())
 }
