@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuApi, GpuContext, GpuEngine};
+pub use crate::kernels::matmul::MatmulVariant;
 use crate::layout::{Keep, Layout, Queries, Scope};
 use crate::reference;
 use crate::shaders::Elem;
@@ -93,6 +94,9 @@ pub struct Options {
     /// Testing aid: fill every GPU buffer a kernel writes with NaN before the run, so an
     /// element no kernel writes cannot pass for a right one.
     pub poison: bool,
+    /// Which GPU matrix product kernel runs (the tiled one unless a benchmark or test asks
+    /// for the v1 kernel).
+    pub matmul: MatmulVariant,
 }
 
 /// The result of one call.
@@ -271,14 +275,7 @@ impl Compressor {
                 )
             }
             Engine::Gpu(engine) => {
-                let output = engine.run(
-                    features,
-                    layout,
-                    &queries,
-                    options.scope,
-                    options.save_projection,
-                    options.poison,
-                )?;
+                let output = engine.run(features, layout, &queries, options)?;
                 (output.tokens, output.projection)
             }
         };

@@ -32,7 +32,7 @@ pub mod shaders;
 pub mod tensor;
 pub mod weights;
 
-pub use compress::{Backend, Compressed, Compressor, Options, Precision};
+pub use compress::{Backend, Compressed, Compressor, MatmulVariant, Options, Precision};
 pub use error::{Error, Result};
 pub use layout::{Grid, Keep, Layout, Queries, QueryGrid, Scope};
 pub use tensor::{Dtype, Features};

@@ -192,7 +192,7 @@ fn compress(args: CompressArgs) -> Result<()> {
         keep,
         scope,
         save_projection: args.save_projection,
-        poison: false,
+        ..Options::default()
     };
     let started = Instant::now();
     let reduced = compressor.compress(features, &layout, &options)?;

@@ -45,7 +45,7 @@ fn the_cpu_path_matches_the_reference() {
             keep,
             scope,
             save_projection: true,
-            poison: false,
+            ..Options::default()
         };
         let out = compressor.compress(&features, &layout, &options).unwrap();
         let expected =
@@ -81,7 +81,7 @@ fn grid_scope_on_the_cpu_path_has_exact_zeros_outside_each_grid() {
         keep: Keep::new(0.5).unwrap(),
         scope: Scope::Grid,
         save_projection: true,
-        poison: false,
+        ..Options::default()
     };
     let out = compressor.compress(&features, &layout, &options).unwrap();
     let m = out.queries.count;

@@ -21,7 +21,9 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
         &naga::back::PipelineConstants::default(),
     )
     .map_err(|e| format!("overrides: {e}"))?;
-    let entry = Some((naga::ShaderStage::Compute, "main".to_string()));
+    // MSL and HLSL get every entry point at once; GLSL takes one at a time.
+    let entry = None;
+    let entry_points: Vec<String> = module.entry_points.iter().map(|e| e.name.clone()).collect();
 
     let words = spv::write_vec(&module, &info, &spv::Options::default(), None)
         .map_err(|e| format!("SPIR-V: {e}"))?;
@@ -43,9 +45,7 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
         shader_model: hlsl::ShaderModel::V6_2, // f16 needs 6.2; DX12 on wgpu targets >= 6.0
         ..Default::default()
     };
-    let hlsl_pipeline = hlsl::PipelineOptions {
-        entry_point: entry.clone(),
-    };
+    let hlsl_pipeline = hlsl::PipelineOptions { entry_point: entry };
     let mut direct = String::new();
     hlsl::Writer::new(&mut direct, &hlsl_options, &hlsl_pipeline)
         .write(&module, &info, None)
@@ -62,27 +62,29 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
             version: glsl::Version::new_gles(310),
             ..Default::default()
         };
-        let glsl_pipeline = glsl::PipelineOptions {
-            shader_stage: naga::ShaderStage::Compute,
-            entry_point: "main".to_string(),
-            multiview: None,
-        };
-        let mut gl = String::new();
-        glsl::Writer::new(
-            &mut gl,
-            &module,
-            &info,
-            &glsl_options,
-            &glsl_pipeline,
-            naga::proc::BoundsCheckPolicies::default(),
-        )
-        .and_then(|mut writer| writer.write())
-        .map_err(|e| format!("GLSL: {e}"))?;
-        assert!(
-            gl.contains("void main"),
-            "{}: GLSL has no main",
-            source.label
-        );
+        for entry_point in &entry_points {
+            let glsl_pipeline = glsl::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: entry_point.clone(),
+                multiview: None,
+            };
+            let mut gl = String::new();
+            glsl::Writer::new(
+                &mut gl,
+                &module,
+                &info,
+                &glsl_options,
+                &glsl_pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut writer| writer.write())
+            .map_err(|e| format!("GLSL {entry_point}: {e}"))?;
+            assert!(
+                gl.contains("void main"),
+                "{}: GLSL has no main",
+                source.label
+            );
+        }
     }
     Ok(())
 }
@@ -100,6 +102,17 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
         }
     }
     assert_eq!(checked, 12);
+    // The matrix product module carries both variants.
+    let matmul = &KernelSources::for_precision(Precision::F32).projection;
+    let module = naga::front::wgsl::parse_str(&matmul.code).unwrap();
+    let names: Vec<&str> = module
+        .entry_points
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    for variant in metacompress::MatmulVariant::ALL {
+        assert!(names.contains(&variant.entry_point()), "{names:?}");
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

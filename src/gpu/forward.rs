@@ -5,7 +5,7 @@ use super::buffers::{
     elem_bytes, elem_values, padded_size, read_staging, staging_for, storage_output, storage_with,
 };
 use super::context::GpuContext;
-use crate::compress::Precision;
+use crate::compress::{Options, Precision};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{Matmul, Product};
 use crate::kernels::pooling::Pooling;
@@ -13,7 +13,7 @@ use crate::kernels::position::Position;
 use crate::kernels::scores::Scores;
 use crate::kernels::softmax::Softmax;
 use crate::kernels::{ForwardShape, MAX_GROUPS_PER_DIMENSION};
-use crate::layout::{Layout, Queries, Scope};
+use crate::layout::{Layout, Queries};
 use crate::shaders::KernelSources;
 use crate::tensor::Features;
 use crate::weights::PMeta;
@@ -148,16 +148,21 @@ impl GpuEngine {
     }
 
     /// Runs the forward pass on `features` (shapes already checked against the weights and
-    /// layout). With `poison`, every buffer a kernel writes starts as NaN.
+    /// layout) with the scope, projection, poisoning and kernel choices of `options`.
     pub fn run(
         &self,
         features: &Features,
         layout: &Layout,
         queries: &Queries,
-        scope: Scope,
-        want_projection: bool,
-        poison: bool,
+        options: &Options,
     ) -> Result<GpuOutput> {
+        let Options {
+            scope,
+            save_projection: want_projection,
+            poison,
+            matmul,
+            ..
+        } = *options;
         let (batch, n, d) = (features.batch(), features.tokens(), features.width());
         let (m, c) = (queries.count, self.weights.channels);
         debug_assert_eq!(d, self.weights.width);
@@ -204,7 +209,7 @@ impl GpuEngine {
         };
         for product in [&keys_product, &queries_product, &reduction_product] {
             if product
-                .groups()
+                .groups(matmul)
                 .iter()
                 .any(|g| *g > MAX_GROUPS_PER_DIMENSION)
             {
@@ -292,6 +297,7 @@ impl GpuEngine {
             k.projection.encode(
                 device,
                 &mut encoder,
+                matmul,
                 &queries_product,
                 &pooled,
                 &w.w_q,
@@ -300,6 +306,7 @@ impl GpuEngine {
             k.projection.encode(
                 device,
                 &mut encoder,
+                matmul,
                 &keys_product,
                 &positioned,
                 &w.w_k,
@@ -322,6 +329,7 @@ impl GpuEngine {
             k.reduction.encode(
                 device,
                 &mut encoder,
+                matmul,
                 &reduction_product,
                 &scores,
                 &input,

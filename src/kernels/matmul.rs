@@ -1,12 +1,40 @@
 //! `C = A B` per image (SPEC 4, steps 4 and 7): `shaders/matmul.wgsl`.
 
-use super::{dispatch, pipeline, uniform};
+use super::{dispatch, pipeline_at, uniform};
 use crate::shaders::ShaderSource;
 
-/// Output columns and rows one workgroup covers (the shader's `tile_*` overrides' defaults).
-pub const TILE_COLUMNS: u32 = 32;
-/// See [`TILE_COLUMNS`].
-pub const TILE_ROWS: u32 = 8;
+/// Which matrix product kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MatmulVariant {
+    /// One output per invocation (`main`), 32 x 8 outputs per workgroup: the v1 kernel.
+    Naive,
+    /// A 4 x 4 register block per invocation (`main_tiled`), 32 x 32 outputs per workgroup.
+    #[default]
+    Tiled,
+}
+
+impl MatmulVariant {
+    /// Every variant, for tests and benchmarks.
+    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Naive, MatmulVariant::Tiled];
+
+    /// The shader entry point.
+    pub fn entry_point(self) -> &'static str {
+        match self {
+            MatmulVariant::Naive => "main",
+            MatmulVariant::Tiled => "main_tiled",
+        }
+    }
+
+    /// Output columns and rows one workgroup covers.
+    fn tile(self) -> (u32, u32) {
+        match self {
+            // The shader's `tile_columns` and `tile_rows` overrides' defaults.
+            MatmulVariant::Naive => (32, 8),
+            // 8 x 8 invocations of 4 x 4 outputs.
+            MatmulVariant::Tiled => (32, 32),
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -38,34 +66,39 @@ pub struct Product {
 }
 
 impl Product {
-    /// Workgroups along x, y and z for this product.
-    pub fn groups(&self) -> [u32; 3] {
+    /// Workgroups along x, y and z for this product with `variant`.
+    pub fn groups(&self, variant: MatmulVariant) -> [u32; 3] {
+        let (columns, rows) = variant.tile();
         [
-            self.columns.div_ceil(TILE_COLUMNS),
-            self.rows.div_ceil(TILE_ROWS),
+            self.columns.div_ceil(columns),
+            self.rows.div_ceil(rows),
             self.batch,
         ]
     }
 }
 
-/// A matrix product kernel for one choice of element types.
+/// The matrix product kernels (every variant) for one choice of element types.
 pub struct Matmul {
-    pipeline: wgpu::ComputePipeline,
+    naive: wgpu::ComputePipeline,
+    tiled: wgpu::ComputePipeline,
 }
 
 impl Matmul {
-    /// Builds the pipeline.
+    /// Builds the pipelines.
     pub fn new(device: &wgpu::Device, source: &ShaderSource) -> Self {
         Matmul {
-            pipeline: pipeline(device, source),
+            naive: pipeline_at(device, source, MatmulVariant::Naive.entry_point()),
+            tiled: pipeline_at(device, source, MatmulVariant::Tiled.entry_point()),
         }
     }
 
     /// Records `out = lhs rhs` for every image of `product`.
+    #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
         device: &wgpu::Device,
         encoder: &mut wgpu::CommandEncoder,
+        variant: MatmulVariant,
         product: &Product,
         lhs: &wgpu::Buffer,
         rhs: &wgpu::Buffer,
@@ -84,12 +117,16 @@ impl Matmul {
                 padding: [0; 2],
             },
         );
+        let pipeline = match variant {
+            MatmulVariant::Naive => &self.naive,
+            MatmulVariant::Tiled => &self.tiled,
+        };
         dispatch(
             device,
             encoder,
-            &self.pipeline,
+            pipeline,
             &[&params, lhs, rhs, out],
-            product.groups(),
+            product.groups(variant),
         );
     }
 }

@@ -40,6 +40,15 @@ pub const LINEAR_WORKGROUP: u32 = 256;
 
 /// A compute pipeline for `source`'s `main`, with its bind group layout derived from the shader.
 pub(crate) fn pipeline(device: &wgpu::Device, source: &ShaderSource) -> wgpu::ComputePipeline {
+    pipeline_at(device, source, "main")
+}
+
+/// A compute pipeline for the entry point `entry` of `source`.
+pub(crate) fn pipeline_at(
+    device: &wgpu::Device,
+    source: &ShaderSource,
+    entry: &str,
+) -> wgpu::ComputePipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&source.label),
         source: wgpu::ShaderSource::Wgsl(source.code.as_str().into()),
@@ -48,7 +57,7 @@ pub(crate) fn pipeline(device: &wgpu::Device, source: &ShaderSource) -> wgpu::Co
         label: Some(&source.label),
         layout: None,
         module: &module,
-        entry_point: Some("main"),
+        entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions::default(),
         cache: None,
     })
