@@ -3,7 +3,7 @@
 //! reference (`reference.rs`) stays the yardstick it is tested against.
 
 use crate::layout::{Layout, Queries, QueryGrid, Scope};
-use crate::reference::resize_axis;
+use crate::reference::position_samples;
 use crate::tensor::Features;
 use crate::weights::PMeta;
 
@@ -144,28 +144,13 @@ fn add_position(xp: &mut [f32], layout: &Layout, weights: &PMeta, d: usize) {
     let Some(table) = weights.position() else {
         return;
     };
-    let cell = |row: usize, column: usize| &table.values[(row * table.width + column) * d..][..d];
-    for grid in layout.grids() {
-        for row in 0..grid.height {
-            let (top, bottom, down) = resize_axis(row, table.height, grid.height);
-            for column in 0..grid.width {
-                let (left, right, across) = resize_axis(column, table.width, grid.width);
-                let token = grid.offset + row * grid.width + column;
-                let (down, across) = (down as f32, across as f32);
-                let corners = [
-                    (cell(top, left), (1.0 - down) * (1.0 - across)),
-                    (cell(top, right), (1.0 - down) * across),
-                    (cell(bottom, left), down * (1.0 - across)),
-                    (cell(bottom, right), down * across),
-                ];
-                let out = &mut xp[token * d..][..d];
-                for (values, weight) in corners {
-                    if weight != 0.0 {
-                        out.iter_mut()
-                            .zip(values)
-                            .for_each(|(o, v)| *o += weight * v);
-                    }
-                }
+    for (token, corners) in position_samples(layout, table.height, table.width) {
+        let out = &mut xp[token * d..][..d];
+        for (row, column, weight) in corners {
+            if weight != 0.0 {
+                let weight = weight as f32;
+                let cell = &table.values[(row * table.width + column) * d..][..d];
+                out.iter_mut().zip(cell).for_each(|(o, v)| *o += weight * v);
             }
         }
     }

@@ -49,6 +49,29 @@ pub fn resize_axis(index: usize, input: usize, output: usize) -> (usize, usize, 
     (lower, upper, source - lower as f64)
 }
 
+/// Step 1, per token: for every token of every grid, the four table cells (row, column) that
+/// the bilinear resize of a `table_height x table_width` table blends, with their weights.
+pub fn position_samples(
+    layout: &Layout,
+    table_height: usize,
+    table_width: usize,
+) -> impl Iterator<Item = (usize, [(usize, usize, f64); 4])> + '_ {
+    layout.grids().iter().flat_map(move |grid| {
+        (0..grid.len()).map(move |local| {
+            let (row, column) = (local / grid.width, local % grid.width);
+            let (top, bottom, down) = resize_axis(row, table_height, grid.height);
+            let (left, right, across) = resize_axis(column, table_width, grid.width);
+            let corners = [
+                (top, left, (1.0 - down) * (1.0 - across)),
+                (top, right, (1.0 - down) * across),
+                (bottom, left, down * (1.0 - across)),
+                (bottom, right, down * across),
+            ];
+            (grid.offset + local, corners)
+        })
+    })
+}
+
 /// Step 1: `E` (`n x d`), the position table resized bilinearly onto each grid; zero for loose
 /// tokens and everywhere when there is no table.
 pub fn position_embedding(layout: &Layout, table: Option<&PositionTable>, d: usize) -> Vec<f64> {
@@ -56,25 +79,12 @@ pub fn position_embedding(layout: &Layout, table: Option<&PositionTable>, d: usi
     let Some(table) = table else {
         return embedding;
     };
-    let cell = |row: usize, column: usize| &table.values[(row * table.width + column) * d..][..d];
-    for grid in layout.grids() {
-        for row in 0..grid.height {
-            let (top, bottom, down) = resize_axis(row, table.height, grid.height);
-            for column in 0..grid.width {
-                let (left, right, across) = resize_axis(column, table.width, grid.width);
-                let token = grid.offset + row * grid.width + column;
-                let out = &mut embedding[token * d..][..d];
-                let corners = [
-                    (cell(top, left), (1.0 - down) * (1.0 - across)),
-                    (cell(top, right), (1.0 - down) * across),
-                    (cell(bottom, left), down * (1.0 - across)),
-                    (cell(bottom, right), down * across),
-                ];
-                for (values, weight) in corners {
-                    for (o, v) in out.iter_mut().zip(values) {
-                        *o += weight * *v as f64;
-                    }
-                }
+    for (token, corners) in position_samples(layout, table.height, table.width) {
+        let out = &mut embedding[token * d..][..d];
+        for (row, column, weight) in corners {
+            let cell = &table.values[(row * table.width + column) * d..][..d];
+            for (o, v) in out.iter_mut().zip(cell) {
+                *o += weight * *v as f64;
             }
         }
     }
