@@ -140,27 +140,18 @@ impl Compressor {
         adapter: Option<&str>,
         precision: Precision,
     ) -> Result<Self> {
+        // The CPU engines, with their names and arithmetic for the f16 refusal.
         let cpu_engine = match backend {
-            Backend::Cpu => Some(Engine::Cpu),
-            Backend::Reference => Some(Engine::Reference),
+            Backend::Cpu => Some((Engine::Cpu, "cpu", "f32")),
+            Backend::Reference => Some((Engine::Reference, "reference", "float64")),
             _ => None,
         };
-        if let Some(engine) = cpu_engine {
+        if let Some((engine, name, arithmetic)) = cpu_engine {
             if precision != Precision::F32 {
                 return Err(Error::InvalidArgument(format!(
-                    "--precision {} is for GPU backends; the {} backend computes in {} \
-                     (use --precision f32)",
+                    "--precision {} is for GPU backends; the {name} backend computes in \
+                     {arithmetic} (use --precision f32)",
                     precision.name(),
-                    if backend == Backend::Cpu {
-                        "cpu"
-                    } else {
-                        "reference"
-                    },
-                    if backend == Backend::Cpu {
-                        "f32"
-                    } else {
-                        "float64"
-                    },
                 )));
             }
             return Ok(Compressor {

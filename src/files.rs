@@ -9,7 +9,7 @@ use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::layout::{parse_grids_json, Grid};
-use crate::tensor::{Dtype, Features};
+use crate::tensor::{decode, encode, Dtype, Features};
 use crate::weights::{PMeta, PositionTable};
 
 /// The `format` metadata of a weights file.
@@ -53,26 +53,10 @@ fn tensor_values(path: &Path, file: &SafeTensors, name: &str) -> Result<Option<F
         Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
         Err(e) => return Err(Error::Format(format!("{}: {e}", path.display()))),
     };
-    let data = view.data();
-    let (values, dtype) = match view.dtype() {
-        FileDtype::F32 => (
-            data.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F32,
-        ),
-        FileDtype::F16 => (
-            data.chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16,
-        ),
-        FileDtype::BF16 => (
-            data.chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16,
-        ),
+    let dtype = match view.dtype() {
+        FileDtype::F32 => Dtype::F32,
+        FileDtype::F16 => Dtype::F16,
+        FileDtype::BF16 => Dtype::BF16,
         other => {
             return Err(Error::InvalidTensor(format!(
                 "{}: tensor {name} has dtype {other:?}; expected F32, F16 or BF16",
@@ -80,6 +64,7 @@ fn tensor_values(path: &Path, file: &SafeTensors, name: &str) -> Result<Option<F
             )))
         }
     };
+    let values = decode(view.data(), dtype);
     Ok(Some(FileTensor {
         shape: view.shape().to_vec(),
         values,
@@ -197,21 +182,6 @@ pub fn read_weights(path: &Path) -> Result<PMeta> {
         position,
     )
     .map_err(|e| bad(e.to_string()))
-}
-
-/// Bytes of `values` stored as `dtype`.
-pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => values
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
-    }
 }
 
 fn file_dtype(dtype: Dtype) -> FileDtype {

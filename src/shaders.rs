@@ -2,6 +2,7 @@
 //! Every variant the host can build is listed here, so tests validate exactly those.
 
 use crate::compress::Precision;
+use crate::tensor::Dtype;
 
 /// Element type a kernel stores in a buffer (arithmetic is always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -13,6 +14,14 @@ pub enum Elem {
 }
 
 impl Elem {
+    /// The same element type as a tensor dtype (for encoding and decoding buffers).
+    pub fn dtype(self) -> Dtype {
+        match self {
+            Elem::F32 => Dtype::F32,
+            Elem::F16 => Dtype::F16,
+        }
+    }
+
     fn wgsl(self) -> &'static str {
         match self {
             Elem::F32 => "f32",

@@ -33,6 +33,40 @@ impl Dtype {
     }
 }
 
+/// Little-endian bytes of `values` stored as `dtype`.
+pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Values stored as `dtype` in little-endian `bytes`, widened to f32 (a trailing partial
+/// element is ignored).
+pub fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
+}
+
 /// Image tokens `X` for a batch of images sharing one layout: `batch x tokens x width`,
 /// row-major, held as f32 (f16 and bf16 widen to f32 exactly).
 #[derive(Clone, Debug, PartialEq)]
@@ -128,6 +162,20 @@ mod tests {
             error.to_string(),
             "w_q[1, 0] is inf; expected finite values"
         );
+    }
+
+    #[test]
+    fn every_dtype_round_trips_through_bytes() {
+        let values = [1.0f32, -2.5, 0.1, 65504.0];
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let bytes = encode(&values, dtype);
+            assert_eq!(bytes.len(), values.len() * dtype.size());
+            let back = decode(&bytes, dtype);
+            for (a, b) in back.iter().zip(&values) {
+                assert!((a - b).abs() <= 4e-3 * b.abs(), "{dtype:?}: {a} vs {b}");
+            }
+        }
+        assert_eq!(decode(&encode(&values, Dtype::F32), Dtype::F32), values);
     }
 
     #[test]

@@ -4,32 +4,18 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::shaders::Elem;
+use crate::tensor::{decode, encode};
 
 /// Bytes of `values` stored as `elem`.
 pub fn elem_bytes(values: &[f32], elem: Elem) -> Vec<u8> {
-    match elem {
-        Elem::F32 => bytemuck::cast_slice(values).to_vec(),
-        Elem::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-    }
+    encode(values, elem.dtype())
 }
 
-/// Values stored as `elem` in `bytes`, widened to f32 (`count` of them; padding ignored).
+/// The first `count` values stored as `elem` in `bytes` (the rest is padding), widened to f32.
 pub fn elem_values(bytes: &[u8], elem: Elem, count: usize) -> Vec<f32> {
-    match elem {
-        Elem::F32 => bytes
-            .chunks_exact(4)
-            .take(count)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Elem::F16 => bytes
-            .chunks_exact(2)
-            .take(count)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    }
+    let mut values = decode(bytes, elem.dtype());
+    values.truncate(count);
+    values
 }
 
 /// Bytes a buffer of `count` elements of `size` bytes takes, padded to wgpu's 4-byte copy unit.
