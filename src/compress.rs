@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuApi, GpuContext, GpuEngine};
-pub use crate::kernels::matmul::MatmulVariant;
+use crate::kernels::matmul::MatmulVariant;
 use crate::layout::{Keep, Layout, Queries, Scope};
+use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
 use crate::shaders::Elem;
 use crate::tensor::Features;
@@ -94,9 +95,86 @@ pub struct Options {
     /// Testing aid: fill every GPU buffer a kernel writes with NaN before the run, so an
     /// element no kernel writes cannot pass for a right one.
     pub poison: bool,
-    /// Which GPU matrix product kernel runs (the tiled one unless a benchmark or test asks
-    /// for the v1 kernel).
-    pub matmul: MatmulVariant,
+    /// Which GPU kernels run: the tuned ones unless a benchmark or test asks for the v1
+    /// kernels.
+    pub kernels: KernelVariant,
+    /// How the GPU computes the scores (chosen by cost unless a test asks).
+    pub association: Association,
+    /// Whether to time each step (GPU timestamps where the device has them) and hand the
+    /// times back in `Compressed::profile`.
+    pub profile: bool,
+}
+
+/// Which GPU kernels a call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KernelVariant {
+    /// The v1 kernels: one output per invocation; with `Association::Auto`, the scores
+    /// through the keys. Kept as the yardstick benchmarks show the speed-up against.
+    Naive,
+    /// Register-tiled matrix products; with `Association::Auto`, the cheaper association.
+    #[default]
+    Tuned,
+}
+
+impl KernelVariant {
+    /// Both, for tests and benchmarks.
+    pub const ALL: [KernelVariant; 2] = [KernelVariant::Naive, KernelVariant::Tuned];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelVariant::Naive => "naive",
+            KernelVariant::Tuned => "tuned",
+        }
+    }
+
+    pub(crate) fn matmul(self) -> MatmulVariant {
+        match self {
+            KernelVariant::Naive => MatmulVariant::Naive,
+            KernelVariant::Tuned => MatmulVariant::Tiled,
+        }
+    }
+}
+
+/// The order in which the scores `S = (Q omega) K^T / sqrt(d_c)` are multiplied out
+/// (`Q = Q_in w_q`, `K = Xp w_k`); both give the same `S` up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Association {
+    /// The cheaper of the two for the shapes (`Keys` for the naive kernels).
+    #[default]
+    Auto,
+    /// `K = Xp w_k` first, then `S = Q' K^T`: `2 n d d_c + 2 m n d_c` flops per image.
+    Keys,
+    /// `Q'' = Q' w_k^T` first, then `S = Q'' Xp^T`: `2 m d_c d + 2 m n d` flops per image,
+    /// fewer when there are fewer queries than projection channels.
+    Tokens,
+}
+
+impl Association {
+    /// `Keys` or `Tokens` for `n` tokens of width `d`, `m` queries and `d_c` channels.
+    pub fn resolve(self, kernels: KernelVariant, n: usize, m: usize, d: usize, c: usize) -> Self {
+        match (self, kernels) {
+            (Association::Auto, KernelVariant::Naive) => Association::Keys,
+            (Association::Auto, KernelVariant::Tuned) => {
+                let (n, m, d, c) = (n as u128, m as u128, d as u128, c as u128);
+                if m * c * d + m * n * d < n * d * c + m * n * c {
+                    Association::Tokens
+                } else {
+                    Association::Keys
+                }
+            }
+            (chosen, _) => chosen,
+        }
+    }
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Association::Auto => "auto",
+            Association::Keys => "keys",
+            Association::Tokens => "tokens",
+        }
+    }
 }
 
 /// The result of one call.
@@ -114,6 +192,8 @@ pub struct Compressed {
     pub width: usize,
     /// The query grids; `queries.count` is `m`.
     pub queries: Queries,
+    /// The time of each step, when `Options::profile` asked for it.
+    pub profile: Option<Profile>,
 }
 
 enum Engine {
@@ -247,15 +327,25 @@ impl Compressor {
             )));
         }
         let queries = layout.queries(options.keep);
-        let (tokens, projection) = match &self.engine {
-            Engine::Cpu => crate::cpu::forward(
-                features,
-                &self.weights,
-                layout,
-                &queries,
-                options.scope,
-                options.save_projection,
-            ),
+        let started = std::time::Instant::now();
+        let (tokens, projection, timings) = match &self.engine {
+            Engine::Cpu => {
+                let (tokens, projection) = crate::cpu::forward(
+                    features,
+                    &self.weights,
+                    layout,
+                    &queries,
+                    options.scope,
+                    options.save_projection,
+                );
+                let seconds = started.elapsed().as_secs_f64();
+                let step = cpu_step(features, &self.weights, queries.count);
+                (
+                    tokens,
+                    projection,
+                    Some((Clock::HostPerCall, vec![StepTime::of(&step, seconds)])),
+                )
+            }
             Engine::Reference => {
                 let result =
                     reference::forward(features, &self.weights, layout, &queries, options.scope);
@@ -263,12 +353,22 @@ impl Compressor {
                 (
                     narrow(result.tokens),
                     options.save_projection.then(|| narrow(result.projection)),
+                    None,
                 )
             }
             Engine::Gpu(engine) => {
                 let output = engine.run(features, layout, &queries, options)?;
-                (output.tokens, output.projection)
+                (output.tokens, output.projection, output.timings)
             }
+        };
+        let call_seconds = started.elapsed().as_secs_f64();
+        let profile = match timings {
+            Some((clock, steps)) if options.profile => Some(Profile {
+                clock,
+                steps,
+                call_seconds,
+            }),
+            _ => None,
         };
         Ok(Compressed {
             tokens,
@@ -277,6 +377,23 @@ impl Compressor {
             input_tokens: features.tokens(),
             width: features.width(),
             queries,
+            profile,
         })
+    }
+}
+
+/// The CPU path's forward pass as one step: its products' flops (keys association) and the
+/// features, weights and tokens it must move.
+fn cpu_step(features: &Features, weights: &PMeta, m: usize) -> crate::kernels::Step {
+    let (b, n, d) = (
+        features.batch() as f64,
+        features.tokens() as f64,
+        features.width() as f64,
+    );
+    let (m, c) = (m as f64, weights.channels() as f64);
+    crate::kernels::Step {
+        name: "forward",
+        flops: 2.0 * b * (m * d * c + n * d * c + m * n * c + m * n * d),
+        bytes: 4.0 * (b * n * d + 2.0 * d * c + b * m * d),
     }
 }

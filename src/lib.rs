@@ -27,14 +27,18 @@ pub mod files;
 pub mod gpu;
 pub mod kernels;
 pub mod layout;
+pub mod profile;
 pub mod reference;
 pub mod shaders;
 pub mod tensor;
 pub mod weights;
 
-pub use compress::{Backend, Compressed, Compressor, MatmulVariant, Options, Precision};
+pub use compress::{
+    Association, Backend, Compressed, Compressor, KernelVariant, Options, Precision,
+};
 pub use error::{Error, Result};
 pub use layout::{Grid, Keep, Layout, Queries, QueryGrid, Scope};
+pub use profile::{Clock, Profile, StepTime};
 pub use tensor::{Dtype, Features};
 pub use weights::{PMeta, PositionTable};
 

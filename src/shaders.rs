@@ -42,7 +42,6 @@ pub struct ShaderSource {
 const POSITION: &str = include_str!("../shaders/position.wgsl");
 const POOLING: &str = include_str!("../shaders/pooling.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
-const SCORES: &str = include_str!("../shaders/scores.wgsl");
 const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
 
 /// `alias NAME = TYPE;` for each pair, after `enable f16;` when any type is f16.
@@ -71,9 +70,12 @@ pub struct KernelSources {
     pub position: ShaderSource,
     /// `Q_in = pool(Xp)`.
     pub pooling: ShaderSource,
-    /// `Q = Q_in w_q` and `K = Xp w_k`.
-    pub projection: ShaderSource,
-    /// `S = (Q omega) K^T / sqrt(d_c)`.
+    /// `Q' = Q_in w_q'` (`w_q' = w_q diag(omega) / sqrt(d_c)`, kept in f32; `Q'` f32).
+    pub queries: ShaderSource,
+    /// `K = Xp w_k`.
+    pub keys: ShaderSource,
+    /// f32 times a stored matrix (transposed) into f32: `S = Q' K^T`, or `Q'' = Q' w_k^T`
+    /// and `S = Q'' Xp^T`.
     pub scores: ShaderSource,
     /// `P = softmax(S)`.
     pub softmax: ShaderSource,
@@ -81,39 +83,39 @@ pub struct KernelSources {
     pub reduction: ShaderSource,
 }
 
+/// The matrix product with element types `lhs`, `rhs` and `out`.
+fn matmul(lhs: Elem, rhs: Elem, out: Elem) -> ShaderSource {
+    with_prelude(
+        "matmul",
+        MATMUL,
+        &[("lhs_elem", lhs), ("rhs_elem", rhs), ("out_elem", out)],
+    )
+}
+
 impl KernelSources {
     /// The variants a forward pass at `precision` builds: tokens, weights and intermediates
-    /// stored as the precision's element type, scores and `P` as f32.
+    /// stored as the precision's element type; the scaled query weights, the queries, the
+    /// scores and `P` as f32.
     pub fn for_precision(precision: Precision) -> Self {
         let elem = precision.elem();
         KernelSources {
             position: with_prelude("position", POSITION, &[("elem", elem)]),
             pooling: with_prelude("pooling", POOLING, &[("elem", elem)]),
-            projection: with_prelude(
-                "matmul",
-                MATMUL,
-                &[("lhs_elem", elem), ("rhs_elem", elem), ("out_elem", elem)],
-            ),
-            scores: with_prelude("scores", SCORES, &[("elem", elem)]),
+            queries: matmul(elem, Elem::F32, Elem::F32),
+            keys: matmul(elem, elem, elem),
+            scores: matmul(Elem::F32, elem, Elem::F32),
             softmax: with_prelude("softmax", SOFTMAX, &[]),
-            reduction: with_prelude(
-                "matmul",
-                MATMUL,
-                &[
-                    ("lhs_elem", Elem::F32),
-                    ("rhs_elem", elem),
-                    ("out_elem", elem),
-                ],
-            ),
+            reduction: matmul(Elem::F32, elem, elem),
         }
     }
 
-    /// All six, in spec order.
-    pub fn all(&self) -> [&ShaderSource; 6] {
+    /// All seven, in spec order.
+    pub fn all(&self) -> [&ShaderSource; 7] {
         [
             &self.position,
             &self.pooling,
-            &self.projection,
+            &self.queries,
+            &self.keys,
             &self.scores,
             &self.softmax,
             &self.reduction,

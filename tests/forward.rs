@@ -6,7 +6,8 @@ mod common;
 use common::{features, gpu, grid, relative_error, seeded, weights};
 use metacompress::gpu::GpuContext;
 use metacompress::{
-    reference, Compressor, Grid, Keep, Layout, MatmulVariant, Options, PMeta, Precision, Scope,
+    reference, Association, Compressor, Grid, Keep, KernelVariant, Layout, Options, PMeta,
+    Precision, Scope,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -48,18 +49,27 @@ fn run(
     let queries = layout.queries(keep);
     let expected = reference::forward(&features, &weights, &layout, &queries, case.scope);
     let mut outputs = Vec::new();
-    // Every matrix product variant, each against the reference.
-    for matmul in MatmulVariant::ALL {
+    // Every kernel variant in both associations, each against the reference, then the
+    // default choice without P handed back.
+    let mut runs: Vec<(KernelVariant, Association, bool)> = KernelVariant::ALL
+        .iter()
+        .flat_map(|&k| [Association::Keys, Association::Tokens].map(|a| (k, a, true)))
+        .collect();
+    runs.push((KernelVariant::Tuned, Association::Auto, false));
+    for (kernels, association, save_projection) in runs {
         let options = Options {
             keep,
             scope: case.scope,
-            save_projection: true,
+            save_projection,
             poison: true,
-            matmul,
+            kernels,
+            association,
+            profile: false,
         };
         let out = compressor.compress(&features, &layout, &options).unwrap();
         let describe = format!(
-            "seed {seed}: batch {} n {} d {} d_c {} grids {:?} table {:?} keep {} scope {:?} {:?} {matmul:?}",
+            "seed {seed}: batch {} n {} d {} d_c {} grids {:?} table {:?} keep {} scope {:?} \
+             {:?} {kernels:?} {association:?} P {save_projection}",
             case.batch,
             case.tokens,
             case.width,
@@ -71,15 +81,23 @@ fn run(
             case.precision
         );
         let tokens_error = relative_error(&out.tokens, &expected.tokens);
-        let projection_error =
-            relative_error(out.projection.as_ref().unwrap(), &expected.projection);
-        eprintln!(
-            "{describe}: tokens error {tokens_error:.2e}, projection error {projection_error:.2e}"
-        );
         assert!(
             tokens_error <= case.tolerance(),
             "{describe}: tokens error {tokens_error:e} > {:e}",
             case.tolerance()
+        );
+        let Some(projection) = &out.projection else {
+            assert!(
+                !save_projection,
+                "{describe}: P asked for but not handed back"
+            );
+            eprintln!("{describe}: tokens error {tokens_error:.2e}");
+            continue;
+        };
+        assert!(save_projection, "{describe}: P handed back unasked");
+        let projection_error = relative_error(projection, &expected.projection);
+        eprintln!(
+            "{describe}: tokens error {tokens_error:.2e}, projection error {projection_error:.2e}"
         );
         assert!(
             projection_error <= case.tolerance(),
@@ -88,7 +106,7 @@ fn run(
         );
         outputs.push(out);
     }
-    let out = outputs.pop().expect("the tiled variant ran last");
+    let out = outputs.pop().expect("the tuned kernels ran last with P");
     (out, expected, weights)
 }
 

@@ -101,16 +101,16 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
             }
         }
     }
-    assert_eq!(checked, 12);
+    assert_eq!(checked, 14);
     // The matrix product module carries both variants.
-    let matmul = &KernelSources::for_precision(Precision::F32).projection;
+    let matmul = &KernelSources::for_precision(Precision::F32).keys;
     let module = naga::front::wgsl::parse_str(&matmul.code).unwrap();
     let names: Vec<&str> = module
         .entry_points
         .iter()
         .map(|e| e.name.as_str())
         .collect();
-    for variant in metacompress::MatmulVariant::ALL {
+    for variant in metacompress::kernels::matmul::MatmulVariant::ALL {
         assert!(names.contains(&variant.entry_point()), "{names:?}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

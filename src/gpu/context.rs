@@ -130,7 +130,8 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Opens the best adapter reachable through `api` whose name contains `name` (any case),
-    /// asking for the adapter's own limits and for `SHADER_F16` where it is offered.
+    /// asking for the adapter's own limits, and for `SHADER_F16` and `TIMESTAMP_QUERY` where
+    /// they are offered.
     /// `GpuApi::Any` looks at GL only when Vulkan, Metal and DX12 offer no match.
     pub fn open(api: GpuApi, name: Option<&str>) -> Result<Self> {
         let searches: &[GpuApi] = match api {
@@ -176,7 +177,8 @@ impl GpuContext {
         })?;
         let report = AdapterReport::of(&adapter);
         let limits = adapter.limits();
-        let required_features = adapter.features() & wgpu::Features::SHADER_F16;
+        let required_features =
+            adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("metacompress"),
             required_features,

@@ -5,32 +5,35 @@ use super::buffers::{
     elem_bytes, elem_values, padded_size, read_staging, staging_for, storage_output, storage_with,
 };
 use super::context::GpuContext;
+use crate::compress::Association;
 use crate::compress::{Options, Precision};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{Matmul, Product};
 use crate::kernels::pooling::Pooling;
 use crate::kernels::position::Position;
-use crate::kernels::scores::Scores;
 use crate::kernels::softmax::Softmax;
-use crate::kernels::{ForwardShape, MAX_GROUPS_PER_DIMENSION};
+use crate::kernels::{ForwardShape, Passes, Step, MAX_GROUPS_PER_DIMENSION};
 use crate::layout::{Layout, Queries};
-use crate::shaders::KernelSources;
+use crate::profile::{Clock, StepTime};
+use crate::shaders::{Elem, KernelSources};
 use crate::tensor::Features;
 use crate::weights::PMeta;
 
 struct Kernels {
     position: Position,
     pooling: Pooling,
-    projection: Matmul,
-    scores: Scores,
+    queries: Matmul,
+    keys: Matmul,
+    scores: Matmul,
     softmax: Softmax,
     reduction: Matmul,
 }
 
 struct Weights {
-    w_q: wgpu::Buffer,
+    /// `w_q diag(omega) / sqrt(d_c)` in f32, so that `Q_in` times it is the scaled query
+    /// `Q'` of step 5 (f32 keeps a large omega from overflowing f16).
+    w_q_scaled: wgpu::Buffer,
     w_k: wgpu::Buffer,
-    omega: wgpu::Buffer,
     /// The position table with its rows and columns, if the weights have one.
     table: Option<(wgpu::Buffer, u32, u32)>,
     width: usize,
@@ -45,12 +48,15 @@ pub struct GpuEngine {
     weights: Weights,
 }
 
-/// What a GPU run hands back: `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`).
+/// What a GPU run hands back: `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`) and the
+/// time of each kernel.
 pub struct GpuOutput {
     /// Reduced tokens, widened to f32.
     pub tokens: Vec<f32>,
     /// The compression projection.
     pub projection: Option<Vec<f32>>,
+    /// The clock and the time of each kernel, when profiling was asked for.
+    pub timings: Option<(Clock, Vec<StepTime>)>,
 }
 
 /// Runs `work` inside validation and out-of-memory error scopes and turns what they catch
@@ -87,6 +93,107 @@ fn check_fits(context: &GpuContext, buffers: &[(&str, usize, usize)]) -> Result<
     Ok(())
 }
 
+/// `w_q diag(omega) / sqrt(d_c)`, row-major `d x d_c`, in f32.
+fn scaled_query_weights(weights: &PMeta) -> Vec<f32> {
+    let c = weights.channels();
+    let scale = 1.0 / (c as f64).sqrt();
+    let factors: Vec<f64> = weights.omega().iter().map(|&w| w as f64 * scale).collect();
+    weights
+        .w_q()
+        .chunks_exact(c)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&factors)
+                .map(|(&w, f)| (w as f64 * f) as f32)
+        })
+        .collect()
+}
+
+/// The passes of one run in order, with the product each matrix step runs.
+struct Plan {
+    queries: Product,
+    keys: Option<Product>,
+    folded: Option<Product>,
+    scores: Product,
+    reduction: Product,
+}
+
+impl Plan {
+    fn new(shape: &ForwardShape, association: Association) -> Self {
+        let shared_rhs = Product {
+            batch: shape.batch,
+            rows: shape.queries,
+            columns: shape.channels,
+            inner: shape.width,
+            lhs_per_image: true,
+            rhs_per_image: false,
+            rhs_transposed: false,
+        };
+        let scores_over = |inner: u32| Product {
+            columns: shape.tokens,
+            inner,
+            rhs_per_image: true,
+            rhs_transposed: true,
+            ..shared_rhs
+        };
+        let (keys, folded, scores) = match association {
+            // S = Q' K^T with K = Xp w_k.
+            Association::Keys => (
+                Some(Product {
+                    rows: shape.tokens,
+                    ..shared_rhs
+                }),
+                None,
+                scores_over(shape.channels),
+            ),
+            // S = (Q' w_k^T) Xp^T.
+            Association::Tokens | Association::Auto => (
+                None,
+                Some(Product {
+                    columns: shape.width,
+                    inner: shape.channels,
+                    rhs_transposed: true,
+                    ..shared_rhs
+                }),
+                scores_over(shape.width),
+            ),
+        };
+        Plan {
+            queries: shared_rhs,
+            keys,
+            folded,
+            scores,
+            reduction: Product {
+                columns: shape.width,
+                inner: shape.tokens,
+                rhs_per_image: true,
+                ..shared_rhs
+            },
+        }
+    }
+
+    fn products(&self) -> impl Iterator<Item = &Product> {
+        [
+            Some(&self.queries),
+            self.keys.as_ref(),
+            self.folded.as_ref(),
+            Some(&self.scores),
+            Some(&self.reduction),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// A step named `name` with the cost of `product` at the given element sizes.
+fn product_step(name: &'static str, product: &Product, sizes: (usize, usize, usize)) -> Step {
+    Step {
+        name,
+        flops: product.flops(),
+        bytes: product.bytes(sizes.0, sizes.1, sizes.2),
+    }
+}
+
 impl GpuEngine {
     /// Builds the pipelines and uploads the weights.
     pub fn new(context: GpuContext, weights: &PMeta, precision: Precision) -> Result<Self> {
@@ -102,7 +209,7 @@ impl GpuEngine {
         check_fits(
             &context,
             &[
-                ("w_q", weights.w_q().len(), precision.size()),
+                ("w_q", weights.w_q().len(), 4),
                 ("pos_embed", table_size, precision.size()),
             ],
         )?;
@@ -112,8 +219,9 @@ impl GpuEngine {
             let kernels = Kernels {
                 position: Position::new(device, &sources.position),
                 pooling: Pooling::new(device, &sources.pooling),
-                projection: Matmul::new(device, &sources.projection),
-                scores: Scores::new(device, &sources.scores),
+                queries: Matmul::new(device, &sources.queries),
+                keys: Matmul::new(device, &sources.keys),
+                scores: Matmul::new(device, &sources.scores),
                 softmax: Softmax::new(device, &sources.softmax),
                 reduction: Matmul::new(device, &sources.reduction),
             };
@@ -125,9 +233,12 @@ impl GpuEngine {
                 )
             });
             let uploaded = Weights {
-                w_q: storage_with(device, "w_q", &elem_bytes(weights.w_q(), elem)),
+                w_q_scaled: storage_with(
+                    device,
+                    "w_q diag(omega) / sqrt(d_c)",
+                    bytemuck::cast_slice(&scaled_query_weights(weights)),
+                ),
                 w_k: storage_with(device, "w_k", &elem_bytes(weights.w_k(), elem)),
-                omega: storage_with(device, "omega", bytemuck::cast_slice(weights.omega())),
                 table,
                 width: weights.width(),
                 channels: weights.channels(),
@@ -148,7 +259,8 @@ impl GpuEngine {
     }
 
     /// Runs the forward pass on `features` (shapes already checked against the weights and
-    /// layout) with the scope, projection, poisoning and kernel choices of `options`.
+    /// layout) with the scope, projection, poisoning, kernel and profiling choices of
+    /// `options`.
     pub fn run(
         &self,
         features: &Features,
@@ -160,23 +272,28 @@ impl GpuEngine {
             scope,
             save_projection: want_projection,
             poison,
-            matmul,
+            kernels: variant,
+            association,
+            profile,
             ..
         } = *options;
+        let matmul = variant.matmul();
         let (batch, n, d) = (features.batch(), features.tokens(), features.width());
         let (m, c) = (queries.count, self.weights.channels);
         debug_assert_eq!(d, self.weights.width);
+        let association = association.resolve(variant, n, m, d, c);
         let elem = self.precision.elem();
         let elem_size = self.precision.size();
-        check_fits(
-            &self.context,
-            &[
-                ("features", batch * n * d, elem_size),
-                ("the pooled queries", batch * m * d, elem_size),
-                ("the keys", batch * n * c, elem_size),
-                ("the scores", batch * m * n, 4),
-            ],
-        )?;
+        let mut intermediates = vec![
+            ("features", batch * n * d, elem_size),
+            ("the pooled queries", batch * m * d, elem_size),
+            ("the scores", batch * m * n, 4),
+        ];
+        intermediates.push(match association {
+            Association::Keys => ("the keys", batch * n * c, elem_size),
+            _ => ("the folded queries", batch * m * d, 4),
+        });
+        check_fits(&self.context, &intermediates)?;
         let shape = ForwardShape {
             batch: batch as u32,
             tokens: n as u32,
@@ -187,27 +304,8 @@ impl GpuEngine {
             table_height: self.weights.table.as_ref().map_or(1, |t| t.1),
             table_width: self.weights.table.as_ref().map_or(1, |t| t.2),
         };
-        let keys_product = Product {
-            batch: shape.batch,
-            rows: shape.tokens,
-            columns: shape.channels,
-            inner: shape.width,
-            lhs_per_image: true,
-            rhs_per_image: false,
-        };
-        let queries_product = Product {
-            rows: shape.queries,
-            ..keys_product
-        };
-        let reduction_product = Product {
-            batch: shape.batch,
-            rows: shape.queries,
-            columns: shape.width,
-            inner: shape.tokens,
-            lhs_per_image: true,
-            rhs_per_image: true,
-        };
-        for product in [&keys_product, &queries_product, &reduction_product] {
+        let plan = Plan::new(&shape, association);
+        for product in plan.products() {
             if product
                 .groups(matmul)
                 .iter()
@@ -224,6 +322,8 @@ impl GpuEngine {
         let device = &self.context.device;
         let k = &self.kernels;
         let w = &self.weights;
+        let (b, n_f, m_f, d_f) = (batch as f64, n as f64, m as f64, d as f64);
+        let e = elem_size;
         let output = scoped(device, "the forward pass", || {
             let grids: Vec<u32> = layout
                 .grids()
@@ -261,19 +361,24 @@ impl GpuEngine {
                 storage_output(device, label, padded_size(count, size), poison)
             };
             let pooled = output("pooled queries", batch * m * d, elem_size);
-            let query = output("queries", batch * m * c, elem_size);
-            let key = output("keys", batch * n * c, elem_size);
+            let query = output("queries", batch * m * c, 4);
             let scores = output("scores", batch * m * n, 4);
             let tokens = output("tokens", batch * m * d, elem_size);
 
-            let mut encoder = device.create_command_encoder(&Default::default());
+            let mut passes = Passes::new(device, &self.context.queue, profile);
             // Step 1: Xp = X + E, or X itself without a position table.
             let positioned = match &w.table {
-                Some((table, _, _)) => {
+                Some((table, height, width)) => {
                     let positioned = output("positioned features", batch * n * d, elem_size);
+                    let step = Step {
+                        name: "position",
+                        // Four bilinear corners (a multiply and an add each) and the add.
+                        flops: 9.0 * b * n_f * d_f,
+                        bytes: (2.0 * b * n_f + (*height * *width) as f64) * d_f * e as f64,
+                    };
                     k.position.encode(
-                        device,
-                        &mut encoder,
+                        &mut passes,
+                        step,
                         &shape,
                         &input,
                         table,
@@ -285,57 +390,98 @@ impl GpuEngine {
                 None => input.clone(),
             };
             // Step 3: Q_in = pool(Xp).
+            let step = Step {
+                name: "pooling",
+                flops: b * (n_f + m_f) * d_f,
+                bytes: b * (n_f + m_f) * d_f * e as f64,
+            };
             k.pooling.encode(
-                device,
-                &mut encoder,
+                &mut passes,
+                step,
                 &shape,
                 &positioned,
                 &query_grids,
                 &pooled,
             );
-            // Step 4: Q = Q_in w_q, K = Xp w_k.
-            k.projection.encode(
-                device,
-                &mut encoder,
+            // Step 4: Q' = Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
+            k.queries.encode(
+                &mut passes,
+                product_step("queries", &plan.queries, (e, 4, 4)),
                 matmul,
-                &queries_product,
+                &plan.queries,
                 &pooled,
-                &w.w_q,
+                &w.w_q_scaled,
                 &query,
             );
-            k.projection.encode(
-                device,
-                &mut encoder,
-                matmul,
-                &keys_product,
-                &positioned,
-                &w.w_k,
-                &key,
-            );
-            // Steps 5 and 6: S, then P = softmax(S) in place.
-            k.scores.encode(
-                device,
-                &mut encoder,
-                &shape,
-                &query,
-                &key,
-                &w.omega,
-                &key_ranges,
-                &scores,
-            );
+            // Steps 4 and 5 in the chosen association.
+            match (&plan.keys, &plan.folded) {
+                (Some(keys), _) => {
+                    // K = Xp w_k, then S = Q' K^T.
+                    let key = output("keys", batch * n * c, elem_size);
+                    k.keys.encode(
+                        &mut passes,
+                        product_step("keys", keys, (e, e, e)),
+                        matmul,
+                        keys,
+                        &positioned,
+                        &w.w_k,
+                        &key,
+                    );
+                    k.scores.encode(
+                        &mut passes,
+                        product_step("scores", &plan.scores, (4, e, 4)),
+                        matmul,
+                        &plan.scores,
+                        &query,
+                        &key,
+                        &scores,
+                    );
+                }
+                (None, Some(folded)) => {
+                    // Q'' = Q' w_k^T, then S = Q'' Xp^T.
+                    let folded_query = output("folded queries", batch * m * d, 4);
+                    k.scores.encode(
+                        &mut passes,
+                        product_step("fold w_k", folded, (4, e, 4)),
+                        matmul,
+                        folded,
+                        &query,
+                        &w.w_k,
+                        &folded_query,
+                    );
+                    k.scores.encode(
+                        &mut passes,
+                        product_step("scores", &plan.scores, (4, e, 4)),
+                        matmul,
+                        &plan.scores,
+                        &folded_query,
+                        &positioned,
+                        &scores,
+                    );
+                }
+                (None, None) => unreachable!("a plan has keys or folded queries"),
+            }
+            // Step 6: P = softmax(S) in place, zeros outside each query's key range.
+            let step = Step {
+                name: "softmax",
+                // The largest, the exponent of the difference, the sum, the division.
+                flops: 4.0 * b * m_f * n_f,
+                bytes: 2.0 * b * m_f * n_f * 4.0,
+            };
             k.softmax
-                .encode(device, &mut encoder, &shape, &key_ranges, &scores);
+                .encode(&mut passes, step, &shape, &key_ranges, &scores);
             // Step 7: Y = P X.
             k.reduction.encode(
-                device,
-                &mut encoder,
+                &mut passes,
+                product_step("reduction", &plan.reduction, (4, e, e)),
                 matmul,
-                &reduction_product,
+                &plan.reduction,
                 &scores,
                 &input,
                 &tokens,
             );
 
+            let (mut encoder, timings) = passes.finish();
             let tokens_staging = staging_for(device, &tokens);
             encoder.copy_buffer_to_buffer(&tokens, 0, &tokens_staging, 0, None);
             let projection_staging = want_projection.then(|| {
@@ -344,18 +490,23 @@ impl GpuEngine {
                 staging
             });
             self.context.queue.submit([encoder.finish()]);
-            (tokens_staging, projection_staging)
+            (tokens_staging, projection_staging, timings)
         })?;
-        let (tokens_staging, projection_staging) = output;
+        let (tokens_staging, projection_staging, timings) = output;
         let tokens = elem_values(&read_staging(device, &tokens_staging)?, elem, batch * m * d);
         let projection = match projection_staging {
             Some(staging) => Some(elem_values(
                 &read_staging(device, &staging)?,
-                crate::shaders::Elem::F32,
+                Elem::F32,
                 batch * m * n,
             )),
             None => None,
         };
-        Ok(GpuOutput { tokens, projection })
+        let timings = timings.read(|staging| read_staging(device, staging))?;
+        Ok(GpuOutput {
+            tokens,
+            projection,
+            timings,
+        })
     }
 }

@@ -1,6 +1,6 @@
-//! `C = A B` per image (SPEC 4, steps 4 and 7): `shaders/matmul.wgsl`.
+//! `C = A B` per image (SPEC 4, steps 4, 5 and 7): `shaders/matmul.wgsl`.
 
-use super::{dispatch, pipeline_at, uniform};
+use super::{dispatch, pipeline_at, uniform, Passes, Step};
 use crate::shaders::ShaderSource;
 
 /// Which matrix product kernel runs.
@@ -45,7 +45,8 @@ struct Params {
     lhs_batch_stride: u32,
     rhs_batch_stride: u32,
     out_batch_stride: u32,
-    padding: [u32; 2],
+    rhs_inner_stride: u32,
+    rhs_column_stride: u32,
 }
 
 /// The sizes of one batched product `C (rows x columns) = A (rows x inner) B (inner x columns)`.
@@ -63,6 +64,8 @@ pub struct Product {
     pub lhs_per_image: bool,
     /// Whether `B` differs per image (else one `B`, such as a weight, serves all).
     pub rhs_per_image: bool,
+    /// Whether the buffer holds `B^T` row-major (`columns x inner`) rather than `B`.
+    pub rhs_transposed: bool,
 }
 
 impl Product {
@@ -74,6 +77,21 @@ impl Product {
             self.rows.div_ceil(rows),
             self.batch,
         ]
+    }
+
+    /// Floating-point operations (a multiply and an add per inner step).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.batch as f64 * self.rows as f64 * self.columns as f64 * self.inner as f64
+    }
+
+    /// The fewest bytes the product must move: `A`, `B` and `C` once each, at the element
+    /// sizes of `lhs`, `rhs` and `out`.
+    pub fn bytes(&self, lhs: usize, rhs: usize, out: usize) -> f64 {
+        let images = |per_image: bool| if per_image { self.batch as f64 } else { 1.0 };
+        let (rows, columns, inner) = (self.rows as f64, self.columns as f64, self.inner as f64);
+        images(self.lhs_per_image) * rows * inner * lhs as f64
+            + images(self.rhs_per_image) * inner * columns * rhs as f64
+            + self.batch as f64 * rows * columns * out as f64
     }
 }
 
@@ -92,12 +110,12 @@ impl Matmul {
         }
     }
 
-    /// Records `out = lhs rhs` for every image of `product`.
+    /// Records `out = lhs rhs` for every image of `product` as the step `step`.
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
-        device: &wgpu::Device,
-        encoder: &mut wgpu::CommandEncoder,
+        passes: &mut Passes,
+        step: Step,
         variant: MatmulVariant,
         product: &Product,
         lhs: &wgpu::Buffer,
@@ -105,8 +123,13 @@ impl Matmul {
         out: &wgpu::Buffer,
     ) {
         let stride = |per_image: bool, size: u32| if per_image { size } else { 0 };
+        let (rhs_inner_stride, rhs_column_stride) = if product.rhs_transposed {
+            (1, product.inner)
+        } else {
+            (product.columns, 1)
+        };
         let params = uniform(
-            device,
+            passes.device,
             &Params {
                 rows: product.rows,
                 columns: product.columns,
@@ -114,7 +137,8 @@ impl Matmul {
                 lhs_batch_stride: stride(product.lhs_per_image, product.rows * product.inner),
                 rhs_batch_stride: stride(product.rhs_per_image, product.inner * product.columns),
                 out_batch_stride: product.rows * product.columns,
-                padding: [0; 2],
+                rhs_inner_stride,
+                rhs_column_stride,
             },
         );
         let pipeline = match variant {
@@ -122,8 +146,8 @@ impl Matmul {
             MatmulVariant::Tiled => &self.tiled,
         };
         dispatch(
-            device,
-            encoder,
+            passes,
+            step,
             pipeline,
             &[&params, lhs, rhs, out],
             product.groups(variant),

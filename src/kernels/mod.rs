@@ -4,11 +4,11 @@
 pub mod matmul;
 pub mod pooling;
 pub mod position;
-pub mod scores;
 pub mod softmax;
 
 use wgpu::util::DeviceExt;
 
+use crate::profile::{Clock, StepTime};
 use crate::shaders::ShaderSource;
 
 /// The sizes of one forward pass, as the kernels see them (all fit in `u32`: the caller checks).
@@ -72,34 +72,246 @@ pub(crate) fn uniform<T: bytemuck::Pod>(device: &wgpu::Device, params: &T) -> wg
     })
 }
 
-/// Records one compute pass running `pipeline` with `buffers` bound at 0, 1, 2, ... of group 0.
+/// What one recorded pass computes, for profiles: its name and the work its shapes imply.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// What the pass computes, e.g. `keys`.
+    pub name: &'static str,
+    /// Floating-point operations.
+    pub flops: f64,
+    /// The fewest bytes it must read and write.
+    pub bytes: f64,
+}
+
+/// How the passes of a run are timed.
+enum Timer {
+    /// Not at all.
+    Off,
+    /// Timestamps written at the start and end of each pass.
+    Timestamps(wgpu::QuerySet),
+    /// Each pass submitted alone and waited for, timed by the host clock.
+    Wall(Vec<f64>),
+}
+
+/// Most passes one timed run may record.
+const MAX_TIMED_PASSES: u32 = 16;
+
+/// The command encoder a run's kernels record into, one compute pass per kernel, with the
+/// steps recorded so far and, when profiling, their timer.
+pub struct Passes<'a> {
+    /// The device the passes run on.
+    pub device: &'a wgpu::Device,
+    queue: &'a wgpu::Queue,
+    /// The encoder passes are recorded into (copies may be added to it too).
+    pub encoder: wgpu::CommandEncoder,
+    steps: Vec<Step>,
+    timer: Timer,
+}
+
+impl<'a> Passes<'a> {
+    /// An encoder for a run; with `profile`, passes are timed by timestamps where the device
+    /// has `TIMESTAMP_QUERY` and by the host clock around each submission otherwise.
+    pub fn new(device: &'a wgpu::Device, queue: &'a wgpu::Queue, profile: bool) -> Self {
+        let timer = if !profile {
+            Timer::Off
+        } else if device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            Timer::Timestamps(device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * MAX_TIMED_PASSES,
+            }))
+        } else {
+            Timer::Wall(Vec::new())
+        };
+        Passes {
+            device,
+            queue,
+            encoder: device.create_command_encoder(&Default::default()),
+            steps: Vec::new(),
+            timer,
+        }
+    }
+
+    /// Submits what is recorded and waits for the device (host-clock timing only).
+    fn submit_and_wait(&mut self) -> Result<(), wgpu::PollError> {
+        let encoder = std::mem::replace(
+            &mut self.encoder,
+            self.device.create_command_encoder(&Default::default()),
+        );
+        self.queue.submit([encoder.finish()]);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+    }
+
+    /// Records one pass of `step` running `pipeline` with `buffers` bound at 0, 1, 2, ... of
+    /// group 0.
+    fn record(
+        &mut self,
+        step: Step,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let wall = matches!(self.timer, Timer::Wall(_));
+        // The host clock times this pass alone: what came before is finished first.
+        let start = wall
+            .then(|| {
+                self.submit_and_wait()
+                    .ok()
+                    .map(|_| std::time::Instant::now())
+            })
+            .flatten();
+        let index = self.steps.len() as u32;
+        let timestamp_writes = match &self.timer {
+            Timer::Timestamps(query_set) if index < MAX_TIMED_PASSES => {
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set,
+                    beginning_of_pass_write_index: Some(2 * index),
+                    end_of_pass_write_index: Some(2 * index + 1),
+                })
+            }
+            _ => None,
+        };
+        {
+            let mut pass = self
+                .encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(step.name),
+                    timestamp_writes,
+                });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        if let Some(start) = start {
+            let finished = self.submit_and_wait().is_ok();
+            if let Timer::Wall(seconds) = &mut self.timer {
+                seconds.push(if finished {
+                    start.elapsed().as_secs_f64()
+                } else {
+                    f64::NAN
+                });
+            }
+        }
+        self.steps.push(step);
+    }
+
+    /// Ends recording: the encoder to submit, and what reads the timings once it has run.
+    pub fn finish(mut self) -> (wgpu::CommandEncoder, PassTimings) {
+        let timings = match self.timer {
+            Timer::Off => PassTimings::Off,
+            Timer::Wall(seconds) => PassTimings::Wall(
+                self.steps
+                    .iter()
+                    .zip(seconds)
+                    .map(|(step, seconds)| StepTime::of(step, seconds))
+                    .collect(),
+            ),
+            Timer::Timestamps(query_set) => {
+                let count = 2 * (self.steps.len() as u32).min(MAX_TIMED_PASSES);
+                let size = (count as u64 * 8).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+                let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("resolved timestamps"),
+                    size,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamps read-back"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.encoder
+                    .resolve_query_set(&query_set, 0..count, &resolved, 0);
+                self.encoder
+                    .copy_buffer_to_buffer(&resolved, 0, &staging, 0, None);
+                PassTimings::Timestamps {
+                    staging,
+                    steps: std::mem::take(&mut self.steps),
+                    period_ns: self.queue.get_timestamp_period() as f64,
+                }
+            }
+        };
+        (self.encoder, timings)
+    }
+}
+
+/// The timings of a finished recording, to read once its submission has run.
+pub enum PassTimings {
+    /// Not profiled.
+    Off,
+    /// Host-clock seconds per pass, already measured.
+    Wall(Vec<StepTime>),
+    /// Timestamps to read back.
+    Timestamps {
+        /// Holds two u64 ticks per pass once the submission has run.
+        staging: wgpu::Buffer,
+        /// The passes, in order.
+        steps: Vec<Step>,
+        /// Nanoseconds per tick.
+        period_ns: f64,
+    },
+}
+
+impl PassTimings {
+    /// The clock the timings come from and the time of each step (`None` when not
+    /// profiled). Reads the timestamps back, so call it after the submission.
+    pub fn read(
+        self,
+        read: impl FnOnce(&wgpu::Buffer) -> crate::Result<Vec<u8>>,
+    ) -> crate::Result<Option<(Clock, Vec<StepTime>)>> {
+        match self {
+            PassTimings::Off => Ok(None),
+            PassTimings::Wall(steps) => Ok(Some((Clock::HostPerPass, steps))),
+            PassTimings::Timestamps {
+                staging,
+                steps,
+                period_ns,
+            } => {
+                let bytes = read(&staging)?;
+                let ticks: Vec<u64> = bytes
+                    .chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+                let times = steps
+                    .iter()
+                    .zip(ticks.chunks_exact(2))
+                    .map(|(step, pair)| {
+                        let seconds = pair[1].saturating_sub(pair[0]) as f64 * period_ns * 1e-9;
+                        StepTime::of(step, seconds)
+                    })
+                    .collect();
+                Ok(Some((Clock::GpuTimestamps, times)))
+            }
+        }
+    }
+}
+
+/// Records one compute pass of `step` running `pipeline` with `buffers` bound at 0, 1, 2, ...
+/// of group 0.
 pub(crate) fn dispatch(
-    device: &wgpu::Device,
-    encoder: &mut wgpu::CommandEncoder,
+    passes: &mut Passes,
+    step: Step,
     pipeline: &wgpu::ComputePipeline,
     buffers: &[&wgpu::Buffer],
     groups: [u32; 3],
 ) {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(binding, buffer)| wgpu::BindGroupEntry {
-            binding: binding as u32,
-            resource: buffer.as_entire_binding(),
-        })
-        .collect();
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    });
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: None,
-        timestamp_writes: None,
-    });
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, &bind_group, &[]);
-    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    passes.record(step, pipeline, buffers, groups);
 }
 
 /// Workgroups covering `count` items of `per_group` each, folded into x and y so that neither

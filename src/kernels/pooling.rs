@@ -1,6 +1,8 @@
 //! `Q_in = pool(Xp)` (SPEC 4, step 3): `shaders/pooling.wgsl`.
 
-use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape, LINEAR_WORKGROUP};
+use super::{
+    dispatch, linear_groups, pipeline, uniform, ForwardShape, Passes, Step, LINEAR_WORKGROUP,
+};
 use crate::shaders::ShaderSource;
 
 #[repr(C)]
@@ -31,8 +33,8 @@ impl Pooling {
     /// shader's `QueryGrid`).
     pub fn encode(
         &self,
-        device: &wgpu::Device,
-        encoder: &mut wgpu::CommandEncoder,
+        passes: &mut Passes,
+        step: Step,
         shape: &ForwardShape,
         positioned: &wgpu::Buffer,
         query_grids: &wgpu::Buffer,
@@ -40,7 +42,7 @@ impl Pooling {
     ) {
         let elements = shape.batch * shape.queries * shape.width;
         let params = uniform(
-            device,
+            passes.device,
             &Params {
                 elements,
                 tokens: shape.tokens,
@@ -51,8 +53,8 @@ impl Pooling {
             },
         );
         dispatch(
-            device,
-            encoder,
+            passes,
+            step,
             &self.pipeline,
             &[&params, positioned, query_grids, pooled],
             linear_groups(elements, LINEAR_WORKGROUP),

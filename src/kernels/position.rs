@@ -1,6 +1,8 @@
 //! `Xp = X + E` (SPEC 4, step 1): `shaders/position.wgsl`.
 
-use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape, LINEAR_WORKGROUP};
+use super::{
+    dispatch, linear_groups, pipeline, uniform, ForwardShape, Passes, Step, LINEAR_WORKGROUP,
+};
 use crate::shaders::ShaderSource;
 
 #[repr(C)]
@@ -32,8 +34,8 @@ impl Position {
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
-        device: &wgpu::Device,
-        encoder: &mut wgpu::CommandEncoder,
+        passes: &mut Passes,
+        step: Step,
         shape: &ForwardShape,
         features: &wgpu::Buffer,
         table: &wgpu::Buffer,
@@ -42,7 +44,7 @@ impl Position {
     ) {
         let elements = shape.batch * shape.tokens * shape.width;
         let params = uniform(
-            device,
+            passes.device,
             &Params {
                 elements,
                 tokens: shape.tokens,
@@ -54,8 +56,8 @@ impl Position {
             },
         );
         dispatch(
-            device,
-            encoder,
+            passes,
+            step,
             &self.pipeline,
             &[&params, features, table, grids, positioned],
             linear_groups(elements, LINEAR_WORKGROUP),

@@ -1,7 +1,7 @@
 //! `P = softmax(S)` per row within its key range, in place (SPEC 4, step 6):
 //! `shaders/softmax.wgsl`.
 
-use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape};
+use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape, Passes, Step};
 use crate::shaders::ShaderSource;
 
 #[repr(C)]
@@ -29,15 +29,15 @@ impl Softmax {
     /// Records the in-place softmax of every row of `scores` (one workgroup per row).
     pub fn encode(
         &self,
-        device: &wgpu::Device,
-        encoder: &mut wgpu::CommandEncoder,
+        passes: &mut Passes,
+        step: Step,
         shape: &ForwardShape,
         key_ranges: &wgpu::Buffer,
         scores: &wgpu::Buffer,
     ) {
         let rows = shape.batch * shape.queries;
         let params = uniform(
-            device,
+            passes.device,
             &Params {
                 rows,
                 tokens: shape.tokens,
@@ -46,8 +46,8 @@ impl Softmax {
             },
         );
         dispatch(
-            device,
-            encoder,
+            passes,
+            step,
             &self.pipeline,
             &[&params, key_ranges, scores],
             linear_groups(rows, 1),
