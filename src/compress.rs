@@ -71,7 +71,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn api(self) -> Option<GpuApi> {
+    /// The GPU API this backend opens (none for the CPU backends).
+    pub(crate) fn api(self) -> Option<GpuApi> {
         match self {
             Backend::Auto => Some(GpuApi::Any),
             Backend::Vulkan => Some(GpuApi::Vulkan),

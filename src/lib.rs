@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod compress;
 pub mod cpu;
 pub mod demo;

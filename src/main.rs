@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+use metacompress::bench;
 use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::layout::parse_grid_flags;
@@ -41,6 +42,8 @@ enum Command {
     Init(InitArgs),
     /// List every adapter wgpu sees.
     Devices,
+    /// Time the forward pass on named workloads, per kernel, tuned against naive.
+    Bench(BenchArgs),
     /// Run the whole path on built-in data, with no files and no flags.
     Demo {
         /// Where to run (by default a real GPU, else the CPU path).
@@ -87,6 +90,40 @@ struct CompressArgs {
     /// Dtype of the output tokens [default: the input's].
     #[arg(long, value_enum)]
     output_dtype: Option<Dtype>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// A workload (llava15-7b, llava15-13b, llava-next-7b, qwen2vl-7b, tiny) or all.
+    #[arg(long, default_value = "llava15-7b", value_name = "NAME|all")]
+    workload: String,
+    /// Fraction of tokens to keep, in (0, 1].
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    keep: f64,
+    /// Projection width d_c of the weights [default: 256, or d when smaller].
+    #[arg(long)]
+    dc: Option<usize>,
+    /// Storage precision on the GPU.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Where to run: auto is the best GPU adapter (software ones included); cpu the CPU path.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Use the adapter whose name contains NAME (any case).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Timed runs per variant.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed runs before them.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Leave out the naive (v1) kernels.
+    #[arg(long)]
+    skip_naive: bool,
+    /// Also write the report as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +178,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Compress(args) => compress(args),
         Command::Init(args) => init(args),
+        Command::Bench(args) => bench(args),
         Command::Devices => devices(),
         Command::Demo { backend } => run_demo(backend),
     };
@@ -278,6 +316,29 @@ fn init(args: InitArgs) -> Result<()> {
         )),
         args.output.display()
     );
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let workloads = bench::workloads(&args.workload)?;
+    let config = bench::BenchConfig {
+        keep: Keep::new(args.keep)?,
+        channels: args.dc,
+        precision: args.precision,
+        backend: args.backend,
+        adapter: args.adapter,
+        runs: args.runs,
+        warmup: args.warmup,
+        naive: !args.skip_naive,
+    };
+    let report = bench::run(&config, &workloads, |line| eprintln!("bench: {line}"))?;
+    say!("{}", report.to_table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.to_json())
+            .map_err(|e| Error::Format(format!("could not encode the report: {e}")))?;
+        files::write_atomically(path, text.as_bytes())?;
+        say!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -49,6 +49,8 @@ impl GpuApi {
 pub struct AdapterReport {
     /// The adapter's name.
     pub name: String,
+    /// The vendor, by PCI id where it is a known one, e.g. `NVIDIA (0x10de)`.
+    pub vendor: String,
     /// The API it is reached through.
     pub backend: String,
     /// Discrete, integrated, virtual, CPU or other.
@@ -72,6 +74,7 @@ impl AdapterReport {
             .to_string();
         AdapterReport {
             name: info.name,
+            vendor: vendor_name(info.vendor),
             backend: format!("{:?}", info.backend).to_lowercase(),
             device_type: device_type_name(info.device_type).to_string(),
             driver,
@@ -80,6 +83,23 @@ impl AdapterReport {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         }
     }
+}
+
+/// The vendor behind a PCI (or Khronos) vendor id.
+fn vendor_name(id: u32) -> String {
+    let name = match id {
+        0x10de => "NVIDIA",
+        0x1002 => "AMD",
+        0x8086 => "Intel",
+        0x106b => "Apple",
+        0x5143 => "Qualcomm",
+        0x13b5 => "Arm",
+        0x1010 => "Imagination",
+        0x10005 => "Mesa",
+        0x1414 => "Microsoft",
+        _ => "unknown",
+    };
+    format!("{name} (0x{id:x})")
 }
 
 fn device_type_name(device_type: wgpu::DeviceType) -> &'static str {

@@ -442,7 +442,7 @@ impl GpuEngine {
                     let folded_query = output("folded queries", batch * m * d, 4);
                     k.scores.encode(
                         &mut passes,
-                        product_step("fold w_k", folded, (4, e, 4)),
+                        product_step("fold_w_k", folded, (4, e, 4)),
                         matmul,
                         folded,
                         &query,

@@ -1,0 +1,546 @@
+//! The benchmark harness behind `metacompress bench` and `cargo bench`: named workloads,
+//! warm-up and timed runs of the tuned and naive kernels, medians and spreads per step, and
+//! the report as a table and as JSON.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde_json::{json, Value};
+
+use crate::compress::{Backend, Compressor, KernelVariant, Options, Precision};
+use crate::error::{Error, Result};
+use crate::gpu::{AdapterReport, GpuContext};
+use crate::layout::{Grid, Keep, Layout};
+use crate::profile::Profile;
+use crate::tensor::Features;
+use crate::weights::PMeta;
+
+/// A named input shape: one image's layout and token width.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// The name on the command line.
+    pub name: &'static str,
+    /// What it stands for.
+    pub about: &'static str,
+    /// Grids as `(offset, height, width)`.
+    pub grids: &'static [(usize, usize, usize)],
+    /// Tokens per image `n` (grids and loose tokens).
+    pub tokens: usize,
+    /// Token width `d`.
+    pub width: usize,
+}
+
+/// The workloads of `--workload all`, as the project's benchmarks name them.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "llava15-7b",
+        about: "LLaVA-1.5-7B: one 24x24 grid",
+        grids: &[(0, 24, 24)],
+        tokens: 576,
+        width: 4096,
+    },
+    Workload {
+        name: "llava15-13b",
+        about: "LLaVA-1.5-13B: one 24x24 grid",
+        grids: &[(0, 24, 24)],
+        tokens: 576,
+        width: 5120,
+    },
+    Workload {
+        name: "llava-next-7b",
+        about: "LLaVA-NeXT-7B anyres, 2x2 crops: 24x24 base + 48x48 crops + 48 newline tokens",
+        grids: &[(0, 24, 24), (576, 48, 48)],
+        tokens: 2928,
+        width: 4096,
+    },
+    Workload {
+        name: "qwen2vl-7b",
+        about: "Qwen2-VL-7B, 1008x1008 image: one 36x36 grid",
+        grids: &[(0, 36, 36)],
+        tokens: 1296,
+        width: 3584,
+    },
+];
+
+/// A small shape for smoke tests of the harness (not part of `all`).
+pub const TINY: Workload = Workload {
+    name: "tiny",
+    about: "smoke test: 7x9 and 5x5 grids with 3 loose tokens",
+    grids: &[(1, 7, 9), (66, 5, 5)],
+    tokens: 93,
+    width: 75,
+};
+
+/// The workloads a `--workload` value names: one by name, or `all`.
+pub fn workloads(name: &str) -> Result<Vec<Workload>> {
+    if name == "all" {
+        return Ok(WORKLOADS.to_vec());
+    }
+    WORKLOADS
+        .iter()
+        .chain([&TINY])
+        .find(|w| w.name == name)
+        .map(|w| vec![*w])
+        .ok_or_else(|| {
+            let names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+            Error::InvalidArgument(format!(
+                "--workload {name:?} is not a workload; expected all, tiny or one of {}",
+                names.join(", ")
+            ))
+        })
+}
+
+impl Workload {
+    /// The layout of one image.
+    pub fn layout(&self) -> Result<Layout> {
+        let grids = self
+            .grids
+            .iter()
+            .map(|&(offset, height, width)| Grid {
+                offset,
+                height,
+                width,
+            })
+            .collect();
+        Layout::new(self.tokens, grids)
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Keep fraction.
+    pub keep: Keep,
+    /// Projection width `d_c` (default 256, or `d` when a workload is narrower).
+    pub channels: Option<usize>,
+    /// Storage precision on the GPU.
+    pub precision: Precision,
+    /// `Auto`: the best GPU adapter, software ones included (the GPU path is what is being
+    /// measured); `Cpu`: the CPU path; otherwise that API.
+    pub backend: Backend,
+    /// An adapter by name.
+    pub adapter: Option<String>,
+    /// Timed runs per variant (after the warm-up).
+    pub runs: usize,
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Whether to run the v1 kernels too (GPU only).
+    pub naive: bool,
+}
+
+/// Median and range of a set of timings, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    /// The median.
+    pub median: f64,
+    /// The fastest.
+    pub min: f64,
+    /// The slowest.
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Self {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let count = sorted.len();
+        let median = if count % 2 == 1 {
+            sorted[count / 2]
+        } else {
+            (sorted[count / 2 - 1] + sorted[count / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: sorted[0],
+            max: sorted[count - 1],
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({ "median_ms": self.median * 1e3, "min_ms": self.min * 1e3, "max_ms": self.max * 1e3 })
+    }
+}
+
+/// One step (or the total) of one variant.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// The step's name (`total` for the sum of the steps).
+    pub name: String,
+    /// Floating-point operations its shapes imply.
+    pub flops: f64,
+    /// The fewest bytes it must move.
+    pub bytes: f64,
+    /// Its time over the timed runs.
+    pub time: Spread,
+    /// Its share of the total median time.
+    pub share: f64,
+}
+
+impl StepReport {
+    /// GFLOP/s at the median time.
+    pub fn gflops(&self) -> f64 {
+        self.flops / self.time.median / 1e9
+    }
+
+    /// GB/s at the median time.
+    pub fn gbytes(&self) -> f64 {
+        self.bytes / self.time.median / 1e9
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "flops": self.flops,
+            "bytes": self.bytes,
+            "time": self.time.json(),
+            "gflops_per_s": self.gflops(),
+            "gbytes_per_s": self.gbytes(),
+            "share": self.share,
+        })
+    }
+}
+
+/// The timings of one kernel variant on one workload.
+#[derive(Clone, Debug)]
+pub struct VariantReport {
+    /// `tuned`, `naive` or `cpu`.
+    pub variant: &'static str,
+    /// Which association the scores took (`keys` or `tokens`).
+    pub association: &'static str,
+    /// Where the times come from.
+    pub clock: &'static str,
+    /// Each step.
+    pub steps: Vec<StepReport>,
+    /// The sum of the steps.
+    pub total: StepReport,
+    /// Host time of the whole call (upload, steps, read-back).
+    pub call: Spread,
+}
+
+/// One workload's results.
+#[derive(Clone, Debug)]
+pub struct WorkloadReport {
+    /// The workload.
+    pub workload: Workload,
+    /// Projection width `d_c`.
+    pub channels: usize,
+    /// Queries per image.
+    pub queries: usize,
+    /// Each variant that ran, the tuned (or CPU) one first.
+    pub variants: Vec<VariantReport>,
+}
+
+impl WorkloadReport {
+    /// How many times faster the first variant's total is than the naive one's (medians).
+    pub fn speedup(&self) -> Option<f64> {
+        let naive = self.variants.iter().find(|v| v.variant == "naive")?;
+        Some(naive.total.time.median / self.variants[0].total.time.median)
+    }
+}
+
+/// A whole benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// The adapter, or `None` for the CPU path.
+    pub adapter: Option<AdapterReport>,
+    /// What ran, for people.
+    pub device: String,
+    /// The configuration.
+    pub config: BenchConfig,
+    /// Seconds since 1970 when the benchmark finished.
+    pub unix_time: u64,
+    /// One entry per workload.
+    pub workloads: Vec<WorkloadReport>,
+}
+
+/// Opens the device `config` names (the CPU path for `Backend::Cpu`): the context, if any.
+fn open(config: &BenchConfig) -> Result<Option<GpuContext>> {
+    match config.backend {
+        Backend::Cpu => {
+            if config.precision != Precision::F32 {
+                return Err(Error::InvalidArgument(
+                    "--precision f16 is for GPU backends; the cpu backend computes in f32"
+                        .to_string(),
+                ));
+            }
+            Ok(None)
+        }
+        Backend::Reference => Err(Error::InvalidArgument(
+            "--backend reference is the float64 yardstick for tests, not a path to benchmark; \
+             expected auto, vulkan, metal, dx12, gl or cpu"
+                .to_string(),
+        )),
+        backend => {
+            let api = backend.api().expect("GPU backends have an API");
+            GpuContext::open(api, config.adapter.as_deref()).map(Some)
+        }
+    }
+}
+
+/// Runs `config` over `workloads`, calling `progress` with a line before each timed batch.
+pub fn run(
+    config: &BenchConfig,
+    workloads: &[Workload],
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport> {
+    if config.runs == 0 {
+        return Err(Error::InvalidArgument(
+            "--runs 0 times nothing; expected at least 1 (20 or more for a report)".to_string(),
+        ));
+    }
+    let context = open(config)?;
+    let mut reports = Vec::new();
+    let mut device = String::from("cpu (f32, multi-threaded sgemm)");
+    for workload in workloads {
+        let layout = workload.layout()?;
+        let channels = config.channels.unwrap_or(256.min(workload.width));
+        if channels == 0 || channels > workload.width {
+            return Err(Error::InvalidArgument(format!(
+                "--dc {channels} does not fit workload {} (d = {}); expected 1 to d",
+                workload.name, workload.width
+            )));
+        }
+        let weights = PMeta::init(workload.width, channels, Some((24, 24)), 1.0, 0)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(2026);
+        let values = (0..workload.tokens * workload.width)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let features = Features::new(1, workload.tokens, workload.width, values)?;
+        let compressor = match &context {
+            Some(context) => Compressor::on_context(weights, context.clone(), config.precision)?,
+            None => Compressor::new(weights, Backend::Cpu, None, Precision::F32)?,
+        };
+        device = compressor.device();
+        let m = layout.queries(config.keep).count;
+        let variants: Vec<KernelVariant> = match (&context, config.naive) {
+            (None, _) => vec![KernelVariant::Tuned],
+            (Some(_), false) => vec![KernelVariant::Tuned],
+            (Some(_), true) => vec![KernelVariant::Tuned, KernelVariant::Naive],
+        };
+        let mut variant_reports = Vec::new();
+        for kernels in variants {
+            let name = match (&context, kernels) {
+                (None, _) => "cpu",
+                (Some(_), variant) => variant.name(),
+            };
+            progress(&format!(
+                "{}: {name}, {} warm-up + {} timed runs",
+                workload.name, config.warmup, config.runs
+            ));
+            let options = Options {
+                keep: config.keep,
+                kernels,
+                profile: true,
+                ..Options::default()
+            };
+            let mut profiles = Vec::new();
+            for run in 0..config.warmup + config.runs {
+                let out = compressor.compress(&features, &layout, &options)?;
+                if run >= config.warmup {
+                    profiles.push(out.profile.ok_or_else(|| {
+                        Error::Unsupported("this backend does not report timings".to_string())
+                    })?);
+                }
+            }
+            let association = options
+                .association
+                .resolve(kernels, workload.tokens, m, workload.width, channels)
+                .name();
+            let association = if context.is_some() {
+                association
+            } else {
+                "keys"
+            };
+            variant_reports.push(summarise(name, association, &profiles));
+        }
+        reports.push(WorkloadReport {
+            workload: *workload,
+            channels,
+            queries: m,
+            variants: variant_reports,
+        });
+    }
+    Ok(BenchReport {
+        adapter: context.map(|c| c.adapter),
+        device,
+        config: config.clone(),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        workloads: reports,
+    })
+}
+
+/// Medians and spreads of each step over `profiles` (all of the same steps).
+fn summarise(
+    variant: &'static str,
+    association: &'static str,
+    profiles: &[Profile],
+) -> VariantReport {
+    let first = &profiles[0];
+    let totals: Vec<f64> = profiles
+        .iter()
+        .map(|p| p.steps.iter().map(|s| s.seconds).sum())
+        .collect();
+    let total_time = Spread::of(&totals);
+    let steps: Vec<StepReport> = first
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| {
+            let times: Vec<f64> = profiles.iter().map(|p| p.steps[index].seconds).collect();
+            let time = Spread::of(&times);
+            StepReport {
+                name: step.name.to_string(),
+                flops: step.flops,
+                bytes: step.bytes,
+                share: time.median / total_time.median,
+                time,
+            }
+        })
+        .collect();
+    let total = StepReport {
+        name: "total".to_string(),
+        flops: steps.iter().map(|s| s.flops).sum(),
+        bytes: steps.iter().map(|s| s.bytes).sum(),
+        time: total_time,
+        share: 1.0,
+    };
+    let calls: Vec<f64> = profiles.iter().map(|p| p.call_seconds).collect();
+    VariantReport {
+        variant,
+        association,
+        clock: first.clock.name(),
+        steps,
+        total,
+        call: Spread::of(&calls),
+    }
+}
+
+impl BenchReport {
+    /// The report as JSON, for putting results from several GPUs side by side.
+    pub fn to_json(&self) -> Value {
+        let device = match &self.adapter {
+            Some(a) => json!({
+                "name": a.name,
+                "vendor": a.vendor,
+                "backend": a.backend,
+                "device_type": a.device_type,
+                "driver": a.driver,
+                "timestamps": a.timestamps,
+            }),
+            None => json!({
+                "name": "cpu",
+                "vendor": "",
+                "backend": "cpu",
+                "device_type": "cpu",
+                "driver": "",
+                "timestamps": false,
+            }),
+        };
+        let workloads: Vec<Value> = self
+            .workloads
+            .iter()
+            .map(|w| {
+                json!({
+                    "workload": w.workload.name,
+                    "about": w.workload.about,
+                    "tokens": w.workload.tokens,
+                    "width": w.workload.width,
+                    "channels": w.channels,
+                    "queries": w.queries,
+                    "speedup_over_naive": w.speedup(),
+                    "variants": w.variants.iter().map(|v| json!({
+                        "variant": v.variant,
+                        "association": v.association,
+                        "clock": v.clock,
+                        "steps": v.steps.iter().map(StepReport::json).collect::<Vec<_>>(),
+                        "total": v.total.json(),
+                        "call": v.call.json(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "tool": format!("metacompress {}", env!("CARGO_PKG_VERSION")),
+            "unix_time": self.unix_time,
+            "device": device,
+            "device_summary": self.device,
+            "keep": self.config.keep.value(),
+            "precision": self.config.precision.name(),
+            "runs": self.config.runs,
+            "warmup": self.config.warmup,
+            "workloads": workloads,
+        })
+    }
+
+    /// The report as a table for people.
+    pub fn to_table(&self) -> String {
+        let mut text = String::new();
+        match &self.adapter {
+            Some(a) => text.push_str(&format!(
+                "device: {} | vendor {} | {} | type {} | driver {} | timestamps {}\n",
+                a.name,
+                a.vendor,
+                a.backend,
+                a.device_type,
+                if a.driver.is_empty() {
+                    "unknown"
+                } else {
+                    &a.driver
+                },
+                if a.timestamps { "yes" } else { "no" }
+            )),
+            None => text.push_str(&format!("device: {}\n", self.device)),
+        }
+        for w in &self.workloads {
+            text.push_str(&format!(
+                "\n{} ({}): n {}, d {}, d_c {}, keep {} -> m {}, {}, {} timed runs after {} warm-up\n",
+                w.workload.name,
+                w.workload.about,
+                w.workload.tokens,
+                w.workload.width,
+                w.channels,
+                self.config.keep.value(),
+                w.queries,
+                self.config.precision.name(),
+                self.config.runs,
+                self.config.warmup
+            ));
+            for v in &w.variants {
+                text.push_str(&format!(
+                    "  {} (scores via {}; clock {})\n",
+                    v.variant, v.association, v.clock
+                ));
+                text.push_str(
+                    "    step        median ms     min ms     max ms     GFLOP   GFLOP/s      GB/s   share\n",
+                );
+                for step in v.steps.iter().chain([&v.total]) {
+                    text.push_str(&format!(
+                        "    {:<10} {:>10.3} {:>10.3} {:>10.3} {:>9.3} {:>9.2} {:>9.2} {:>6.1}%\n",
+                        step.name,
+                        step.time.median * 1e3,
+                        step.time.min * 1e3,
+                        step.time.max * 1e3,
+                        step.flops / 1e9,
+                        step.gflops(),
+                        step.gbytes(),
+                        100.0 * step.share
+                    ));
+                }
+                text.push_str(&format!(
+                    "    whole call (host clock: upload, steps, read-back): median {:.3} ms, min {:.3}, max {:.3}\n",
+                    v.call.median * 1e3,
+                    v.call.min * 1e3,
+                    v.call.max * 1e3
+                ));
+            }
+            if let Some(speedup) = w.speedup() {
+                text.push_str(&format!(
+                    "  tuned over naive, total of the steps (medians): {speedup:.2}x\n"
+                ));
+            }
+        }
+        text
+    }
+}
