@@ -77,7 +77,10 @@ fn main_tiled(
         rhs_base + min(first_column + 2u * lanes, last_column) * params.rhs_column_stride,
         rhs_base + min(first_column + 3u * lanes, last_column) * params.rhs_column_stride,
     );
-    var sums: array<vec4<f32>, 4>;
+    var sum0 = vec4<f32>();
+    var sum1 = vec4<f32>();
+    var sum2 = vec4<f32>();
+    var sum3 = vec4<f32>();
     var rhs_offset = 0u;
     for (var k = 0u; k < params.inner; k++) {
         let b = vec4<f32>(
@@ -86,23 +89,157 @@ fn main_tiled(
             f32(rhs[rhs_columns.z + rhs_offset]),
             f32(rhs[rhs_columns.w + rhs_offset]),
         );
-        sums[0] += f32(lhs[lhs_rows.x + k]) * b;
-        sums[1] += f32(lhs[lhs_rows.y + k]) * b;
-        sums[2] += f32(lhs[lhs_rows.z + k]) * b;
-        sums[3] += f32(lhs[lhs_rows.w + k]) * b;
+        sum0 += f32(lhs[lhs_rows.x + k]) * b;
+        sum1 += f32(lhs[lhs_rows.y + k]) * b;
+        sum2 += f32(lhs[lhs_rows.z + k]) * b;
+        sum3 += f32(lhs[lhs_rows.w + k]) * b;
         rhs_offset += params.rhs_inner_stride;
     }
-    for (var r = 0u; r < block; r++) {
-        let row = first_row + r;
-        if row >= params.rows {
-            break;
-        }
-        let out_row = image * params.out_batch_stride + row * params.columns;
-        for (var c = 0u; c < block; c++) {
-            let column = first_column + c * lanes;
-            if column < params.columns {
-                out[out_row + column] = out_elem(sums[r][c]);
-            }
+    store_row(image, first_row, first_column, sum0);
+    store_row(image, first_row + 1u, first_column, sum1);
+    store_row(image, first_row + 2u, first_column, sum2);
+    store_row(image, first_row + 3u, first_column, sum3);
+}
+
+// Writes the four columns (8 apart) of one row of a block, those that lie inside C.
+fn store_row(image: u32, row: u32, first_column: u32, values: vec4<f32>) {
+    if row >= params.rows {
+        return;
+    }
+    let base = image * params.out_batch_stride + row * params.columns + first_column;
+    let room = params.columns - first_column; // > 0: the caller checked first_column
+    out[base] = out_elem(values.x);
+    if lanes < room {
+        out[base + lanes] = out_elem(values.y);
+    }
+    if 2u * lanes < room {
+        out[base + 2u * lanes] = out_elem(values.z);
+    }
+    if 3u * lanes < room {
+        out[base + 3u * lanes] = out_elem(values.w);
+    }
+}
+
+// The vec4 kernels: the same 32 x 32 tile and 4 x 4 block per invocation, but every load
+// fetches four neighbouring elements, so a step of four along the inner dimension takes 8
+// loads for 64 multiply-adds (the scalar kernel takes 32). For shapes whose inner size (and,
+// when B is row-major, column count) is a multiple of 4; the host checks. An invocation's 4
+// columns are adjacent here.
+@group(0) @binding(1) var<storage, read> lhs4: array<vec4<lhs_elem>>;
+@group(0) @binding(2) var<storage, read> rhs4: array<vec4<rhs_elem>>;
+
+// B row-major: rows k of B are read four columns at a time.
+@compute @workgroup_size(8, 8)
+fn main_vec4(
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    let first_row = (group.y * lanes + local.y) * block;
+    let first_column = (group.x * lanes + local.x) * block;
+    let image = group.z;
+    if first_row >= params.rows || first_column >= params.columns {
+        return;
+    }
+    let inner4 = params.inner / 4u;
+    let columns4 = params.columns / 4u;
+    let last_row = params.rows - 1u;
+    let lhs_base = image * params.lhs_batch_stride / 4u;
+    let lhs_rows = vec4<u32>(
+        lhs_base + min(first_row, last_row) * inner4,
+        lhs_base + min(first_row + 1u, last_row) * inner4,
+        lhs_base + min(first_row + 2u, last_row) * inner4,
+        lhs_base + min(first_row + 3u, last_row) * inner4,
+    );
+    var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u;
+    var sum0 = vec4<f32>();
+    var sum1 = vec4<f32>();
+    var sum2 = vec4<f32>();
+    var sum3 = vec4<f32>();
+    for (var k = 0u; k < inner4; k++) {
+        let a0 = vec4<f32>(lhs4[lhs_rows.x + k]);
+        let a1 = vec4<f32>(lhs4[lhs_rows.y + k]);
+        let a2 = vec4<f32>(lhs4[lhs_rows.z + k]);
+        let a3 = vec4<f32>(lhs4[lhs_rows.w + k]);
+        let b0 = vec4<f32>(rhs4[rhs_index]);
+        let b1 = vec4<f32>(rhs4[rhs_index + columns4]);
+        let b2 = vec4<f32>(rhs4[rhs_index + 2u * columns4]);
+        let b3 = vec4<f32>(rhs4[rhs_index + 3u * columns4]);
+        sum0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
+        sum1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
+        sum2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
+        sum3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+        rhs_index += 4u * columns4;
+    }
+    store_block(image, first_row, first_column, sum0, sum1, sum2, sum3);
+}
+
+// B given as B^T row-major (columns x inner): columns of B are read four k at a time.
+@compute @workgroup_size(8, 8)
+fn main_vec4_transposed(
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    let first_row = (group.y * lanes + local.y) * block;
+    let first_column = (group.x * lanes + local.x) * block;
+    let image = group.z;
+    if first_row >= params.rows || first_column >= params.columns {
+        return;
+    }
+    let inner4 = params.inner / 4u;
+    let last_row = params.rows - 1u;
+    let last_column = params.columns - 1u;
+    let lhs_base = image * params.lhs_batch_stride / 4u;
+    let lhs_rows = vec4<u32>(
+        lhs_base + min(first_row, last_row) * inner4,
+        lhs_base + min(first_row + 1u, last_row) * inner4,
+        lhs_base + min(first_row + 2u, last_row) * inner4,
+        lhs_base + min(first_row + 3u, last_row) * inner4,
+    );
+    let rhs_base = image * params.rhs_batch_stride / 4u;
+    let rhs_columns = vec4<u32>(
+        rhs_base + min(first_column, last_column) * inner4,
+        rhs_base + min(first_column + 1u, last_column) * inner4,
+        rhs_base + min(first_column + 2u, last_column) * inner4,
+        rhs_base + min(first_column + 3u, last_column) * inner4,
+    );
+    var sum0 = vec4<f32>();
+    var sum1 = vec4<f32>();
+    var sum2 = vec4<f32>();
+    var sum3 = vec4<f32>();
+    for (var k = 0u; k < inner4; k++) {
+        let a0 = vec4<f32>(lhs4[lhs_rows.x + k]);
+        let a1 = vec4<f32>(lhs4[lhs_rows.y + k]);
+        let a2 = vec4<f32>(lhs4[lhs_rows.z + k]);
+        let a3 = vec4<f32>(lhs4[lhs_rows.w + k]);
+        let b0 = vec4<f32>(rhs4[rhs_columns.x + k]);
+        let b1 = vec4<f32>(rhs4[rhs_columns.y + k]);
+        let b2 = vec4<f32>(rhs4[rhs_columns.z + k]);
+        let b3 = vec4<f32>(rhs4[rhs_columns.w + k]);
+        sum0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        sum1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        sum2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        sum3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+    }
+    store_block(image, first_row, first_column, sum0, sum1, sum2, sum3);
+}
+
+// Writes a 4 x 4 block of adjacent rows and columns, the part that lies inside C.
+fn store_block(
+    image: u32,
+    first_row: u32,
+    first_column: u32,
+    sum0: vec4<f32>,
+    sum1: vec4<f32>,
+    sum2: vec4<f32>,
+    sum3: vec4<f32>,
+) {
+    let sums = array<vec4<f32>, 4>(sum0, sum1, sum2, sum3);
+    let rows = min(block, params.rows - first_row);
+    let columns = min(block, params.columns - first_column);
+    for (var r = 0u; r < rows; r++) {
+        let base = image * params.out_batch_stride + (first_row + r) * params.columns + first_column;
+        for (var c = 0u; c < columns; c++) {
+            out[base + c] = out_elem(sums[r][c]);
         }
     }
 }

@@ -179,6 +179,46 @@ fn several_grids_with_loose_tokens_and_a_resized_position_table() {
     }
 }
 
+/// Four times a random odd number in `range` (a multiple of 4, never of 8 or of a tile).
+fn four_times_odd(rng: &mut ChaCha8Rng, range: std::ops::Range<usize>) -> usize {
+    4 * odd(rng, range)
+}
+
+#[test]
+fn vec4_kernels_at_multiples_of_four_that_are_not_multiples_of_the_tile() {
+    // Widths, channels and token counts that are multiples of 4 send every tuned product to
+    // the vec4 kernels (the odd sizes elsewhere send them to the scalar ones); the 32 x 32
+    // tile still ends part-way through rows and columns. Batched, both precisions.
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("vec4_kernels");
+    for precision in [Precision::F32, Precision::F16] {
+        if precision == Precision::F16 && !context.has_f16() {
+            eprintln!("SKIPPED f16 half: adapter has no SHADER_F16");
+            continue;
+        }
+        let height = odd(&mut rng, 3..10);
+        let width = four_times_odd(&mut rng, 1..4);
+        let second = grid(
+            height * width + 4,
+            odd(&mut rng, 3..8),
+            four_times_odd(&mut rng, 1..3),
+        );
+        let case = Case {
+            batch: 2,
+            tokens: second.end() + 4,
+            grids: vec![grid(0, height, width), second],
+            width: four_times_odd(&mut rng, 9..21),
+            channels: four_times_odd(&mut rng, 3..9),
+            table: Some((6, 5)),
+            keep: rng.random_range(0.1..0.6),
+            scope: Scope::Image,
+            precision,
+        };
+        assert_eq!(case.tokens % 4, 0);
+        run(&context, &mut rng, seed, &case);
+    }
+}
+
 #[test]
 fn a_batch_of_images() {
     let Some(context) = gpu() else { return };

@@ -110,7 +110,7 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
         .iter()
         .map(|e| e.name.as_str())
         .collect();
-    for variant in metacompress::kernels::matmul::MatmulVariant::ALL {
+    for variant in metacompress::kernels::matmul::Kernel::ALL {
         assert!(names.contains(&variant.entry_point()), "{names:?}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

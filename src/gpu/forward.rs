@@ -10,7 +10,7 @@ use crate::compress::{Options, Precision};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{Matmul, Product};
 use crate::kernels::pooling::Pooling;
-use crate::kernels::position::Position;
+use crate::kernels::position::{samples, Position};
 use crate::kernels::softmax::Softmax;
 use crate::kernels::{ForwardShape, Passes, Step, MAX_GROUPS_PER_DIMENSION};
 use crate::layout::{Layout, Queries};
@@ -301,8 +301,6 @@ impl GpuEngine {
             width: d as u32,
             channels: c as u32,
             grid_count: layout.grids().len() as u32,
-            table_height: self.weights.table.as_ref().map_or(1, |t| t.1),
-            table_width: self.weights.table.as_ref().map_or(1, |t| t.2),
         };
         let plan = Plan::new(&shape, association);
         for product in plan.products() {
@@ -325,11 +323,6 @@ impl GpuEngine {
         let (b, n_f, m_f, d_f) = (batch as f64, n as f64, m as f64, d as f64);
         let e = elem_size;
         let output = scoped(device, "the forward pass", || {
-            let grids: Vec<u32> = layout
-                .grids()
-                .iter()
-                .flat_map(|g| [g.offset as u32, g.height as u32, g.width as u32, 0])
-                .collect();
             let query_grids: Vec<u32> = queries
                 .grids
                 .iter()
@@ -353,7 +346,6 @@ impl GpuEngine {
                 })
                 .collect();
             let input = storage_with(device, "features", &elem_bytes(features.values(), elem));
-            let grids = storage_with(device, "grids", bytemuck::cast_slice(&grids));
             let query_grids =
                 storage_with(device, "query grids", bytemuck::cast_slice(&query_grids));
             let key_ranges = storage_with(device, "key ranges", bytemuck::cast_slice(&key_ranges));
@@ -376,13 +368,16 @@ impl GpuEngine {
                         flops: 9.0 * b * n_f * d_f,
                         bytes: (2.0 * b * n_f + (*height * *width) as f64) * d_f * e as f64,
                     };
+                    let samples = samples(layout, *height as usize, *width as usize);
+                    let samples =
+                        storage_with(device, "position samples", bytemuck::cast_slice(&samples));
                     k.position.encode(
                         &mut passes,
                         step,
                         &shape,
                         &input,
                         table,
-                        &grids,
+                        &samples,
                         &positioned,
                     );
                     positioned

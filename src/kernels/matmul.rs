@@ -8,22 +8,49 @@ use crate::shaders::ShaderSource;
 pub enum MatmulVariant {
     /// One output per invocation (`main`), 32 x 8 outputs per workgroup: the v1 kernel.
     Naive,
-    /// A 4 x 4 register block per invocation (`main_tiled`), 32 x 32 outputs per workgroup.
+    /// A 4 x 4 register block per invocation, 32 x 32 outputs per workgroup: with vec4
+    /// loads (`main_vec4`, `main_vec4_transposed`) where the shape allows, scalar loads
+    /// (`main_tiled`) otherwise.
     #[default]
     Tiled,
+}
+
+/// The entry points of `shaders/matmul.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// One output per invocation.
+    Naive,
+    /// 4 x 4 block, scalar loads, any shape.
+    Tiled,
+    /// 4 x 4 block, vec4 loads, `B` row-major.
+    Vec4,
+    /// 4 x 4 block, vec4 loads, `B` given transposed.
+    Vec4Transposed,
+}
+
+impl Kernel {
+    /// Every entry point.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Naive,
+        Kernel::Tiled,
+        Kernel::Vec4,
+        Kernel::Vec4Transposed,
+    ];
+
+    /// The shader entry point.
+    pub fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::Naive => "main",
+            Kernel::Tiled => "main_tiled",
+            Kernel::Vec4 => "main_vec4",
+            Kernel::Vec4Transposed => "main_vec4_transposed",
+        }
+    }
 }
 
 impl MatmulVariant {
     /// Every variant, for tests and benchmarks.
     pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Naive, MatmulVariant::Tiled];
-
-    /// The shader entry point.
-    pub fn entry_point(self) -> &'static str {
-        match self {
-            MatmulVariant::Naive => "main",
-            MatmulVariant::Tiled => "main_tiled",
-        }
-    }
 
     /// Output columns and rows one workgroup covers.
     fn tile(self) -> (u32, u32) {
@@ -79,6 +106,18 @@ impl Product {
         ]
     }
 
+    /// The kernel `variant` runs for this shape: vec4 loads need the inner size, and the
+    /// column count when `B` is row-major, to be multiples of 4.
+    pub fn kernel(&self, variant: MatmulVariant) -> Kernel {
+        match variant {
+            MatmulVariant::Naive => Kernel::Naive,
+            MatmulVariant::Tiled if self.inner % 4 != 0 => Kernel::Tiled,
+            MatmulVariant::Tiled if self.rhs_transposed => Kernel::Vec4Transposed,
+            MatmulVariant::Tiled if self.columns % 4 == 0 => Kernel::Vec4,
+            MatmulVariant::Tiled => Kernel::Tiled,
+        }
+    }
+
     /// Floating-point operations (a multiply and an add per inner step).
     pub fn flops(&self) -> f64 {
         2.0 * self.batch as f64 * self.rows as f64 * self.columns as f64 * self.inner as f64
@@ -95,18 +134,20 @@ impl Product {
     }
 }
 
-/// The matrix product kernels (every variant) for one choice of element types.
+/// The matrix product kernels (every entry point) for one choice of element types.
 pub struct Matmul {
-    naive: wgpu::ComputePipeline,
-    tiled: wgpu::ComputePipeline,
+    /// One pipeline per `Kernel`, in `Kernel::ALL` order.
+    pipelines: Vec<wgpu::ComputePipeline>,
 }
 
 impl Matmul {
     /// Builds the pipelines.
     pub fn new(device: &wgpu::Device, source: &ShaderSource) -> Self {
         Matmul {
-            naive: pipeline_at(device, source, MatmulVariant::Naive.entry_point()),
-            tiled: pipeline_at(device, source, MatmulVariant::Tiled.entry_point()),
+            pipelines: Kernel::ALL
+                .iter()
+                .map(|kernel| pipeline_at(device, source, kernel.entry_point()))
+                .collect(),
         }
     }
 
@@ -141,16 +182,42 @@ impl Matmul {
                 rhs_column_stride,
             },
         );
-        let pipeline = match variant {
-            MatmulVariant::Naive => &self.naive,
-            MatmulVariant::Tiled => &self.tiled,
-        };
+        let kernel = product.kernel(variant);
+        let pipeline = &self.pipelines[Kernel::ALL.iter().position(|k| *k == kernel).unwrap_or(0)];
         dispatch(
             passes,
             step,
             pipeline,
             &[&params, lhs, rhs, out],
             product.groups(variant),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vec4_loads_only_where_the_shape_allows() {
+        let product = |inner, columns, rhs_transposed| Product {
+            batch: 1,
+            rows: 7,
+            columns,
+            inner,
+            lhs_per_image: true,
+            rhs_per_image: true,
+            rhs_transposed,
+        };
+        let tiled = MatmulVariant::Tiled;
+        assert_eq!(product(12, 20, false).kernel(tiled), Kernel::Vec4);
+        assert_eq!(product(12, 21, true).kernel(tiled), Kernel::Vec4Transposed);
+        assert_eq!(product(12, 21, false).kernel(tiled), Kernel::Tiled);
+        assert_eq!(product(13, 20, false).kernel(tiled), Kernel::Tiled);
+        assert_eq!(product(13, 20, true).kernel(tiled), Kernel::Tiled);
+        assert_eq!(
+            product(12, 20, false).kernel(MatmulVariant::Naive),
+            Kernel::Naive
         );
     }
 }

@@ -26,10 +26,6 @@ pub struct ForwardShape {
     pub channels: u32,
     /// Grids in the layout.
     pub grid_count: u32,
-    /// Rows `gh` of the position table (1 without one).
-    pub table_height: u32,
-    /// Columns `gw` of the position table (1 without one).
-    pub table_width: u32,
 }
 
 /// Most workgroups one dispatch dimension may hold (WebGPU's default limit).

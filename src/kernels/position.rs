@@ -1,20 +1,42 @@
 //! `Xp = X + E` (SPEC 4, step 1): `shaders/position.wgsl`.
 
 use super::{
-    dispatch, linear_groups, pipeline, uniform, ForwardShape, Passes, Step, LINEAR_WORKGROUP,
+    dispatch, pipeline, uniform, ForwardShape, Passes, Step, LINEAR_WORKGROUP,
+    MAX_GROUPS_PER_DIMENSION,
 };
+use crate::layout::Layout;
+use crate::reference::position_samples;
 use crate::shaders::ShaderSource;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    elements: u32,
+    rows: u32,
     tokens: u32,
     width: u32,
-    grid_count: u32,
-    table_height: u32,
-    table_width: u32,
-    padding: [u32; 2],
+    padding: u32,
+}
+
+/// What the kernel reads per token: the four table cells (`row * gw + column`) the bilinear
+/// resize blends, and their weights (zero for loose tokens).
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Sample {
+    cells: [u32; 4],
+    weights: [f32; 4],
+}
+
+/// One sample per token of `layout` for a `table_height x table_width` table.
+pub fn samples(layout: &Layout, table_height: usize, table_width: usize) -> Vec<Sample> {
+    let mut samples = vec![Sample::default(); layout.tokens()];
+    for (token, corners) in position_samples(layout, table_height, table_width) {
+        let sample = &mut samples[token];
+        for (corner, (row, column, weight)) in corners.into_iter().enumerate() {
+            sample.cells[corner] = (row * table_width + column) as u32;
+            sample.weights[corner] = weight as f32;
+        }
+    }
+    samples
 }
 
 /// The position kernel.
@@ -30,7 +52,7 @@ impl Position {
         }
     }
 
-    /// Records `positioned = features + E`; `grids` holds `(offset, h, w, 0)` per grid.
+    /// Records `positioned = features + E`; `samples` holds one `Sample` per token.
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
@@ -39,28 +61,31 @@ impl Position {
         shape: &ForwardShape,
         features: &wgpu::Buffer,
         table: &wgpu::Buffer,
-        grids: &wgpu::Buffer,
+        samples: &wgpu::Buffer,
         positioned: &wgpu::Buffer,
     ) {
-        let elements = shape.batch * shape.tokens * shape.width;
+        let rows = shape.batch * shape.tokens;
         let params = uniform(
             passes.device,
             &Params {
-                elements,
+                rows,
                 tokens: shape.tokens,
                 width: shape.width,
-                grid_count: shape.grid_count,
-                table_height: shape.table_height,
-                table_width: shape.table_width,
-                padding: [0; 2],
+                padding: 0,
             },
         );
+        // One workgroup row of channels per token; tokens along y, then z past its limit.
+        let row_groups = rows.min(MAX_GROUPS_PER_DIMENSION);
         dispatch(
             passes,
             step,
             &self.pipeline,
-            &[&params, features, table, grids, positioned],
-            linear_groups(elements, LINEAR_WORKGROUP),
+            &[&params, features, table, samples, positioned],
+            [
+                shape.width.div_ceil(LINEAR_WORKGROUP),
+                row_groups,
+                rows.div_ceil(row_groups),
+            ],
         );
     }
 }
