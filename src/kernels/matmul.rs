@@ -111,9 +111,9 @@ impl Product {
     pub fn kernel(&self, variant: MatmulVariant) -> Kernel {
         match variant {
             MatmulVariant::Naive => Kernel::Naive,
-            MatmulVariant::Tiled if self.inner % 4 != 0 => Kernel::Tiled,
+            MatmulVariant::Tiled if !self.inner.is_multiple_of(4) => Kernel::Tiled,
             MatmulVariant::Tiled if self.rhs_transposed => Kernel::Vec4Transposed,
-            MatmulVariant::Tiled if self.columns % 4 == 0 => Kernel::Vec4,
+            MatmulVariant::Tiled if self.columns.is_multiple_of(4) => Kernel::Vec4,
             MatmulVariant::Tiled => Kernel::Tiled,
         }
     }
