@@ -346,11 +346,6 @@ pub fn run(
                 .association
                 .resolve(kernels, workload.tokens, m, workload.width, channels)
                 .name();
-            let association = if context.is_some() {
-                association
-            } else {
-                "keys"
-            };
             variant_reports.push(summarise(name, association, &profiles));
         }
         reports.push(WorkloadReport {

@@ -99,7 +99,8 @@ pub struct Options {
     /// Which GPU kernels run: the tuned ones unless a benchmark or test asks for the v1
     /// kernels.
     pub kernels: KernelVariant,
-    /// How the GPU computes the scores (chosen by cost unless a test asks).
+    /// How the scores are multiplied out (chosen by cost unless a test asks; the GPU and
+    /// the CPU path).
     pub association: Association,
     /// Whether to time each step (GPU timestamps where the device has them) and hand the
     /// times back in `Compressed::profile`.
@@ -337,10 +338,11 @@ impl Compressor {
                     layout,
                     &queries,
                     options.scope,
+                    options.association,
                     options.save_projection,
                 );
                 let seconds = started.elapsed().as_secs_f64();
-                let step = cpu_step(features, &self.weights, queries.count);
+                let step = cpu_step(features, &self.weights, queries.count, options.association);
                 (
                     tokens,
                     projection,
@@ -383,18 +385,34 @@ impl Compressor {
     }
 }
 
-/// The CPU path's forward pass as one step: its products' flops (keys association) and the
-/// features, weights and tokens it must move.
-fn cpu_step(features: &Features, weights: &PMeta, m: usize) -> crate::kernels::Step {
+/// The CPU path's forward pass as one step: its products' flops (in the association it takes)
+/// and the features, weights and tokens it must move.
+fn cpu_step(
+    features: &Features,
+    weights: &PMeta,
+    m: usize,
+    association: Association,
+) -> crate::kernels::Step {
+    let association = association.resolve(
+        KernelVariant::Tuned,
+        features.tokens(),
+        m,
+        features.width(),
+        weights.channels(),
+    );
     let (b, n, d) = (
         features.batch() as f64,
         features.tokens() as f64,
         features.width() as f64,
     );
     let (m, c) = (m as f64, weights.channels() as f64);
+    let scores = match association {
+        Association::Keys => n * d * c + m * n * c,
+        _ => m * c * d + m * n * d,
+    };
     crate::kernels::Step {
         name: "forward",
-        flops: 2.0 * b * (m * d * c + n * d * c + m * n * c + m * n * d),
+        flops: 2.0 * b * (m * d * c + scores + m * n * d),
         bytes: 4.0 * (b * n * d + 2.0 * d * c + b * m * d),
     }
 }

@@ -1,7 +1,9 @@
 //! The fast CPU path: the forward pass of SPEC section 4 in f32 on all cores, its matrix
-//! products through `matrixmultiply`'s cache-blocked, multi-threaded sgemm. The float64
+//! products through `matrixmultiply`'s cache-blocked, multi-threaded sgemm, the scores in the
+//! cheaper association for the shape. The float64
 //! reference (`reference.rs`) stays the yardstick it is tested against.
 
+use crate::compress::{Association, KernelVariant};
 use crate::layout::{Layout, Queries, QueryGrid, Scope};
 use crate::reference::position_samples;
 use crate::tensor::Features;
@@ -70,13 +72,14 @@ fn multiply(a: View, b: View, out: &mut [f32]) {
     }
 }
 
-/// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32.
+/// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32, the scores in `association`.
 pub fn forward(
     features: &Features,
     weights: &PMeta,
     layout: &Layout,
     queries: &Queries,
     scope: Scope,
+    association: Association,
     want_projection: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (n, d, c, m) = (
@@ -91,7 +94,25 @@ pub fn forward(
     let mut positioned = weights.position().map(|_| vec![0.0f32; n * d]);
     let mut pooled = vec![0.0f32; m * d];
     let mut query = vec![0.0f32; m * c];
-    let mut key = vec![0.0f32; n * c];
+    // The order of the scores: through K = Xp w_k, or through the folded queries
+    // Q'' = Q' w_k^T (`Auto` takes the cheaper, as on the GPU).
+    let association = association.resolve(KernelVariant::Tuned, n, m, d, c);
+    let mut key = vec![
+        0.0f32;
+        if association == Association::Keys {
+            n * c
+        } else {
+            0
+        }
+    ];
+    let mut folded = vec![
+        0.0f32;
+        if association == Association::Keys {
+            0
+        } else {
+            m * d
+        }
+    ];
     let mut scores = vec![0.0f32; m * n];
     for image in 0..features.batch() {
         let x = features.image(image);
@@ -104,26 +125,37 @@ pub fn forward(
             }
             _ => x,
         };
-        // Steps 3 and 4.
+        // Steps 3 and 4 (Q only; K below when the association needs it).
         pool(xp, d, queries, &mut pooled);
         multiply(
             View::row_major(&pooled, m, d),
             View::row_major(weights.w_q(), d, c),
             &mut query,
         );
-        multiply(
-            View::row_major(xp, n, d),
-            View::row_major(weights.w_k(), d, c),
-            &mut key,
-        );
-        // Step 5: fold omega / sqrt(d_c) into Q, then S = Q' K^T over each query's key range.
+        // Step 5: fold omega / sqrt(d_c) into Q, then S over each query's key range.
         let scale = 1.0 / (c as f32).sqrt();
         for row in query.chunks_exact_mut(c) {
             row.iter_mut()
                 .zip(weights.omega())
                 .for_each(|(q, w)| *q *= w * scale);
         }
-        scores_in_scope(&query, &key, queries, scope, n, c, &mut scores);
+        if association == Association::Keys {
+            // K = Xp w_k, then S = Q' K^T.
+            multiply(
+                View::row_major(xp, n, d),
+                View::row_major(weights.w_k(), d, c),
+                &mut key,
+            );
+            scores_in_scope(&query, &key, queries, scope, n, c, &mut scores);
+        } else {
+            // Q'' = Q' w_k^T, then S = Q'' Xp^T.
+            multiply(
+                View::row_major(&query, m, c),
+                View::row_major(weights.w_k(), d, c).transposed(),
+                &mut folded,
+            );
+            scores_in_scope(&folded, xp, queries, scope, n, d, &mut scores);
+        }
         // Step 6.
         softmax_rows(&mut scores, queries, scope, n);
         // Step 7: Y = P X.
@@ -182,7 +214,9 @@ fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) {
     }
 }
 
-/// Step 5: `S = Q' K^T`, one product per block of queries that share a key range.
+/// Step 5: `S = A B^T` for `A` (`m x c`, the scaled queries, or the folded ones with
+/// `c = d`) and `B` (`n x c`, the keys, or `Xp`), one product per block of queries that share
+/// a key range.
 fn scores_in_scope(
     query: &[f32],
     key: &[f32],

@@ -1,10 +1,13 @@
 //! The fast f32 CPU path against the float64 reference (SPEC section 7), on fresh random inputs
-//! at odd sizes: both scopes, several grids with loose tokens, resized tables, a batch.
+//! at odd sizes: both scopes, both associations of the scores, several grids with loose
+//! tokens, resized tables, a batch.
 
 mod common;
 
 use common::{features, grid, relative_error, seeded, weights};
-use metacompress::{reference, Backend, Compressor, Keep, Layout, Options, Precision, Scope};
+use metacompress::{
+    reference, Association, Backend, Compressor, Keep, Layout, Options, Precision, Scope,
+};
 use rand::Rng;
 
 #[test]
@@ -41,32 +44,36 @@ fn the_cpu_path_matches_the_reference() {
         let features = features(&mut rng, batch, tokens, width);
         let compressor =
             Compressor::new(weights.clone(), Backend::Cpu, None, Precision::F32).unwrap();
-        let options = Options {
-            keep,
-            scope,
-            save_projection: true,
-            ..Options::default()
-        };
-        let out = compressor.compress(&features, &layout, &options).unwrap();
         let expected =
             reference::forward(&features, &weights, &layout, &layout.queries(keep), scope);
-        let describe = format!(
-            "seed {seed} round {round}: b {batch} n {tokens} d {width} d_c {channels} {:?} table {table:?} keep {} {scope:?}",
-            layout.grids(),
-            keep.value()
-        );
-        let tokens_error = relative_error(&out.tokens, &expected.tokens);
-        let projection_error =
-            relative_error(out.projection.as_ref().unwrap(), &expected.projection);
-        eprintln!("{describe}: tokens {tokens_error:.2e}, projection {projection_error:.2e}");
-        assert!(
-            tokens_error <= 1e-4,
-            "{describe}: tokens error {tokens_error:e}"
-        );
-        assert!(
-            projection_error <= 1e-4,
-            "{describe}: projection error {projection_error:e}"
-        );
+        for association in [Association::Keys, Association::Tokens] {
+            let options = Options {
+                keep,
+                scope,
+                association,
+                save_projection: true,
+                ..Options::default()
+            };
+            let out = compressor.compress(&features, &layout, &options).unwrap();
+            let describe = format!(
+                "seed {seed} round {round}: b {batch} n {tokens} d {width} d_c {channels} {:?} \
+                 table {table:?} keep {} {scope:?} {association:?}",
+                layout.grids(),
+                keep.value()
+            );
+            let tokens_error = relative_error(&out.tokens, &expected.tokens);
+            let projection_error =
+                relative_error(out.projection.as_ref().unwrap(), &expected.projection);
+            eprintln!("{describe}: tokens {tokens_error:.2e}, projection {projection_error:.2e}");
+            assert!(
+                tokens_error <= 1e-4,
+                "{describe}: tokens error {tokens_error:e}"
+            );
+            assert!(
+                projection_error <= 1e-4,
+                "{describe}: projection error {projection_error:e}"
+            );
+        }
     }
 }
 
