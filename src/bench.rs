@@ -172,7 +172,7 @@ pub struct StepReport {
     pub bytes: f64,
     /// Its time over the timed runs.
     pub time: Spread,
-    /// Its share of the total median time.
+    /// Its median's share of the sum of the steps' medians (1 for the total).
     pub share: f64,
 }
 
@@ -378,20 +378,24 @@ fn summarise(
         .map(|p| p.steps.iter().map(|s| s.seconds).sum())
         .collect();
     let total_time = Spread::of(&totals);
+    let times: Vec<Spread> = (0..first.steps.len())
+        .map(|index| {
+            let times: Vec<f64> = profiles.iter().map(|p| p.steps[index].seconds).collect();
+            Spread::of(&times)
+        })
+        .collect();
+    // Shares of the sum of the step medians, so that they add up to one.
+    let median_sum: f64 = times.iter().map(|t| t.median).sum();
     let steps: Vec<StepReport> = first
         .steps
         .iter()
-        .enumerate()
-        .map(|(index, step)| {
-            let times: Vec<f64> = profiles.iter().map(|p| p.steps[index].seconds).collect();
-            let time = Spread::of(&times);
-            StepReport {
-                name: step.name.to_string(),
-                flops: step.flops,
-                bytes: step.bytes,
-                share: time.median / total_time.median,
-                time,
-            }
+        .zip(times)
+        .map(|(step, time)| StepReport {
+            name: step.name.to_string(),
+            flops: step.flops,
+            bytes: step.bytes,
+            share: time.median / median_sum,
+            time,
         })
         .collect();
     let total = StepReport {
