@@ -50,6 +50,20 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 const block = 4u;
 const lanes = 8u;
 
+// The offsets of the first element of rows first_row .. first_row + 3 of an image's A, with
+// rows `row_length` apart and images `batch_stride` apart; rows past the end repeat the
+// last one (their results are not written).
+fn block_rows(image: u32, batch_stride: u32, first_row: u32, row_length: u32) -> vec4<u32> {
+    let base = image * batch_stride;
+    let last = params.rows - 1u;
+    return vec4<u32>(
+        base + min(first_row, last) * row_length,
+        base + min(first_row + 1u, last) * row_length,
+        base + min(first_row + 2u, last) * row_length,
+        base + min(first_row + 3u, last) * row_length,
+    );
+}
+
 @compute @workgroup_size(8, 8)
 fn main_tiled(
     @builtin(local_invocation_id) local: vec3<u32>,
@@ -61,15 +75,8 @@ fn main_tiled(
     if first_row >= params.rows || first_column >= params.columns {
         return;
     }
-    let last_row = params.rows - 1u;
     let last_column = params.columns - 1u;
-    let lhs_base = image * params.lhs_batch_stride;
-    let lhs_rows = vec4<u32>(
-        lhs_base + min(first_row, last_row) * params.inner,
-        lhs_base + min(first_row + 1u, last_row) * params.inner,
-        lhs_base + min(first_row + 2u, last_row) * params.inner,
-        lhs_base + min(first_row + 3u, last_row) * params.inner,
-    );
+    let lhs_rows = block_rows(image, params.lhs_batch_stride, first_row, params.inner);
     let rhs_base = image * params.rhs_batch_stride;
     let rhs_columns = vec4<u32>(
         rhs_base + min(first_column, last_column) * params.rhs_column_stride,
@@ -142,14 +149,7 @@ fn main_vec4(
     }
     let inner4 = params.inner / 4u;
     let columns4 = params.columns / 4u;
-    let last_row = params.rows - 1u;
-    let lhs_base = image * params.lhs_batch_stride / 4u;
-    let lhs_rows = vec4<u32>(
-        lhs_base + min(first_row, last_row) * inner4,
-        lhs_base + min(first_row + 1u, last_row) * inner4,
-        lhs_base + min(first_row + 2u, last_row) * inner4,
-        lhs_base + min(first_row + 3u, last_row) * inner4,
-    );
+    let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, inner4);
     var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u;
     var sum0 = vec4<f32>();
     var sum1 = vec4<f32>();
@@ -186,15 +186,8 @@ fn main_vec4_transposed(
         return;
     }
     let inner4 = params.inner / 4u;
-    let last_row = params.rows - 1u;
     let last_column = params.columns - 1u;
-    let lhs_base = image * params.lhs_batch_stride / 4u;
-    let lhs_rows = vec4<u32>(
-        lhs_base + min(first_row, last_row) * inner4,
-        lhs_base + min(first_row + 1u, last_row) * inner4,
-        lhs_base + min(first_row + 2u, last_row) * inner4,
-        lhs_base + min(first_row + 3u, last_row) * inner4,
-    );
+    let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, inner4);
     let rhs_base = image * params.rhs_batch_stride / 4u;
     let rhs_columns = vec4<u32>(
         rhs_base + min(first_column, last_column) * inner4,
