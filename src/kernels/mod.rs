@@ -193,14 +193,15 @@ impl<'a> Passes<'a> {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        if let Some(start) = start {
+        if wall {
+            // One entry per pass, NaN when a wait failed, so times stay beside their steps.
             let finished = self.submit_and_wait().is_ok();
+            let elapsed = match start {
+                Some(start) if finished => start.elapsed().as_secs_f64(),
+                _ => f64::NAN,
+            };
             if let Timer::Wall(seconds) = &mut self.timer {
-                seconds.push(if finished {
-                    start.elapsed().as_secs_f64()
-                } else {
-                    f64::NAN
-                });
+                seconds.push(elapsed);
             }
         }
         self.steps.push(step);
