@@ -312,10 +312,11 @@ pub fn run(
         };
         device = compressor.device();
         let m = layout.queries(config.keep).count;
-        let variants: Vec<KernelVariant> = match (&context, config.naive) {
-            (None, _) => vec![KernelVariant::Tuned],
-            (Some(_), false) => vec![KernelVariant::Tuned],
-            (Some(_), true) => vec![KernelVariant::Tuned, KernelVariant::Naive],
+        // The naive kernels exist on the GPU only.
+        let variants = if context.is_some() && config.naive {
+            vec![KernelVariant::Tuned, KernelVariant::Naive]
+        } else {
+            vec![KernelVariant::Tuned]
         };
         let mut variant_reports = Vec::new();
         for kernels in variants {
@@ -483,11 +484,7 @@ impl BenchReport {
                 a.vendor,
                 a.backend,
                 a.device_type,
-                if a.driver.is_empty() {
-                    "unknown"
-                } else {
-                    &a.driver
-                },
+                a.driver_or_unknown(),
                 if a.timestamps { "yes" } else { "no" }
             )),
             None => text.push_str(&format!("device: {}\n", self.device)),

@@ -158,14 +158,24 @@ impl Association {
         match (self, kernels) {
             (Association::Auto, KernelVariant::Naive) => Association::Keys,
             (Association::Auto, KernelVariant::Tuned) => {
-                let (n, m, d, c) = (n as u128, m as u128, d as u128, c as u128);
-                if m * c * d + m * n * d < n * d * c + m * n * c {
+                let tokens = Association::Tokens.scores_work(n, m, d, c);
+                if tokens < Association::Keys.scores_work(n, m, d, c) {
                     Association::Tokens
                 } else {
                     Association::Keys
                 }
             }
             (chosen, _) => chosen,
+        }
+    }
+
+    /// Multiply-adds per image of the two products that lead to `S` in this (resolved)
+    /// order: `K` and `S`, or `Q''` and `S`.
+    fn scores_work(self, n: usize, m: usize, d: usize, c: usize) -> u128 {
+        let (n, m, d, c) = (n as u128, m as u128, d as u128, c as u128);
+        match self {
+            Association::Keys => n * d * c + m * n * c,
+            Association::Tokens | Association::Auto => m * c * d + m * n * d,
         }
     }
 
@@ -393,23 +403,12 @@ fn cpu_step(
     m: usize,
     association: Association,
 ) -> crate::kernels::Step {
-    let association = association.resolve(
-        KernelVariant::Tuned,
-        features.tokens(),
-        m,
-        features.width(),
-        weights.channels(),
-    );
-    let (b, n, d) = (
-        features.batch() as f64,
-        features.tokens() as f64,
-        features.width() as f64,
-    );
-    let (m, c) = (m as f64, weights.channels() as f64);
-    let scores = match association {
-        Association::Keys => n * d * c + m * n * c,
-        _ => m * c * d + m * n * d,
-    };
+    let (n, d, c) = (features.tokens(), features.width(), weights.channels());
+    let scores = association
+        .resolve(KernelVariant::Tuned, n, m, d, c)
+        .scores_work(n, m, d, c) as f64;
+    let b = features.batch() as f64;
+    let (n, m, d, c) = (n as f64, m as f64, d as f64, c as f64);
     crate::kernels::Step {
         name: "forward",
         flops: 2.0 * b * (m * d * c + scores + m * n * d),

@@ -355,11 +355,7 @@ fn devices() -> Result<()> {
             adapter.name,
             adapter.backend,
             adapter.device_type,
-            if adapter.driver.is_empty() {
-                "unknown"
-            } else {
-                &adapter.driver
-            },
+            adapter.driver_or_unknown(),
             yes(adapter.f16),
             yes(adapter.subgroups),
             yes(adapter.timestamps)

@@ -66,6 +66,15 @@ pub struct AdapterReport {
 }
 
 impl AdapterReport {
+    /// The driver, or `unknown` when the adapter does not say.
+    pub fn driver_or_unknown(&self) -> &str {
+        if self.driver.is_empty() {
+            "unknown"
+        } else {
+            &self.driver
+        }
+    }
+
     fn of(adapter: &wgpu::Adapter) -> Self {
         let info = adapter.get_info();
         let features = adapter.features();

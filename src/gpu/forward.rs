@@ -15,7 +15,7 @@ use crate::kernels::softmax::Softmax;
 use crate::kernels::{ForwardShape, Passes, Step, MAX_GROUPS_PER_DIMENSION};
 use crate::layout::{Layout, Queries};
 use crate::profile::{Clock, StepTime};
-use crate::shaders::{Elem, KernelSources};
+use crate::shaders::{Elem, KernelSources, ShaderSource};
 use crate::tensor::Features;
 use crate::weights::PMeta;
 
@@ -109,11 +109,18 @@ fn scaled_query_weights(weights: &PMeta) -> Vec<f32> {
         .collect()
 }
 
+/// How step 5 reaches the scores: the product that comes before `S`.
+enum ScoresPath {
+    /// `K = Xp w_k`, then `S = Q' K^T`.
+    Keys(Product),
+    /// `Q'' = Q' w_k^T`, then `S = Q'' Xp^T`.
+    Folded(Product),
+}
+
 /// The passes of one run in order, with the product each matrix step runs.
 struct Plan {
     queries: Product,
-    keys: Option<Product>,
-    folded: Option<Product>,
+    path: ScoresPath,
     scores: Product,
     reduction: Product,
 }
@@ -136,20 +143,17 @@ impl Plan {
             rhs_transposed: true,
             ..shared_rhs
         };
-        let (keys, folded, scores) = match association {
-            // S = Q' K^T with K = Xp w_k.
+        let (path, scores) = match association {
             Association::Keys => (
-                Some(Product {
+                ScoresPath::Keys(Product {
                     rows: shape.tokens,
                     ..shared_rhs
                 }),
-                None,
                 scores_over(shape.channels),
             ),
-            // S = (Q' w_k^T) Xp^T.
+            // `association` is resolved: `Auto` does not come here.
             Association::Tokens | Association::Auto => (
-                None,
-                Some(Product {
+                ScoresPath::Folded(Product {
                     columns: shape.width,
                     inner: shape.channels,
                     rhs_transposed: true,
@@ -160,8 +164,7 @@ impl Plan {
         };
         Plan {
             queries: shared_rhs,
-            keys,
-            folded,
+            path,
             scores,
             reduction: Product {
                 columns: shape.width,
@@ -172,16 +175,9 @@ impl Plan {
         }
     }
 
-    fn products(&self) -> impl Iterator<Item = &Product> {
-        [
-            Some(&self.queries),
-            self.keys.as_ref(),
-            self.folded.as_ref(),
-            Some(&self.scores),
-            Some(&self.reduction),
-        ]
-        .into_iter()
-        .flatten()
+    fn products(&self) -> [&Product; 4] {
+        let (ScoresPath::Keys(before_scores) | ScoresPath::Folded(before_scores)) = &self.path;
+        [&self.queries, before_scores, &self.scores, &self.reduction]
     }
 }
 
@@ -216,14 +212,24 @@ impl GpuEngine {
         let device = &context.device;
         let sources = KernelSources::for_precision(precision);
         let (kernels, uploaded) = scoped(device, "building the kernels", || {
+            // Products with the same shader (all four at f32) share their pipelines.
+            let mut built: Vec<(String, Matmul)> = Vec::new();
+            let mut matmul = |source: &ShaderSource| {
+                if let Some((_, matmul)) = built.iter().find(|(code, _)| *code == source.code) {
+                    return matmul.clone();
+                }
+                let matmul = Matmul::new(device, source);
+                built.push((source.code.clone(), matmul.clone()));
+                matmul
+            };
             let kernels = Kernels {
                 position: Position::new(device, &sources.position),
                 pooling: Pooling::new(device, &sources.pooling),
-                queries: Matmul::new(device, &sources.queries),
-                keys: Matmul::new(device, &sources.keys),
-                scores: Matmul::new(device, &sources.scores),
+                queries: matmul(&sources.queries),
+                keys: matmul(&sources.keys),
+                scores: matmul(&sources.scores),
                 softmax: Softmax::new(device, &sources.softmax),
-                reduction: Matmul::new(device, &sources.reduction),
+                reduction: matmul(&sources.reduction),
             };
             let table = weights.position().map(|table| {
                 (
@@ -409,8 +415,8 @@ impl GpuEngine {
                 &query,
             );
             // Steps 4 and 5 in the chosen association.
-            match (&plan.keys, &plan.folded) {
-                (Some(keys), _) => {
+            match &plan.path {
+                ScoresPath::Keys(keys) => {
                     // K = Xp w_k, then S = Q' K^T.
                     let key = output("keys", batch * n * c, elem_size);
                     k.keys.encode(
@@ -432,7 +438,7 @@ impl GpuEngine {
                         &scores,
                     );
                 }
-                (None, Some(folded)) => {
+                ScoresPath::Folded(folded) => {
                     // Q'' = Q' w_k^T, then S = Q'' Xp^T.
                     let folded_query = output("folded queries", batch * m * d, 4);
                     k.scores.encode(
@@ -454,7 +460,6 @@ impl GpuEngine {
                         &scores,
                     );
                 }
-                (None, None) => unreachable!("a plan has keys or folded queries"),
             }
             // Step 6: P = softmax(S) in place, zeros outside each query's key range.
             let step = Step {

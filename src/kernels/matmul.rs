@@ -15,7 +15,8 @@ pub enum MatmulVariant {
     Tiled,
 }
 
-/// The entry points of `shaders/matmul.wgsl`.
+/// The entry points of `shaders/matmul.wgsl` (declared in `Kernel::ALL` order, so that a
+/// kernel's discriminant indexes its pipeline).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     /// One output per invocation.
@@ -134,7 +135,9 @@ impl Product {
     }
 }
 
-/// The matrix product kernels (every entry point) for one choice of element types.
+/// The matrix product kernels (every entry point) for one choice of element types; cloning
+/// shares the pipelines.
+#[derive(Clone)]
 pub struct Matmul {
     /// One pipeline per `Kernel`, in `Kernel::ALL` order.
     pipelines: Vec<wgpu::ComputePipeline>,
@@ -182,8 +185,7 @@ impl Matmul {
                 rhs_column_stride,
             },
         );
-        let kernel = product.kernel(variant);
-        let pipeline = &self.pipelines[Kernel::ALL.iter().position(|k| *k == kernel).unwrap_or(0)];
+        let pipeline = &self.pipelines[product.kernel(variant) as usize];
         dispatch(
             passes,
             step,
@@ -219,5 +221,12 @@ mod tests {
             product(12, 20, false).kernel(MatmulVariant::Naive),
             Kernel::Naive
         );
+    }
+
+    #[test]
+    fn each_kernel_indexes_its_own_pipeline() {
+        for (index, kernel) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(*kernel as usize, index);
+        }
     }
 }
