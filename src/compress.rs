@@ -1,13 +1,17 @@
 //! The compressor: weights checked once, a backend chosen once, any number of calls.
 
 use crate::error::{Error, Result};
+use crate::gpu::forward::{GpuOutput, PendingOutput};
+use crate::gpu::memory::MemoryCount;
+use crate::gpu::plan::{Group, Source};
+use crate::gpu::resident::{GpuCompressed, GpuTokens};
 use crate::gpu::{GpuApi, GpuContext, GpuEngine};
 use crate::kernels::matmul::MatmulVariant;
 use crate::layout::{Keep, Layout, Queries, Scope};
 use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
 use crate::shaders::Elem;
-use crate::tensor::Features;
+use crate::tensor::{Features, HostTokens};
 use crate::weights::PMeta;
 
 /// Storage precision of the GPU path. Arithmetic and the softmax are always f32.
@@ -105,6 +109,9 @@ pub struct Options {
     /// Whether to time each step (GPU timestamps where the device has them) and hand the
     /// times back in `Compressed::profile`.
     pub profile: bool,
+    /// A storage-binding limit lower than the device's, so that smaller inputs are cut into
+    /// chunks too (for tests of the chunked path); `None` uses the device's limit.
+    pub max_binding_bytes: Option<u64>,
 }
 
 /// Which GPU kernels a call runs.
@@ -324,24 +331,284 @@ impl Compressor {
         layout: &Layout,
         options: &Options,
     ) -> Result<Compressed> {
-        if features.width() != self.weights.width() {
-            return Err(Error::InvalidTensor(format!(
-                "features have width d = {}; the weights expect d = {}",
-                features.width(),
-                self.weights.width()
-            )));
+        match &self.engine {
+            Engine::Gpu(_) => self.compress_tokens(features.into(), layout, options),
+            _ => {
+                let queries = self.check_groups(&[(features.into(), layout)], options)?;
+                let queries = queries.into_iter().next().expect("one group");
+                self.compress_on_cpu(features, layout, queries, options)
+            }
         }
-        if layout.tokens() != features.tokens() {
-            return Err(Error::InvalidArgument(format!(
-                "the layout describes {} tokens; the features hold n = {}",
-                layout.tokens(),
-                features.tokens()
-            )));
+    }
+
+    /// Compresses `tokens` (f32, f16 or bf16 in host memory, or a buffer on this
+    /// compressor's device) sharing `layout`, and waits for the reduced tokens on the host.
+    pub fn compress_tokens(
+        &self,
+        tokens: Tokens,
+        layout: &Layout,
+        options: &Options,
+    ) -> Result<Compressed> {
+        let mut results = self.compress_batch(&[(tokens, layout)], options)?;
+        Ok(results.pop().expect("one result per group"))
+    }
+
+    /// Compresses the `features` tensor of a safetensors input file (SPEC section 3), on the
+    /// layout of its `grids` metadata, or one square grid without it.
+    pub fn compress_file(&self, path: &std::path::Path, options: &Options) -> Result<Compressed> {
+        let input = crate::files::read_input(path)?;
+        let layout = match input.grids {
+            Some(grids) => Layout::new(input.features.tokens(), grids)?,
+            None => Layout::square(input.features.tokens())?,
+        };
+        self.compress(&input.features, &layout, options)
+    }
+
+    /// Compresses several groups of images, each with its own layout (anyres grids of
+    /// different shapes, say), in one queue submission on the GPU; one result per group, in
+    /// order. Equal to compressing each group alone.
+    pub fn compress_batch(
+        &self,
+        groups: &[(Tokens, &Layout)],
+        options: &Options,
+    ) -> Result<Vec<Compressed>> {
+        let started = std::time::Instant::now();
+        let queries = self.check_groups(groups, options)?;
+        match &self.engine {
+            Engine::Gpu(engine) => {
+                let plan_groups = plan_groups(groups, &queries);
+                let outputs = engine.run(&plan_groups, options)?;
+                Ok(assemble(groups, queries, outputs, options, started))
+            }
+            _ => groups
+                .iter()
+                .zip(queries)
+                .map(|((tokens, layout), queries)| match tokens {
+                    Tokens::Host(host) => {
+                        self.compress_on_cpu(&host.to_features(), layout, queries, options)
+                    }
+                    Tokens::Gpu(_) => Err(Error::Unsupported(format!(
+                        "GPU-resident tokens need a GPU backend; this compressor runs on {}",
+                        self.device()
+                    ))),
+                })
+                .collect(),
         }
-        let queries = layout.queries(options.keep);
+    }
+
+    /// Starts compressing `groups` and returns at once; the future resolves to the results
+    /// when the device is done (it needs no particular executor: a helper thread waits for the
+    /// GPU and wakes it). On the CPU backends the work is done before this returns.
+    pub fn compress_async(
+        &self,
+        groups: &[(Tokens, &Layout)],
+        options: &Options,
+    ) -> Result<CompressFuture> {
+        let started = std::time::Instant::now();
+        let queries = self.check_groups(groups, options)?;
+        let Engine::Gpu(engine) = &self.engine else {
+            return Ok(CompressFuture {
+                state: FutureState::Ready(Some(self.compress_batch(groups, options))),
+            });
+        };
+        let plan_groups = plan_groups(groups, &queries);
+        let pending = engine.run_async(&plan_groups, options)?;
+        let shapes = groups
+            .iter()
+            .zip(queries)
+            .map(|((tokens, _), queries)| {
+                let (batch, n, d) = tokens.shape();
+                (batch, n, d, queries)
+            })
+            .collect();
+        Ok(CompressFuture {
+            state: FutureState::Gpu {
+                pending: Box::new(pending),
+                shapes,
+                options: *options,
+                started,
+            },
+        })
+    }
+
+    /// Compresses tokens already on the device and hands the reduced tokens back as a device
+    /// buffer, without a copy through the host and without waiting: the application's next
+    /// submission on the same queue sees them. GPU backends only.
+    pub fn compress_on_gpu(
+        &self,
+        tokens: GpuTokens,
+        layout: &Layout,
+        options: &Options,
+    ) -> Result<GpuCompressed> {
+        let Engine::Gpu(engine) = &self.engine else {
+            return Err(Error::Unsupported(format!(
+                "GPU-resident tokens need a GPU backend; this compressor runs on {}",
+                self.device()
+            )));
+        };
+        let groups = [(Tokens::Gpu(tokens), layout)];
+        let queries = self
+            .check_groups(&groups, options)?
+            .pop()
+            .expect("one group");
+        let plan_groups = plan_groups(&groups, std::slice::from_ref(&queries));
+        let (buffer, projection, submission) = engine.run_resident(&plan_groups[0], options)?;
+        Ok(GpuCompressed {
+            tokens: buffer,
+            dtype: self.precision.elem().dtype(),
+            projection,
+            batch: tokens.batch,
+            input_tokens: tokens.tokens,
+            width: tokens.width,
+            queries,
+            submission,
+        })
+    }
+
+    /// Copies the outputs of a GPU-resident call to the host (waits for the device).
+    pub fn read_back(&self, output: &GpuCompressed) -> Result<Compressed> {
+        let Engine::Gpu(engine) = &self.engine else {
+            return Err(Error::Unsupported(
+                "read_back is for outputs of compress_on_gpu".to_string(),
+            ));
+        };
+        let context = engine.context();
+        let read = |buffer: &wgpu::Buffer| -> Result<Vec<u8>> {
+            let staging =
+                crate::gpu::buffers::staging_for(engine.ledger(), &context.device, buffer);
+            let mut encoder = context.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, None);
+            context.queue.submit([encoder.finish()]);
+            crate::gpu::buffers::read_staging(&context.device, &staging)
+        };
+        let m = output.queries.count;
+        let (b, n, d) = (output.batch, output.input_tokens, output.width);
+        let tokens = crate::gpu::buffers::elem_values(
+            &read(&output.tokens)?,
+            self.precision.elem(),
+            b * m * d,
+        );
+        let projection = match &output.projection {
+            Some(buffer) => Some(crate::gpu::buffers::elem_values(
+                &read(buffer)?,
+                Elem::F32,
+                b * m * n,
+            )),
+            None => None,
+        };
+        Ok(Compressed {
+            tokens,
+            projection,
+            batch: b,
+            input_tokens: n,
+            width: d,
+            queries: output.queries.clone(),
+            profile: None,
+        })
+    }
+
+    /// GPU memory the compressor holds between calls (its weights), in bytes; 0 on the CPU
+    /// backends.
+    pub fn held_bytes(&self) -> u64 {
+        match &self.engine {
+            Engine::Gpu(engine) => engine.weight_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Every buffer the compressor has counted: alive now (weights and calls in progress),
+    /// the most alive at once, and how many were made. `None` on the CPU backends.
+    pub fn memory(&self) -> Option<MemoryCount> {
+        match &self.engine {
+            Engine::Gpu(engine) => Some(engine.ledger().count()),
+            _ => None,
+        }
+    }
+
+    /// Bytes of GPU memory a blocking call on `groups` with `options` would allocate (besides
+    /// what the compressor holds, and 32 bytes of parameters per kernel). Fails as the call
+    /// would: when it cannot fit. 0 on the CPU backends.
+    pub fn call_bytes(&self, groups: &[(Tokens, &Layout)], options: &Options) -> Result<u64> {
+        let queries = self.check_groups(groups, options)?;
+        match &self.engine {
+            Engine::Gpu(engine) => {
+                let plan_groups = plan_groups(groups, &queries);
+                Ok(engine.plan(&plan_groups, options, true)?.bytes)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Sets the most bytes one call may allocate on the GPU (`None`: no budget, only the
+    /// device's limits); a call over it fails with `Error::TooLarge` before any device work.
+    pub fn set_memory_budget(&self, bytes: Option<u64>) {
+        if let Engine::Gpu(engine) = &self.engine {
+            engine.set_budget(bytes);
+        }
+    }
+
+    /// Why the device was lost, once it is: every later call fails with
+    /// `Error::DeviceLost`, and a new compressor must be built.
+    pub fn device_lost(&self) -> Option<String> {
+        match &self.engine {
+            Engine::Gpu(engine) => engine.context().lost(),
+            _ => None,
+        }
+    }
+
+    /// Checks each group against the weights and its layout; the queries of each.
+    fn check_groups(
+        &self,
+        groups: &[(Tokens, &Layout)],
+        options: &Options,
+    ) -> Result<Vec<Queries>> {
+        if groups.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a batch of 0 groups; expected at least one".to_string(),
+            ));
+        }
+        groups
+            .iter()
+            .map(|(tokens, layout)| {
+                let (_, n, d) = tokens.shape();
+                if d != self.weights.width() {
+                    return Err(Error::InvalidTensor(format!(
+                        "features have width d = {d}; the weights expect d = {}",
+                        self.weights.width()
+                    )));
+                }
+                if layout.tokens() != n {
+                    return Err(Error::InvalidArgument(format!(
+                        "the layout describes {} tokens; the features hold n = {n}",
+                        layout.tokens()
+                    )));
+                }
+                Ok(layout.queries(options.keep))
+            })
+            .collect()
+    }
+
+    /// One group on a CPU backend.
+    fn compress_on_cpu(
+        &self,
+        features: &Features,
+        layout: &Layout,
+        queries: Queries,
+        options: &Options,
+    ) -> Result<Compressed> {
         let started = std::time::Instant::now();
         let (tokens, projection, timings) = match &self.engine {
-            Engine::Cpu => {
+            Engine::Reference => {
+                let result =
+                    reference::forward(features, &self.weights, layout, &queries, options.scope);
+                let narrow = |values: Vec<f64>| values.into_iter().map(|v| v as f32).collect();
+                (
+                    narrow(result.tokens),
+                    options.save_projection.then(|| narrow(result.projection)),
+                    None,
+                )
+            }
+            _ => {
                 let (tokens, projection) = crate::cpu::forward(
                     features,
                     &self.weights,
@@ -359,30 +626,8 @@ impl Compressor {
                     Some((Clock::HostPerCall, vec![StepTime::of(&step, seconds)])),
                 )
             }
-            Engine::Reference => {
-                let result =
-                    reference::forward(features, &self.weights, layout, &queries, options.scope);
-                let narrow = |values: Vec<f64>| values.into_iter().map(|v| v as f32).collect();
-                (
-                    narrow(result.tokens),
-                    options.save_projection.then(|| narrow(result.projection)),
-                    None,
-                )
-            }
-            Engine::Gpu(engine) => {
-                let output = engine.run(features, layout, &queries, options)?;
-                (output.tokens, output.projection, output.timings)
-            }
         };
         let call_seconds = started.elapsed().as_secs_f64();
-        let profile = match timings {
-            Some((clock, steps)) if options.profile => Some(Profile {
-                clock,
-                steps,
-                call_seconds,
-            }),
-            _ => None,
-        };
         Ok(Compressed {
             tokens,
             projection,
@@ -390,8 +635,142 @@ impl Compressor {
             input_tokens: features.tokens(),
             width: features.width(),
             queries,
-            profile,
+            profile: profile_of(timings, options, call_seconds),
         })
+    }
+}
+
+/// The tokens of one group of images: in host memory or on the device.
+pub type Tokens<'a> = Source<'a>;
+
+impl<'a> From<&'a Features> for Tokens<'a> {
+    fn from(features: &'a Features) -> Self {
+        Tokens::Host(features.into())
+    }
+}
+
+impl<'a> From<HostTokens<'a>> for Tokens<'a> {
+    fn from(tokens: HostTokens<'a>) -> Self {
+        Tokens::Host(tokens)
+    }
+}
+
+impl<'a> From<GpuTokens<'a>> for Tokens<'a> {
+    fn from(tokens: GpuTokens<'a>) -> Self {
+        Tokens::Gpu(tokens)
+    }
+}
+
+/// The engine's view of a call's groups.
+fn plan_groups<'a>(groups: &[(Tokens<'a>, &'a Layout)], queries: &'a [Queries]) -> Vec<Group<'a>> {
+    groups
+        .iter()
+        .zip(queries)
+        .map(|((tokens, layout), queries)| Group {
+            source: *tokens,
+            layout,
+            queries,
+        })
+        .collect()
+}
+
+/// The profile a call hands back, if asked for and timed.
+fn profile_of(
+    timings: Option<(Clock, Vec<StepTime>)>,
+    options: &Options,
+    call_seconds: f64,
+) -> Option<Profile> {
+    match timings {
+        Some((clock, steps)) if options.profile => Some(Profile {
+            clock,
+            steps,
+            call_seconds,
+        }),
+        _ => None,
+    }
+}
+
+/// One `Compressed` per group from the engine's outputs.
+fn assemble(
+    groups: &[(Tokens, &Layout)],
+    queries: Vec<Queries>,
+    outputs: Vec<GpuOutput>,
+    options: &Options,
+    started: std::time::Instant,
+) -> Vec<Compressed> {
+    let shapes = groups.iter().map(|(tokens, _)| tokens.shape());
+    finish(
+        shapes
+            .zip(queries)
+            .map(|((b, n, d), q)| (b, n, d, q))
+            .collect(),
+        outputs,
+        options,
+        started,
+    )
+}
+
+fn finish(
+    shapes: Vec<(usize, usize, usize, Queries)>,
+    outputs: Vec<GpuOutput>,
+    options: &Options,
+    started: std::time::Instant,
+) -> Vec<Compressed> {
+    let call_seconds = started.elapsed().as_secs_f64();
+    shapes
+        .into_iter()
+        .zip(outputs)
+        .map(|((batch, n, d, queries), output)| Compressed {
+            tokens: output.tokens,
+            projection: output.projection,
+            batch,
+            input_tokens: n,
+            width: d,
+            queries,
+            profile: profile_of(output.timings, options, call_seconds),
+        })
+        .collect()
+}
+
+/// A call in progress (`Compressor::compress_async`): resolves to one result per group.
+pub struct CompressFuture {
+    state: FutureState,
+}
+
+enum FutureState {
+    Ready(Option<Result<Vec<Compressed>>>),
+    Gpu {
+        pending: Box<PendingOutput>,
+        shapes: Vec<(usize, usize, usize, Queries)>,
+        options: Options,
+        started: std::time::Instant,
+    },
+}
+
+impl std::future::Future for CompressFuture {
+    type Output = Result<Vec<Compressed>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.state {
+            FutureState::Ready(result) => {
+                std::task::Poll::Ready(result.take().expect("polled after completion"))
+            }
+            FutureState::Gpu {
+                pending,
+                shapes,
+                options,
+                started,
+            } => match std::pin::Pin::new(pending.as_mut()).poll(cx) {
+                std::task::Poll::Pending => std::task::Poll::Pending,
+                std::task::Poll::Ready(outputs) => std::task::Poll::Ready(
+                    outputs
+                        .map(|outputs| finish(std::mem::take(shapes), outputs, options, *started)),
+                ),
+            },
+        }
     }
 }
 

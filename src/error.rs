@@ -23,8 +23,13 @@ pub enum Error {
     NoAdapter(String),
     /// The adapter lacks something the request needs (f16, buffer size).
     Unsupported(String),
-    /// The GPU device reported an error (validation, out of memory, device lost).
+    /// The GPU device reported an error (validation, out of memory).
     Gpu(String),
+    /// A call needs more GPU memory than the compressor's budget or the device's limits
+    /// allow; raised before any device work.
+    TooLarge(String),
+    /// The device was lost (driver reset, unplugged, destroyed); build a new compressor.
+    DeviceLost(String),
 }
 
 impl Error {
@@ -49,7 +54,9 @@ impl fmt::Display for Error {
             | Error::Format(message)
             | Error::NoAdapter(message)
             | Error::Unsupported(message)
-            | Error::Gpu(message) => f.write_str(message),
+            | Error::Gpu(message)
+            | Error::TooLarge(message)
+            | Error::DeviceLost(message) => f.write_str(message),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }

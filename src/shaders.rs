@@ -39,6 +39,7 @@ pub struct ShaderSource {
     pub code: String,
 }
 
+const INGEST: &str = include_str!("../shaders/ingest.wgsl");
 const POSITION: &str = include_str!("../shaders/position.wgsl");
 const POOLING: &str = include_str!("../shaders/pooling.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
@@ -66,6 +67,8 @@ fn with_prelude(kernel: &str, body: &str, aliases: &[(&str, Elem)]) -> ShaderSou
 /// The shaders of one forward pass at one precision.
 #[derive(Clone, Debug)]
 pub struct KernelSources {
+    /// Tokens on the GPU (f32, f16 or bf16) into the stored element type.
+    pub ingest: ShaderSource,
     /// `Xp = X + E`.
     pub position: ShaderSource,
     /// `Q_in = pool(Xp)`.
@@ -99,6 +102,7 @@ impl KernelSources {
     pub fn for_precision(precision: Precision) -> Self {
         let elem = precision.elem();
         KernelSources {
+            ingest: with_prelude("ingest", INGEST, &[("elem", elem)]),
             position: with_prelude("position", POSITION, &[("elem", elem)]),
             pooling: with_prelude("pooling", POOLING, &[("elem", elem)]),
             queries: matmul(elem, Elem::F32, Elem::F32),
@@ -109,9 +113,10 @@ impl KernelSources {
         }
     }
 
-    /// All seven, in spec order.
-    pub fn all(&self) -> [&ShaderSource; 7] {
+    /// All eight: the ingest copy, then the forward pass in spec order.
+    pub fn all(&self) -> [&ShaderSource; 8] {
         [
+            &self.ingest,
             &self.position,
             &self.pooling,
             &self.queries,

@@ -128,6 +128,174 @@ impl Features {
     }
 }
 
+/// The values of host tokens in one of the three element types vision towers produce.
+#[derive(Clone, Copy, Debug)]
+pub enum HostValues<'a> {
+    /// 32-bit floats.
+    F32(&'a [f32]),
+    /// IEEE half floats.
+    F16(&'a [half::f16]),
+    /// bfloat16.
+    BF16(&'a [half::bf16]),
+}
+
+impl HostValues<'_> {
+    fn len(&self) -> usize {
+        match self {
+            HostValues::F32(values) => values.len(),
+            HostValues::F16(values) => values.len(),
+            HostValues::BF16(values) => values.len(),
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            HostValues::F32(_) => Dtype::F32,
+            HostValues::F16(_) => Dtype::F16,
+            HostValues::BF16(_) => Dtype::BF16,
+        }
+    }
+
+    /// Values `range`, widened to f32 (exact for all three types).
+    pub fn widened(&self, range: std::ops::Range<usize>) -> Vec<f32> {
+        match self {
+            HostValues::F32(values) => values[range].to_vec(),
+            HostValues::F16(values) => values[range].iter().map(|v| v.to_f32()).collect(),
+            HostValues::BF16(values) => values[range].iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+
+    /// Little-endian bytes of values `range` stored as `dtype` (no conversion when the types
+    /// match).
+    pub fn encoded(&self, range: std::ops::Range<usize>, dtype: Dtype) -> Vec<u8> {
+        match (self, dtype) {
+            (HostValues::F32(values), Dtype::F32) => bytemuck::cast_slice(&values[range]).to_vec(),
+            (HostValues::F16(values), Dtype::F16) => bytemuck::cast_slice(&values[range]).to_vec(),
+            (HostValues::BF16(values), Dtype::BF16) => {
+                bytemuck::cast_slice(&values[range]).to_vec()
+            }
+            _ => encode(&self.widened(range), dtype),
+        }
+    }
+}
+
+impl<'a> From<&'a [f32]> for HostValues<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        HostValues::F32(values)
+    }
+}
+
+impl<'a> From<&'a [half::f16]> for HostValues<'a> {
+    fn from(values: &'a [half::f16]) -> Self {
+        HostValues::F16(values)
+    }
+}
+
+impl<'a> From<&'a [half::bf16]> for HostValues<'a> {
+    fn from(values: &'a [half::bf16]) -> Self {
+        HostValues::BF16(values)
+    }
+}
+
+/// Image tokens `X` in host memory, borrowed: `batch x tokens x width`, row-major, f32, f16
+/// or bf16. Checked once when made (sizes, finite values); nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct HostTokens<'a> {
+    values: HostValues<'a>,
+    batch: usize,
+    tokens: usize,
+    width: usize,
+}
+
+impl<'a> HostTokens<'a> {
+    /// `values` as `batch` images of `tokens x width`.
+    pub fn new(
+        values: impl Into<HostValues<'a>>,
+        batch: usize,
+        tokens: usize,
+        width: usize,
+    ) -> Result<Self> {
+        let values = values.into();
+        if batch == 0 || tokens == 0 || width == 0 {
+            return Err(Error::InvalidTensor(format!(
+                "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
+            )));
+        }
+        let expected = batch.checked_mul(tokens).and_then(|v| v.checked_mul(width));
+        if expected != Some(values.len()) {
+            return Err(Error::InvalidTensor(format!(
+                "features hold {} values; expected {batch} x {tokens} x {width}",
+                values.len()
+            )));
+        }
+        if let HostValues::F32(values) = values {
+            check_finite("features", &[batch, tokens, width], values)?;
+        } else {
+            // f16 and bf16 widen exactly; one image at a time keeps the copy small.
+            let size = tokens * width;
+            for image in 0..batch {
+                let widened = values.widened(image * size..(image + 1) * size);
+                if let Some(first) = widened.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::InvalidTensor(format!(
+                        "features[{image}, {}, {}] is {}; expected finite values",
+                        first / width,
+                        first % width,
+                        widened[first]
+                    )));
+                }
+            }
+        }
+        Ok(HostTokens {
+            values,
+            batch,
+            tokens,
+            width,
+        })
+    }
+
+    /// The values.
+    pub fn values(&self) -> HostValues<'a> {
+        self.values
+    }
+
+    /// Number of images `b`.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens per image `n`.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Token width `d`.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The tokens widened to owned f32 features (what the CPU backends compute on).
+    pub fn to_features(&self) -> Features {
+        Features {
+            batch: self.batch,
+            tokens: self.tokens,
+            width: self.width,
+            values: self.values.widened(0..self.values.len()),
+        }
+    }
+}
+
+impl<'a> From<&'a Features> for HostTokens<'a> {
+    fn from(features: &'a Features) -> Self {
+        HostTokens {
+            values: HostValues::F32(&features.values),
+            batch: features.batch,
+            tokens: features.tokens,
+            width: features.width,
+        }
+    }
+}
+
 /// Refuses a NaN or infinity, naming the tensor and the index of the first one.
 pub fn check_finite(name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
     let Some(position) = values.iter().position(|v| !v.is_finite()) else {

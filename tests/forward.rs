@@ -65,6 +65,7 @@ fn run(
             kernels,
             association,
             profile: false,
+            max_binding_bytes: None,
         };
         let out = compressor.compress(&features, &layout, &options).unwrap();
         let describe = format!(
@@ -412,30 +413,32 @@ fn grid_scope_puts_exact_zeros_outside_the_query_grid() {
 }
 
 #[test]
-fn a_call_past_the_binding_limit_fails_cleanly_before_any_gpu_work() {
+fn an_image_past_the_binding_limit_fails_cleanly_before_any_gpu_work() {
     let Some(context) = gpu() else { return };
     let (_, mut rng) = seeded("binding_limit");
-    // keep 1 on a 48x48 grid: P is 2304 x 2304 f32 per image; enough images pass the limit
-    // while the features (width 3) stay small.
-    let limit = context
-        .limits
-        .max_storage_buffer_binding_size
-        .min(context.limits.max_buffer_size);
-    let per_image = 2304u64 * 2304 * 4;
-    let batch = (limit / per_image + 1) as usize;
+    // keep 1 on a 77x77 grid: P is 5929 x 5929 f32 = 141 MB for one image, past lavapipe's
+    // 128 MiB binding, while the features (width 3) stay small. Batches are cut into chunks,
+    // but one image is not split.
+    let limit = context.binding_limit();
+    let fewest_tokens = ((limit / 4) as f64).sqrt() as usize + 1;
+    let side = (fewest_tokens as f64).sqrt().ceil() as usize;
+    let tokens = side * side;
     let weights = weights(&mut rng, 3, 2, None);
-    let features = features(&mut rng, batch, 2304, 3);
+    let features = features(&mut rng, 1, tokens, 3);
     let compressor = Compressor::on_context(weights, context, Precision::F32).unwrap();
+    let before = compressor.memory().unwrap();
     let options = Options {
         keep: Keep::new(1.0).unwrap(),
         ..Options::default()
     };
     let error = compressor
-        .compress(&features, &Layout::square(2304).unwrap(), &options)
+        .compress(&features, &Layout::square(tokens).unwrap(), &options)
         .unwrap_err();
-    assert!(
-        matches!(error, metacompress::Error::Unsupported(_)),
-        "{error}"
-    );
+    assert!(matches!(error, metacompress::Error::TooLarge(_)), "{error}");
     assert!(error.to_string().contains("the scores"), "{error}");
+    assert_eq!(
+        compressor.memory().unwrap().buffers_created,
+        before.buffers_created,
+        "the refused call created buffers"
+    );
 }

@@ -1,6 +1,8 @@
 //! GPU buffers: uploads in a kernel element type, outputs (optionally poisoned), read-back.
 
-use wgpu::util::DeviceExt;
+use std::sync::Arc;
+
+use super::memory::{Ledger, Tracked};
 
 use crate::error::{Error, Result};
 use crate::shaders::Elem;
@@ -23,48 +25,48 @@ pub fn padded_size(count: usize, size: usize) -> u64 {
     ((count * size).max(1) as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
 }
 
-/// A read-only storage buffer holding `bytes`.
-pub fn storage_with(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    })
+/// A read-only storage buffer holding `bytes`, counted by `ledger`.
+pub fn storage_with(
+    ledger: &Arc<Ledger>,
+    device: &wgpu::Device,
+    label: &str,
+    bytes: &[u8],
+) -> Tracked {
+    ledger.create_init(
+        device,
+        label,
+        bytes,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    )
 }
 
-/// A storage buffer for a kernel to write, of `bytes` bytes. With `poison`, every byte is 0xFF
-/// (NaN in f32 and f16), so an element no kernel writes cannot pass for a right one.
+/// A storage buffer for a kernel to write, of `bytes` bytes, with `extra` usages. With
+/// `poison`, every byte is 0xFF (NaN in f32 and f16), so an element no kernel writes cannot
+/// pass for a right one.
 pub fn storage_output(
+    ledger: &Arc<Ledger>,
     device: &wgpu::Device,
     label: &str,
     bytes: u64,
+    extra: wgpu::BufferUsages,
     poison: bool,
-) -> wgpu::Buffer {
-    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+) -> Tracked {
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra;
     if poison {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &vec![0xFF; bytes as usize],
-            usage,
-        })
+        ledger.create_init(device, label, &vec![0xFF; bytes as usize], usage)
     } else {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes,
-            usage,
-            mapped_at_creation: false,
-        })
+        ledger.create(device, label, bytes, usage)
     }
 }
 
 /// A buffer the host can map to read what `source` holds once a copy lands in it.
-pub fn staging_for(device: &wgpu::Device, source: &wgpu::Buffer) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("read-back"),
-        size: source.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
+pub fn staging_for(ledger: &Arc<Ledger>, device: &wgpu::Device, source: &wgpu::Buffer) -> Tracked {
+    ledger.create(
+        device,
+        "read-back",
+        source.size(),
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    )
 }
 
 /// Waits for the GPU and returns the bytes of a mapped-for-reading staging buffer.

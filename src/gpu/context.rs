@@ -1,5 +1,7 @@
 //! The GPU context: which adapter, which device, what it offers.
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{Error, Result};
 
 /// A graphics API through which wgpu can reach a GPU.
@@ -153,8 +155,10 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     /// What the adapter is.
     pub adapter: AdapterReport,
-    /// The limits granted to the device (the adapter's own).
+    /// The limits granted to the device.
     pub limits: wgpu::Limits,
+    /// Why the device was lost, once it is.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -217,12 +221,74 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", report.name)))?;
-        Ok(GpuContext {
+        let context = GpuContext {
             device,
             queue,
             adapter: report,
             limits,
-        })
+            lost: Arc::default(),
+        };
+        // The device is ours: its losses are recorded, and errors outside the error scopes
+        // every call runs in are printed rather than left to wgpu's default (a panic).
+        let lost = Arc::clone(&context.lost);
+        context
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                *lost.lock().expect("lost") = Some(format!("{reason:?}: {message}"));
+            });
+        context
+            .device
+            .on_uncaptured_error(Arc::new(|error: wgpu::Error| {
+                eprintln!("metacompress: uncaptured GPU error: {error}");
+            }));
+        Ok(context)
+    }
+
+    /// Wraps a device the application already owns, opened on `adapter`. Its callbacks are
+    /// left alone: the compressor learns of a loss through the errors its calls get; an
+    /// application that sees the loss in its own callback can tell the context with
+    /// `mark_lost`. Requests `SHADER_F16` from nothing: f16 precision needs a device opened
+    /// with it.
+    pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let mut report = AdapterReport::of(adapter);
+        let features = device.features();
+        report.f16 = features.contains(wgpu::Features::SHADER_F16);
+        report.timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        GpuContext {
+            limits: device.limits(),
+            device,
+            queue,
+            adapter: report,
+            lost: Arc::default(),
+        }
+    }
+
+    /// Records that the device is lost: every later call on it fails with `Error::DeviceLost`.
+    pub fn mark_lost(&self, reason: &str) {
+        *self.lost.lock().expect("lost") = Some(reason.to_string());
+    }
+
+    /// Why the device was lost, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().expect("lost").clone()
+    }
+
+    /// Fails with `Error::DeviceLost` once the device is lost.
+    pub fn check_alive(&self) -> Result<()> {
+        match self.lost() {
+            Some(reason) => Err(Error::DeviceLost(format!(
+                "the GPU device on {} was lost ({reason}); build a new compressor",
+                self.adapter.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Most bytes one storage binding may span on this device.
+    pub fn binding_limit(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Whether the device was opened with `SHADER_F16`.

@@ -1,25 +1,31 @@
 //! The forward pass of SPEC section 4 on the GPU: weights uploaded once, kernels in spec order,
-//! one queue submission per call.
+//! every group and chunk of a call recorded into one command encoder and one queue submission.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use super::buffers::{
     elem_bytes, elem_values, padded_size, read_staging, staging_for, storage_output, storage_with,
 };
 use super::context::GpuContext;
-use crate::compress::Association;
-use crate::compress::{Options, Precision};
+use super::memory::{Ledger, Tracked};
+use super::plan::{plan, CallPlan, Device, Group, GroupPlan, InputPath, Source, Wants};
+use crate::compress::{Association, Options, Precision};
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{Matmul, Product};
+use crate::kernels::ingest::Ingest;
+use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
 use crate::kernels::pooling::Pooling;
 use crate::kernels::position::{samples, Position};
 use crate::kernels::softmax::Softmax;
-use crate::kernels::{ForwardShape, Passes, Step, MAX_GROUPS_PER_DIMENSION};
-use crate::layout::{Layout, Queries};
+use crate::kernels::{ForwardShape, PassTimings, Passes, Slice, Step};
 use crate::profile::{Clock, StepTime};
 use crate::shaders::{Elem, KernelSources, ShaderSource};
-use crate::tensor::Features;
 use crate::weights::PMeta;
 
 struct Kernels {
+    ingest: Ingest,
     position: Position,
     pooling: Pooling,
     queries: Matmul,
@@ -32,10 +38,10 @@ struct Kernels {
 struct Weights {
     /// `w_q diag(omega) / sqrt(d_c)` in f32, so that `Q_in` times it is the scaled query
     /// `Q'` of step 5 (f32 keeps a large omega from overflowing f16).
-    w_q_scaled: wgpu::Buffer,
-    w_k: wgpu::Buffer,
+    w_q_scaled: Tracked,
+    w_k: Tracked,
     /// The position table with its rows and columns, if the weights have one.
-    table: Option<(wgpu::Buffer, u32, u32)>,
+    table: Option<(Tracked, u32, u32)>,
     width: usize,
     channels: usize,
 }
@@ -46,21 +52,27 @@ pub struct GpuEngine {
     precision: Precision,
     kernels: Kernels,
     weights: Weights,
+    ledger: Arc<Ledger>,
+    /// Bytes of the weights on the device.
+    weight_bytes: u64,
+    /// Most bytes one call may allocate, if set.
+    budget: Mutex<Option<u64>>,
 }
 
-/// What a GPU run hands back: `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`) and the
-/// time of each kernel.
+/// What a GPU run hands back for one group: `Y` (`b x m x d`) and, when asked, `P`
+/// (`b x m x n`) and the time of each kernel.
 pub struct GpuOutput {
     /// Reduced tokens, widened to f32.
     pub tokens: Vec<f32>,
     /// The compression projection.
     pub projection: Option<Vec<f32>>,
-    /// The clock and the time of each kernel, when profiling was asked for.
+    /// The clock and the time of each kernel, when profiling was asked for (the call's
+    /// passes, on the first group only).
     pub timings: Option<(Clock, Vec<StepTime>)>,
 }
 
-/// Runs `work` inside validation and out-of-memory error scopes and turns what they catch
-/// into an error.
+/// Runs `work` inside validation and out-of-memory error scopes (this thread's) and turns
+/// what they catch into an error.
 fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> T) -> Result<T> {
     let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -68,29 +80,12 @@ fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> T) -> Res
     let validation = pollster::block_on(validation.pop());
     let memory = pollster::block_on(memory.pop());
     match validation.or(memory) {
+        Some(error @ wgpu::Error::OutOfMemory { .. }) => Err(Error::TooLarge(format!(
+            "{what} ran out of GPU memory: {error}"
+        ))),
         Some(error) => Err(Error::Gpu(format!("{what} failed on the GPU: {error}"))),
         None => Ok(value),
     }
-}
-
-/// Fails, naming the buffer, when one would pass the device's storage binding or buffer size
-/// limits, or when its element count does not fit the kernels' 32-bit indices.
-fn check_fits(context: &GpuContext, buffers: &[(&str, usize, usize)]) -> Result<()> {
-    let limit = context
-        .limits
-        .max_storage_buffer_binding_size
-        .min(context.limits.max_buffer_size);
-    for (name, count, size) in buffers {
-        let bytes = padded_size(*count, *size);
-        if bytes > limit || *count > u32::MAX as usize {
-            return Err(Error::Unsupported(format!(
-                "{name} needs {bytes} bytes in one storage binding; adapter {} allows {limit} \
-                 (split the batch into smaller ones)",
-                context.adapter.name
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// `w_q diag(omega) / sqrt(d_c)`, row-major `d x d_c`, in f32.
@@ -118,14 +113,14 @@ enum ScoresPath {
 }
 
 /// The passes of one run in order, with the product each matrix step runs.
-struct Plan {
+struct Products {
     queries: Product,
     path: ScoresPath,
     scores: Product,
     reduction: Product,
 }
 
-impl Plan {
+impl Products {
     fn new(shape: &ForwardShape, association: Association) -> Self {
         let shared_rhs = Product {
             batch: shape.batch,
@@ -162,7 +157,7 @@ impl Plan {
                 scores_over(shape.width),
             ),
         };
-        Plan {
+        Products {
             queries: shared_rhs,
             path,
             scores,
@@ -173,11 +168,6 @@ impl Plan {
                 ..shared_rhs
             },
         }
-    }
-
-    fn products(&self) -> [&Product; 4] {
-        let (ScoresPath::Keys(before_scores) | ScoresPath::Folded(before_scores)) = &self.path;
-        [&self.queries, before_scores, &self.scores, &self.reduction]
     }
 }
 
@@ -193,6 +183,7 @@ fn product_step(name: &'static str, product: &Product, sizes: (usize, usize, usi
 impl GpuEngine {
     /// Builds the pipelines and uploads the weights.
     pub fn new(context: GpuContext, weights: &PMeta, precision: Precision) -> Result<Self> {
+        context.check_alive()?;
         if precision == Precision::F16 && !context.has_f16() {
             return Err(Error::Unsupported(format!(
                 "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
@@ -202,13 +193,20 @@ impl GpuEngine {
         }
         let elem = precision.elem();
         let table_size = weights.position().map_or(0, |t| t.values.len());
-        check_fits(
-            &context,
-            &[
-                ("w_q", weights.w_q().len(), 4),
-                ("pos_embed", table_size, precision.size()),
-            ],
-        )?;
+        let limit = context.binding_limit();
+        for (name, count, size) in [
+            ("w_q", weights.w_q().len(), 4),
+            ("pos_embed", table_size, precision.size()),
+        ] {
+            let bytes = padded_size(count, size);
+            if bytes > limit {
+                return Err(Error::TooLarge(format!(
+                    "{name} needs {bytes} bytes in one storage binding; adapter {} allows {limit}",
+                    context.adapter.name
+                )));
+            }
+        }
+        let ledger = Ledger::new();
         let device = &context.device;
         let sources = KernelSources::for_precision(precision);
         let (kernels, uploaded) = scoped(device, "building the kernels", || {
@@ -223,6 +221,7 @@ impl GpuEngine {
                 matmul
             };
             let kernels = Kernels {
+                ingest: Ingest::new(device, &sources.ingest),
                 position: Position::new(device, &sources.position),
                 pooling: Pooling::new(device, &sources.pooling),
                 queries: matmul(&sources.queries),
@@ -233,29 +232,39 @@ impl GpuEngine {
             };
             let table = weights.position().map(|table| {
                 (
-                    storage_with(device, "pos_embed", &elem_bytes(&table.values, elem)),
+                    storage_with(
+                        &ledger,
+                        device,
+                        "pos_embed",
+                        &elem_bytes(&table.values, elem),
+                    ),
                     table.height as u32,
                     table.width as u32,
                 )
             });
             let uploaded = Weights {
                 w_q_scaled: storage_with(
+                    &ledger,
                     device,
                     "w_q diag(omega) / sqrt(d_c)",
                     bytemuck::cast_slice(&scaled_query_weights(weights)),
                 ),
-                w_k: storage_with(device, "w_k", &elem_bytes(weights.w_k(), elem)),
+                w_k: storage_with(&ledger, device, "w_k", &elem_bytes(weights.w_k(), elem)),
                 table,
                 width: weights.width(),
                 channels: weights.channels(),
             };
             (kernels, uploaded)
         })?;
+        let weight_bytes = ledger.count().live_bytes;
         Ok(GpuEngine {
             context,
             precision,
             kernels,
             weights: uploaded,
+            ledger,
+            weight_bytes,
+            budget: Mutex::new(None),
         })
     }
 
@@ -264,249 +273,671 @@ impl GpuEngine {
         &self.context
     }
 
-    /// Runs the forward pass on `features` (shapes already checked against the weights and
-    /// layout) with the scope, projection, poisoning, kernel and profiling choices of
-    /// `options`.
-    pub fn run(
-        &self,
-        features: &Features,
-        layout: &Layout,
-        queries: &Queries,
-        options: &Options,
-    ) -> Result<GpuOutput> {
-        let Options {
-            scope,
-            save_projection: want_projection,
-            poison,
-            kernels: variant,
-            association,
-            profile,
-            ..
-        } = *options;
-        let matmul = variant.matmul();
-        let (batch, n, d) = (features.batch(), features.tokens(), features.width());
-        let (m, c) = (queries.count, self.weights.channels);
-        debug_assert_eq!(d, self.weights.width);
-        let association = association.resolve(variant, n, m, d, c);
-        let elem = self.precision.elem();
-        let elem_size = self.precision.size();
-        let mut intermediates = vec![
-            ("features", batch * n * d, elem_size),
-            ("the pooled queries", batch * m * d, elem_size),
-            ("the scores", batch * m * n, 4),
-        ];
-        intermediates.push(match association {
-            Association::Keys => ("the keys", batch * n * c, elem_size),
-            _ => ("the folded queries", batch * m * d, 4),
+    /// The ledger every buffer of the engine is counted in.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Bytes of the weights on the device (what the engine holds between calls).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Sets (or clears) the most bytes one call may allocate.
+    pub fn set_budget(&self, budget: Option<u64>) {
+        *self.budget.lock().expect("budget") = budget;
+    }
+
+    /// Plans a call: its chunks and the bytes it will allocate. Fails when it cannot fit.
+    pub fn plan(&self, groups: &[Group], options: &Options, readback: bool) -> Result<CallPlan> {
+        let limits = &self.context.limits;
+        let device = Device {
+            binding_limit: self.context.binding_limit(),
+            buffer_limit: limits.max_buffer_size,
+            offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
+            precision: self.precision,
+            channels: self.weights.channels,
+            table: self
+                .weights
+                .table
+                .as_ref()
+                .map(|(_, h, w)| (*h as usize, *w as usize)),
+            budget: *self.budget.lock().expect("budget"),
+        };
+        let wants = Wants {
+            projection: options.save_projection,
+            readback,
+            kernels: options.kernels,
+            association: options.association,
+            binding_limit: options.max_binding_bytes,
+        };
+        for group in groups {
+            debug_assert_eq!(group.source.shape().2, self.weights.width);
+        }
+        plan(groups, &device, &wants)
+    }
+
+    /// Runs `groups` in one submission and waits for the outputs on the host.
+    pub fn run(&self, groups: &[Group], options: &Options) -> Result<Vec<GpuOutput>> {
+        let submitted = self.submit(groups, options, true)?;
+        let device = &self.context.device;
+        let outputs = outputs_of(submitted, self.precision.elem(), |staging| {
+            read_staging(device, staging)
         });
-        check_fits(&self.context, &intermediates)?;
+        self.context.check_alive()?;
+        outputs
+    }
+
+    /// Runs `groups` in one submission; the outputs arrive on the host when the returned
+    /// future resolves.
+    pub fn run_async(&self, groups: &[Group], options: &Options) -> Result<PendingOutput> {
+        let submitted = self.submit(groups, options, true)?;
+        let state = Arc::new(Mutex::new(MapState::default()));
+        let (tokens, projection) = submitted.staging.as_ref().expect("read-back staging");
+        let mut stagings = vec![tokens];
+        stagings.extend(projection.iter());
+        if let PassTimings::Timestamps { staging, .. } = &submitted.timings {
+            stagings.push(staging);
+        }
+        state.lock().expect("map state").outstanding = stagings.len();
+        for staging in stagings {
+            let state = Arc::clone(&state);
+            staging
+                .slice(..)
+                .map_async(wgpu::MapMode::Read, move |result| {
+                    let mut state = state.lock().expect("map state");
+                    state.outstanding -= 1;
+                    if let Err(error) = result {
+                        state.failure = Some(error.to_string());
+                    }
+                    if let Some(waker) = state.waker.take() {
+                        waker.wake();
+                    }
+                });
+        }
+        Ok(PendingOutput {
+            device: self.context.device.clone(),
+            submitted: Some(submitted),
+            elem: self.precision.elem(),
+            state,
+            waiting: false,
+        })
+    }
+
+    /// Runs one group in one submission and hands its outputs over as device buffers,
+    /// without waiting.
+    pub fn run_resident(
+        &self,
+        group: &Group,
+        options: &Options,
+    ) -> Result<(wgpu::Buffer, Option<wgpu::Buffer>, wgpu::SubmissionIndex)> {
+        let submitted = self.submit(std::slice::from_ref(group), options, false)?;
+        Ok((
+            submitted.tokens.release(),
+            submitted.projection.map(Tracked::release),
+            submitted.index,
+        ))
+    }
+
+    /// Records every group and chunk of a call into one encoder and submits it.
+    fn submit(&self, groups: &[Group], options: &Options, readback: bool) -> Result<Submitted> {
+        self.context.check_alive()?;
+        let plan = self.plan(groups, options, readback)?;
+        let device = &self.context.device;
+        let ledger = &self.ledger;
+        let e = self.precision.size();
+        let poison = options.poison;
+        let result = scoped(device, "the forward pass", || {
+            let mut passes = Passes::new(device, &self.context.queue, ledger, options.profile);
+            let mut keep = Vec::new();
+            let out_usage = wgpu::BufferUsages::COPY_DST;
+            let (mut tokens, mut projection) = if plan.single {
+                (None, None)
+            } else {
+                (
+                    Some(storage_output(
+                        ledger,
+                        device,
+                        "reduced tokens",
+                        padded_size(plan.tokens_len, e),
+                        out_usage,
+                        poison,
+                    )),
+                    options.save_projection.then(|| {
+                        storage_output(
+                            ledger,
+                            device,
+                            "projection",
+                            padded_size(plan.projection_len, 4),
+                            out_usage,
+                            poison,
+                        )
+                    }),
+                )
+            };
+            for (group, group_plan) in groups.iter().zip(&plan.groups) {
+                let buffers = self.group_buffers(group, group_plan, options);
+                for (start, count) in group_plan.chunks() {
+                    let mut uploaded = None;
+                    let input = match (&group.source, group_plan.input) {
+                        (Source::Host(host), _) => {
+                            let size = group_plan.tokens * group_plan.width;
+                            let bytes = host.values().encoded(
+                                start * size..(start + count) * size,
+                                self.precision.elem().dtype(),
+                            );
+                            Slice::whole(
+                                uploaded.insert(storage_with(ledger, device, "features", &bytes)),
+                            )
+                        }
+                        (Source::Gpu(gpu), InputPath::Direct) => {
+                            let image = (group_plan.tokens * group_plan.width * e) as u64;
+                            Slice {
+                                buffer: gpu.buffer,
+                                offset: gpu.offset + start as u64 * image,
+                                size: Some(count as u64 * image),
+                            }
+                        }
+                        (Source::Gpu(gpu), _) => {
+                            let ingested = buffers.ingested.as_ref().expect("ingest buffer");
+                            self.encode_ingest(
+                                &mut passes,
+                                gpu,
+                                group_plan,
+                                start,
+                                count,
+                                ingested,
+                            );
+                            Slice::whole(ingested)
+                        }
+                    };
+                    self.encode_chunk(
+                        &mut passes,
+                        group,
+                        group_plan,
+                        count,
+                        input,
+                        &buffers,
+                        options,
+                    );
+                    if let (Some(tokens), false) = (&tokens, plan.single) {
+                        let per_image = group_plan.queries * group_plan.width;
+                        passes.encoder.copy_buffer_to_buffer(
+                            &buffers.tokens,
+                            0,
+                            tokens,
+                            ((group_plan.tokens_at + start * per_image) * e) as u64,
+                            Some(((count * per_image * e) as u64).next_multiple_of(4)),
+                        );
+                    }
+                    if let (Some(projection), false) = (&projection, plan.single) {
+                        let per_image = group_plan.queries * group_plan.tokens;
+                        passes.encoder.copy_buffer_to_buffer(
+                            &buffers.scores,
+                            0,
+                            projection,
+                            ((group_plan.projection_at + start * per_image) * 4) as u64,
+                            Some((count * per_image * 4) as u64),
+                        );
+                    }
+                    // An upload is kept until the call is over.
+                    keep.extend(uploaded);
+                }
+                if plan.single {
+                    tokens = Some(buffers.tokens);
+                    projection = options.save_projection.then_some(buffers.scores);
+                    keep.extend([buffers.query_grids, buffers.key_ranges, buffers.pooled]);
+                    keep.extend([buffers.query, buffers.before_scores]);
+                    keep.extend(buffers.samples.into_iter().chain(buffers.ingested));
+                    keep.extend(buffers.positioned);
+                } else {
+                    keep.extend(buffers.all());
+                }
+            }
+            let tokens = tokens.expect("a call has at least one group");
+            let (mut encoder, timings, parameters) = passes.finish();
+            keep.extend(parameters);
+            let staging = readback.then(|| {
+                let tokens_staging = staging_for(ledger, device, &tokens);
+                encoder.copy_buffer_to_buffer(&tokens, 0, &tokens_staging, 0, None);
+                let projection_staging = projection.as_ref().map(|projection| {
+                    let staging = staging_for(ledger, device, projection);
+                    encoder.copy_buffer_to_buffer(projection, 0, &staging, 0, None);
+                    staging
+                });
+                (tokens_staging, projection_staging)
+            });
+            let index = self.context.queue.submit([encoder.finish()]);
+            (tokens, projection, staging, timings, keep, index)
+        })?;
+        let (tokens, projection, staging, timings, keep, index) = result;
+        Ok(Submitted {
+            tokens,
+            projection,
+            staging,
+            timings,
+            _in_use: keep,
+            index,
+            plan,
+        })
+    }
+
+    /// The buffers one group's chunks share.
+    fn group_buffers(&self, group: &Group, plan: &GroupPlan, options: &Options) -> GroupBuffers {
+        let poison = options.poison;
+        let device = &self.context.device;
+        let ledger = &self.ledger;
+        let (k, n, m, d, c) = (
+            plan.chunk,
+            plan.tokens,
+            plan.queries,
+            plan.width,
+            self.weights.channels,
+        );
+        let e = self.precision.size();
+        let output = |label: &str, count: usize, size: usize| {
+            storage_output(
+                ledger,
+                device,
+                label,
+                padded_size(count, size),
+                wgpu::BufferUsages::COPY_DST,
+                poison,
+            )
+        };
+        let queries = group.queries;
+        let query_grids: Vec<u32> = queries
+            .grids
+            .iter()
+            .flat_map(|q| {
+                [
+                    q.grid.offset as u32,
+                    q.grid.height as u32,
+                    q.grid.width as u32,
+                    q.query_offset as u32,
+                    q.height as u32,
+                    q.width as u32,
+                    0,
+                    0,
+                ]
+            })
+            .collect();
+        let key_ranges: Vec<u32> = (0..m)
+            .flat_map(|i| {
+                let range = queries.key_range(i, options.scope, n);
+                [range.start as u32, range.end as u32]
+            })
+            .collect();
+        GroupBuffers {
+            query_grids: storage_with(
+                ledger,
+                device,
+                "query grids",
+                bytemuck::cast_slice(&query_grids),
+            ),
+            key_ranges: storage_with(
+                ledger,
+                device,
+                "key ranges",
+                bytemuck::cast_slice(&key_ranges),
+            ),
+            samples: self.weights.table.as_ref().map(|(_, height, width)| {
+                let samples = samples(group.layout, *height as usize, *width as usize);
+                storage_with(
+                    ledger,
+                    device,
+                    "position samples",
+                    bytemuck::cast_slice(&samples),
+                )
+            }),
+            ingested: (plan.input == InputPath::Ingest)
+                .then(|| output("ingested features", k * n * d, e)),
+            positioned: self
+                .weights
+                .table
+                .as_ref()
+                .map(|_| output("positioned features", k * n * d, e)),
+            pooled: output("pooled queries", k * m * d, e),
+            query: output("queries", k * m * c, 4),
+            before_scores: match plan.association {
+                Association::Keys => output("keys", k * n * c, e),
+                _ => output("folded queries", k * m * d, 4),
+            },
+            scores: output("scores", k * m * n, 4),
+            tokens: output("chunk tokens", k * m * d, e),
+        }
+    }
+}
+
+impl GpuEngine {
+    /// Records the ingest copy of images `start .. start + count` of `gpu` into `ingested`.
+    fn encode_ingest(
+        &self,
+        passes: &mut Passes,
+        gpu: &super::resident::GpuTokens,
+        plan: &GroupPlan,
+        start: usize,
+        count: usize,
+        ingested: &wgpu::Buffer,
+    ) {
+        let size = gpu.dtype.size() as u64;
+        let elements = count * plan.tokens * plan.width;
+        let first_byte = gpu.offset + (start * plan.tokens * plan.width) as u64 * size;
+        let align = (self.context.limits.min_storage_buffer_offset_alignment as u64).max(4);
+        let window_start = first_byte - first_byte % align;
+        let window_end = (first_byte + elements as u64 * size)
+            .next_multiple_of(4)
+            .min(gpu.buffer.size());
+        let step = Step {
+            name: "ingest",
+            flops: 0.0,
+            bytes: elements as f64 * (size as usize + self.precision.size()) as f64,
+        };
+        self.kernels.ingest.encode(
+            passes,
+            step,
+            Slice {
+                buffer: gpu.buffer,
+                offset: window_start,
+                size: Some(window_end - window_start),
+            },
+            gpu.dtype,
+            ((first_byte - window_start) / size) as u32,
+            elements as u32,
+            Slice::whole(ingested),
+        );
+    }
+
+    /// Records the forward pass of one chunk of `count` images whose tokens are `input`.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_chunk(
+        &self,
+        passes: &mut Passes,
+        group: &Group,
+        plan: &GroupPlan,
+        count: usize,
+        input: Slice,
+        buffers: &GroupBuffers,
+        options: &Options,
+    ) {
+        let matmul: MatmulVariant = options.kernels.matmul();
+        let (n, m, d) = (plan.tokens, plan.queries, plan.width);
         let shape = ForwardShape {
-            batch: batch as u32,
+            batch: count as u32,
             tokens: n as u32,
             queries: m as u32,
             width: d as u32,
-            channels: c as u32,
-            grid_count: layout.grids().len() as u32,
+            channels: self.weights.channels as u32,
+            grid_count: group.layout.grids().len() as u32,
         };
-        let plan = Plan::new(&shape, association);
-        for product in plan.products() {
-            if product
-                .groups(matmul)
-                .iter()
-                .any(|g| *g > MAX_GROUPS_PER_DIMENSION)
-            {
-                return Err(Error::Unsupported(format!(
-                    "a {}x{} product for a batch of {} passes the dispatch limit of {} \
-                     workgroups per dimension",
-                    product.rows, product.columns, product.batch, MAX_GROUPS_PER_DIMENSION
-                )));
-            }
-        }
-
-        let device = &self.context.device;
+        let products = Products::new(&shape, plan.association);
         let k = &self.kernels;
         let w = &self.weights;
-        let (b, n_f, m_f, d_f) = (batch as f64, n as f64, m as f64, d as f64);
-        let e = elem_size;
-        let output = scoped(device, "the forward pass", || {
-            let query_grids: Vec<u32> = queries
-                .grids
-                .iter()
-                .flat_map(|q| {
-                    [
-                        q.grid.offset as u32,
-                        q.grid.height as u32,
-                        q.grid.width as u32,
-                        q.query_offset as u32,
-                        q.height as u32,
-                        q.width as u32,
-                        0,
-                        0,
-                    ]
-                })
-                .collect();
-            let key_ranges: Vec<u32> = (0..m)
-                .flat_map(|i| {
-                    let range = queries.key_range(i, scope, n);
-                    [range.start as u32, range.end as u32]
-                })
-                .collect();
-            let input = storage_with(device, "features", &elem_bytes(features.values(), elem));
-            let query_grids =
-                storage_with(device, "query grids", bytemuck::cast_slice(&query_grids));
-            let key_ranges = storage_with(device, "key ranges", bytemuck::cast_slice(&key_ranges));
-            let output = |label: &str, count: usize, size: usize| {
-                storage_output(device, label, padded_size(count, size), poison)
-            };
-            let pooled = output("pooled queries", batch * m * d, elem_size);
-            let query = output("queries", batch * m * c, 4);
-            let scores = output("scores", batch * m * n, 4);
-            let tokens = output("tokens", batch * m * d, elem_size);
-
-            let mut passes = Passes::new(device, &self.context.queue, profile);
-            // Step 1: Xp = X + E, or X itself without a position table.
-            let positioned = match &w.table {
-                Some((table, height, width)) => {
-                    let positioned = output("positioned features", batch * n * d, elem_size);
-                    let step = Step {
-                        name: "position",
-                        // Four bilinear corners (a multiply and an add each) and the add.
-                        flops: 9.0 * b * n_f * d_f,
-                        bytes: (2.0 * b * n_f + (*height * *width) as f64) * d_f * e as f64,
-                    };
-                    let samples = samples(layout, *height as usize, *width as usize);
-                    let samples =
-                        storage_with(device, "position samples", bytemuck::cast_slice(&samples));
-                    k.position.encode(
-                        &mut passes,
-                        step,
-                        &shape,
-                        &input,
-                        table,
-                        &samples,
-                        &positioned,
-                    );
-                    positioned
-                }
-                None => input.clone(),
-            };
-            // Step 3: Q_in = pool(Xp).
-            let step = Step {
-                name: "pooling",
-                flops: b * (n_f + m_f) * d_f,
-                bytes: b * (n_f + m_f) * d_f * e as f64,
-            };
-            k.pooling.encode(
-                &mut passes,
-                step,
-                &shape,
-                &positioned,
-                &query_grids,
-                &pooled,
-            );
-            // Step 4: Q' = Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
-            k.queries.encode(
-                &mut passes,
-                product_step("queries", &plan.queries, (e, 4, 4)),
-                matmul,
-                &plan.queries,
-                &pooled,
-                &w.w_q_scaled,
-                &query,
-            );
-            // Steps 4 and 5 in the chosen association.
-            match &plan.path {
-                ScoresPath::Keys(keys) => {
-                    // K = Xp w_k, then S = Q' K^T.
-                    let key = output("keys", batch * n * c, elem_size);
-                    k.keys.encode(
-                        &mut passes,
-                        product_step("keys", keys, (e, e, e)),
-                        matmul,
-                        keys,
-                        &positioned,
-                        &w.w_k,
-                        &key,
-                    );
-                    k.scores.encode(
-                        &mut passes,
-                        product_step("scores", &plan.scores, (4, e, 4)),
-                        matmul,
-                        &plan.scores,
-                        &query,
-                        &key,
-                        &scores,
-                    );
-                }
-                ScoresPath::Folded(folded) => {
-                    // Q'' = Q' w_k^T, then S = Q'' Xp^T.
-                    let folded_query = output("folded queries", batch * m * d, 4);
-                    k.scores.encode(
-                        &mut passes,
-                        product_step("fold_w_k", folded, (4, e, 4)),
-                        matmul,
-                        folded,
-                        &query,
-                        &w.w_k,
-                        &folded_query,
-                    );
-                    k.scores.encode(
-                        &mut passes,
-                        product_step("scores", &plan.scores, (4, e, 4)),
-                        matmul,
-                        &plan.scores,
-                        &folded_query,
-                        &positioned,
-                        &scores,
-                    );
-                }
+        let (b, n_f, m_f, d_f) = (count as f64, n as f64, m as f64, d as f64);
+        let e = self.precision.size();
+        // Step 1: Xp = X + E, or X itself without a position table.
+        let positioned = match (&w.table, &buffers.positioned, &buffers.samples) {
+            (Some((table, height, width)), Some(positioned), Some(samples)) => {
+                let step = Step {
+                    name: "position",
+                    // Four bilinear corners (a multiply and an add each) and the add.
+                    flops: 9.0 * b * n_f * d_f,
+                    bytes: (2.0 * b * n_f + (*height * *width) as f64) * d_f * e as f64,
+                };
+                k.position.encode(
+                    passes,
+                    step,
+                    &shape,
+                    input,
+                    Slice::whole(table),
+                    Slice::whole(samples),
+                    Slice::whole(positioned),
+                );
+                Slice::whole(positioned)
             }
-            // Step 6: P = softmax(S) in place, zeros outside each query's key range.
-            let step = Step {
-                name: "softmax",
-                // The largest, the exponent of the difference, the sum, the division.
-                flops: 4.0 * b * m_f * n_f,
-                bytes: 2.0 * b * m_f * n_f * 4.0,
-            };
-            k.softmax
-                .encode(&mut passes, step, &shape, &key_ranges, &scores);
-            // Step 7: Y = P X.
-            k.reduction.encode(
-                &mut passes,
-                product_step("reduction", &plan.reduction, (4, e, e)),
-                matmul,
-                &plan.reduction,
-                &scores,
-                &input,
-                &tokens,
-            );
-
-            let (mut encoder, timings) = passes.finish();
-            let tokens_staging = staging_for(device, &tokens);
-            encoder.copy_buffer_to_buffer(&tokens, 0, &tokens_staging, 0, None);
-            let projection_staging = want_projection.then(|| {
-                let staging = staging_for(device, &scores);
-                encoder.copy_buffer_to_buffer(&scores, 0, &staging, 0, None);
-                staging
-            });
-            self.context.queue.submit([encoder.finish()]);
-            (tokens_staging, projection_staging, timings)
-        })?;
-        let (tokens_staging, projection_staging, timings) = output;
-        let tokens = elem_values(&read_staging(device, &tokens_staging)?, elem, batch * m * d);
-        let projection = match projection_staging {
-            Some(staging) => Some(elem_values(
-                &read_staging(device, &staging)?,
-                Elem::F32,
-                batch * m * n,
-            )),
-            None => None,
+            _ => input,
         };
-        let timings = timings.read(|staging| read_staging(device, staging))?;
-        Ok(GpuOutput {
-            tokens,
-            projection,
-            timings,
-        })
+        // Step 3: Q_in = pool(Xp).
+        let step = Step {
+            name: "pooling",
+            flops: b * (n_f + m_f) * d_f,
+            bytes: b * (n_f + m_f) * d_f * e as f64,
+        };
+        k.pooling.encode(
+            passes,
+            step,
+            &shape,
+            positioned,
+            Slice::whole(&buffers.query_grids),
+            Slice::whole(&buffers.pooled),
+        );
+        // Step 4: Q' = Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
+        k.queries.encode(
+            passes,
+            product_step("queries", &products.queries, (e, 4, 4)),
+            matmul,
+            &products.queries,
+            Slice::whole(&buffers.pooled),
+            Slice::whole(&w.w_q_scaled),
+            Slice::whole(&buffers.query),
+        );
+        // Steps 4 and 5 in the chosen association.
+        let scores = Slice::whole(&buffers.scores);
+        match &products.path {
+            ScoresPath::Keys(keys) => {
+                // K = Xp w_k, then S = Q' K^T.
+                k.keys.encode(
+                    passes,
+                    product_step("keys", keys, (e, e, e)),
+                    matmul,
+                    keys,
+                    positioned,
+                    Slice::whole(&w.w_k),
+                    Slice::whole(&buffers.before_scores),
+                );
+                k.scores.encode(
+                    passes,
+                    product_step("scores", &products.scores, (4, e, 4)),
+                    matmul,
+                    &products.scores,
+                    Slice::whole(&buffers.query),
+                    Slice::whole(&buffers.before_scores),
+                    scores,
+                );
+            }
+            ScoresPath::Folded(folded) => {
+                // Q'' = Q' w_k^T, then S = Q'' Xp^T.
+                k.scores.encode(
+                    passes,
+                    product_step("fold_w_k", folded, (4, e, 4)),
+                    matmul,
+                    folded,
+                    Slice::whole(&buffers.query),
+                    Slice::whole(&w.w_k),
+                    Slice::whole(&buffers.before_scores),
+                );
+                k.scores.encode(
+                    passes,
+                    product_step("scores", &products.scores, (4, e, 4)),
+                    matmul,
+                    &products.scores,
+                    Slice::whole(&buffers.before_scores),
+                    positioned,
+                    scores,
+                );
+            }
+        }
+        // Step 6: P = softmax(S) in place, zeros outside each query's key range.
+        let step = Step {
+            name: "softmax",
+            // The largest, the exponent of the difference, the sum, the division.
+            flops: 4.0 * b * m_f * n_f,
+            bytes: 2.0 * b * m_f * n_f * 4.0,
+        };
+        k.softmax.encode(
+            passes,
+            step,
+            &shape,
+            Slice::whole(&buffers.key_ranges),
+            scores,
+        );
+        // Step 7: Y = P X.
+        k.reduction.encode(
+            passes,
+            product_step("reduction", &products.reduction, (4, e, e)),
+            matmul,
+            &products.reduction,
+            scores,
+            input,
+            Slice::whole(&buffers.tokens),
+        );
     }
+}
+
+impl GroupBuffers {
+    /// Every buffer, to keep until the call is over.
+    fn all(self) -> Vec<Tracked> {
+        let mut all = vec![
+            self.query_grids,
+            self.key_ranges,
+            self.pooled,
+            self.query,
+            self.before_scores,
+            self.scores,
+            self.tokens,
+        ];
+        all.extend(self.samples);
+        all.extend(self.ingested);
+        all.extend(self.positioned);
+        all
+    }
+}
+
+/// The buffers of one group, sized for its chunk, reused by every chunk of it.
+struct GroupBuffers {
+    query_grids: Tracked,
+    key_ranges: Tracked,
+    samples: Option<Tracked>,
+    /// The ingest kernel's output (tokens from the application's buffer).
+    ingested: Option<Tracked>,
+    positioned: Option<Tracked>,
+    pooled: Tracked,
+    query: Tracked,
+    /// `K` or `Q''`.
+    before_scores: Tracked,
+    scores: Tracked,
+    tokens: Tracked,
+}
+
+/// A submitted call: its outputs, what reads them back, what must live until it is done.
+struct Submitted {
+    tokens: Tracked,
+    projection: Option<Tracked>,
+    staging: Option<(Tracked, Option<Tracked>)>,
+    timings: PassTimings,
+    /// Buffers the submission uses, kept (and counted) until it has run.
+    _in_use: Vec<Tracked>,
+    index: wgpu::SubmissionIndex,
+    plan: CallPlan,
+}
+
+/// A submitted call whose outputs are on their way to the host: a `Future` that resolves when
+/// the device has finished and the outputs are mapped.
+pub struct PendingOutput {
+    device: wgpu::Device,
+    submitted: Option<Submitted>,
+    elem: Elem,
+    state: Arc<Mutex<MapState>>,
+    waiting: bool,
+}
+
+#[derive(Default)]
+struct MapState {
+    /// Read-backs still to be mapped.
+    outstanding: usize,
+    failure: Option<String>,
+    waker: Option<Waker>,
+}
+
+impl Future for PendingOutput {
+    type Output = Result<Vec<GpuOutput>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        {
+            let mut state = self.state.lock().expect("map state");
+            if let Some(failure) = state.failure.take() {
+                return Poll::Ready(Err(Error::Gpu(format!(
+                    "reading results back failed: {failure}"
+                ))));
+            }
+            if state.outstanding > 0 {
+                state.waker = Some(cx.waker().clone());
+                drop(state);
+                if !self.waiting {
+                    // One thread waits for the submission, which runs the map callbacks,
+                    // which wake this future.
+                    self.waiting = true;
+                    let device = self.device.clone();
+                    let index = self.submitted.as_ref().map(|s| s.index.clone());
+                    std::thread::spawn(move || {
+                        let _ = device.poll(wgpu::PollType::Wait {
+                            submission_index: index,
+                            timeout: None,
+                        });
+                    });
+                }
+                return Poll::Pending;
+            }
+        }
+        let submitted = self.submitted.take().expect("polled after completion");
+        Poll::Ready(outputs_of(submitted, self.elem, |staging| {
+            let bytes = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading results back failed: {e}")))?
+                .to_vec();
+            staging.unmap();
+            Ok(bytes)
+        }))
+    }
+}
+
+/// Splits the read-back outputs of a call into one `GpuOutput` per group.
+fn outputs_of(
+    submitted: Submitted,
+    elem: Elem,
+    read: impl Fn(&wgpu::Buffer) -> Result<Vec<u8>>,
+) -> Result<Vec<GpuOutput>> {
+    let (tokens_staging, projection_staging) = submitted
+        .staging
+        .as_ref()
+        .expect("a read-back call has staging buffers");
+    let tokens = elem_values(&read(tokens_staging)?, elem, submitted.plan.tokens_len);
+    let projection = match projection_staging {
+        Some(staging) => Some(elem_values(
+            &read(staging)?,
+            Elem::F32,
+            submitted.plan.projection_len,
+        )),
+        None => None,
+    };
+    let mut timings = submitted.timings.read(&read)?;
+    Ok(submitted
+        .plan
+        .groups
+        .iter()
+        .map(|group| {
+            let count = group.batch * group.queries * group.width;
+            GpuOutput {
+                tokens: tokens[group.tokens_at..group.tokens_at + count].to_vec(),
+                projection: projection.as_ref().map(|p| {
+                    p[group.projection_at
+                        ..group.projection_at + group.batch * group.queries * group.tokens]
+                        .to_vec()
+                }),
+                timings: timings.take(),
+            }
+        })
+        .collect())
 }

@@ -3,6 +3,9 @@
 pub mod buffers;
 pub mod context;
 pub mod forward;
+pub mod memory;
+pub mod plan;
+pub mod resident;
 
 pub use context::{list_adapters, AdapterReport, GpuApi, GpuContext};
 pub use forward::GpuEngine;

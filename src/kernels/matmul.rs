@@ -1,6 +1,6 @@
 //! `C = A B` per image (SPEC 4, steps 4, 5 and 7): `shaders/matmul.wgsl`.
 
-use super::{dispatch, pipeline_at, uniform, Passes, Step};
+use super::{dispatch, pipeline_at, Passes, Slice, Step};
 use crate::shaders::ShaderSource;
 
 /// Which matrix product kernel runs.
@@ -162,9 +162,9 @@ impl Matmul {
         step: Step,
         variant: MatmulVariant,
         product: &Product,
-        lhs: &wgpu::Buffer,
-        rhs: &wgpu::Buffer,
-        out: &wgpu::Buffer,
+        lhs: Slice,
+        rhs: Slice,
+        out: Slice,
     ) {
         let stride = |per_image: bool, size: u32| if per_image { size } else { 0 };
         let (rhs_inner_stride, rhs_column_stride) = if product.rhs_transposed {
@@ -172,25 +172,23 @@ impl Matmul {
         } else {
             (product.columns, 1)
         };
-        let params = uniform(
-            passes.device,
-            &Params {
-                rows: product.rows,
-                columns: product.columns,
-                inner: product.inner,
-                lhs_batch_stride: stride(product.lhs_per_image, product.rows * product.inner),
-                rhs_batch_stride: stride(product.rhs_per_image, product.inner * product.columns),
-                out_batch_stride: product.rows * product.columns,
-                rhs_inner_stride,
-                rhs_column_stride,
-            },
-        );
+        let params = Params {
+            rows: product.rows,
+            columns: product.columns,
+            inner: product.inner,
+            lhs_batch_stride: stride(product.lhs_per_image, product.rows * product.inner),
+            rhs_batch_stride: stride(product.rhs_per_image, product.inner * product.columns),
+            out_batch_stride: product.rows * product.columns,
+            rhs_inner_stride,
+            rhs_column_stride,
+        };
         let pipeline = &self.pipelines[product.kernel(variant) as usize];
         dispatch(
             passes,
             step,
             pipeline,
-            &[&params, lhs, rhs, out],
+            &params,
+            &[lhs, rhs, out],
             product.groups(variant),
         );
     }

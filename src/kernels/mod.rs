@@ -1,13 +1,15 @@
 //! One module per kernel family; each owns its pipeline and its dispatch arithmetic.
 //! The helpers here are the plumbing they share.
 
+pub mod ingest;
 pub mod matmul;
 pub mod pooling;
 pub mod position;
 pub mod softmax;
 
-use wgpu::util::DeviceExt;
+use std::sync::Arc;
 
+use crate::gpu::memory::{Ledger, Tracked};
 use crate::profile::{Clock, StepTime};
 use crate::shaders::ShaderSource;
 
@@ -59,13 +61,41 @@ pub(crate) fn pipeline_at(
     })
 }
 
-/// A uniform buffer holding `params`.
-pub(crate) fn uniform<T: bytemuck::Pod>(device: &wgpu::Device, params: &T) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("params"),
-        contents: bytemuck::bytes_of(params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    })
+/// A bound range of a buffer: the whole buffer, or `size` bytes from `offset` (a multiple of
+/// the device's `min_storage_buffer_offset_alignment`).
+#[derive(Clone, Copy, Debug)]
+pub struct Slice<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Bytes before the range.
+    pub offset: u64,
+    /// Bytes in the range; `None` for the rest of the buffer.
+    pub size: Option<u64>,
+}
+
+impl<'a> Slice<'a> {
+    /// The whole of `buffer`.
+    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Slice {
+            buffer,
+            offset: 0,
+            size: None,
+        }
+    }
+
+    fn binding(self) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: self.offset,
+            size: self.size.and_then(std::num::NonZeroU64::new),
+        })
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Slice<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Slice::whole(buffer)
+    }
 }
 
 /// What one recorded pass computes, for profiles: its name and the work its shapes imply.
@@ -89,8 +119,8 @@ enum Timer {
     Wall(Vec<f64>),
 }
 
-/// Most passes one timed run may record.
-const MAX_TIMED_PASSES: u32 = 16;
+/// Most passes one timed run may time (later ones run untimed).
+const MAX_TIMED_PASSES: u32 = 64;
 
 /// The command encoder a run's kernels record into, one compute pass per kernel, with the
 /// steps recorded so far and, when profiling, their timer.
@@ -102,12 +132,20 @@ pub struct Passes<'a> {
     pub encoder: wgpu::CommandEncoder,
     steps: Vec<Step>,
     timer: Timer,
+    ledger: &'a Arc<Ledger>,
+    /// The parameter buffers of the recorded passes, counted until the run is over.
+    parameters: Vec<Tracked>,
 }
 
 impl<'a> Passes<'a> {
     /// An encoder for a run; with `profile`, passes are timed by timestamps where the device
     /// has `TIMESTAMP_QUERY` and by the host clock around each submission otherwise.
-    pub fn new(device: &'a wgpu::Device, queue: &'a wgpu::Queue, profile: bool) -> Self {
+    pub fn new(
+        device: &'a wgpu::Device,
+        queue: &'a wgpu::Queue,
+        ledger: &'a Arc<Ledger>,
+        profile: bool,
+    ) -> Self {
         let timer = if !profile {
             Timer::Off
         } else if device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
@@ -125,6 +163,8 @@ impl<'a> Passes<'a> {
             encoder: device.create_command_encoder(&Default::default()),
             steps: Vec::new(),
             timer,
+            ledger,
+            parameters: Vec::new(),
         }
     }
 
@@ -140,21 +180,28 @@ impl<'a> Passes<'a> {
             .map(|_| ())
     }
 
-    /// Records one pass of `step` running `pipeline` with `buffers` bound at 0, 1, 2, ... of
-    /// group 0.
-    fn record(
+    /// Records one pass of `step` running `pipeline` with `params` in a uniform buffer bound
+    /// at 0 and `buffers` at 1, 2, ... of group 0.
+    fn record<T: bytemuck::Pod>(
         &mut self,
         step: Step,
         pipeline: &wgpu::ComputePipeline,
-        buffers: &[&wgpu::Buffer],
+        params: &T,
+        buffers: &[Slice],
         groups: [u32; 3],
     ) {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
+        let params = self.ledger.create_init(
+            self.device,
+            "params",
+            bytemuck::bytes_of(params),
+            wgpu::BufferUsages::UNIFORM,
+        );
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(params.as_entire_binding())
+            .chain(buffers.iter().map(|slice| slice.binding()))
             .enumerate()
-            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+            .map(|(binding, resource)| wgpu::BindGroupEntry {
                 binding: binding as u32,
-                resource: buffer.as_entire_binding(),
+                resource,
             })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -162,6 +209,7 @@ impl<'a> Passes<'a> {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
+        self.parameters.push(params);
         let wall = matches!(self.timer, Timer::Wall(_));
         // The host clock times this pass alone: what came before is finished first.
         let start = wall
@@ -207,8 +255,14 @@ impl<'a> Passes<'a> {
         self.steps.push(step);
     }
 
-    /// Ends recording: the encoder to submit, and what reads the timings once it has run.
-    pub fn finish(mut self) -> (wgpu::CommandEncoder, PassTimings) {
+    /// The ledger the run's buffers are counted in.
+    pub fn ledger(&self) -> &'a Arc<Ledger> {
+        self.ledger
+    }
+
+    /// Ends recording: the encoder to submit, what reads the timings once it has run, and
+    /// the parameter buffers (to keep until then).
+    pub fn finish(mut self) -> (wgpu::CommandEncoder, PassTimings, Vec<Tracked>) {
         let timings = match self.timer {
             Timer::Off => PassTimings::Off,
             Timer::Wall(seconds) => PassTimings::Wall(
@@ -221,22 +275,23 @@ impl<'a> Passes<'a> {
             Timer::Timestamps(query_set) => {
                 let count = 2 * (self.steps.len() as u32).min(MAX_TIMED_PASSES);
                 let size = (count as u64 * 8).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-                let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("resolved timestamps"),
+                let resolved = self.ledger.create(
+                    self.device,
+                    "resolved timestamps",
                     size,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("timestamps read-back"),
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                );
+                let staging = self.ledger.create(
+                    self.device,
+                    "timestamps read-back",
                     size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                );
                 self.encoder
                     .resolve_query_set(&query_set, 0..count, &resolved, 0);
                 self.encoder
                     .copy_buffer_to_buffer(&resolved, 0, &staging, 0, None);
+                self.parameters.push(resolved);
                 PassTimings::Timestamps {
                     staging,
                     steps: std::mem::take(&mut self.steps),
@@ -244,7 +299,7 @@ impl<'a> Passes<'a> {
                 }
             }
         };
-        (self.encoder, timings)
+        (self.encoder, timings, self.parameters)
     }
 }
 
@@ -257,7 +312,7 @@ pub enum PassTimings {
     /// Timestamps to read back.
     Timestamps {
         /// Holds two u64 ticks per pass once the submission has run.
-        staging: wgpu::Buffer,
+        staging: Tracked,
         /// The passes, in order.
         steps: Vec<Step>,
         /// Nanoseconds per tick.
@@ -299,16 +354,17 @@ impl PassTimings {
     }
 }
 
-/// Records one compute pass of `step` running `pipeline` with `buffers` bound at 0, 1, 2, ...
-/// of group 0.
-pub(crate) fn dispatch(
+/// Records one compute pass of `step` running `pipeline` with `params` (a uniform) bound at
+/// 0 and `buffers` at 1, 2, ... of group 0.
+pub(crate) fn dispatch<T: bytemuck::Pod>(
     passes: &mut Passes,
     step: Step,
     pipeline: &wgpu::ComputePipeline,
-    buffers: &[&wgpu::Buffer],
+    params: &T,
+    buffers: &[Slice],
     groups: [u32; 3],
 ) {
-    passes.record(step, pipeline, buffers, groups);
+    passes.record(step, pipeline, params, buffers, groups);
 }
 
 /// Workgroups covering `count` items of `per_group` each, folded into x and y so that neither

@@ -1,7 +1,7 @@
 //! `Q_in = pool(Xp)` (SPEC 4, step 3): `shaders/pooling.wgsl`.
 
 use super::{
-    dispatch, linear_groups, pipeline, uniform, ForwardShape, Passes, Step, LINEAR_WORKGROUP,
+    dispatch, linear_groups, pipeline, ForwardShape, Passes, Slice, Step, LINEAR_WORKGROUP,
 };
 use crate::shaders::ShaderSource;
 
@@ -36,27 +36,25 @@ impl Pooling {
         passes: &mut Passes,
         step: Step,
         shape: &ForwardShape,
-        positioned: &wgpu::Buffer,
-        query_grids: &wgpu::Buffer,
-        pooled: &wgpu::Buffer,
+        positioned: Slice,
+        query_grids: Slice,
+        pooled: Slice,
     ) {
         let elements = shape.batch * shape.queries * shape.width;
-        let params = uniform(
-            passes.device,
-            &Params {
-                elements,
-                tokens: shape.tokens,
-                queries: shape.queries,
-                width: shape.width,
-                grid_count: shape.grid_count,
-                padding: [0; 3],
-            },
-        );
+        let params = Params {
+            elements,
+            tokens: shape.tokens,
+            queries: shape.queries,
+            width: shape.width,
+            grid_count: shape.grid_count,
+            padding: [0; 3],
+        };
         dispatch(
             passes,
             step,
             &self.pipeline,
-            &[&params, positioned, query_grids, pooled],
+            &params,
+            &[positioned, query_grids, pooled],
             linear_groups(elements, LINEAR_WORKGROUP),
         );
     }

@@ -1,7 +1,7 @@
 //! `Xp = X + E` (SPEC 4, step 1): `shaders/position.wgsl`.
 
 use super::{
-    dispatch, pipeline, uniform, ForwardShape, Passes, Step, LINEAR_WORKGROUP,
+    dispatch, pipeline, ForwardShape, Passes, Slice, Step, LINEAR_WORKGROUP,
     MAX_GROUPS_PER_DIMENSION,
 };
 use crate::layout::Layout;
@@ -59,28 +59,26 @@ impl Position {
         passes: &mut Passes,
         step: Step,
         shape: &ForwardShape,
-        features: &wgpu::Buffer,
-        table: &wgpu::Buffer,
-        samples: &wgpu::Buffer,
-        positioned: &wgpu::Buffer,
+        features: Slice,
+        table: Slice,
+        samples: Slice,
+        positioned: Slice,
     ) {
         let rows = shape.batch * shape.tokens;
-        let params = uniform(
-            passes.device,
-            &Params {
-                rows,
-                tokens: shape.tokens,
-                width: shape.width,
-                padding: 0,
-            },
-        );
+        let params = Params {
+            rows,
+            tokens: shape.tokens,
+            width: shape.width,
+            padding: 0,
+        };
         // One workgroup row of channels per token; tokens along y, then z past its limit.
         let row_groups = rows.min(MAX_GROUPS_PER_DIMENSION);
         dispatch(
             passes,
             step,
             &self.pipeline,
-            &[&params, features, table, samples, positioned],
+            &params,
+            &[features, table, samples, positioned],
             [
                 shape.width.div_ceil(LINEAR_WORKGROUP),
                 row_groups,

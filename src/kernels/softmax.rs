@@ -1,7 +1,7 @@
 //! `P = softmax(S)` per row within its key range, in place (SPEC 4, step 6):
 //! `shaders/softmax.wgsl`.
 
-use super::{dispatch, linear_groups, pipeline, uniform, ForwardShape, Passes, Step};
+use super::{dispatch, linear_groups, pipeline, ForwardShape, Passes, Slice, Step};
 use crate::shaders::ShaderSource;
 
 #[repr(C)]
@@ -32,24 +32,22 @@ impl Softmax {
         passes: &mut Passes,
         step: Step,
         shape: &ForwardShape,
-        key_ranges: &wgpu::Buffer,
-        scores: &wgpu::Buffer,
+        key_ranges: Slice,
+        scores: Slice,
     ) {
         let rows = shape.batch * shape.queries;
-        let params = uniform(
-            passes.device,
-            &Params {
-                rows,
-                tokens: shape.tokens,
-                queries: shape.queries,
-                padding: 0,
-            },
-        );
+        let params = Params {
+            rows,
+            tokens: shape.tokens,
+            queries: shape.queries,
+            padding: 0,
+        };
         dispatch(
             passes,
             step,
             &self.pipeline,
-            &[&params, key_ranges, scores],
+            &params,
+            &[key_ranges, scores],
             linear_groups(rows, 1),
         );
     }
