@@ -35,12 +35,16 @@ pub mod tensor;
 pub mod weights;
 
 pub use compress::{
-    Association, Backend, Compressed, Compressor, KernelVariant, Options, Precision,
+    Association, Backend, CompressFuture, Compressed, Compressor, KernelVariant, Options,
+    Precision, Tokens,
 };
 pub use error::{Error, Result};
+pub use gpu::memory::MemoryCount;
+pub use gpu::resident::{GpuCompressed, GpuTokens};
+pub use gpu::GpuContext;
 pub use layout::{Grid, Keep, Layout, Queries, QueryGrid, Scope};
 pub use profile::{Clock, Profile, StepTime};
-pub use tensor::{Dtype, Features};
+pub use tensor::{Dtype, Features, HostTokens, HostValues};
 pub use weights::{PMeta, PositionTable};
 
 // The README's examples compile and run as doc tests.

@@ -229,39 +229,32 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             ("the scores", (m * n * 4) as u64),
             ("the reduced tokens", (m * d * e) as u64),
         ];
-        // The ingest kernel's window of the source may start up to `align` bytes early.
-        let source_image = (n * d * source_size) as u64;
         let mut chunk = (batch as u64).min(MAX_GROUPS_PER_DIMENSION as u64);
-        for (name, size) in per_image
-            .iter()
-            .chain(std::iter::once(&("the features window", source_image)))
-        {
-            let room = if *name == "the features window" {
-                limit.saturating_sub(align + 4)
-            } else {
-                limit
-            };
-            if *size > room {
+        for (name, size) in &per_image {
+            if *size > limit {
                 return Err(too_large(format!(
                     "one image of {n} tokens x {d} needs {size} bytes for {name} in one \
                      storage binding; the device allows {limit} (the kernels do not split an \
                      image)"
                 )));
             }
-            chunk = chunk.min(room / (*size).max(1));
+            chunk = chunk.min(limit / (*size).max(1));
         }
-        let mut chunk = chunk.max(1) as usize;
-        let single = single_group && chunk >= batch;
-        // Chunk outputs are copied into the call's output at 4-byte aligned offsets.
-        if !single && !(m * d * e).is_multiple_of(4) && chunk < batch {
-            if chunk < 2 {
-                return Err(too_large(format!(
+        // Chunk outputs are copied into the call's output at 4-byte aligned offsets: with
+        // f16 tokens and an odd m x d, chunks hold an even number of images.
+        let even = |chunk: usize| -> Result<usize> {
+            if chunk >= batch || (m * d * e).is_multiple_of(4) {
+                Ok(chunk)
+            } else if chunk < 2 {
+                Err(too_large(format!(
                     "{m} x {d} f16 reduced tokens per image leave chunk copies unaligned and \
                      one binding holds a single image; use f32 or smaller calls"
-                )));
+                )))
+            } else {
+                Ok(chunk & !1)
             }
-            chunk &= !1;
-        }
+        };
+        let mut chunk = even(chunk.max(1) as usize)?;
         let input = match &group.source {
             Source::Host(_) => InputPath::Upload,
             Source::Gpu(tokens) => {
@@ -274,6 +267,19 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
                 {
                     InputPath::Direct
                 } else {
+                    // The ingest kernel's window of the source may start up to `align` bytes
+                    // before the chunk and end up to 3 bytes after it.
+                    let source_image = (n * d * tokens.dtype.size()) as u64;
+                    let room = limit.saturating_sub(align + 4);
+                    if source_image > room {
+                        return Err(too_large(format!(
+                            "one image of {n} tokens x {d} {} needs {} bytes in one storage \
+                             binding to be copied in; the device allows {limit}",
+                            tokens.dtype.name(),
+                            source_image + align + 4
+                        )));
+                    }
+                    chunk = even(chunk.min((room / source_image) as usize))?;
                     InputPath::Ingest
                 }
             }

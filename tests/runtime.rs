@@ -1,0 +1,558 @@
+//! The embedding runtime (issue 4): GPU-resident input and output, chunks past the binding
+//! limit, mixed-layout batches in one submission, async calls, the memory a compressor holds
+//! over many calls, threads sharing one compressor, refusals before any device work, device
+//! loss. Fresh random inputs each run (seed printed), outputs poisoned with NaN.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{features, gpu, grid, relative_error, seeded, weights};
+use half::{bf16, f16};
+use metacompress::gpu::GpuContext;
+use metacompress::{
+    reference, Compressed, Compressor, Dtype, Error, Features, GpuTokens, HostTokens, Keep, Layout,
+    Options, PMeta, Precision, Scope, Tokens,
+};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use wgpu::util::DeviceExt;
+
+/// Options that hand `P` back and poison every output.
+fn checked(keep: f64) -> Options {
+    Options {
+        keep: Keep::new(keep).unwrap(),
+        save_projection: true,
+        poison: true,
+        ..Options::default()
+    }
+}
+
+/// A storage buffer on `context`'s device holding `bytes`.
+fn device_buffer(context: &GpuContext, bytes: &[u8]) -> wgpu::Buffer {
+    context
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("application features"),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+/// Asserts two results hold the same bits.
+fn assert_same(a: &Compressed, b: &Compressed, what: &str) {
+    assert_eq!(a.queries.count, b.queries.count, "{what}: m");
+    assert_eq!(a.batch, b.batch, "{what}: batch");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.tokens), bits(&b.tokens), "{what}: tokens differ");
+    assert_eq!(
+        a.projection.as_deref().map(bits),
+        b.projection.as_deref().map(bits),
+        "{what}: P differs"
+    );
+    assert!(a.tokens.iter().all(|v| v.is_finite()), "{what}: NaN left");
+}
+
+/// Checks `out` against the float64 reference on `features`.
+fn assert_reference(
+    out: &Compressed,
+    features: &Features,
+    weights: &PMeta,
+    layout: &Layout,
+    options: &Options,
+    tolerance: f64,
+    what: &str,
+) {
+    let queries = layout.queries(options.keep);
+    let expected = reference::forward(features, weights, layout, &queries, options.scope);
+    let error = relative_error(&out.tokens, &expected.tokens);
+    assert!(error < tolerance, "{what}: tokens off by {error:e}");
+    if let Some(projection) = &out.projection {
+        let error = relative_error(projection, &expected.projection);
+        assert!(error < tolerance, "{what}: P off by {error:e}");
+    }
+}
+
+fn odd(rng: &mut ChaCha8Rng, range: std::ops::Range<usize>) -> usize {
+    rng.random_range(range) | 1
+}
+
+#[test]
+fn compressor_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Compressor>();
+    shared::<GpuContext>();
+}
+
+#[test]
+fn gpu_resident_calls_give_the_tokens_of_host_calls() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("gpu_resident");
+    let (batch, side, d) = (3, odd(&mut rng, 5..9), odd(&mut rng, 9..21));
+    let n = side * side;
+    let weights = weights(&mut rng, d, 6, Some((4, 5)));
+    let features = features(&mut rng, batch, n, d);
+    let layout = Layout::square(n).unwrap();
+    let options = checked(0.3);
+    let mut precisions = vec![Precision::F32];
+    if context.has_f16() {
+        precisions.push(Precision::F16);
+    }
+    for precision in precisions {
+        let compressor =
+            Compressor::on_context(weights.clone(), context.clone(), precision).unwrap();
+        let values = features.values();
+        // Each source dtype at an aligned and at a misaligned offset (in elements).
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            for lead in [0usize, 3] {
+                let what = format!("seed {seed}: {precision:?} from {dtype:?} after {lead}");
+                let (host, bytes) = match dtype {
+                    Dtype::F32 => (values.to_vec(), bytemuck::cast_slice(values).to_vec()),
+                    Dtype::F16 => {
+                        let v: Vec<f16> = values.iter().map(|&x| f16::from_f32(x)).collect();
+                        (
+                            v.iter().map(|x| x.to_f32()).collect(),
+                            bytemuck::cast_slice(&v).to_vec(),
+                        )
+                    }
+                    Dtype::BF16 => {
+                        let v: Vec<bf16> = values.iter().map(|&x| bf16::from_f32(x)).collect();
+                        (
+                            v.iter().map(|x| x.to_f32()).collect(),
+                            bytemuck::cast_slice(&v).to_vec(),
+                        )
+                    }
+                };
+                let mut padded = vec![0xAB; lead * dtype.size()];
+                padded.extend(&bytes);
+                padded.resize(padded.len().next_multiple_of(4), 0);
+                let buffer = device_buffer(&context, &padded);
+                let tokens = GpuTokens::new(&buffer, dtype, batch, n, d)
+                    .at_offset((lead * dtype.size()) as u64);
+                let resident = compressor
+                    .compress_on_gpu(tokens, &layout, &options)
+                    .unwrap();
+                assert_eq!(resident.dtype, precision.elem().dtype());
+                let from_gpu = compressor.read_back(&resident).unwrap();
+                let host = Features::new(batch, n, d, host).unwrap();
+                let from_host = compressor.compress(&host, &layout, &options).unwrap();
+                assert_same(&from_gpu, &from_host, &what);
+                let tolerance = if precision == Precision::F16 {
+                    1e-2
+                } else {
+                    1e-4
+                };
+                assert_reference(
+                    &from_gpu, &host, &weights, &layout, &options, tolerance, &what,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn host_tokens_in_f16_and_bf16_are_compressed_as_their_values() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("host_dtypes");
+    let (n, d) = (49, odd(&mut rng, 9..19));
+    let weights = weights(&mut rng, d, 5, None);
+    let features = features(&mut rng, 2, n, d);
+    let layout = Layout::square(n).unwrap();
+    let options = checked(0.2);
+    let compressor = Compressor::on_context(weights.clone(), context, Precision::F32).unwrap();
+    let halves: Vec<f16> = features
+        .values()
+        .iter()
+        .map(|&x| f16::from_f32(x))
+        .collect();
+    let brains: Vec<bf16> = features
+        .values()
+        .iter()
+        .map(|&x| bf16::from_f32(x))
+        .collect();
+    for (tokens, widened) in [
+        (
+            HostTokens::new(halves.as_slice(), 2, n, d).unwrap(),
+            halves.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+        ),
+        (
+            HostTokens::new(brains.as_slice(), 2, n, d).unwrap(),
+            brains.iter().map(|x| x.to_f32()).collect(),
+        ),
+    ] {
+        let what = format!("seed {seed}: {:?}", tokens.values().dtype());
+        let out = compressor
+            .compress_tokens(tokens.into(), &layout, &options)
+            .unwrap();
+        let widened = Features::new(2, n, d, widened).unwrap();
+        let expected = compressor.compress(&widened, &layout, &options).unwrap();
+        assert_same(&out, &expected, &what);
+    }
+    // A NaN in an f16 slice is named by its index.
+    let mut bad = halves.clone();
+    bad[n * d + 2 * d + 1] = f16::NAN;
+    let error = HostTokens::new(bad.as_slice(), 2, n, d).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "features[1, 2, 1] is NaN; expected finite values"
+    );
+}
+
+#[test]
+fn chunked_calls_give_the_tokens_of_unchunked_ones() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("chunked");
+    let (batch, side, d) = (5, odd(&mut rng, 5..9), odd(&mut rng, 9..21));
+    let n = side * side;
+    let weights = weights(&mut rng, d, 6, Some((3, 3)));
+    let features = features(&mut rng, batch, n, d);
+    let layout = Layout::square(n).unwrap();
+    let whole = checked(0.3);
+    let compressor =
+        Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();
+    let unchunked = compressor.compress(&features, &layout, &whole).unwrap();
+    // A binding limit of two images' features: chunks of 2, 2 and 1.
+    let chunked_options = Options {
+        max_binding_bytes: Some((2 * n * d * 4) as u64),
+        ..whole
+    };
+    let chunked = compressor
+        .compress(&features, &layout, &chunked_options)
+        .unwrap();
+    assert_same(
+        &chunked,
+        &unchunked,
+        &format!("seed {seed}: host, chunks of 2"),
+    );
+    // The same from a device buffer: bound in place (f32), and through the ingest kernel.
+    let buffer = device_buffer(&context, bytemuck::cast_slice(features.values()));
+    let tokens = GpuTokens::new(&buffer, Dtype::F32, batch, n, d);
+    let resident = compressor
+        .compress_on_gpu(tokens, &layout, &chunked_options)
+        .unwrap();
+    let from_gpu = compressor.read_back(&resident).unwrap();
+    assert_same(
+        &from_gpu,
+        &unchunked,
+        &format!("seed {seed}: device, chunks of 2"),
+    );
+    let halves: Vec<f16> = features
+        .values()
+        .iter()
+        .map(|&x| f16::from_f32(x))
+        .collect();
+    let buffer = device_buffer(&context, bytemuck::cast_slice(&halves));
+    let tokens = GpuTokens::new(&buffer, Dtype::F16, batch, n, d);
+    let chunked = compressor
+        .compress_tokens(tokens.into(), &layout, &chunked_options)
+        .unwrap();
+    let host = HostTokens::new(halves.as_slice(), batch, n, d).unwrap();
+    let unchunked = compressor
+        .compress_tokens(host.into(), &layout, &whole)
+        .unwrap();
+    assert_same(
+        &chunked,
+        &unchunked,
+        &format!("seed {seed}: f16 ingest, chunks"),
+    );
+    // f16 storage with an odd m x d: chunks are kept even so their copies stay aligned.
+    if context.has_f16() {
+        let compressor =
+            Compressor::on_context(weights.clone(), context.clone(), Precision::F16).unwrap();
+        let keep = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+            .into_iter()
+            .map(|k| Keep::new(k).unwrap())
+            .find(|&k| layout.queries(k).count % 2 == 1)
+            .expect("a keep fraction with an odd query count");
+        let whole = Options { keep, ..whole };
+        let unchunked = compressor.compress(&features, &layout, &whole).unwrap();
+        let m = unchunked.queries.count;
+        assert_eq!((m * d) % 2, 1, "m x d should be odd");
+        // The largest binding one image needs (f16 tokens, f32 scores and queries).
+        let image = [n * d * 2, m * n * 4, m * d * 4, m * 6 * 4, n * 6 * 2]
+            .into_iter()
+            .max()
+            .unwrap();
+        let chunked_options = Options {
+            max_binding_bytes: Some((image + 2) as u64),
+            ..whole
+        };
+        let error = compressor
+            .compress(&features, &layout, &chunked_options)
+            .unwrap_err();
+        assert!(matches!(error, Error::TooLarge(_)), "{error}");
+        let chunked_options = Options {
+            max_binding_bytes: Some((2 * image) as u64),
+            ..whole
+        };
+        let chunked = compressor
+            .compress(&features, &layout, &chunked_options)
+            .unwrap();
+        assert_same(
+            &chunked,
+            &unchunked,
+            &format!("seed {seed}: f16, chunks of 2"),
+        );
+    }
+}
+
+/// Three layouts: a square grid (the largest), two anyres grids with loose tokens, a small
+/// square.
+fn mixed_groups(rng: &mut ChaCha8Rng, d: usize) -> Vec<(Features, Layout)> {
+    let a = odd(rng, 7..11);
+    let square = Layout::square(a * a).unwrap();
+    let anyres = Layout::new(
+        3 + 16 + 3 + 20 + 2,
+        vec![grid(3, 4, 4), grid(3 + 16 + 3, 4, 5)],
+    )
+    .unwrap();
+    let small = Layout::square(9).unwrap();
+    [(2, square), (1, anyres), (3, small)]
+        .into_iter()
+        .map(|(batch, layout)| (features(rng, batch, layout.tokens(), d), layout))
+        .collect()
+}
+
+#[test]
+fn a_mixed_layout_batch_equals_the_groups_one_by_one() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("mixed_batch");
+    let d = odd(&mut rng, 9..21);
+    let weights = weights(&mut rng, d, 6, Some((4, 4)));
+    let groups = mixed_groups(&mut rng, d);
+    let compressor =
+        Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();
+    for scope in [Scope::Image, Scope::Grid] {
+        let options = Options {
+            scope,
+            ..checked(0.25)
+        };
+        // The middle group from a device buffer.
+        let buffer = device_buffer(&context, bytemuck::cast_slice(groups[1].0.values()));
+        let (b, n) = (groups[1].0.batch(), groups[1].0.tokens());
+        let batch: Vec<(Tokens, &Layout)> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (features, layout))| {
+                let tokens = if i == 1 {
+                    GpuTokens::new(&buffer, Dtype::F32, b, n, d).into()
+                } else {
+                    features.into()
+                };
+                (tokens, layout)
+            })
+            .collect();
+        let together = compressor.compress_batch(&batch, &options).unwrap();
+        assert_eq!(together.len(), groups.len());
+        for (i, ((features, layout), out)) in groups.iter().zip(&together).enumerate() {
+            let what = format!("seed {seed}: {scope:?} group {i}");
+            let alone = compressor.compress(features, layout, &options).unwrap();
+            assert_same(out, &alone, &what);
+            assert_reference(out, features, &weights, layout, &options, 1e-4, &what);
+        }
+        // The same batch through the async form, and cut into chunks.
+        let later = pollster::block_on(compressor.compress_async(&batch, &options).unwrap());
+        // Room for one image of the largest group (the first, cut into chunks of one), and
+        // the copy kernel's window.
+        let largest = groups
+            .iter()
+            .map(|(_, layout)| {
+                let (n, m) = (layout.tokens(), layout.queries(options.keep).count);
+                4 * [n * d, m * n, m * d, n * 6].into_iter().max().unwrap()
+            })
+            .max()
+            .unwrap();
+        let chunked = Options {
+            max_binding_bytes: Some((largest + 512) as u64),
+            ..options
+        };
+        let cut = compressor.compress_batch(&batch, &chunked).unwrap();
+        for (i, ((out, later), cut)) in together.iter().zip(&later.unwrap()).zip(&cut).enumerate() {
+            assert_same(later, out, &format!("seed {seed}: async group {i}"));
+            assert_same(cut, out, &format!("seed {seed}: chunked group {i}"));
+        }
+    }
+}
+
+#[test]
+fn five_hundred_calls_hold_no_more_gpu_memory_than_the_first() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("five_hundred_calls");
+    let (n, d) = (25, 11);
+    let weights = weights(&mut rng, d, 4, Some((3, 3)));
+    let layout = Layout::square(n).unwrap();
+    let compressor = Compressor::on_context(weights, context.clone(), Precision::F32).unwrap();
+    let held = compressor.held_bytes();
+    let start = compressor.memory().unwrap();
+    assert_eq!(
+        start.live_bytes, held,
+        "only the weights are held at the start"
+    );
+    let options = checked(0.2);
+    let features = features(&mut rng, 2, n, d);
+    let buffer = device_buffer(&context, bytemuck::cast_slice(features.values()));
+    let call_bytes = compressor
+        .call_bytes(&[((&features).into(), &layout)], &options)
+        .unwrap();
+    let first = compressor.compress(&features, &layout, &options).unwrap();
+    // The footprint the compressor announced is what the call allocated (parameters aside).
+    let peak = compressor.memory().unwrap().peak_bytes - held;
+    assert!(
+        peak >= call_bytes && peak <= call_bytes + 4096,
+        "seed {seed}: announced {call_bytes} bytes, the call peaked at {peak}"
+    );
+    for call in 0..500 {
+        let out = match call % 3 {
+            0 => compressor.compress(&features, &layout, &options).unwrap(),
+            1 => {
+                let tokens = GpuTokens::new(&buffer, Dtype::F32, 2, n, d);
+                let resident = compressor
+                    .compress_on_gpu(tokens, &layout, &options)
+                    .unwrap();
+                compressor.read_back(&resident).unwrap()
+            }
+            _ => pollster::block_on(
+                compressor
+                    .compress_async(&[((&features).into(), &layout)], &options)
+                    .unwrap(),
+            )
+            .unwrap()
+            .pop()
+            .unwrap(),
+        };
+        if call % 50 == 0 {
+            assert_same(&out, &first, &format!("seed {seed}: call {call}"));
+        }
+        let now = compressor.memory().unwrap();
+        assert_eq!(
+            now.live_bytes, held,
+            "seed {seed}: after call {call} the compressor holds {} bytes, {held} at the start",
+            now.live_bytes
+        );
+        assert!(
+            now.peak_bytes <= held + call_bytes + 4096,
+            "call {call} peaked higher"
+        );
+    }
+    assert!(compressor.memory().unwrap().buffers_created > start.buffers_created + 500);
+}
+
+#[test]
+fn four_threads_share_one_compressor() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("four_threads");
+    let d = odd(&mut rng, 9..17);
+    let weights = weights(&mut rng, d, 5, Some((3, 4)));
+    let compressor =
+        Arc::new(Compressor::on_context(weights.clone(), context, Precision::F32).unwrap());
+    let handles: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let compressor = Arc::clone(&compressor);
+            let weights = weights.clone();
+            std::thread::spawn(move || {
+                let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed ^ thread);
+                for call in 0..6 {
+                    let side = 3 + (thread as usize + call) % 5;
+                    let layout = Layout::square(side * side).unwrap();
+                    let features = features(&mut rng, 1 + call % 2, side * side, d);
+                    let options = checked(0.3);
+                    let out = compressor.compress(&features, &layout, &options).unwrap();
+                    let what = format!("seed {seed}: thread {thread} call {call}");
+                    assert_reference(&out, &features, &weights, &layout, &options, 1e-4, &what);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("a thread failed");
+    }
+}
+
+#[test]
+fn calls_that_cannot_fit_fail_before_any_device_work() {
+    let Some(context) = gpu() else { return };
+    let (_, mut rng) = seeded("too_large");
+    let (n, d) = (36, 9);
+    let weights = weights(&mut rng, d, 4, None);
+    let layout = Layout::square(n).unwrap();
+    let features = features(&mut rng, 4, n, d);
+    let compressor = Compressor::on_context(weights, context.clone(), Precision::F32).unwrap();
+    let options = checked(0.25);
+    let needed = compressor
+        .call_bytes(&[((&features).into(), &layout)], &options)
+        .unwrap();
+    compressor.set_memory_budget(Some(needed - 1));
+    let before = compressor.memory().unwrap();
+    let error = compressor
+        .compress(&features, &layout, &options)
+        .unwrap_err();
+    assert!(matches!(error, Error::TooLarge(_)), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "the call needs {needed} bytes of GPU memory; the compressor's budget is {} bytes",
+            needed - 1
+        )
+    );
+    // A features buffer too small for the shape, or without STORAGE: refused by name.
+    let small = device_buffer(&context, &vec![0u8; n * d * 4]);
+    let error = compressor
+        .compress_on_gpu(
+            GpuTokens::new(&small, Dtype::F32, 4, n, d),
+            &layout,
+            &options,
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("the buffer holds"), "{error}");
+    let unbound = context.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (4 * n * d * 4) as u64,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let error = compressor
+        .compress_on_gpu(
+            GpuTokens::new(&unbound, Dtype::F32, 4, n, d),
+            &layout,
+            &options,
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("expected STORAGE"), "{error}");
+    assert_eq!(
+        compressor.memory().unwrap(),
+        before,
+        "a refused call touched the device"
+    );
+    // Within the budget, the call runs.
+    compressor.set_memory_budget(Some(needed));
+    compressor.compress(&features, &layout, &options).unwrap();
+}
+
+#[test]
+fn a_lost_device_is_reported_and_a_new_compressor_works() {
+    let Some(context) = gpu() else { return };
+    let (_, mut rng) = seeded("device_lost");
+    let weights = weights(&mut rng, 7, 3, None);
+    let layout = Layout::square(16).unwrap();
+    let features = features(&mut rng, 1, 16, 7);
+    // A device of its own, so destroying it leaves the other tests' alone.
+    let own =
+        GpuContext::open(metacompress::gpu::GpuApi::Any, Some(&context.adapter.name)).unwrap();
+    let compressor = Compressor::on_context(weights.clone(), own.clone(), Precision::F32).unwrap();
+    compressor
+        .compress(&features, &layout, &Options::default())
+        .unwrap();
+    own.device.destroy();
+    let _ = own.device.poll(wgpu::PollType::Poll);
+    let error = compressor
+        .compress(&features, &layout, &Options::default())
+        .unwrap_err();
+    assert!(matches!(error, Error::DeviceLost(_)), "{error}");
+    assert!(compressor.device_lost().is_some());
+    let fresh =
+        GpuContext::open(metacompress::gpu::GpuApi::Any, Some(&context.adapter.name)).unwrap();
+    let compressor = Compressor::on_context(weights, fresh, Precision::F32).unwrap();
+    compressor
+        .compress(&features, &layout, &Options::default())
+        .unwrap();
+}
