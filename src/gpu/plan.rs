@@ -208,10 +208,6 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
         }
         let association = wants.association.resolve(wants.kernels, n, m, d, c);
         // Bytes per image of every buffer bound as one storage binding.
-        let source_size = match &group.source {
-            Source::Gpu(tokens) => tokens.dtype.size(),
-            Source::Host(_) => e,
-        };
         let per_image = [
             ("the features", (n * d * e) as u64),
             ("the pooled queries", (m * d * e) as u64),
