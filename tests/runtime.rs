@@ -556,3 +556,43 @@ fn a_lost_device_is_reported_and_a_new_compressor_works() {
         .compress(&features, &layout, &Options::default())
         .unwrap();
 }
+
+#[test]
+fn a_batch_of_sixteen_llava_next_images_in_f32_passes_the_binding_limit_in_chunks() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("sixteen_llava_next");
+    let workload = metacompress::bench::workloads("llava-next-7b").unwrap()[0];
+    let (batch, n, d) = (16, workload.tokens, workload.width);
+    let layout = workload.layout().unwrap();
+    // Few queries and channels keep the arithmetic small for lavapipe; the features are the
+    // real size: 16 x 2928 x 4096 f32 = 767 MB, past one binding on every device.
+    let weights = metacompress::PMeta::init(d, 8, Some((24, 24)), 1.0, seed).unwrap();
+    let features = features(&mut rng, batch, n, d);
+    let compressor =
+        Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();
+    let options = Options {
+        keep: Keep::new(0.005).unwrap(),
+        poison: true,
+        ..Options::default()
+    };
+    let bytes = (batch * n * d * 4) as u64;
+    assert!(
+        bytes > context.binding_limit(),
+        "the batch should pass one binding"
+    );
+    let out = compressor.compress(&features, &layout, &options).unwrap();
+    let m = out.queries.count;
+    assert_eq!(out.tokens.len(), batch * m * d);
+    // First, a middle and the last image against the float64 reference.
+    for image in [0, 9, 15] {
+        let one = Features::new(1, n, d, features.image(image).to_vec()).unwrap();
+        let alone = Compressed {
+            tokens: out.tokens[image * m * d..(image + 1) * m * d].to_vec(),
+            projection: None,
+            batch: 1,
+            ..out.clone()
+        };
+        let what = format!("seed {seed}: image {image} of 16");
+        assert_reference(&alone, &one, &weights, &layout, &options, 1e-4, &what);
+    }
+}
