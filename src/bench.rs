@@ -126,6 +126,9 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Whether to run the v1 kernels too (GPU only).
     pub naive: bool,
+    /// Images per call (the same random image repeated; batches past one storage binding
+    /// run in chunks).
+    pub batch: usize,
 }
 
 /// Median and range of a set of timings, in seconds.
@@ -283,6 +286,11 @@ pub fn run(
     workloads: &[Workload],
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport> {
+    if config.batch == 0 {
+        return Err(Error::InvalidArgument(
+            "--batch 0 compresses nothing; expected at least 1".to_string(),
+        ));
+    }
     if config.runs == 0 {
         return Err(Error::InvalidArgument(
             "--runs 0 times nothing; expected at least 1 (20 or more for a report)".to_string(),
@@ -305,7 +313,13 @@ pub fn run(
         let values = (0..workload.tokens * workload.width)
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
-        let features = Features::new(1, workload.tokens, workload.width, values)?;
+        let values: Vec<f32> = values;
+        let features = Features::new(
+            config.batch,
+            workload.tokens,
+            workload.width,
+            values.repeat(config.batch),
+        )?;
         let compressor = match &context {
             Some(context) => Compressor::on_context(weights, context.clone(), config.precision)?,
             None => Compressor::new(weights, Backend::Cpu, None, Precision::F32)?,
@@ -338,9 +352,10 @@ pub fn run(
             for run in 0..config.warmup + config.runs {
                 let out = compressor.compress(&features, &layout, &options)?;
                 if run >= config.warmup {
-                    profiles.push(out.profile.ok_or_else(|| {
+                    let profile = out.profile.ok_or_else(|| {
                         Error::Unsupported("this backend does not report timings".to_string())
-                    })?);
+                    })?;
+                    profiles.push(profile.merged());
                 }
             }
             let association = options
@@ -469,6 +484,7 @@ impl BenchReport {
             "keep": self.config.keep.value(),
             "precision": self.config.precision.name(),
             "runs": self.config.runs,
+            "batch": self.config.batch,
             "warmup": self.config.warmup,
             "workloads": workloads,
         })
@@ -491,9 +507,10 @@ impl BenchReport {
         }
         for w in &self.workloads {
             text.push_str(&format!(
-                "\n{} ({}): n {}, d {}, d_c {}, keep {} -> m {}, {}, {} timed runs after {} warm-up\n",
+                "\n{} ({}): batch {}, n {}, d {}, d_c {}, keep {} -> m {}, {}, {} timed runs after {} warm-up\n",
                 w.workload.name,
                 w.workload.about,
+                self.config.batch,
                 w.workload.tokens,
                 w.workload.width,
                 w.channels,

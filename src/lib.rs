@@ -19,6 +19,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod compress;
 pub mod cpu;

@@ -121,6 +121,9 @@ struct BenchArgs {
     /// Leave out the naive (v1) kernels.
     #[arg(long)]
     skip_naive: bool,
+    /// Images per call (batches past one storage binding run in chunks).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Also write the report as JSON to PATH.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -330,6 +333,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         runs: args.runs,
         warmup: args.warmup,
         naive: !args.skip_naive,
+        batch: args.batch,
     };
     let report = bench::run(&config, &workloads, |line| eprintln!("bench: {line}"))?;
     say!("{}", report.to_table());

@@ -60,3 +60,23 @@ pub struct Profile {
     /// Host seconds for the whole call: upload, every step, read-back.
     pub call_seconds: f64,
 }
+
+impl Profile {
+    /// The same timings with the steps of every chunk and group added up by name, in the
+    /// order each name first ran (a call cut into chunks runs each step once per chunk).
+    pub fn merged(mut self) -> Profile {
+        let mut steps: Vec<StepTime> = Vec::new();
+        for step in self.steps {
+            match steps.iter_mut().find(|s| s.name == step.name) {
+                Some(sum) => {
+                    sum.flops += step.flops;
+                    sum.bytes += step.bytes;
+                    sum.seconds += step.seconds;
+                }
+                None => steps.push(step),
+            }
+        }
+        self.steps = steps;
+        self
+    }
+}
