@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::forward::{GpuOutput, PendingOutput};
 use crate::gpu::memory::MemoryCount;
-use crate::gpu::plan::{Group, Source};
+use crate::gpu::plan::Group;
 use crate::gpu::resident::{GpuCompressed, GpuTokens};
 use crate::gpu::{GpuApi, GpuContext, GpuEngine};
 use crate::kernels::matmul::MatmulVariant;
@@ -640,8 +640,25 @@ impl Compressor {
     }
 }
 
-/// The tokens of one group of images: in host memory or on the device.
-pub type Tokens<'a> = Source<'a>;
+/// The tokens of one group of images (`batch x tokens x width`, sharing a layout): in host
+/// memory or in a buffer on the compressor's device.
+#[derive(Clone, Copy, Debug)]
+pub enum Tokens<'a> {
+    /// Host memory: uploaded chunk by chunk.
+    Host(HostTokens<'a>),
+    /// A buffer on the device.
+    Gpu(GpuTokens<'a>),
+}
+
+impl Tokens<'_> {
+    /// Images, tokens per image and token width.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        match self {
+            Tokens::Host(tokens) => (tokens.batch(), tokens.tokens(), tokens.width()),
+            Tokens::Gpu(tokens) => (tokens.batch, tokens.tokens, tokens.width),
+        }
+    }
+}
 
 impl<'a> From<&'a Features> for Tokens<'a> {
     fn from(features: &'a Features) -> Self {

@@ -11,8 +11,8 @@ use super::buffers::{
 };
 use super::context::GpuContext;
 use super::memory::{Ledger, Tracked};
-use super::plan::{plan, CallPlan, Device, Group, GroupPlan, InputPath, Source, Wants};
-use crate::compress::{Association, Options, Precision};
+use super::plan::{plan, CallPlan, Device, Group, GroupPlan, InputPath, Wants};
+use crate::compress::{Association, Options, Precision, Tokens};
 use crate::error::{Error, Result};
 use crate::kernels::ingest::Ingest;
 use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
@@ -420,7 +420,7 @@ impl GpuEngine {
                 for (start, count) in group_plan.chunks() {
                     let mut uploaded = None;
                     let input = match (&group.source, group_plan.input) {
-                        (Source::Host(host), _) => {
+                        (Tokens::Host(host), _) => {
                             let size = group_plan.tokens * group_plan.width;
                             let bytes = host.values().encoded(
                                 start * size..(start + count) * size,
@@ -430,7 +430,7 @@ impl GpuEngine {
                                 uploaded.insert(storage_with(ledger, device, "features", &bytes)),
                             )
                         }
-                        (Source::Gpu(gpu), InputPath::Direct) => {
+                        (Tokens::Gpu(gpu), InputPath::Direct) => {
                             let image = (group_plan.tokens * group_plan.width * e) as u64;
                             Slice {
                                 buffer: gpu.buffer,
@@ -438,7 +438,7 @@ impl GpuEngine {
                                 size: Some(count as u64 * image),
                             }
                         }
-                        (Source::Gpu(gpu), _) => {
+                        (Tokens::Gpu(gpu), _) => {
                             let ingested = buffers.ingested.as_ref().expect("ingest buffer");
                             self.encode_ingest(
                                 &mut passes,

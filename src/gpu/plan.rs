@@ -4,37 +4,18 @@
 
 use super::buffers::padded_size;
 use super::resident::GpuTokens;
+use crate::compress::Tokens;
 use crate::compress::{Association, KernelVariant, Precision};
 use crate::error::{Error, Result};
 use crate::kernels::position::Sample;
 use crate::kernels::MAX_GROUPS_PER_DIMENSION;
 use crate::layout::{Layout, Queries};
-use crate::tensor::HostTokens;
-
-/// Where the tokens of a group come from.
-#[derive(Clone, Copy, Debug)]
-pub enum Source<'a> {
-    /// Host memory: uploaded chunk by chunk.
-    Host(HostTokens<'a>),
-    /// A buffer on the device.
-    Gpu(GpuTokens<'a>),
-}
-
-impl Source<'_> {
-    /// Images, tokens per image and token width.
-    pub fn shape(&self) -> (usize, usize, usize) {
-        match self {
-            Source::Host(tokens) => (tokens.batch(), tokens.tokens(), tokens.width()),
-            Source::Gpu(tokens) => (tokens.batch, tokens.tokens, tokens.width),
-        }
-    }
-}
 
 /// Images that share one layout: the unit the kernels run on.
 #[derive(Clone, Copy, Debug)]
 pub struct Group<'a> {
     /// Their tokens.
-    pub source: Source<'a>,
+    pub source: Tokens<'a>,
     /// Their layout.
     pub layout: &'a Layout,
     /// The query grids of the layout at the call's keep fraction.
@@ -187,7 +168,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
     for group in groups {
         let (batch, n, d) = group.source.shape();
         let m = group.queries.count;
-        if let Source::Gpu(tokens) = &group.source {
+        if let Tokens::Gpu(tokens) = &group.source {
             check_gpu_source(tokens, d)?;
         }
         if [batch * n * d, batch * m * n, batch * m * d.max(c)]
@@ -252,8 +233,8 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
         };
         let mut chunk = even(chunk.max(1) as usize)?;
         let input = match &group.source {
-            Source::Host(_) => InputPath::Upload,
-            Source::Gpu(tokens) => {
+            Tokens::Host(_) => InputPath::Upload,
+            Tokens::Gpu(tokens) => {
                 let image = (n * d * e) as u64;
                 let aligned_chunks = chunk >= batch || (chunk as u64 * image).is_multiple_of(align);
                 if tokens.dtype == elem_dtype
