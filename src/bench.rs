@@ -229,6 +229,9 @@ pub struct WorkloadReport {
     pub channels: usize,
     /// Queries per image.
     pub queries: usize,
+    /// GPU memory the compressor holds (its weights) and what one tuned call allocates, in
+    /// bytes (both 0 on the CPU path).
+    pub memory: (u64, u64),
     /// Each variant that ran, the tuned (or CPU) one first.
     pub variants: Vec<VariantReport>,
 }
@@ -364,10 +367,19 @@ pub fn run(
                 .name();
             variant_reports.push(summarise(name, association, &profiles));
         }
+        let call_bytes = compressor.call_bytes(
+            &[((&features).into(), &layout)],
+            &Options {
+                keep: config.keep,
+                profile: true,
+                ..Options::default()
+            },
+        )?;
         reports.push(WorkloadReport {
             workload: *workload,
             channels,
             queries: m,
+            memory: (compressor.held_bytes(), call_bytes),
             variants: variant_reports,
         });
     }
@@ -464,6 +476,8 @@ impl BenchReport {
                     "width": w.workload.width,
                     "channels": w.channels,
                     "queries": w.queries,
+                    "held_bytes": w.memory.0,
+                    "call_bytes": w.memory.1,
                     "speedup_over_naive": w.speedup(),
                     "variants": w.variants.iter().map(|v| json!({
                         "variant": v.variant,
@@ -520,6 +534,13 @@ impl BenchReport {
                 self.config.runs,
                 self.config.warmup
             ));
+            if w.memory != (0, 0) {
+                text.push_str(&format!(
+                    "  GPU memory: {:.1} MB held (weights), {:.1} MB allocated by a call\n",
+                    w.memory.0 as f64 / 1e6,
+                    w.memory.1 as f64 / 1e6
+                ));
+            }
             for v in &w.variants {
                 text.push_str(&format!(
                     "  {} (scores via {}; clock {})\n",

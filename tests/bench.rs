@@ -75,14 +75,19 @@ fn check_variant(variant: &Value, expected_steps: &[&str]) {
 #[test]
 fn bench_on_the_gpu_reports_tuned_and_naive_as_json() {
     let Some(context) = gpu() else { return };
-    let report = bench_json(&["--backend", &context.adapter.backend]);
+    let report = bench_json(&["--backend", &context.adapter.backend, "--batch", "2"]);
     assert_eq!(report["device"]["name"], context.adapter.name.as_str());
+    assert_eq!(report["batch"], 2);
     assert!(!report["device"]["vendor"].as_str().unwrap().is_empty());
     assert_eq!(report["runs"], 3);
     assert_eq!(report["precision"], "f32");
     let workload = &report["workloads"][0];
     assert_eq!(workload["workload"], "tiny");
     assert_eq!(workload["tokens"], 93);
+    // The footprint: weights held (w_q and w_k, 75 x 75 f32 each: d_c is d when d < 256; the
+    // 24 x 24 x 75 table) and a call's buffers, at least the two images' features.
+    assert_eq!(workload["held_bytes"], 4 * (2 * 75 * 75 + 24 * 24 * 75));
+    assert!(workload["call_bytes"].as_u64().unwrap() > 2 * 93 * 75 * 4);
     let variants = workload["variants"].as_array().unwrap();
     assert_eq!(variants.len(), 2);
     assert_eq!(variants[0]["variant"], "tuned");
@@ -110,6 +115,7 @@ fn bench_on_the_cpu_path_reports_one_step() {
     assert_eq!(variants[0]["clock"], "host-clock-per-call");
     check_variant(&variants[0], &["forward"]);
     assert!(report["workloads"][0]["speedup_over_naive"].is_null());
+    assert_eq!(report["workloads"][0]["call_bytes"], 0);
 }
 
 #[test]

@@ -596,3 +596,29 @@ fn a_batch_of_sixteen_llava_next_images_in_f32_passes_the_binding_limit_in_chunk
         assert_reference(&alone, &one, &weights, &layout, &options, 1e-4, &what);
     }
 }
+
+#[test]
+fn a_buffer_from_another_device_is_a_gpu_error_not_a_panic() {
+    let Some(context) = gpu() else { return };
+    let (_, mut rng) = seeded("other_device");
+    let (n, d) = (16, 7);
+    let weights = weights(&mut rng, d, 3, None);
+    let layout = Layout::square(n).unwrap();
+    let compressor = Compressor::on_context(weights, context.clone(), Precision::F32).unwrap();
+    let other =
+        GpuContext::open(metacompress::gpu::GpuApi::Any, Some(&context.adapter.name)).unwrap();
+    let features = features(&mut rng, 1, n, d);
+    let foreign = device_buffer(&other, bytemuck::cast_slice(features.values()));
+    let error = compressor
+        .compress_on_gpu(
+            GpuTokens::new(&foreign, Dtype::F32, 1, n, d),
+            &layout,
+            &Options::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(error, Error::Gpu(_)), "{error}");
+    // The compressor goes on working.
+    compressor
+        .compress(&features, &layout, &Options::default())
+        .unwrap();
+}
