@@ -80,18 +80,7 @@ pub struct Features {
 impl Features {
     /// Checked features: `values.len() == batch * tokens * width`, all finite, no zero size.
     pub fn new(batch: usize, tokens: usize, width: usize, values: Vec<f32>) -> Result<Self> {
-        if batch == 0 || tokens == 0 || width == 0 {
-            return Err(Error::InvalidTensor(format!(
-                "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
-            )));
-        }
-        let expected = batch.checked_mul(tokens).and_then(|v| v.checked_mul(width));
-        if expected != Some(values.len()) {
-            return Err(Error::InvalidTensor(format!(
-                "features hold {} values; expected {batch} x {tokens} x {width}",
-                values.len()
-            )));
-        }
+        check_shape(batch, tokens, width, values.len())?;
         check_finite("features", &[batch, tokens, width], &values)?;
         Ok(Features {
             batch,
@@ -217,18 +206,7 @@ impl<'a> HostTokens<'a> {
         width: usize,
     ) -> Result<Self> {
         let values = values.into();
-        if batch == 0 || tokens == 0 || width == 0 {
-            return Err(Error::InvalidTensor(format!(
-                "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
-            )));
-        }
-        let expected = batch.checked_mul(tokens).and_then(|v| v.checked_mul(width));
-        if expected != Some(values.len()) {
-            return Err(Error::InvalidTensor(format!(
-                "features hold {} values; expected {batch} x {tokens} x {width}",
-                values.len()
-            )));
-        }
+        check_shape(batch, tokens, width, values.len())?;
         if let HostValues::F32(values) = values {
             check_finite("features", &[batch, tokens, width], values)?;
         } else {
@@ -294,6 +272,22 @@ impl<'a> From<&'a Features> for HostTokens<'a> {
             width: features.width,
         }
     }
+}
+
+/// Refuses an empty shape, or a value count that is not `batch x tokens x width`.
+fn check_shape(batch: usize, tokens: usize, width: usize, count: usize) -> Result<()> {
+    if batch == 0 || tokens == 0 || width == 0 {
+        return Err(Error::InvalidTensor(format!(
+            "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
+        )));
+    }
+    let expected = batch.checked_mul(tokens).and_then(|v| v.checked_mul(width));
+    if expected != Some(count) {
+        return Err(Error::InvalidTensor(format!(
+            "features hold {count} values; expected {batch} x {tokens} x {width}"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a NaN or infinity, naming the tensor and the index of the first one.

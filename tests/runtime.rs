@@ -77,6 +77,19 @@ fn odd(rng: &mut ChaCha8Rng, range: std::ops::Range<usize>) -> usize {
     rng.random_range(range) | 1
 }
 
+/// `batch` random images on one square grid of odd side, odd width, 6 channels.
+fn square_case(
+    rng: &mut ChaCha8Rng,
+    batch: usize,
+    table: (usize, usize),
+) -> (usize, usize, PMeta, Features, Layout) {
+    let (side, d) = (odd(rng, 5..9), odd(rng, 9..21));
+    let n = side * side;
+    let weights = weights(rng, d, 6, Some(table));
+    let features = features(rng, batch, n, d);
+    (n, d, weights, features, Layout::square(n).unwrap())
+}
+
 #[test]
 fn compressor_is_send_and_sync() {
     fn shared<T: Send + Sync>() {}
@@ -88,11 +101,8 @@ fn compressor_is_send_and_sync() {
 fn gpu_resident_calls_give_the_tokens_of_host_calls() {
     let Some(context) = gpu() else { return };
     let (seed, mut rng) = seeded("gpu_resident");
-    let (batch, side, d) = (3, odd(&mut rng, 5..9), odd(&mut rng, 9..21));
-    let n = side * side;
-    let weights = weights(&mut rng, d, 6, Some((4, 5)));
-    let features = features(&mut rng, batch, n, d);
-    let layout = Layout::square(n).unwrap();
+    let batch = 3;
+    let (n, d, weights, features, layout) = square_case(&mut rng, batch, (4, 5));
     let options = checked(0.3);
     let mut precisions = vec![Precision::F32];
     if context.has_f16() {
@@ -202,11 +212,8 @@ fn host_tokens_in_f16_and_bf16_are_compressed_as_their_values() {
 fn chunked_calls_give_the_tokens_of_unchunked_ones() {
     let Some(context) = gpu() else { return };
     let (seed, mut rng) = seeded("chunked");
-    let (batch, side, d) = (5, odd(&mut rng, 5..9), odd(&mut rng, 9..21));
-    let n = side * side;
-    let weights = weights(&mut rng, d, 6, Some((3, 3)));
-    let features = features(&mut rng, batch, n, d);
-    let layout = Layout::square(n).unwrap();
+    let batch = 5;
+    let (n, d, weights, features, layout) = square_case(&mut rng, batch, (3, 3));
     let whole = checked(0.3);
     let compressor =
         Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();

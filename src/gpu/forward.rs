@@ -723,9 +723,10 @@ impl GpuEngine {
         );
         // Steps 4 and 5 in the chosen association.
         let scores = Slice::whole(&buffers.scores);
-        match &products.path {
+        let before_scores = Slice::whole(&buffers.before_scores);
+        let (scores_lhs, scores_rhs) = match &products.path {
+            // K = Xp w_k, then S = Q' K^T.
             ScoresPath::Keys(keys) => {
-                // K = Xp w_k, then S = Q' K^T.
                 k.keys.encode(
                     passes,
                     product_step("keys", keys, (e, e, e)),
@@ -733,20 +734,12 @@ impl GpuEngine {
                     keys,
                     positioned,
                     Slice::whole(&w.w_k),
-                    Slice::whole(&buffers.before_scores),
+                    before_scores,
                 );
-                k.scores.encode(
-                    passes,
-                    product_step("scores", &products.scores, (4, e, 4)),
-                    matmul,
-                    &products.scores,
-                    Slice::whole(&buffers.query),
-                    Slice::whole(&buffers.before_scores),
-                    scores,
-                );
+                (Slice::whole(&buffers.query), before_scores)
             }
+            // Q'' = Q' w_k^T, then S = Q'' Xp^T.
             ScoresPath::Folded(folded) => {
-                // Q'' = Q' w_k^T, then S = Q'' Xp^T.
                 k.scores.encode(
                     passes,
                     product_step("fold_w_k", folded, (4, e, 4)),
@@ -754,19 +747,20 @@ impl GpuEngine {
                     folded,
                     Slice::whole(&buffers.query),
                     Slice::whole(&w.w_k),
-                    Slice::whole(&buffers.before_scores),
+                    before_scores,
                 );
-                k.scores.encode(
-                    passes,
-                    product_step("scores", &products.scores, (4, e, 4)),
-                    matmul,
-                    &products.scores,
-                    Slice::whole(&buffers.before_scores),
-                    positioned,
-                    scores,
-                );
+                (before_scores, positioned)
             }
-        }
+        };
+        k.scores.encode(
+            passes,
+            product_step("scores", &products.scores, (4, e, 4)),
+            matmul,
+            &products.scores,
+            scores_lhs,
+            scores_rhs,
+            scores,
+        );
         // Step 6: P = softmax(S) in place, zeros outside each query's key range.
         let step = Step {
             name: "softmax",
