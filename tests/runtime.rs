@@ -629,3 +629,30 @@ fn a_buffer_from_another_device_is_a_gpu_error_not_a_panic() {
         .compress(&features, &layout, &Options::default())
         .unwrap();
 }
+
+#[test]
+fn a_safetensors_file_is_compressed_on_the_layout_of_its_metadata() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("file_input");
+    let d = odd(&mut rng, 9..21);
+    let weights = weights(&mut rng, d, 6, Some((4, 4)));
+    let (features, layout) = mixed_groups(&mut rng, d).swap_remove(1);
+    let folder = std::env::temp_dir().join(format!("metacompress-runtime-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("anyres.safetensors");
+    metacompress::files::write_input(&path, &features, true, Dtype::BF16, Some(&layout.to_json()))
+        .unwrap();
+    let compressor = Compressor::on_context(weights, context, Precision::F32).unwrap();
+    let options = checked(0.25);
+    let from_file = compressor.compress_file(&path, &options).unwrap();
+    // The file holds bf16: the same values widened, on the layout of its metadata.
+    let widened: Vec<f32> = features
+        .values()
+        .iter()
+        .map(|&x| bf16::from_f32(x).to_f32())
+        .collect();
+    let widened = Features::new(features.batch(), features.tokens(), d, widened).unwrap();
+    let expected = compressor.compress(&widened, &layout, &options).unwrap();
+    assert_same(&from_file, &expected, &format!("seed {seed}: file"));
+    std::fs::remove_dir_all(&folder).unwrap();
+}
