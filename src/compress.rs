@@ -378,7 +378,12 @@ impl Compressor {
             Engine::Gpu(engine) => {
                 let plan_groups = plan_groups(groups, &queries);
                 let outputs = engine.run(&plan_groups, options)?;
-                Ok(assemble(groups, queries, outputs, options, started))
+                Ok(finish(
+                    group_shapes(groups, queries),
+                    outputs,
+                    options,
+                    started,
+                ))
             }
             _ => groups
                 .iter()
@@ -387,10 +392,7 @@ impl Compressor {
                     Tokens::Host(host) => {
                         self.compress_on_cpu(&host.to_features(), layout, queries, options)
                     }
-                    Tokens::Gpu(_) => Err(Error::Unsupported(format!(
-                        "GPU-resident tokens need a GPU backend; this compressor runs on {}",
-                        self.device()
-                    ))),
+                    Tokens::Gpu(_) => Err(self.needs_gpu()),
                 })
                 .collect(),
         }
@@ -413,18 +415,10 @@ impl Compressor {
         };
         let plan_groups = plan_groups(groups, &queries);
         let pending = engine.run_async(&plan_groups, options)?;
-        let shapes = groups
-            .iter()
-            .zip(queries)
-            .map(|((tokens, _), queries)| {
-                let (batch, n, d) = tokens.shape();
-                (batch, n, d, queries)
-            })
-            .collect();
         Ok(CompressFuture {
             state: FutureState::Gpu {
                 pending: Box::new(pending),
-                shapes,
+                shapes: group_shapes(groups, queries),
                 options: *options,
                 started,
             },
@@ -441,10 +435,7 @@ impl Compressor {
         options: &Options,
     ) -> Result<GpuCompressed> {
         let Engine::Gpu(engine) = &self.engine else {
-            return Err(Error::Unsupported(format!(
-                "GPU-resident tokens need a GPU backend; this compressor runs on {}",
-                self.device()
-            )));
+            return Err(self.needs_gpu());
         };
         let groups = [(Tokens::Gpu(tokens), layout)];
         let queries = self
@@ -472,25 +463,16 @@ impl Compressor {
                 "read_back is for outputs of compress_on_gpu".to_string(),
             ));
         };
-        let context = engine.context();
-        let read = |buffer: &wgpu::Buffer| -> Result<Vec<u8>> {
-            let staging =
-                crate::gpu::buffers::staging_for(engine.ledger(), &context.device, buffer);
-            let mut encoder = context.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, None);
-            context.queue.submit([encoder.finish()]);
-            crate::gpu::buffers::read_staging(&context.device, &staging)
-        };
         let m = output.queries.count;
         let (b, n, d) = (output.batch, output.input_tokens, output.width);
         let tokens = crate::gpu::buffers::elem_values(
-            &read(&output.tokens)?,
+            &engine.read_buffer(&output.tokens)?,
             self.precision.elem(),
             b * m * d,
         );
         let projection = match &output.projection {
             Some(buffer) => Some(crate::gpu::buffers::elem_values(
-                &read(buffer)?,
+                &engine.read_buffer(buffer)?,
                 Elem::F32,
                 b * m * n,
             )),
@@ -554,6 +536,14 @@ impl Compressor {
             Engine::Gpu(engine) => engine.context().lost(),
             _ => None,
         }
+    }
+
+    /// The error for GPU-resident tokens on a CPU backend.
+    fn needs_gpu(&self) -> Error {
+        Error::Unsupported(format!(
+            "GPU-resident tokens need a GPU backend; this compressor runs on {}",
+            self.device()
+        ))
     }
 
     /// Checks each group against the weights and its layout; the queries of each.
@@ -707,26 +697,23 @@ fn profile_of(
     }
 }
 
-/// One `Compressed` per group from the engine's outputs.
-fn assemble(
+/// Each group's images, tokens per image and width, with its queries: what a result needs
+/// besides the engine's outputs.
+fn group_shapes(
     groups: &[(Tokens, &Layout)],
     queries: Vec<Queries>,
-    outputs: Vec<GpuOutput>,
-    options: &Options,
-    started: std::time::Instant,
-) -> Vec<Compressed> {
-    let shapes = groups.iter().map(|(tokens, _)| tokens.shape());
-    finish(
-        shapes
-            .zip(queries)
-            .map(|((b, n, d), q)| (b, n, d, q))
-            .collect(),
-        outputs,
-        options,
-        started,
-    )
+) -> Vec<(usize, usize, usize, Queries)> {
+    groups
+        .iter()
+        .zip(queries)
+        .map(|((tokens, _), queries)| {
+            let (batch, n, d) = tokens.shape();
+            (batch, n, d, queries)
+        })
+        .collect()
 }
 
+/// One `Compressed` per group from the engine's outputs.
 fn finish(
     shapes: Vec<(usize, usize, usize, Queries)>,
     outputs: Vec<GpuOutput>,

@@ -297,11 +297,7 @@ impl GpuEngine {
             offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
             precision: self.precision,
             channels: self.weights.channels,
-            table: self
-                .weights
-                .table
-                .as_ref()
-                .map(|(_, h, w)| (*h as usize, *w as usize)),
+            table: self.weights.table.is_some(),
             budget: *self.budget.lock().expect("budget"),
         };
         let wants = Wants {
@@ -377,6 +373,17 @@ impl GpuEngine {
             submitted.projection.map(Tracked::release),
             submitted.index,
         ))
+    }
+
+    /// The bytes `buffer` (with `COPY_SRC`) holds, copied through a read-back buffer; waits
+    /// for the device.
+    pub fn read_buffer(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let device = &self.context.device;
+        let staging = staging_for(&self.ledger, device, buffer);
+        let mut encoder = device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, None);
+        self.context.queue.submit([encoder.finish()]);
+        read_staging(device, &staging)
     }
 
     /// Records every group and chunk of a call into one encoder and submits it.
@@ -460,7 +467,7 @@ impl GpuEngine {
                         &buffers,
                         options,
                     );
-                    if let (Some(tokens), false) = (&tokens, plan.single) {
+                    if let Some(tokens) = &tokens {
                         let per_image = group_plan.queries * group_plan.width;
                         passes.encoder.copy_buffer_to_buffer(
                             &buffers.tokens,
@@ -470,7 +477,7 @@ impl GpuEngine {
                             Some(((count * per_image * e) as u64).next_multiple_of(4)),
                         );
                     }
-                    if let (Some(projection), false) = (&projection, plan.single) {
+                    if let Some(projection) = &projection {
                         let per_image = group_plan.queries * group_plan.tokens;
                         passes.encoder.copy_buffer_to_buffer(
                             &buffers.scores,
@@ -483,15 +490,14 @@ impl GpuEngine {
                     // An upload is kept until the call is over.
                     keep.extend(uploaded);
                 }
+                let (chunk_tokens, chunk_scores, rest) = buffers.split();
+                keep.extend(rest);
                 if plan.single {
-                    tokens = Some(buffers.tokens);
-                    projection = options.save_projection.then_some(buffers.scores);
-                    keep.extend([buffers.query_grids, buffers.key_ranges, buffers.pooled]);
-                    keep.extend([buffers.query, buffers.before_scores]);
-                    keep.extend(buffers.samples.into_iter().chain(buffers.ingested));
-                    keep.extend(buffers.positioned);
+                    // The chunk's outputs are the call's.
+                    tokens = Some(chunk_tokens);
+                    projection = options.save_projection.then_some(chunk_scores);
                 } else {
-                    keep.extend(buffers.all());
+                    keep.extend([chunk_tokens, chunk_scores]);
                 }
             }
             let tokens = tokens.expect("a call has at least one group");
@@ -789,21 +795,20 @@ impl GpuEngine {
 }
 
 impl GroupBuffers {
-    /// Every buffer, to keep until the call is over.
-    fn all(self) -> Vec<Tracked> {
-        let mut all = vec![
+    /// The chunk's tokens and scores (the call's outputs when there is one chunk), and every
+    /// other buffer, to keep until the call is over.
+    fn split(self) -> (Tracked, Tracked, Vec<Tracked>) {
+        let mut rest = vec![
             self.query_grids,
             self.key_ranges,
             self.pooled,
             self.query,
             self.before_scores,
-            self.scores,
-            self.tokens,
         ];
-        all.extend(self.samples);
-        all.extend(self.ingested);
-        all.extend(self.positioned);
-        all
+        rest.extend(self.samples);
+        rest.extend(self.ingested);
+        rest.extend(self.positioned);
+        (self.tokens, self.scores, rest)
     }
 }
 

@@ -94,8 +94,8 @@ pub struct Device {
     pub precision: Precision,
     /// Projection width `d_c`.
     pub channels: usize,
-    /// Rows and columns of the position table, if any.
-    pub table: Option<(usize, usize)>,
+    /// Whether the weights have a position table (then `Xp` is a buffer of its own).
+    pub table: bool,
     /// Most bytes a call may allocate, if the application set a budget.
     pub budget: Option<u64>,
 }
@@ -113,10 +113,6 @@ pub struct Wants {
     pub association: Association,
     /// A binding limit lower than the device's, to force chunks (tests).
     pub binding_limit: Option<u64>,
-}
-
-fn too_large(message: String) -> Error {
-    Error::TooLarge(message)
 }
 
 /// Checks a GPU source against its buffer before anything is recorded.
@@ -175,13 +171,13 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             .iter()
             .any(|&count| count > u32::MAX as usize)
         {
-            return Err(too_large(format!(
+            return Err(Error::TooLarge(format!(
                 "a group of {batch} images of {n} x {d} passes the kernels' 32-bit indices; \
                  split it into smaller calls"
             )));
         }
         if n.max(d).max(m).max(c) > 8 * MAX_GROUPS_PER_DIMENSION as usize {
-            return Err(too_large(format!(
+            return Err(Error::TooLarge(format!(
                 "{n} tokens of width {d} pass the kernels' dispatch limit of {} rows or \
                  columns",
                 8 * MAX_GROUPS_PER_DIMENSION
@@ -209,7 +205,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
         let mut chunk = (batch as u64).min(MAX_GROUPS_PER_DIMENSION as u64);
         for (name, size) in &per_image {
             if *size > limit {
-                return Err(too_large(format!(
+                return Err(Error::TooLarge(format!(
                     "one image of {n} tokens x {d} needs {size} bytes for {name} in one \
                      storage binding; the device allows {limit} (the kernels do not split an \
                      image)"
@@ -223,7 +219,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             if chunk >= batch || (m * d * e).is_multiple_of(4) {
                 Ok(chunk)
             } else if chunk < 2 {
-                Err(too_large(format!(
+                Err(Error::TooLarge(format!(
                     "{m} x {d} f16 reduced tokens per image leave chunk copies unaligned and \
                      one binding holds a single image; use f32 or smaller calls"
                 )))
@@ -249,7 +245,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
                     let source_image = (n * d * tokens.dtype.size()) as u64;
                     let room = limit.saturating_sub(align + 4);
                     if source_image > room {
-                        return Err(too_large(format!(
+                        return Err(Error::TooLarge(format!(
                             "one image of {n} tokens x {d} {} needs {} bytes in one storage \
                              binding to be copied in; the device allows {limit}",
                             tokens.dtype.name(),
@@ -279,7 +275,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             InputPath::Ingest => padded(k * n * d, e),
             InputPath::Direct => 0,
         };
-        if let Some(_table) = device.table {
+        if device.table {
             bytes += padded(k * n * d, e) + padded(n * std::mem::size_of::<Sample>(), 1);
         }
         bytes += padded(group.layout.grids().len() * 8, 4) + padded(m * 2, 4);
@@ -317,7 +313,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
     }
     for (name, size) in [("reduced tokens", tokens_bytes), ("P", projection_bytes)] {
         if size > device.buffer_limit {
-            return Err(too_large(format!(
+            return Err(Error::TooLarge(format!(
                 "the call's {name} need a {size}-byte buffer; the device allows {} per buffer \
                  (split the batch)",
                 device.buffer_limit
@@ -326,7 +322,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
     }
     if let Some(budget) = device.budget {
         if bytes > budget {
-            return Err(too_large(format!(
+            return Err(Error::TooLarge(format!(
                 "the call needs {bytes} bytes of GPU memory; the compressor's budget is \
                  {budget} bytes"
             )));
