@@ -239,49 +239,22 @@ impl Compressor {
         adapter: Option<&str>,
         precision: Precision,
     ) -> Result<Self> {
-        // The CPU engines, with their names and arithmetic for the f16 refusal.
-        let cpu_engine = match backend {
-            Backend::Cpu => Some((Engine::Cpu, "cpu", "f32")),
-            Backend::Reference => Some((Engine::Reference, "reference", "float64")),
-            _ => None,
-        };
-        if let Some((engine, name, arithmetic)) = cpu_engine {
-            if precision != Precision::F32 {
-                return Err(Error::InvalidArgument(format!(
-                    "--precision {} is for GPU backends; the {name} backend computes in \
-                     {arithmetic} (use --precision f32)",
-                    precision.name(),
-                )));
+        let (opened, choice) = open_backend(backend, adapter, precision)?;
+        let engine = match opened {
+            Opened::Reference => Engine::Reference,
+            Opened::Cpu => Engine::Cpu,
+            Opened::Gpu(context) => {
+                let mut compressor = Compressor::on_context(weights, context, precision)?;
+                compressor.choice = choice;
+                return Ok(compressor);
             }
-            return Ok(Compressor {
-                weights,
-                precision,
-                engine,
-                choice: None,
-            });
-        }
-        let api = backend.api().expect("GPU backends have an API");
-        let context = GpuContext::open(api, adapter)?;
-        if backend == Backend::Auto
-            && adapter.is_none()
-            && precision == Precision::F32
-            && context.adapter.device_type == "cpu"
-        {
-            return Ok(Compressor {
-                weights,
-                precision,
-                engine: Engine::Cpu,
-                choice: Some(format!(
-                    "auto chose the cpu path: the only GPU adapter is software ({})",
-                    context.adapter.name
-                )),
-            });
-        }
-        let mut compressor = Compressor::on_context(weights, context, precision)?;
-        if backend == Backend::Auto {
-            compressor.choice = Some("auto chose the best GPU adapter".to_string());
-        }
-        Ok(compressor)
+        };
+        Ok(Compressor {
+            weights,
+            precision,
+            engine,
+            choice,
+        })
     }
 
     /// Prepares the weights at `precision` on a device already open (several compressors
@@ -317,6 +290,24 @@ impl Compressor {
                 )
             }
         }
+    }
+
+    /// The device the compressor runs on (`None` on a CPU backend).
+    pub fn context(&self) -> Option<&GpuContext> {
+        match &self.engine {
+            Engine::Gpu(engine) => Some(engine.context()),
+            _ => None,
+        }
+    }
+
+    /// Whether it runs the float64 reference.
+    pub(crate) fn is_reference(&self) -> bool {
+        matches!(self.engine, Engine::Reference)
+    }
+
+    /// The storage precision of its GPU buffers.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The weights.
@@ -628,6 +619,57 @@ impl Compressor {
             profile: profile_of(timings, options, call_seconds),
         })
     }
+}
+
+/// Where a backend choice lands: one of the CPU engines, or a device.
+pub(crate) enum Opened {
+    /// The float64 reference.
+    Reference,
+    /// The fast CPU path.
+    Cpu,
+    /// A GPU adapter's device.
+    Gpu(GpuContext),
+}
+
+/// Opens `backend` (an adapter whose name contains `adapter`, if given) for `precision`;
+/// with `Backend::Auto`, also why it chose what it chose. The CPU engines take f32 only.
+pub(crate) fn open_backend(
+    backend: Backend,
+    adapter: Option<&str>,
+    precision: Precision,
+) -> Result<(Opened, Option<String>)> {
+    // The CPU engines, with their names and arithmetic for the f16 refusal.
+    let cpu_engine = match backend {
+        Backend::Cpu => Some((Opened::Cpu, "cpu", "f32")),
+        Backend::Reference => Some((Opened::Reference, "reference", "float64")),
+        _ => None,
+    };
+    if let Some((opened, name, arithmetic)) = cpu_engine {
+        if precision != Precision::F32 {
+            return Err(Error::InvalidArgument(format!(
+                "--precision {} is for GPU backends; the {name} backend computes in \
+                 {arithmetic} (use --precision f32)",
+                precision.name(),
+            )));
+        }
+        return Ok((opened, None));
+    }
+    let api = backend.api().expect("GPU backends have an API");
+    let context = GpuContext::open(api, adapter)?;
+    if backend != Backend::Auto {
+        return Ok((Opened::Gpu(context), None));
+    }
+    if adapter.is_none() && precision == Precision::F32 && context.adapter.device_type == "cpu" {
+        let choice = format!(
+            "auto chose the cpu path: the only GPU adapter is software ({})",
+            context.adapter.name
+        );
+        return Ok((Opened::Cpu, Some(choice)));
+    }
+    Ok((
+        Opened::Gpu(context),
+        Some("auto chose the best GPU adapter".to_string()),
+    ))
 }
 
 /// The tokens of one group of images (`batch x tokens x width`, sharing a layout): in host

@@ -11,7 +11,7 @@ use crate::weights::PMeta;
 
 /// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * column_stride]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(crate) struct View<'a> {
     data: &'a [f32],
     rows: usize,
     columns: usize,
@@ -20,7 +20,7 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    fn row_major(data: &'a [f32], rows: usize, columns: usize) -> Self {
+    pub(crate) fn row_major(data: &'a [f32], rows: usize, columns: usize) -> Self {
         View {
             data,
             rows,
@@ -30,7 +30,7 @@ impl<'a> View<'a> {
         }
     }
 
-    fn transposed(self) -> Self {
+    pub(crate) fn transposed(self) -> Self {
         View {
             rows: self.columns,
             columns: self.rows,
@@ -46,7 +46,7 @@ impl<'a> View<'a> {
 }
 
 /// `out = a b` with `out` row-major `a.rows x b.columns` (overwritten).
-fn multiply(a: View, b: View, out: &mut [f32]) {
+pub(crate) fn multiply(a: View, b: View, out: &mut [f32]) {
     assert_eq!(a.columns, b.rows, "inner sizes differ");
     assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len());
     assert_eq!(out.len(), a.rows * b.columns);

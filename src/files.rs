@@ -9,6 +9,7 @@ use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::layout::{parse_grids_json, Grid};
+use crate::methods::check_attention;
 use crate::tensor::{decode, encode, Dtype, Features};
 use crate::weights::{PMeta, PositionTable};
 
@@ -93,6 +94,9 @@ pub struct Input {
     pub batched: bool,
     /// The `grids` metadata, if present.
     pub grids: Option<Vec<Grid>>,
+    /// The optional tensor `attention` (`n`, or `b x n`): the vision tower's [CLS] attention
+    /// over the tokens, finite and non-negative, as `b x n` values.
+    pub attention: Option<Vec<f32>>,
 }
 
 /// Reads an input file (tensor `features`, `n x d` or `b x n x d`).
@@ -120,11 +124,32 @@ pub fn read_input(path: &Path) -> Result<Input> {
         Some(text) => Some(parse_grids_json(text)?),
         None => None,
     };
+    let attention = match tensor_values(path, &file, "attention")? {
+        None => None,
+        Some(FileTensor { shape, values, .. }) => {
+            let expected: &[usize] = if batched {
+                &[batch, tokens]
+            } else {
+                &[tokens]
+            };
+            if shape != expected {
+                return Err(Error::InvalidTensor(format!(
+                    "{}: tensor attention has shape {shape:?}; expected {expected:?} (one value \
+                     per token of the features)",
+                    path.display()
+                )));
+            }
+            check_attention(&values, batch, tokens)
+                .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
+            Some(values)
+        }
+    };
     Ok(Input {
         features,
         dtype,
         batched,
         grids,
+        attention,
     })
 }
 
@@ -132,6 +157,24 @@ fn file_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
     let (_, metadata) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::Format(format!("{}: {e}", path.display())))?;
     Ok(metadata.metadata().clone().unwrap_or_default())
+}
+
+/// Reads a probes file for `compare`: tensor `probes` (`q x d`), query vectors to attend
+/// over the tokens with.
+pub fn read_probes(path: &Path, width: usize) -> Result<Vec<f32>> {
+    let bytes = read_file(path)?;
+    let file = parse(path, &bytes)?;
+    let FileTensor { shape, values, .. } = required(path, &file, "probes")?;
+    if shape.len() != 2 || shape[0] == 0 || shape[1] != width {
+        return Err(Error::InvalidTensor(format!(
+            "{}: tensor probes has shape {shape:?}; expected [q, {width}] with q >= 1 (the \
+             features' width)",
+            path.display()
+        )));
+    }
+    crate::tensor::check_finite("probes", &shape, &values)
+        .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
+    Ok(values)
 }
 
 /// Reads a weights file (`w_q`, `w_k`, `omega`, optional `pos_embed`).
@@ -294,31 +337,38 @@ pub fn write_weights(path: &Path, weights: &PMeta) -> Result<()> {
 }
 
 /// Writes an input file: `features` (`n x d`, or `b x n x d` when `batched`) in `dtype`, with
-/// the layout's `grids` metadata when given.
+/// the layout's `grids` metadata and the `attention` tensor (`b x n` values) when given.
 pub fn write_input(
     path: &Path,
     features: &Features,
     batched: bool,
     dtype: Dtype,
     grids: Option<&str>,
+    attention: Option<&[f32]>,
 ) -> Result<()> {
-    let shape = if batched {
-        vec![features.batch(), features.tokens(), features.width()]
+    let (b, n, d) = (features.batch(), features.tokens(), features.width());
+    let (shape, attention_shape) = if batched {
+        (vec![b, n, d], vec![b, n])
     } else {
-        vec![features.tokens(), features.width()]
+        (vec![n, d], vec![n])
     };
     let metadata: Vec<(&str, String)> = grids
         .map(|g| ("grids", g.to_string()))
         .into_iter()
         .collect();
-    write_tensors(
-        path,
-        &[TensorOut {
-            name: "features",
-            shape,
-            values: features.values(),
-            dtype,
-        }],
-        &metadata,
-    )
+    let mut tensors = vec![TensorOut {
+        name: "features",
+        shape,
+        values: features.values(),
+        dtype,
+    }];
+    if let Some(attention) = attention {
+        tensors.push(TensorOut {
+            name: "attention",
+            shape: attention_shape,
+            values: attention,
+            dtype: Dtype::F32,
+        });
+    }
+    write_tensors(path, &tensors, &metadata)
 }

@@ -30,6 +30,7 @@ pub mod files;
 pub mod gpu;
 pub mod kernels;
 pub mod layout;
+pub mod methods;
 pub mod profile;
 pub mod reference;
 pub mod shaders;

@@ -95,6 +95,7 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
         true,
         Dtype::BF16,
         Some(&layout.to_json()),
+        None,
     )
     .unwrap();
     // What the program reads: the features rounded to bf16.
@@ -267,7 +268,7 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
     let (_, mut rng) = seeded("bad_input");
     let good = features(&mut rng, 1, 9, 13);
     let good_input = dir.join("good.safetensors");
-    files::write_input(&good_input, &good, false, Dtype::F32, None).unwrap();
+    files::write_input(&good_input, &good, false, Dtype::F32, None, None).unwrap();
 
     let make = |name: &str, shape: Vec<usize>, values: Vec<f32>, grids: Option<&str>| {
         let file = dir.join(name);

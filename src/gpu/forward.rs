@@ -73,7 +73,7 @@ pub struct GpuOutput {
 
 /// Runs `work` inside validation and out-of-memory error scopes (this thread's) and turns
 /// what they catch into an error.
-fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> T) -> Result<T> {
+pub(crate) fn scoped<T>(device: &wgpu::Device, what: &str, work: impl FnOnce() -> T) -> Result<T> {
     let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let value = work();

@@ -5,6 +5,7 @@ pub mod context;
 pub mod forward;
 pub mod memory;
 pub mod plan;
+pub mod reduction;
 pub mod resident;
 
 pub use context::{list_adapters, AdapterReport, GpuApi, GpuContext};

@@ -1,0 +1,143 @@
+//! `Y = P X` for a projection made on the host (the methods of `crate::methods` other than
+//! `metacompress`): the forward pass's own reduction kernel, on a device with no weights.
+
+use std::sync::Arc;
+
+use super::buffers::{elem_bytes, elem_values, padded_size, read_staging, staging_for};
+use super::buffers::{storage_output, storage_with};
+use super::forward::scoped;
+use super::memory::Ledger;
+use super::GpuContext;
+use crate::compress::Precision;
+use crate::error::{Error, Result};
+use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
+use crate::kernels::{Passes, Slice, Step};
+use crate::shaders::KernelSources;
+use crate::tensor::Features;
+
+/// The reduction kernel on one device, at one storage precision.
+pub struct GpuReduction {
+    context: GpuContext,
+    precision: Precision,
+    matmul: Matmul,
+    ledger: Arc<Ledger>,
+}
+
+impl GpuReduction {
+    /// Builds the kernel (`P` f32, `X` and `Y` in the precision's element type).
+    pub fn new(context: GpuContext, precision: Precision) -> Result<Self> {
+        context.check_alive()?;
+        if precision == Precision::F16 && !context.has_f16() {
+            return Err(Error::Unsupported(format!(
+                "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
+                 use --precision f32",
+                context.adapter.name
+            )));
+        }
+        let source = KernelSources::for_precision(precision).reduction;
+        let matmul = scoped(&context.device, "building the reduction kernel", || {
+            Matmul::new(&context.device, &source)
+        })?;
+        Ok(GpuReduction {
+            context,
+            precision,
+            matmul,
+            ledger: Ledger::new(),
+        })
+    }
+
+    /// The context the kernel runs on.
+    pub fn context(&self) -> &GpuContext {
+        &self.context
+    }
+
+    /// `Y` (`b x m x d`, widened to f32) for `projection` (`b x m x n`) and `features`.
+    /// Images go in chunks whose `X`, `P` and `Y` each fit one storage binding; an image
+    /// that alone passes it is refused before any device work.
+    pub fn reduce(&self, features: &Features, projection: &[f32], poison: bool) -> Result<Vec<f32>> {
+        self.context.check_alive()?;
+        let (b, n, d) = (features.batch(), features.tokens(), features.width());
+        let m = projection.len() / (b * n);
+        debug_assert_eq!(projection.len(), b * m * n);
+        let e = self.precision.size();
+        let limit = self.context.binding_limit();
+        let per_image = [
+            ("features", (n * d * e) as u64),
+            ("projection", (m * n * 4) as u64),
+            ("reduced tokens", (m * d * e) as u64),
+        ];
+        let mut chunk = b;
+        for (name, bytes) in per_image {
+            if bytes > limit {
+                return Err(Error::TooLarge(format!(
+                    "one image's {name} need {bytes} bytes in one storage binding; adapter {} \
+                     allows {limit}",
+                    self.context.adapter.name
+                )));
+            }
+            chunk = chunk.min((limit / bytes.max(1)) as usize);
+        }
+        let device = &self.context.device;
+        let elem = self.precision.elem();
+        let mut tokens = Vec::with_capacity(b * m * d);
+        for start in (0..b).step_by(chunk) {
+            let count = chunk.min(b - start);
+            let staging = scoped(device, "the reduction", || {
+                let x = storage_with(
+                    &self.ledger,
+                    device,
+                    "features",
+                    &elem_bytes(&features.values()[start * n * d..][..count * n * d], elem),
+                );
+                let p = storage_with(
+                    &self.ledger,
+                    device,
+                    "projection",
+                    bytemuck::cast_slice(&projection[start * m * n..][..count * m * n]),
+                );
+                let y = storage_output(
+                    &self.ledger,
+                    device,
+                    "reduced tokens",
+                    padded_size(count * m * d, e),
+                    wgpu::BufferUsages::empty(),
+                    poison,
+                );
+                let product = Product {
+                    batch: count as u32,
+                    rows: m as u32,
+                    columns: d as u32,
+                    inner: n as u32,
+                    lhs_per_image: true,
+                    rhs_per_image: true,
+                    rhs_transposed: false,
+                };
+                let step = Step {
+                    name: "reduce",
+                    flops: product.flops(),
+                    bytes: product.bytes(4, e, e),
+                };
+                let mut passes = Passes::new(device, &self.context.queue, &self.ledger, false);
+                self.matmul.encode(
+                    &mut passes,
+                    step,
+                    MatmulVariant::Tiled,
+                    &product,
+                    Slice::whole(&p),
+                    Slice::whole(&x),
+                    Slice::whole(&y),
+                );
+                let (mut encoder, _, parameters) = passes.finish();
+                let staging = staging_for(&self.ledger, device, &y);
+                encoder.copy_buffer_to_buffer(&y, 0, &staging, 0, None);
+                self.context.queue.submit([encoder.finish()]);
+                drop(parameters);
+                staging
+            })?;
+            let bytes = read_staging(device, &staging)?;
+            tokens.extend(elem_values(&bytes, elem, count * m * d));
+            self.context.check_alive()?;
+        }
+        Ok(tokens)
+    }
+}

@@ -1,0 +1,387 @@
+//! Every token-reduction method as a compression projection `P` (issue 5): MetaCompress and
+//! the heuristic baselines it generalises. Each method builds its `P` (`m x n` per image,
+//! with the same query grids, hence the same `m`, as `metacompress` at the same keep) and
+//! the reduced tokens are `Y = P X` through the same reduction kernel, on the GPU or the CPU
+//! path. The baselines build `P` on the host, grid by grid: their rows only weigh tokens of
+//! their own grid, and loose tokens get no weight.
+
+mod attention;
+mod divprune;
+mod grid;
+mod similarity;
+mod tome;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::compress::{open_backend, Opened};
+use crate::error::{Error, Result};
+use crate::gpu::reduction::GpuReduction;
+use crate::layout::{Layout, Queries, QueryGrid};
+use crate::tensor::{check_finite, Features};
+use crate::{reference, Backend, Compressed, Compressor, Options, PMeta, Precision};
+
+pub use attention::{prumerge_kept, quantile};
+pub use grid::sample_cell;
+
+/// One row of `P` as `(token, weight)` pairs (every other entry is 0).
+pub type Row = Vec<(usize, f32)>;
+
+/// A token-reduction method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Method {
+    /// P_meta (SPEC section 4): needs weights.
+    #[value(name = "metacompress")]
+    MetaCompress,
+    /// Adaptive average pooling over each grid.
+    Pool,
+    /// Equidistant sampling: the centre cell of each pooling window.
+    Sample,
+    /// A uniformly random subset of each grid's tokens (from `--seed`).
+    Random,
+    /// Bipartite soft matching (Token Merging) until `m` tokens remain.
+    Tome,
+    /// Greedy max-min diversity (DivPrune).
+    #[value(name = "divprune")]
+    DivPrune,
+    /// The most attended tokens plus contextual merges (VisionZip): needs `attention`.
+    #[value(name = "visionzip")]
+    VisionZip,
+    /// Attention outliers, the rest merged into them (LLaVA-PruMerge): needs `attention`.
+    #[value(name = "prumerge")]
+    PruMerge,
+}
+
+impl Method {
+    /// Every method, in the order tables list them.
+    pub const ALL: [Method; 8] = [
+        Method::MetaCompress,
+        Method::Pool,
+        Method::Sample,
+        Method::Random,
+        Method::Tome,
+        Method::DivPrune,
+        Method::VisionZip,
+        Method::PruMerge,
+    ];
+
+    /// The name on the command line and in output metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::MetaCompress => "metacompress",
+            Method::Pool => "pool",
+            Method::Sample => "sample",
+            Method::Random => "random",
+            Method::Tome => "tome",
+            Method::DivPrune => "divprune",
+            Method::VisionZip => "visionzip",
+            Method::PruMerge => "prumerge",
+        }
+    }
+
+    /// Whether the method needs P_meta weights.
+    pub fn needs_weights(self) -> bool {
+        self == Method::MetaCompress
+    }
+
+    /// Whether the method needs the vision tower's attention over the tokens.
+    pub fn needs_attention(self) -> bool {
+        matches!(self, Method::VisionZip | Method::PruMerge)
+    }
+
+    /// Whether every row of its `P` is one-hot (pruning) rather than spread (merging).
+    pub fn prunes(self) -> bool {
+        matches!(self, Method::Sample | Method::Random | Method::DivPrune)
+    }
+
+    /// Why the method cannot run without what is missing, or `Ok` when it can.
+    pub fn check_inputs(self, has_weights: bool, has_attention: bool) -> Result<()> {
+        if self.needs_weights() && !has_weights {
+            return Err(Error::InvalidArgument(format!(
+                "method {} needs P_meta weights; pass --weights W.safetensors",
+                self.name()
+            )));
+        }
+        if self.needs_attention() && !has_attention {
+            return Err(Error::InvalidArgument(format!(
+                "method {} needs the vision tower's [CLS] attention over the tokens; add a \
+                 tensor `attention` (n, or b x n, non-negative) to the input file",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses an attention tensor that is not `batch x tokens` finite, non-negative values.
+pub fn check_attention(values: &[f32], batch: usize, tokens: usize) -> Result<()> {
+    if values.len() != batch * tokens {
+        return Err(Error::InvalidTensor(format!(
+            "attention holds {} values; expected one per token, {batch} x {tokens} = {}",
+            values.len(),
+            batch * tokens
+        )));
+    }
+    check_finite("attention", &[batch, tokens], values)?;
+    if let Some(index) = values.iter().position(|v| *v < 0.0) {
+        return Err(Error::InvalidTensor(format!(
+            "attention[{}, {}] is {}; expected non-negative values",
+            index / tokens,
+            index % tokens,
+            values[index]
+        )));
+    }
+    Ok(())
+}
+
+/// The rows of one grid under a method that needs no weights.
+fn grid_rows(
+    method: Method,
+    image: &[f32],
+    width: usize,
+    attention: Option<&[f32]>,
+    query_grid: &QueryGrid,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Row>> {
+    let attention = || {
+        attention.ok_or_else(|| {
+            method
+                .check_inputs(true, false)
+                .expect_err("the method needs attention")
+        })
+    };
+    Ok(match method {
+        Method::MetaCompress => {
+            return Err(Error::InvalidArgument(
+                "metacompress builds P from its weights: use Compressor".to_string(),
+            ))
+        }
+        Method::Pool => grid::pool(query_grid),
+        Method::Sample => grid::sample_rows(query_grid),
+        Method::Random => grid::random(query_grid, rng),
+        Method::Tome => tome::tome(image, width, query_grid),
+        Method::DivPrune => divprune::divprune(image, width, query_grid),
+        Method::VisionZip => attention::visionzip(image, width, attention()?, query_grid),
+        Method::PruMerge => attention::prumerge(image, width, attention()?, query_grid),
+    })
+}
+
+/// `P` (`m x n`, row-major) of one image (`n x width`) under a method that needs no weights;
+/// `attention` is the image's (`n`) where the method reads it; `rng` draws `random`'s
+/// subsets.
+pub fn projection(
+    method: Method,
+    image: &[f32],
+    width: usize,
+    attention: Option<&[f32]>,
+    queries: &Queries,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<f32>> {
+    let n = image.len() / width;
+    let mut p = vec![0.0f32; queries.count * n];
+    for query_grid in &queries.grids {
+        let rows = grid_rows(method, image, width, attention, query_grid, rng)?;
+        debug_assert_eq!(rows.len(), query_grid.len());
+        for (index, row) in rows.into_iter().enumerate() {
+            let out = &mut p[(query_grid.query_offset + index) * n..][..n];
+            for (token, weight) in row {
+                out[token] = weight;
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// What `Y = P X` runs on: the float64 reference, the CPU path, or a GPU.
+pub enum Reducer {
+    /// Float64 accumulation.
+    Reference,
+    /// f32 through the CPU path's cache-blocked product.
+    Cpu,
+    /// The forward pass's reduction kernel.
+    Gpu(Box<GpuReduction>),
+}
+
+impl Reducer {
+    /// Where `compressor` runs (on its device when it has one).
+    pub fn beside(compressor: &Compressor) -> Result<Self> {
+        Ok(match compressor.context() {
+            Some(context) => Reducer::Gpu(Box::new(GpuReduction::new(
+                context.clone(),
+                compressor.precision(),
+            )?)),
+            None if compressor.is_reference() => Reducer::Reference,
+            None => Reducer::Cpu,
+        })
+    }
+
+    /// Opens `backend` as `Compressor::new` does; with `Backend::Auto`, also why it chose.
+    pub fn open(
+        backend: Backend,
+        adapter: Option<&str>,
+        precision: Precision,
+    ) -> Result<(Self, Option<String>)> {
+        let (opened, choice) = open_backend(backend, adapter, precision)?;
+        let reducer = match opened {
+            Opened::Reference => Reducer::Reference,
+            Opened::Cpu => Reducer::Cpu,
+            Opened::Gpu(context) => Reducer::Gpu(Box::new(GpuReduction::new(context, precision)?)),
+        };
+        Ok((reducer, choice))
+    }
+
+    /// `Y` (`b x m x d`) for `projection` (`b x m x n`); with `poison`, GPU outputs start as
+    /// NaN so that an unwritten element cannot pass.
+    pub fn reduce(&self, features: &Features, projection: &[f32], poison: bool) -> Result<Vec<f32>> {
+        let (b, n, d) = (features.batch(), features.tokens(), features.width());
+        let m = projection.len() / (b * n);
+        match self {
+            Reducer::Gpu(gpu) => gpu.reduce(features, projection, poison),
+            Reducer::Reference => {
+                let p: Vec<f64> = projection.iter().map(|&v| v as f64).collect();
+                Ok((0..b)
+                    .flat_map(|image| {
+                        reference::reduce(&p[image * m * n..][..m * n], features.image(image), n, d)
+                    })
+                    .map(|v| v as f32)
+                    .collect())
+            }
+            Reducer::Cpu => {
+                use crate::cpu::{multiply, View};
+                let mut tokens = vec![0.0f32; b * m * d];
+                for image in 0..b {
+                    multiply(
+                        View::row_major(&projection[image * m * n..][..m * n], m, n),
+                        View::row_major(features.image(image), n, d),
+                        &mut tokens[image * m * d..][..m * d],
+                    );
+                }
+                Ok(tokens)
+            }
+        }
+    }
+}
+
+/// The inputs of a method run: features sharing one layout, and what some methods read.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The images, `b x n x d`.
+    pub features: &'a Features,
+    /// Their layout.
+    pub layout: &'a Layout,
+    /// The vision tower's attention over the tokens, `b x n` (checked by `check_attention`).
+    pub attention: Option<&'a [f32]>,
+    /// Seed of `random`'s draws.
+    pub seed: u64,
+}
+
+/// Runs any method: a `Compressor` for `metacompress` (when weights were given) and a
+/// `Reducer` for the others, on the same device.
+pub struct Runner {
+    compressor: Option<Compressor>,
+    reducer: Reducer,
+    choice: Option<String>,
+}
+
+impl Runner {
+    /// Opens `backend`; with `weights`, `metacompress` can run too.
+    pub fn new(
+        weights: Option<PMeta>,
+        backend: Backend,
+        adapter: Option<&str>,
+        precision: Precision,
+    ) -> Result<Self> {
+        match weights {
+            Some(weights) => {
+                let compressor = Compressor::new(weights, backend, adapter, precision)?;
+                let reducer = Reducer::beside(&compressor)?;
+                let choice = compressor.choice().map(str::to_string);
+                Ok(Runner {
+                    compressor: Some(compressor),
+                    reducer,
+                    choice,
+                })
+            }
+            None => {
+                let (reducer, choice) = Reducer::open(backend, adapter, precision)?;
+                Ok(Runner {
+                    compressor: None,
+                    reducer,
+                    choice,
+                })
+            }
+        }
+    }
+
+    /// Why `Backend::Auto` chose what it chose, if it was asked to choose.
+    pub fn choice(&self) -> Option<&str> {
+        self.choice.as_deref()
+    }
+
+    /// What runs `Y = P X`, for people.
+    pub fn device(&self) -> String {
+        match (&self.compressor, &self.reducer) {
+            (Some(compressor), _) => compressor.device(),
+            (None, Reducer::Gpu(gpu)) => {
+                let adapter = &gpu.context().adapter;
+                format!("{} ({}, {})", adapter.name, adapter.backend, adapter.device_type)
+            }
+            (None, Reducer::Reference) => "cpu (float64 reference)".to_string(),
+            (None, Reducer::Cpu) => "cpu (f32, multi-threaded sgemm)".to_string(),
+        }
+    }
+
+    /// Whether `method` can run on this runner and `request` (`Ok`), or what is missing.
+    pub fn check(&self, method: Method, request: &Request) -> Result<()> {
+        method.check_inputs(self.compressor.is_some(), request.attention.is_some())
+    }
+
+    /// Runs `method` on every image of `request`: `Y` and `P` (always) and the queries.
+    /// `options` gives the keep and `poison`, and for `metacompress` the scope and kernels.
+    pub fn run(&self, method: Method, request: &Request, options: &Options) -> Result<Compressed> {
+        self.check(method, request)?;
+        let features = request.features;
+        let (b, n, d) = (features.batch(), features.tokens(), features.width());
+        if request.layout.tokens() != n {
+            return Err(Error::InvalidArgument(format!(
+                "the layout describes {} tokens; the features hold n = {n}",
+                request.layout.tokens()
+            )));
+        }
+        if let Some(attention) = request.attention {
+            check_attention(attention, b, n)?;
+        }
+        if method == Method::MetaCompress {
+            let compressor = self.compressor.as_ref().expect("checked above");
+            let options = Options {
+                save_projection: true,
+                ..*options
+            };
+            return compressor.compress(features, request.layout, &options);
+        }
+        let queries = request.layout.queries(options.keep);
+        let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
+        let mut p = Vec::with_capacity(b * queries.count * n);
+        for image in 0..b {
+            let attention = request.attention.map(|a| &a[image * n..][..n]);
+            p.extend(projection(
+                method,
+                features.image(image),
+                d,
+                attention,
+                &queries,
+                &mut rng,
+            )?);
+        }
+        let tokens = self.reducer.reduce(features, &p, options.poison)?;
+        Ok(Compressed {
+            tokens,
+            projection: Some(p),
+            batch: b,
+            input_tokens: n,
+            width: d,
+            queries,
+            profile: None,
+        })
+    }
+}
