@@ -72,6 +72,46 @@ pub(crate) fn multiply(a: View, b: View, out: &mut [f32]) {
     }
 }
 
+/// `out = a b` in float64 for row-major `a` (`rows x inner`) and `b` (`inner x columns`, or
+/// with `b_transposed` its transpose `columns x inner`, row-major); `out` row-major
+/// `rows x columns` (overwritten). The fidelity measures' products.
+pub(crate) fn multiply_f64(a: &[f64], inner: usize, b: &[f64], b_transposed: bool, out: &mut [f64]) {
+    let rows = a.len() / inner.max(1);
+    let columns = b.len() / inner.max(1);
+    assert!(a.len() == rows * inner && b.len() == columns * inner);
+    assert_eq!(out.len(), rows * columns);
+    if out.is_empty() || inner == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (b_row_stride, b_column_stride) = if b_transposed {
+        (1, inner as isize)
+    } else {
+        (columns as isize, 1)
+    };
+    // SAFETY: `a` is `rows x inner` and `b` holds `inner x columns` elements read through
+    // the strides above (checked lengths); `out` is a distinct, exclusively borrowed
+    // `rows x columns`.
+    unsafe {
+        matrixmultiply::dgemm(
+            rows,
+            inner,
+            columns,
+            1.0,
+            a.as_ptr(),
+            inner as isize,
+            1,
+            b.as_ptr(),
+            b_row_stride,
+            b_column_stride,
+            0.0,
+            out.as_mut_ptr(),
+            columns as isize,
+            1,
+        );
+    }
+}
+
 /// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32, the scores in `association`.
 pub fn forward(
     features: &Features,

@@ -113,6 +113,33 @@ pub fn scene(seed: u64) -> Scene {
     }
 }
 
+/// A stand-in for the vision tower's [CLS] attention over the scene's tokens (for `visionzip`
+/// and `prumerge`): a softmax of each token's distance from the mean token, so that tokens
+/// that stand out from the background draw more attention. Built from the features alone.
+pub fn saliency(features: &Features) -> Vec<f32> {
+    let (n, d) = (features.tokens(), features.width());
+    let x = features.image(0);
+    let mut mean = vec![0.0f64; d];
+    for token in x.chunks_exact(d) {
+        mean.iter_mut().zip(token).for_each(|(m, &v)| *m += v as f64 / n as f64);
+    }
+    let logits: Vec<f64> = x
+        .chunks_exact(d)
+        .map(|token| {
+            let distance: f64 = token
+                .iter()
+                .zip(&mean)
+                .map(|(&v, m)| (v as f64 - m).powi(2))
+                .sum();
+            4.0 * (distance / d as f64).sqrt()
+        })
+        .collect();
+    let largest = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|l| (l - largest).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.iter().map(|e| (e / total) as f32).collect()
+}
+
 /// How well one object survives the reduction.
 #[derive(Clone, Debug)]
 pub struct ObjectReport {

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod compare;
 pub mod compress;
 pub mod cpu;
 pub mod demo;
@@ -31,6 +32,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod layout;
 pub mod methods;
+pub mod pictures;
 pub mod profile;
 pub mod reference;
 pub mod shaders;

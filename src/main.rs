@@ -1,13 +1,14 @@
 //! The `metacompress` command line (SPEC section 6). It parses flags, calls the library and
 //! formats its errors as one line: exit 0 on success, 2 on a usage error, 1 on any other.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use metacompress::bench;
+use metacompress::methods::{Method, Request, Runner};
+use metacompress::{bench, compare, pictures};
 use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::layout::parse_grid_flags;
@@ -36,8 +37,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compress the visual tokens of an input file with P_meta weights.
+    /// Compress the visual tokens of an input file (P_meta weights, or a baseline method).
     Compress(CompressArgs),
+    /// Run every applicable method on the same features; print fidelity figures.
+    Compare(CompareArgs),
     /// Write the paper's training-free initialisation of P_meta.
     Init(InitArgs),
     /// List every adapter wgpu sees.
@@ -49,14 +52,25 @@ enum Command {
         /// Where to run (by default a real GPU, else the CPU path).
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
+        /// Also write the demo's features (with a stand-in attention tensor) and weights
+        /// into DIR, for `compress` and `compare`.
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
     },
 }
 
 #[derive(clap::Args)]
 struct CompressArgs {
-    /// P_meta weights (safetensors: w_q, w_k, omega, optional pos_embed).
+    /// P_meta weights (safetensors: w_q, w_k, omega, optional pos_embed); needed by
+    /// --method metacompress.
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
+    /// The reduction method (all produce a P and use the same P X kernels).
+    #[arg(long, value_enum, default_value_t = Method::MetaCompress)]
+    method: Method,
+    /// Seed of --method random.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Input features (safetensors: features, n x d or b x n x d).
     #[arg(long)]
     input: PathBuf,
@@ -90,6 +104,50 @@ struct CompressArgs {
     /// Dtype of the output tokens [default: the input's].
     #[arg(long, value_enum)]
     output_dtype: Option<Dtype>,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Input features (safetensors: features, optional attention and grids metadata).
+    #[arg(long)]
+    input: PathBuf,
+    /// P_meta weights; without them metacompress is skipped.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Fraction of tokens to keep, in (0, 1].
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    keep: f64,
+    /// A grid of the layout, HxW[@OFFSET] (repeatable); overrides the file's `grids`.
+    #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
+    grids: Vec<String>,
+    /// Probe queries (safetensors: probes, q x d) [default: 64 drawn from the features'
+    /// per-channel mean and deviation].
+    #[arg(long, value_name = "Q.safetensors")]
+    probes: Option<PathBuf>,
+    /// Seed of the random method and of the drawn probes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Which keys metacompress's softmax runs over.
+    #[arg(long, value_enum, default_value_t = Scope::Image)]
+    scope: Scope,
+    /// Storage precision on the GPU.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Use the adapter whose name contains NAME (any case).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Also write the report as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write pictures of each method's P (first image) into DIR.
+    #[arg(long, value_name = "DIR")]
+    png: Option<PathBuf>,
+    /// Pixels per token in the pictures.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    png_scale: u16,
 }
 
 #[derive(clap::Args)]
@@ -180,10 +238,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Compress(args) => compress(args),
+        Command::Compare(args) => compare(args),
         Command::Init(args) => init(args),
         Command::Bench(args) => bench(args),
         Command::Devices => devices(),
-        Command::Demo { backend } => run_demo(backend),
+        Command::Demo { backend, save } => run_demo(backend, save.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,41 +253,70 @@ fn main() -> ExitCode {
     }
 }
 
-fn compress(args: CompressArgs) -> Result<()> {
-    let keep = match (args.keep, args.reduction) {
+/// The keep fraction of `--keep` or `--reduction` (default 0.1).
+fn keep_of(keep: Option<f64>, reduction: Option<f64>) -> Result<Keep> {
+    match (keep, reduction) {
         (_, Some(reduction)) => {
             if !(0.0..1.0).contains(&reduction) {
                 return Err(Error::InvalidArgument(format!(
                     "--reduction {reduction} is out of range; expected a fraction in [0, 1)"
                 )));
             }
-            Keep::new(1.0 - reduction)?
+            Keep::new(1.0 - reduction)
         }
-        (Some(keep), None) => Keep::new(keep)?,
-        (None, None) => Keep::default(),
-    };
-    let flag_grids = parse_grid_flags(&args.grids)?;
-    let (precision, scope) = (args.precision, args.scope);
-    let weights = files::read_weights(&args.weights)?;
-    let input = files::read_input(&args.input)?;
-    let features = &input.features;
-    let layout = if !flag_grids.is_empty() {
-        Layout::new(features.tokens(), flag_grids)?
+        (Some(keep), None) => Keep::new(keep),
+        (None, None) => Ok(Keep::default()),
+    }
+}
+
+/// The layout: `--grid` flags, else the file's `grids`, else one square grid.
+fn layout_of(input: &files::Input, flags: &[String]) -> Result<Layout> {
+    let flag_grids = parse_grid_flags(flags)?;
+    let tokens = input.features.tokens();
+    if !flag_grids.is_empty() {
+        Layout::new(tokens, flag_grids)
     } else if let Some(grids) = input.grids.clone() {
-        Layout::new(features.tokens(), grids)?
+        Layout::new(tokens, grids)
     } else {
-        Layout::square(features.tokens())?
+        Layout::square(tokens)
+    }
+}
+
+/// The weights of `--weights`, checked against the features' width.
+fn weights_for(path: Option<&Path>, input: &files::Input, input_path: &Path) -> Result<Option<PMeta>> {
+    let Some(path) = path else {
+        return Ok(None);
     };
-    if features.width() != weights.width() {
+    let weights = files::read_weights(path)?;
+    let width = input.features.width();
+    if width != weights.width() {
         return Err(Error::InvalidTensor(format!(
-            "{}: features have width d = {}; the weights in {} expect d = {}",
-            args.input.display(),
-            features.width(),
-            args.weights.display(),
+            "{}: features have width d = {width}; the weights in {} expect d = {}",
+            input_path.display(),
+            path.display(),
             weights.width()
         )));
     }
-    let compressor = Compressor::new(weights, args.backend, args.adapter.as_deref(), precision)?;
+    Ok(Some(weights))
+}
+
+fn compress(args: CompressArgs) -> Result<()> {
+    let keep = keep_of(args.keep, args.reduction)?;
+    let (precision, scope, method) = (args.precision, args.scope, args.method);
+    // A missing --weights is a usage error, found before any file is read.
+    method.check_inputs(args.weights.is_some(), true)?;
+    let input = files::read_input(&args.input)?;
+    let layout = layout_of(&input, &args.grids)?;
+    let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
+    let features = &input.features;
+    let request = Request {
+        features,
+        layout: &layout,
+        attention: input.attention.as_deref(),
+        seed: args.seed,
+    };
+    method.check_inputs(true, request.attention.is_some())?;
+    let runner = Runner::new(weights, args.backend, args.adapter.as_deref(), precision)?;
     let options = Options {
         keep,
         scope,
@@ -236,8 +324,11 @@ fn compress(args: CompressArgs) -> Result<()> {
         ..Options::default()
     };
     let started = Instant::now();
-    let reduced = compressor.compress(features, &layout, &options)?;
+    let mut reduced = runner.run(method, &request, &options)?;
     let elapsed = started.elapsed();
+    if !args.save_projection {
+        reduced.projection = None;
+    }
 
     let (b, n, m, d) = (
         reduced.batch,
@@ -268,7 +359,7 @@ fn compress(args: CompressArgs) -> Result<()> {
         });
     }
     let metadata = [
-        ("method", "metacompress".to_string()),
+        ("method", method.name().to_string()),
         ("keep", keep.value().to_string()),
         ("scope", scope.name().to_string()),
         ("n", n.to_string()),
@@ -276,17 +367,76 @@ fn compress(args: CompressArgs) -> Result<()> {
         ("query_grids", reduced.queries.to_json()),
     ];
     files::write_tensors(&args.output, &tensors, &metadata)?;
-    if let Some(choice) = compressor.choice() {
+    if let Some(choice) = runner.choice() {
         say!("{choice}");
     }
     say!(
-        "compressed {b} x {n} -> {m} tokens of width {d} (keep {}, scope {}) on {} in {:.1} ms; wrote {}",
+        "compressed {b} x {n} -> {m} tokens of width {d} ({}, keep {}, scope {}) on {} in {:.1} ms; wrote {}",
+        method.name(),
         keep.value(),
         scope.name(),
-        compressor.device(),
+        runner.device(),
         elapsed.as_secs_f64() * 1e3,
         args.output.display()
     );
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> Result<()> {
+    let keep = Keep::new(args.keep)?;
+    let input = files::read_input(&args.input)?;
+    let layout = layout_of(&input, &args.grids)?;
+    let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
+    let features = &input.features;
+    let (probes, source) = match &args.probes {
+        Some(path) => (
+            files::read_probes(path, features.width())?,
+            path.display().to_string(),
+        ),
+        None => (
+            compare::probes_from_statistics(features, 64, args.seed),
+            format!("drawn from the features' per-channel mean and deviation, seed {}", args.seed),
+        ),
+    };
+    let runner = Runner::new(weights, args.backend, args.adapter.as_deref(), args.precision)?;
+    let request = Request {
+        features,
+        layout: &layout,
+        attention: input.attention.as_deref(),
+        seed: args.seed,
+    };
+    let options = Options {
+        keep,
+        scope: args.scope,
+        ..Options::default()
+    };
+    let (report, results) = compare::compare(&runner, &request, &options, &probes, &source)?;
+    if let Some(choice) = runner.choice() {
+        say!("{choice}");
+    }
+    say!("{}", report.table().trim_end());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.json()).expect("JSON of plain values");
+        files::write_atomically(path, text.as_bytes())?;
+        say!("wrote {}", path.display());
+    }
+    if let Some(folder) = &args.png {
+        let mut count = 0;
+        for (method, result) in &results {
+            let (n, m) = (result.input_tokens, result.queries.count);
+            let p = result.projection.as_ref().expect("methods hand back P");
+            count += pictures::write_pictures(
+                folder,
+                *method,
+                &p[..m * n],
+                n,
+                &result.queries,
+                args.png_scale as usize,
+            )?
+            .len();
+        }
+        say!("wrote {count} pictures (first image) to {}", folder.display());
+    }
     Ok(())
 }
 
@@ -368,7 +518,7 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
-fn run_demo(backend: Backend) -> Result<()> {
+fn run_demo(backend: Backend, save: Option<&Path>) -> Result<()> {
     let scene = demo::scene(2026);
     let layout = Layout::square(demo::SIDE * demo::SIDE)?;
     let weights = PMeta::init(demo::WIDTH, 128, Some((demo::SIDE, demo::SIDE)), 1.0, 0)?;
@@ -423,5 +573,32 @@ fn run_demo(backend: Backend) -> Result<()> {
         );
     }
     say!("(a cosine near 1 means some reduced token still carries that object clearly)");
+    if let Some(folder) = save {
+        std::fs::create_dir_all(folder).map_err(|e| Error::Io {
+            path: folder.display().to_string(),
+            source: e,
+        })?;
+        let (features, weights_path) = (
+            folder.join("demo-features.safetensors"),
+            folder.join("demo-weights.safetensors"),
+        );
+        let attention = demo::saliency(&scene.features);
+        files::write_input(
+            &features,
+            &scene.features,
+            false,
+            Dtype::F32,
+            Some(&layout.to_json()),
+            Some(&attention),
+        )?;
+        files::write_weights(&weights_path, compressor.weights())?;
+        say!(
+            "wrote {} (features, a stand-in attention, grids) and {}; try: metacompress compare --input {} --weights {}",
+            features.display(),
+            weights_path.display(),
+            features.display(),
+            weights_path.display()
+        );
+    }
     Ok(())
 }
