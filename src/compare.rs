@@ -72,7 +72,10 @@ pub fn probes_from_statistics(features: &Features, count: usize, seed: u64) -> V
 pub fn sizes(p: &[f32], n: usize) -> Vec<f64> {
     let mut columns = vec![0.0f64; n];
     for row in p.chunks_exact(n) {
-        columns.iter_mut().zip(row).for_each(|(c, &v)| *c += v as f64);
+        columns
+            .iter_mut()
+            .zip(row)
+            .for_each(|(c, &v)| *c += v as f64);
     }
     p.chunks_exact(n)
         .map(|row| {

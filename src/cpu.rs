@@ -75,7 +75,13 @@ pub(crate) fn multiply(a: View, b: View, out: &mut [f32]) {
 /// `out = a b` in float64 for row-major `a` (`rows x inner`) and `b` (`inner x columns`, or
 /// with `b_transposed` its transpose `columns x inner`, row-major); `out` row-major
 /// `rows x columns` (overwritten). The fidelity measures' products.
-pub(crate) fn multiply_f64(a: &[f64], inner: usize, b: &[f64], b_transposed: bool, out: &mut [f64]) {
+pub(crate) fn multiply_f64(
+    a: &[f64],
+    inner: usize,
+    b: &[f64],
+    b_transposed: bool,
+    out: &mut [f64],
+) {
     let rows = a.len() / inner.max(1);
     let columns = b.len() / inner.max(1);
     assert!(a.len() == rows * inner && b.len() == columns * inner);

@@ -121,7 +121,9 @@ pub fn saliency(features: &Features) -> Vec<f32> {
     let x = features.image(0);
     let mut mean = vec![0.0f64; d];
     for token in x.chunks_exact(d) {
-        mean.iter_mut().zip(token).for_each(|(m, &v)| *m += v as f64 / n as f64);
+        mean.iter_mut()
+            .zip(token)
+            .for_each(|(m, &v)| *m += v as f64 / n as f64);
     }
     let logits: Vec<f64> = x
         .chunks_exact(d)

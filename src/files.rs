@@ -127,11 +127,7 @@ pub fn read_input(path: &Path) -> Result<Input> {
     let attention = match tensor_values(path, &file, "attention")? {
         None => None,
         Some(FileTensor { shape, values, .. }) => {
-            let expected: &[usize] = if batched {
-                &[batch, tokens]
-            } else {
-                &[tokens]
-            };
+            let expected: &[usize] = if batched { &[batch, tokens] } else { &[tokens] };
             if shape != expected {
                 return Err(Error::InvalidTensor(format!(
                     "{}: tensor attention has shape {shape:?}; expected {expected:?} (one value \

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use metacompress::methods::{Method, Request, Runner};
-use metacompress::{bench, compare, pictures};
 use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::layout::parse_grid_flags;
+use metacompress::methods::{Method, Request, Runner};
+use metacompress::{bench, compare, pictures};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result, Scope,
 };
@@ -283,7 +283,11 @@ fn layout_of(input: &files::Input, flags: &[String]) -> Result<Layout> {
 }
 
 /// The weights of `--weights`, checked against the features' width.
-fn weights_for(path: Option<&Path>, input: &files::Input, input_path: &Path) -> Result<Option<PMeta>> {
+fn weights_for(
+    path: Option<&Path>,
+    input: &files::Input,
+    input_path: &Path,
+) -> Result<Option<PMeta>> {
     let Some(path) = path else {
         return Ok(None);
     };
@@ -395,10 +399,18 @@ fn compare(args: CompareArgs) -> Result<()> {
         ),
         None => (
             compare::probes_from_statistics(features, 64, args.seed),
-            format!("drawn from the features' per-channel mean and deviation, seed {}", args.seed),
+            format!(
+                "drawn from the features' per-channel mean and deviation, seed {}",
+                args.seed
+            ),
         ),
     };
-    let runner = Runner::new(weights, args.backend, args.adapter.as_deref(), args.precision)?;
+    let runner = Runner::new(
+        weights,
+        args.backend,
+        args.adapter.as_deref(),
+        args.precision,
+    )?;
     let request = Request {
         features,
         layout: &layout,
@@ -435,7 +447,10 @@ fn compare(args: CompareArgs) -> Result<()> {
             )?
             .len();
         }
-        say!("wrote {count} pictures (first image) to {}", folder.display());
+        say!(
+            "wrote {count} pictures (first image) to {}",
+            folder.display()
+        );
     }
     Ok(())
 }

@@ -80,7 +80,8 @@ fn features_round_trip_in_every_dtype_with_their_layout() {
                 metacompress::Features::new(1, 20, 5, original.image(0).to_vec()).unwrap()
             };
             let file = dir.join(format!("x-{}-{batched}.safetensors", dtype.name()));
-            files::write_input(&file, &image, batched, dtype, Some(&layout.to_json()), None).unwrap();
+            files::write_input(&file, &image, batched, dtype, Some(&layout.to_json()), None)
+                .unwrap();
             let read = files::read_input(&file).unwrap();
             assert_eq!(read.dtype, dtype);
             assert_eq!(read.batched, batched);

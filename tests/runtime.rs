@@ -640,8 +640,15 @@ fn a_safetensors_file_is_compressed_on_the_layout_of_its_metadata() {
     let folder = std::env::temp_dir().join(format!("metacompress-runtime-{}", std::process::id()));
     std::fs::create_dir_all(&folder).unwrap();
     let path = folder.join("anyres.safetensors");
-    metacompress::files::write_input(&path, &features, true, Dtype::BF16, Some(&layout.to_json()), None)
-        .unwrap();
+    metacompress::files::write_input(
+        &path,
+        &features,
+        true,
+        Dtype::BF16,
+        Some(&layout.to_json()),
+        None,
+    )
+    .unwrap();
     let compressor = Compressor::on_context(weights, context, Precision::F32).unwrap();
     let options = checked(0.25);
     let from_file = compressor.compress_file(&path, &options).unwrap();

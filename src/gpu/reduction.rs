@@ -54,7 +54,12 @@ impl GpuReduction {
     /// `Y` (`b x m x d`, widened to f32) for `projection` (`b x m x n`) and `features`.
     /// Images go in chunks whose `X`, `P` and `Y` each fit one storage binding; an image
     /// that alone passes it is refused before any device work.
-    pub fn reduce(&self, features: &Features, projection: &[f32], poison: bool) -> Result<Vec<f32>> {
+    pub fn reduce(
+        &self,
+        features: &Features,
+        projection: &[f32],
+        poison: bool,
+    ) -> Result<Vec<f32>> {
         self.context.check_alive()?;
         let (b, n, d) = (features.batch(), features.tokens(), features.width());
         let m = projection.len() / (b * n);

@@ -49,7 +49,16 @@ fn weighted_rows(groups: Vec<Vec<usize>>, weight: impl Fn(usize) -> f32) -> Vec<
             let uniform = 1.0 / group.len() as f32;
             group
                 .iter()
-                .map(|&t| (t, if total > 0.0 { weight(t) / total } else { uniform }))
+                .map(|&t| {
+                    (
+                        t,
+                        if total > 0.0 {
+                            weight(t) / total
+                        } else {
+                            uniform
+                        },
+                    )
+                })
                 .collect()
         })
         .collect()

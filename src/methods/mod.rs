@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::compress::{open_backend, Opened};
 use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
+use crate::gpu::GpuContext;
 use crate::layout::{Layout, Queries, QueryGrid};
 use crate::tensor::{check_finite, Features};
 use crate::{reference, Backend, Compressed, Compressor, Options, PMeta, Precision};
@@ -232,7 +233,12 @@ impl Reducer {
 
     /// `Y` (`b x m x d`) for `projection` (`b x m x n`); with `poison`, GPU outputs start as
     /// NaN so that an unwritten element cannot pass.
-    pub fn reduce(&self, features: &Features, projection: &[f32], poison: bool) -> Result<Vec<f32>> {
+    pub fn reduce(
+        &self,
+        features: &Features,
+        projection: &[f32],
+        poison: bool,
+    ) -> Result<Vec<f32>> {
         let (b, n, d) = (features.batch(), features.tokens(), features.width());
         let m = projection.len() / (b * n);
         match self {
@@ -313,6 +319,23 @@ impl Runner {
         }
     }
 
+    /// Runs on a device already open (with `weights`, `metacompress` too).
+    pub fn on_context(
+        weights: Option<PMeta>,
+        context: GpuContext,
+        precision: Precision,
+    ) -> Result<Self> {
+        let compressor = match weights {
+            Some(weights) => Some(Compressor::on_context(weights, context.clone(), precision)?),
+            None => None,
+        };
+        Ok(Runner {
+            compressor,
+            reducer: Reducer::Gpu(Box::new(GpuReduction::new(context, precision)?)),
+            choice: None,
+        })
+    }
+
     /// Why `Backend::Auto` chose what it chose, if it was asked to choose.
     pub fn choice(&self) -> Option<&str> {
         self.choice.as_deref()
@@ -324,7 +347,10 @@ impl Runner {
             (Some(compressor), _) => compressor.device(),
             (None, Reducer::Gpu(gpu)) => {
                 let adapter = &gpu.context().adapter;
-                format!("{} ({}, {})", adapter.name, adapter.backend, adapter.device_type)
+                format!(
+                    "{} ({}, {})",
+                    adapter.name, adapter.backend, adapter.device_type
+                )
             }
             (None, Reducer::Reference) => "cpu (float64 reference)".to_string(),
             (None, Reducer::Cpu) => "cpu (f32, multi-threaded sgemm)".to_string(),

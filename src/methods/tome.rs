@@ -28,11 +28,10 @@ pub fn tome(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
         .collect();
     while tokens.len() > query_grid.len() {
         let remove = tokens.len() - query_grid.len();
-        let (mut sources, mut destinations): (Vec<(usize, Merged)>, Vec<(usize, Merged)>) =
-            tokens
-                .into_iter()
-                .enumerate()
-                .partition(|(index, _)| index % 2 == 0);
+        let (mut sources, mut destinations): (Vec<(usize, Merged)>, Vec<(usize, Merged)>) = tokens
+            .into_iter()
+            .enumerate()
+            .partition(|(index, _)| index % 2 == 0);
         let unit = |side: &[(usize, Merged)]| {
             let mut out = Vec::with_capacity(side.len() * width);
             side.iter().for_each(|(_, t)| push_unit(&mut out, &t.sum));
@@ -55,7 +54,10 @@ pub fn tome(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
             let (_, from) = &mut sources[source];
             let into = &mut destinations[matches[source].0].1;
             into.members.append(&mut from.members);
-            into.sum.iter_mut().zip(&from.sum).for_each(|(s, v)| *s += v);
+            into.sum
+                .iter_mut()
+                .zip(&from.sum)
+                .for_each(|(s, v)| *s += v);
         }
         tokens = sources
             .into_iter()

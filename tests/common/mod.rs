@@ -2,6 +2,8 @@
 //! silent one; a failure when `CI` is set), and the error measure of SPEC section 7.
 #![allow(dead_code)]
 
+pub mod methods;
+
 use metacompress::gpu::{GpuApi, GpuContext};
 use metacompress::{Features, Grid, PMeta, PositionTable};
 use rand::{Rng, SeedableRng};

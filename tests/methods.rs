@@ -1,0 +1,549 @@
+//! Issue 5: every method as a `P`, against the float64 references of `common::methods`, on
+//! fresh random inputs at odd sizes, on the CPU path, the reference and the GPU (outputs
+//! poisoned); the properties of each `P`; the fidelity measures; the pictures.
+
+mod common;
+
+use common::methods as reference_methods;
+use common::{features, gpu, grid, relative_error, seeded, weights};
+use metacompress::compare::{fidelity, sizes};
+use metacompress::methods::{check_attention, projection, Method, Request, Runner};
+use metacompress::pictures::{write_pictures, UNUSED};
+use metacompress::{reference, Backend, Features, Keep, Layout, Options, Precision, Queries};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Three grids (odd sizes, one a single row) with loose tokens between and after them.
+fn odd_layout(rng: &mut ChaCha8Rng) -> Layout {
+    let (h0, w0) = (rng.random_range(4..8), rng.random_range(5..9));
+    let w1 = rng.random_range(5..12);
+    let (h2, w2) = (rng.random_range(5..9), rng.random_range(3..7));
+    let first = grid(0, h0, w0);
+    let second = grid(first.end() + 2, 1, w1);
+    let third = grid(second.end() + 1, h2, w2);
+    Layout::new(third.end() + 3, vec![first, second, third]).unwrap()
+}
+
+/// Attention with a heavy tail (so the interquartile fence has outliers) and a few exact ties.
+fn attention(rng: &mut ChaCha8Rng, count: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| {
+            if i % 11 == 3 {
+                0.25
+            } else {
+                let u: f32 = rng.random_range(0.0..1.0);
+                (-u.ln()).powi(3)
+            }
+        })
+        .collect()
+}
+
+/// The float64 `P` of a baseline, or `None` for the two without a deterministic reference.
+fn reference_projection(
+    method: Method,
+    x: &[f32],
+    d: usize,
+    attention: &[f32],
+    queries: &Queries,
+    n: usize,
+) -> Option<Vec<f64>> {
+    Some(match method {
+        Method::Pool => reference_methods::pool(queries, n),
+        Method::Sample => reference_methods::sample(queries, n),
+        Method::Tome => reference_methods::tome(x, d, queries, n),
+        Method::DivPrune => reference_methods::divprune(x, d, queries, n),
+        Method::VisionZip => reference_methods::visionzip(x, d, attention, queries, n),
+        Method::PruMerge => reference_methods::prumerge(x, d, attention, queries, n),
+        Method::MetaCompress | Method::Random => return None,
+    })
+}
+
+fn runners() -> Vec<(&'static str, Runner)> {
+    let mut runners = vec![
+        (
+            "cpu",
+            Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap(),
+        ),
+        (
+            "reference",
+            Runner::new(None, Backend::Reference, None, Precision::F32).unwrap(),
+        ),
+    ];
+    if let Some(context) = gpu() {
+        runners.push((
+            "gpu",
+            Runner::on_context(None, context, Precision::F32).unwrap(),
+        ));
+    }
+    runners
+}
+
+#[test]
+fn every_baseline_matches_its_float64_reference_on_every_backend() {
+    let (seed, mut rng) = seeded("every_baseline_matches_its_float64_reference");
+    let runners = runners();
+    // Three small odd layouts, then one LLaVA-1.5 grid (24x24 at keep 0.1: 64 rows).
+    for case in 0..4 {
+        let layout = if case < 3 {
+            odd_layout(&mut rng)
+        } else {
+            Layout::square(576).unwrap()
+        };
+        let n = layout.tokens();
+        let d = 2 * rng.random_range(8..24) + 1;
+        let b = 2;
+        let x = features(&mut rng, b, n, d);
+        let attention = attention(&mut rng, b * n);
+        let keep = Keep::new(if case < 3 {
+            rng.random_range(0.1..0.6)
+        } else {
+            0.1
+        })
+        .unwrap();
+        let queries = layout.queries(keep);
+        let m = queries.count;
+        let options = Options {
+            keep,
+            poison: true,
+            ..Options::default()
+        };
+        let request = Request {
+            features: &x,
+            layout: &layout,
+            attention: Some(&attention),
+            seed: 7,
+        };
+        for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
+            let what = format!("seed {seed}, case {case}, {}", method.name());
+            let mut expected_tokens = Vec::new();
+            let mut expected_p = Vec::new();
+            for (name, runner) in &runners {
+                let result = runner.run(method, &request, &options).unwrap();
+                assert_eq!(result.queries.count, m, "{what} on {name}: m");
+                let p = result.projection.as_ref().unwrap();
+                if expected_tokens.is_empty() {
+                    for image in 0..b {
+                        let xi = x.image(image);
+                        let ai = &attention[image * n..][..n];
+                        let p_image = &p[image * m * n..][..m * n];
+                        let p_ref = reference_projection(method, xi, d, ai, &queries, n)
+                            .unwrap_or_else(|| p_image.iter().map(|&v| v as f64).collect());
+                        let worst = p_image
+                            .iter()
+                            .zip(&p_ref)
+                            .map(|(a, r)| (*a as f64 - r).abs())
+                            .fold(0.0, f64::max);
+                        assert!(
+                            worst <= 1e-6,
+                            "{what}: P differs from the reference by {worst}"
+                        );
+                        expected_tokens.extend(reference::reduce(&p_ref, xi, n, d));
+                        expected_p.extend(p_ref);
+                    }
+                }
+                // Every backend builds the same P and reduces within SPEC section 7.
+                let p_error = relative_error(p, &expected_p);
+                assert!(p_error <= 1e-6, "{what} on {name}: P error {p_error}");
+                let error = relative_error(&result.tokens, &expected_tokens);
+                assert!(error <= 1e-4, "{what} on {name}: tokens error {error}");
+            }
+        }
+    }
+}
+
+#[test]
+fn visionzip_keeps_54_dominant_tokens_of_64_as_the_paper_does() {
+    let (seed, mut rng) = seeded("visionzip_keeps_54_dominant_tokens_of_64");
+    let layout = Layout::square(576).unwrap();
+    let x = features(&mut rng, 1, 576, 11);
+    let a = attention(&mut rng, 576);
+    let queries = layout.queries(Keep::new(0.1).unwrap());
+    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let p = projection(
+        Method::VisionZip,
+        x.image(0),
+        11,
+        Some(&a),
+        &queries,
+        &mut draws,
+    )
+    .unwrap();
+    let one_hot: Vec<usize> = p
+        .chunks_exact(576)
+        .filter_map(|row| row.iter().position(|&w| w == 1.0))
+        .collect();
+    assert_eq!(one_hot.len(), 54, "seed {seed}: dominant rows");
+    let mut ranked: Vec<usize> = (0..576).collect();
+    ranked.sort_by(|&i, &j| a[j].total_cmp(&a[i]).then(i.cmp(&j)));
+    let mut top: Vec<usize> = ranked[..54].to_vec();
+    top.sort();
+    assert_eq!(one_hot, top, "seed {seed}: the 54 most attended tokens");
+}
+
+#[test]
+fn metacompress_runs_through_the_runner_as_the_forward_pass() {
+    let (seed, mut rng) = seeded("metacompress_runs_through_the_runner");
+    let layout = odd_layout(&mut rng);
+    let (n, d) = (layout.tokens(), 23);
+    let x = features(&mut rng, 1, n, d);
+    let w = weights(&mut rng, d, 7, Some((3, 4)));
+    let options = Options {
+        keep: Keep::new(0.3).unwrap(),
+        poison: true,
+        ..Options::default()
+    };
+    let queries = layout.queries(options.keep);
+    let expected = reference::forward(&x, &w, &layout, &queries, options.scope);
+    let mut backends =
+        vec![Runner::new(Some(w.clone()), Backend::Cpu, None, Precision::F32).unwrap()];
+    if let Some(context) = gpu() {
+        backends.push(Runner::on_context(Some(w.clone()), context, Precision::F32).unwrap());
+    }
+    for runner in backends {
+        let request = Request {
+            features: &x,
+            layout: &layout,
+            attention: None,
+            seed: 0,
+        };
+        let result = runner
+            .run(Method::MetaCompress, &request, &options)
+            .unwrap();
+        let error = relative_error(&result.tokens, &expected.tokens);
+        assert!(
+            error <= 1e-4,
+            "seed {seed}, {}: tokens {error}",
+            runner.device()
+        );
+        let error = relative_error(result.projection.as_ref().unwrap(), &expected.projection);
+        assert!(error <= 1e-4, "seed {seed}, {}: P {error}", runner.device());
+    }
+}
+
+/// `P` of one random image under `method`, with its queries.
+fn one_projection(
+    rng: &mut ChaCha8Rng,
+    method: Method,
+    seed: u64,
+) -> (Layout, Features, Queries, Vec<f32>) {
+    let layout = odd_layout(rng);
+    let (n, d) = (layout.tokens(), 17);
+    let x = features(rng, 1, n, d);
+    let a = attention(rng, n);
+    let queries = layout.queries(Keep::new(0.3).unwrap());
+    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+    (layout, x, queries, p)
+}
+
+#[test]
+fn every_projection_has_rows_of_sum_one_inside_the_querys_grid() {
+    let (seed, mut rng) = seeded("every_projection_has_rows_of_sum_one");
+    for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
+        let (layout, _, queries, p) = one_projection(&mut rng, method, 3);
+        let n = layout.tokens();
+        let mut columns_used = Vec::new();
+        for q in &queries.grids {
+            for row in q.query_offset..q.query_offset + q.len() {
+                let weights = &p[row * n..][..n];
+                let what = format!("seed {seed}, {} row {row}", method.name());
+                let sum: f64 = weights.iter().map(|&w| w as f64).sum();
+                assert!((sum - 1.0).abs() < 1e-5, "{what}: sums to {sum}");
+                assert!(
+                    weights.iter().all(|&w| w >= 0.0),
+                    "{what}: a negative weight"
+                );
+                let inside = q.grid.offset..q.grid.end();
+                for (token, &w) in weights.iter().enumerate() {
+                    assert!(
+                        w == 0.0 || inside.contains(&token),
+                        "{what}: weighs token {token} outside its grid"
+                    );
+                }
+                if method.prunes() {
+                    let hot: Vec<usize> = (0..n).filter(|&t| weights[t] != 0.0).collect();
+                    assert_eq!(hot.len(), 1, "{what}: not one-hot");
+                    assert_eq!(weights[hot[0]], 1.0, "{what}: one-hot weight");
+                    columns_used.push(hot[0]);
+                }
+            }
+        }
+        let before = columns_used.len();
+        columns_used.sort();
+        columns_used.dedup();
+        assert_eq!(
+            columns_used.len(),
+            before,
+            "seed {seed}, {}: a token kept twice",
+            method.name()
+        );
+    }
+}
+
+#[test]
+fn sample_keeps_the_centre_cell_of_each_window() {
+    let (seed, mut rng) = seeded("sample_keeps_the_centre_cell");
+    let (layout, _, queries, p) = one_projection(&mut rng, Method::Sample, 0);
+    let n = layout.tokens();
+    for q in &queries.grids {
+        for i in 0..q.height {
+            for j in 0..q.width {
+                let row = q.query_offset + i * q.width + j;
+                let cell = reference_methods::sample_cell(q, i, j);
+                assert_eq!(
+                    p[row * n + cell],
+                    1.0,
+                    "seed {seed}: query ({i}, {j}) of {:?}",
+                    q.grid
+                );
+            }
+        }
+    }
+    // A hand case: a 5x7 grid to 2x3 keeps rows 1, 3 and columns 1, 3, 5.
+    let layout = Layout::new(35, vec![grid(0, 5, 7)]).unwrap();
+    let queries = Queries {
+        grids: vec![metacompress::QueryGrid {
+            query_offset: 0,
+            height: 2,
+            width: 3,
+            grid: grid(0, 5, 7),
+        }],
+        count: 6,
+    };
+    let kept: Vec<usize> = (0..2)
+        .flat_map(|i| (0..3).map(move |j| (i, j)))
+        .map(|(i, j)| metacompress::methods::sample_cell(&queries.grids[0], i, j))
+        .collect();
+    assert_eq!(kept, vec![8, 10, 12, 22, 24, 26]);
+    assert_eq!(layout.tokens(), 35);
+}
+
+#[test]
+fn pool_equals_the_pooling_windows_of_the_forward_pass() {
+    let (seed, mut rng) = seeded("pool_equals_the_pooling_windows");
+    let runner = Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap();
+    let layout = odd_layout(&mut rng);
+    let (n, d) = (layout.tokens(), 19);
+    let x = features(&mut rng, 1, n, d);
+    let options = Options {
+        keep: Keep::new(0.2).unwrap(),
+        ..Options::default()
+    };
+    let request = Request {
+        features: &x,
+        layout: &layout,
+        attention: None,
+        seed: 0,
+    };
+    let result = runner.run(Method::Pool, &request, &options).unwrap();
+    // SPEC section 4, step 3 on X (no position table): metacompress's own pooled queries.
+    let x64: Vec<f64> = x.values().iter().map(|&v| v as f64).collect();
+    let pooled = reference::pool(&x64, d, &result.queries);
+    let error = relative_error(&result.tokens, &pooled);
+    assert!(error <= 1e-6, "seed {seed}: pool vs pooling {error}");
+}
+
+#[test]
+fn random_is_reproducible_from_its_seed() {
+    let (_, mut rng) = seeded("random_is_reproducible_from_its_seed");
+    let state = rng.clone();
+    let (_, _, _, first) = one_projection(&mut rng, Method::Random, 11);
+    let (_, _, _, again) = one_projection(&mut state.clone(), Method::Random, 11);
+    let (_, _, _, other) = one_projection(&mut state.clone(), Method::Random, 12);
+    assert_eq!(first, again, "same seed, same subset");
+    assert_ne!(first, other, "another seed, another subset");
+}
+
+#[test]
+fn a_method_without_its_input_says_what_to_provide() {
+    let (_, mut rng) = seeded("a_method_without_its_input");
+    let runner = Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap();
+    let x = features(&mut rng, 1, 16, 5);
+    let layout = Layout::square(16).unwrap();
+    let request = Request {
+        features: &x,
+        layout: &layout,
+        attention: None,
+        seed: 0,
+    };
+    let error = runner
+        .run(Method::MetaCompress, &request, &Options::default())
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "method metacompress needs P_meta weights; pass --weights W.safetensors"
+    );
+    for method in [Method::VisionZip, Method::PruMerge] {
+        let error = runner
+            .run(method, &request, &Options::default())
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("add a tensor `attention`"),
+            "{}: {error}",
+            method.name()
+        );
+    }
+    let mut bad = vec![0.5; 16];
+    bad[9] = -1.0;
+    assert_eq!(
+        check_attention(&bad, 1, 16).unwrap_err().to_string(),
+        "attention[0, 9] is -1; expected non-negative values"
+    );
+    bad[9] = f32::NAN;
+    assert!(check_attention(&bad, 1, 16)
+        .unwrap_err()
+        .to_string()
+        .contains("attention[0, 9] is NaN"));
+    assert!(check_attention(&bad[..15], 1, 16)
+        .unwrap_err()
+        .to_string()
+        .contains("expected one per token"));
+}
+
+#[test]
+fn fidelity_is_exact_for_the_identity_and_matches_hand_values() {
+    let (seed, mut rng) = seeded("fidelity_is_exact_for_the_identity");
+    // keep 1 on one grid: sample keeps every token, P = I.
+    let layout = Layout::square(25).unwrap();
+    let d = 9;
+    let x = features(&mut rng, 1, 25, d);
+    let queries = layout.queries(Keep::new(1.0).unwrap());
+    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let p = projection(Method::Sample, x.image(0), d, None, &queries, &mut draws).unwrap();
+    let probes = common::normal(&mut rng, 4 * d, 1.0);
+    let f = fidelity(x.image(0), x.image(0), &p, &probes, d);
+    assert!(
+        f.attention_error < 1e-12 && f.proportional_error < 1e-12,
+        "seed {seed}: {f:?}"
+    );
+    assert!(
+        (f.coverage - 1.0).abs() < 1e-12 && (f.energy - 1.0).abs() < 1e-12,
+        "seed {seed}: {f:?}"
+    );
+
+    // Hand case: three tokens, one reduced token along the first axis.
+    let x = [3.0f32, 4.0, 1.0, 0.0, 0.0, 2.0];
+    let y = [2.0f32, 0.0];
+    let p = [0.5f32, 0.25, 0.25];
+    let f = fidelity(&x, &y, &p, &[1.0, 0.0], 2);
+    // energy: (9 + 1 + 0) / (9 + 16 + 1 + 4); coverage: (3/5 + 1 + 0) / 3
+    assert!((f.energy - 10.0 / 30.0).abs() < 1e-12, "{f:?}");
+    assert!((f.coverage - 1.6 / 3.0).abs() < 1e-12, "{f:?}");
+    // one reduced token: its attention output is itself, y = (2, 0)
+    let scale = 1.0 / 2f64.sqrt();
+    let logits = [3.0 * scale, 1.0 * scale, 0.0];
+    let total: f64 = logits.iter().map(|l: &f64| l.exp()).sum();
+    let o = [
+        (3.0 * logits[0].exp() + logits[1].exp()) / total,
+        (4.0 * logits[0].exp() + 2.0 * logits[2].exp()) / total,
+    ];
+    let expected =
+        ((o[0] - 2.0).powi(2) + o[1].powi(2)).sqrt() / (o[0] * o[0] + o[1] * o[1]).sqrt();
+    assert!(
+        (f.attention_error - expected).abs() < 1e-12,
+        "{f:?} vs {expected}"
+    );
+    // one token standing for all three: its size is 3 (a constant shift of one logit)
+    assert!((sizes(&p, 3)[0] - 3.0).abs() < 1e-12);
+    assert!((f.proportional_error - expected).abs() < 1e-12);
+    let pool = [0.5f32, 0.5, 0.0, 0.0, 0.0, 1.0];
+    assert_eq!(sizes(&pool, 3), vec![2.0, 1.0]);
+    let overlapping = [0.5f32, 0.5, 0.0, 0.0, 0.5, 0.5];
+    assert_eq!(sizes(&overlapping, 3), vec![1.5, 1.5]);
+}
+
+fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
+    let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut reader = png::Decoder::new(file).read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    (
+        info.width,
+        info.height,
+        pixels[..info.buffer_size()].to_vec(),
+    )
+}
+
+#[test]
+fn pictures_decode_at_the_grids_size_and_show_the_kept_cells() {
+    let (seed, mut rng) = seeded("pictures_decode_at_the_grids_size");
+    let folder = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pictures");
+    let _ = std::fs::remove_dir_all(&folder);
+    for scale in [1, 3] {
+        let (layout, _, queries, p) = one_projection(&mut rng, Method::Sample, 0);
+        let n = layout.tokens();
+        let written = write_pictures(&folder, Method::Sample, &p, n, &queries, scale).unwrap();
+        assert_eq!(written.len(), queries.grids.len());
+        for (path, q) in written.iter().zip(&queries.grids) {
+            let (width, height, rgb) = decode(path);
+            assert_eq!(
+                (width as usize, height as usize),
+                (q.grid.width * scale, q.grid.height * scale),
+                "seed {seed}: {}",
+                path.display()
+            );
+            // A cell is coloured exactly where sample keeps its token.
+            for cell in 0..q.grid.len() {
+                let (r, c) = (cell / q.grid.width, cell % q.grid.width);
+                let at = ((r * scale) * width as usize + c * scale) * 3;
+                let kept = (0..q.len())
+                    .any(|row| p[(q.query_offset + row) * n + q.grid.offset + cell] > 0.0);
+                assert_eq!(
+                    rgb[at..at + 3] != UNUSED,
+                    kept,
+                    "seed {seed}: cell {cell} of {}",
+                    path.display()
+                );
+            }
+        }
+        let w = weights(&mut rng, 5, 3, None);
+        let runner = Runner::new(Some(w), Backend::Cpu, None, Precision::F32).unwrap();
+        let x = features(&mut rng, 1, n, 5);
+        let request = Request {
+            features: &x,
+            layout: &layout,
+            attention: None,
+            seed: 0,
+        };
+        let options = Options {
+            keep: Keep::new(0.3).unwrap(),
+            ..Options::default()
+        };
+        let result = runner
+            .run(Method::MetaCompress, &request, &options)
+            .unwrap();
+        let written = write_pictures(
+            &folder,
+            Method::MetaCompress,
+            result.projection.as_ref().unwrap(),
+            n,
+            &result.queries,
+            scale,
+        )
+        .unwrap();
+        assert!(
+            written.len() > queries.grids.len(),
+            "heat maps of rows as well"
+        );
+        for path in written {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let index: usize = name
+                .split("grid")
+                .nth(1)
+                .unwrap()
+                .split(['-', '.'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let g = result.queries.grids[index].grid;
+            let (width, height, _) = decode(&path);
+            assert_eq!(
+                (width as usize, height as usize),
+                (g.width * scale, g.height * scale),
+                "{name}"
+            );
+        }
+    }
+}
