@@ -244,7 +244,7 @@ impl Compressor {
             Opened::Reference => Engine::Reference,
             Opened::Cpu => Engine::Cpu,
             Opened::Gpu(context) => {
-                let mut compressor = Compressor::on_context(weights, context, precision)?;
+                let mut compressor = Compressor::on_context(weights, *context, precision)?;
                 compressor.choice = choice;
                 return Ok(compressor);
             }
@@ -628,7 +628,7 @@ pub(crate) enum Opened {
     /// The fast CPU path.
     Cpu,
     /// A GPU adapter's device.
-    Gpu(GpuContext),
+    Gpu(Box<GpuContext>),
 }
 
 /// Opens `backend` (an adapter whose name contains `adapter`, if given) for `precision`;
@@ -657,7 +657,7 @@ pub(crate) fn open_backend(
     let api = backend.api().expect("GPU backends have an API");
     let context = GpuContext::open(api, adapter)?;
     if backend != Backend::Auto {
-        return Ok((Opened::Gpu(context), None));
+        return Ok((Opened::Gpu(Box::new(context)), None));
     }
     if adapter.is_none() && precision == Precision::F32 && context.adapter.device_type == "cpu" {
         let choice = format!(
@@ -667,7 +667,7 @@ pub(crate) fn open_backend(
         return Ok((Opened::Cpu, Some(choice)));
     }
     Ok((
-        Opened::Gpu(context),
+        Opened::Gpu(Box::new(context)),
         Some("auto chose the best GPU adapter".to_string()),
     ))
 }

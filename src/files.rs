@@ -135,7 +135,7 @@ pub fn read_input(path: &Path) -> Result<Input> {
                     path.display()
                 )));
             }
-            check_attention(&values, batch, tokens)
+            check_attention(&values, expected)
                 .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
             Some(values)
         }

@@ -55,7 +55,7 @@ impl Picture {
 /// A colour per reduced token: hues spaced by the golden angle, so neighbours differ.
 pub fn token_colour(index: usize) -> [u8; 3] {
     let hue = (index as f64 * 0.618_033_988_749_895).fract() * 6.0;
-    let (saturation, value) = (0.65, if index % 2 == 0 { 0.95 } else { 0.75 });
+    let (saturation, value) = (0.65, if index.is_multiple_of(2) { 0.95 } else { 0.75 });
     let chroma = value * saturation;
     let x = chroma * (1.0 - (hue % 2.0 - 1.0).abs());
     let (r, g, b) = match hue as u32 {

@@ -292,7 +292,19 @@ fn check_shape(batch: usize, tokens: usize, width: usize, count: usize) -> Resul
 
 /// Refuses a NaN or infinity, naming the tensor and the index of the first one.
 pub fn check_finite(name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
-    let Some(position) = values.iter().position(|v| !v.is_finite()) else {
+    check_each(name, shape, values, |v| v.is_finite(), "finite values")
+}
+
+/// Refuses the first value that fails `valid`, naming the tensor, its index in `shape` and
+/// what was `expected`.
+pub fn check_each(
+    name: &str,
+    shape: &[usize],
+    values: &[f32],
+    valid: impl Fn(f32) -> bool,
+    expected: &str,
+) -> Result<()> {
+    let Some(position) = values.iter().position(|v| !valid(*v)) else {
         return Ok(());
     };
     let mut index = vec![0; shape.len()];
@@ -303,7 +315,7 @@ pub fn check_finite(name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
     }
     let index: Vec<String> = index.iter().map(|i| i.to_string()).collect();
     Err(Error::InvalidTensor(format!(
-        "{name}[{}] is {}; expected finite values",
+        "{name}[{}] is {}; expected {expected}",
         index.join(", "),
         values[position]
     )))

@@ -391,6 +391,29 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
     bytes.extend_from_slice(b"{}");
     std::fs::write(&huge_header, bytes).unwrap();
 
+    let negative_attention = dir.join("negative_attention.safetensors");
+    let mut attention = vec![0.25f32; 9];
+    attention[4] = -0.5;
+    files::write_tensors(
+        &negative_attention,
+        &[
+            TensorOut {
+                name: "features",
+                shape: vec![9, 13],
+                values: good.values(),
+                dtype: Dtype::F32,
+            },
+            TensorOut {
+                name: "attention",
+                shape: vec![9],
+                values: &attention,
+                dtype: Dtype::F32,
+            },
+        ],
+        &[],
+    )
+    .unwrap();
+
     let compress = |input: &Path, weights: &Path, extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = [
             "compress",
@@ -651,6 +674,39 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
             code: 2,
             says: &["shrink"],
         },
+        Bad {
+            what: "metacompress without weights",
+            args: [
+                "compress",
+                "--input",
+                path(&good_input),
+                "--output",
+                path(&output),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            code: 2,
+            says: &["metacompress", "--weights"],
+        },
+        Bad {
+            what: "visionzip without attention",
+            args: compress(&good_input, &weights, &["--method", "visionzip"]),
+            code: 2,
+            says: &["visionzip", "attention"],
+        },
+        Bad {
+            what: "negative attention",
+            args: compress(&negative_attention, &weights, &["--method", "prumerge"]),
+            code: 1,
+            says: &["attention[4]", "-0.5", "non-negative"],
+        },
+        Bad {
+            what: "unknown method",
+            args: compress(&good_input, &weights, &["--method", "fastv"]),
+            code: 2,
+            says: &["fastv"],
+        },
     ];
     for case in &cases {
         check_bad(case, &output);
@@ -672,6 +728,141 @@ fn devices_lists_the_adapter_and_demo_runs() {
     for object in ["cat", "ball", "lamp", "book"] {
         assert!(out.stdout.contains(object), "{}", out.stdout);
     }
+}
+
+#[test]
+fn compress_runs_every_method_and_compare_prints_the_table_json_and_pictures() {
+    let dir = folder("methods");
+    let weights = init_weights(&dir);
+    let (seed, mut rng) = seeded("compress_runs_every_method");
+    // A 5x6 grid, two loose tokens, a 1x7 row: n = 39, m at keep 0.3 = 3x3 + 1x2 = 11.
+    let layout = Layout::new(39, vec![grid(0, 5, 6), grid(32, 1, 7)]).unwrap();
+    let x = features(&mut rng, 2, 39, 13);
+    let attention: Vec<f32> = (0..78).map(|i| ((i * 37) % 11) as f32 / 10.0).collect();
+    let input = dir.join("input.safetensors");
+    files::write_input(
+        &input,
+        &x,
+        true,
+        Dtype::F32,
+        Some(&layout.to_json()),
+        Some(&attention),
+    )
+    .unwrap();
+    let read = files::read_input(&input).unwrap();
+    assert_eq!(read.attention.as_deref(), Some(&attention[..]));
+    for method in metacompress::methods::Method::ALL {
+        let output = dir.join(format!("{}.safetensors", method.name()));
+        let out = run(&[
+            "compress",
+            "--weights",
+            path(&weights),
+            "--input",
+            path(&input),
+            "--output",
+            path(&output),
+            "--keep",
+            "0.3",
+            "--method",
+            method.name(),
+            "--save-projection",
+            "--backend",
+            "cpu",
+        ]);
+        assert_eq!(out.code, 0, "{}: {}", method.name(), out.stderr);
+        let bytes = std::fs::read(&output).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(file.tensor("tokens").unwrap().shape(), [2, 11, 13]);
+        assert_eq!(file.tensor("projection").unwrap().shape(), [2, 11, 39]);
+        let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
+        let metadata = metadata.metadata().clone().unwrap();
+        assert_eq!(metadata["method"], method.name());
+        assert_eq!(metadata["m"], "11");
+        // The tokens are P X for the P in the file (seed {seed}).
+        let p: Vec<f64> = files_values(&file, "projection")
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let tokens = files_values(&file, "tokens");
+        for image in 0..2 {
+            let expected =
+                reference::reduce(&p[image * 11 * 39..][..11 * 39], x.image(image), 39, 13);
+            let error = relative_error(&tokens[image * 11 * 13..][..11 * 13], &expected);
+            assert!(error <= 1e-5, "seed {seed}, {}: {error}", method.name());
+        }
+    }
+    let json = dir.join("compare.json");
+    let pictures = dir.join("png");
+    let out = run(&[
+        "compare",
+        "--input",
+        path(&input),
+        "--weights",
+        path(&weights),
+        "--keep",
+        "0.3",
+        "--json",
+        path(&json),
+        "--png",
+        path(&pictures),
+        "--png-scale",
+        "2",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for method in metacompress::methods::Method::ALL {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(method.name())),
+            "{}",
+            out.stdout
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let methods = report["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 8, "{report}");
+    for row in methods {
+        assert_eq!(row["tokens"], 11);
+        for key in [
+            "attention_error",
+            "proportional_attention_error",
+            "coverage",
+            "energy_kept",
+        ] {
+            let value = row[key].as_f64().unwrap();
+            assert!(value.is_finite() && value >= 0.0, "{key}: {row}");
+        }
+        assert!(row["energy_kept"].as_f64().unwrap() <= 1.0 + 1e-9);
+    }
+    // 8 methods x 2 grids, and metacompress's row heat maps (4 of the 9 queries, 2 of 2).
+    let count = std::fs::read_dir(&pictures).unwrap().count();
+    assert_eq!(count, 8 * 2 + 4 + 2, "pictures written");
+    // Without weights and attention: the methods that need them are skipped, saying why.
+    let plain = dir.join("plain.safetensors");
+    files::write_input(&plain, &x, true, Dtype::F32, Some(&layout.to_json()), None).unwrap();
+    let out = run(&[
+        "compare",
+        "--input",
+        path(&plain),
+        "--keep",
+        "0.3",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for skipped in ["metacompress", "visionzip", "prumerge"] {
+        let line = out.stdout.lines().find(|l| l.starts_with(skipped)).unwrap();
+        assert!(line.contains("skipped"), "{line}");
+    }
+}
+
+fn files_values(file: &SafeTensors, name: &str) -> Vec<f32> {
+    let view = file.tensor(name).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::F32);
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 #[test]

@@ -386,15 +386,15 @@ fn a_method_without_its_input_says_what_to_provide() {
     let mut bad = vec![0.5; 16];
     bad[9] = -1.0;
     assert_eq!(
-        check_attention(&bad, 1, 16).unwrap_err().to_string(),
+        check_attention(&bad, &[1, 16]).unwrap_err().to_string(),
         "attention[0, 9] is -1; expected non-negative values"
     );
     bad[9] = f32::NAN;
-    assert!(check_attention(&bad, 1, 16)
+    assert!(check_attention(&bad, &[1, 16])
         .unwrap_err()
         .to_string()
         .contains("attention[0, 9] is NaN"));
-    assert!(check_attention(&bad[..15], 1, 16)
+    assert!(check_attention(&bad[..15], &[1, 16])
         .unwrap_err()
         .to_string()
         .contains("expected one per token"));

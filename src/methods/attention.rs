@@ -73,11 +73,11 @@ pub fn visionzip(x: &[f32], width: usize, attention: &[f32], query_grid: &QueryG
     let mut dominant = dominant.to_vec();
     dominant.sort_unstable();
     let mut out: Vec<Row> = dominant.into_iter().map(|t| vec![(t, 1.0)]).collect();
-    if contextual > 0 {
+    if let Some(stride) = rest.len().checked_div(contextual) {
         let mut rest = rest.to_vec();
         rest.sort_unstable();
-        let stride = (rest.len() / contextual).max(1);
-        let is_target = |index: usize| index % stride == 0 && index / stride < contextual;
+        let stride = stride.max(1);
+        let is_target = |index: usize| index.is_multiple_of(stride) && index / stride < contextual;
         let targets: Vec<usize> = (0..rest.len())
             .filter(|&i| is_target(i))
             .map(|i| rest[i])

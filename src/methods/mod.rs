@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
 use crate::gpu::GpuContext;
 use crate::layout::{Layout, Queries, QueryGrid};
-use crate::tensor::{check_finite, Features};
+use crate::tensor::{check_each, check_finite, Features};
 use crate::{reference, Backend, Compressed, Compressor, Options, PMeta, Precision};
 
 pub use attention::{prumerge_kept, quantile};
@@ -114,25 +114,24 @@ impl Method {
     }
 }
 
-/// Refuses an attention tensor that is not `batch x tokens` finite, non-negative values.
-pub fn check_attention(values: &[f32], batch: usize, tokens: usize) -> Result<()> {
-    if values.len() != batch * tokens {
+/// Refuses an attention tensor of another size than `shape` (`[n]` or `[b, n]`) or with a
+/// value that is not finite and non-negative, naming its index.
+pub fn check_attention(values: &[f32], shape: &[usize]) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if values.len() != expected {
         return Err(Error::InvalidTensor(format!(
-            "attention holds {} values; expected one per token, {batch} x {tokens} = {}",
+            "attention holds {} values; expected one per token, {shape:?} = {expected}",
             values.len(),
-            batch * tokens
         )));
     }
-    check_finite("attention", &[batch, tokens], values)?;
-    if let Some(index) = values.iter().position(|v| *v < 0.0) {
-        return Err(Error::InvalidTensor(format!(
-            "attention[{}, {}] is {}; expected non-negative values",
-            index / tokens,
-            index % tokens,
-            values[index]
-        )));
-    }
-    Ok(())
+    check_finite("attention", shape, values)?;
+    check_each(
+        "attention",
+        shape,
+        values,
+        |v| v >= 0.0,
+        "non-negative values",
+    )
 }
 
 /// The rows of one grid under a method that needs no weights.
@@ -226,7 +225,7 @@ impl Reducer {
         let reducer = match opened {
             Opened::Reference => Reducer::Reference,
             Opened::Cpu => Reducer::Cpu,
-            Opened::Gpu(context) => Reducer::Gpu(Box::new(GpuReduction::new(context, precision)?)),
+            Opened::Gpu(context) => Reducer::Gpu(Box::new(GpuReduction::new(*context, precision)?)),
         };
         Ok((reducer, choice))
     }
@@ -375,7 +374,7 @@ impl Runner {
             )));
         }
         if let Some(attention) = request.attention {
-            check_attention(attention, b, n)?;
+            check_attention(attention, &[b, n])?;
         }
         if method == Method::MetaCompress {
             let compressor = self.compressor.as_ref().expect("checked above");

@@ -28,13 +28,18 @@ pub fn tome(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
         .collect();
     while tokens.len() > query_grid.len() {
         let remove = tokens.len() - query_grid.len();
-        let (mut sources, mut destinations): (Vec<(usize, Merged)>, Vec<(usize, Merged)>) = tokens
-            .into_iter()
-            .enumerate()
-            .partition(|(index, _)| index % 2 == 0);
-        let unit = |side: &[(usize, Merged)]| {
+        // A: the tokens at even places; B: at odd places.
+        let (mut sources, mut destinations) = (Vec::new(), Vec::new());
+        for (place, token) in tokens.into_iter().enumerate() {
+            if place.is_multiple_of(2) {
+                sources.push(token);
+            } else {
+                destinations.push(token);
+            }
+        }
+        let unit = |side: &[Merged]| {
             let mut out = Vec::with_capacity(side.len() * width);
-            side.iter().for_each(|(_, t)| push_unit(&mut out, &t.sum));
+            side.iter().for_each(|t| push_unit(&mut out, &t.sum));
             out
         };
         let similarity = cosines(&unit(&sources), &unit(&destinations), width);
@@ -51,8 +56,8 @@ pub fn tome(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
         let mut merged = vec![false; sources.len()];
         for &source in &order[..remove.min(sources.len())] {
             merged[source] = true;
-            let (_, from) = &mut sources[source];
-            let into = &mut destinations[matches[source].0].1;
+            let from = &mut sources[source];
+            let into = &mut destinations[matches[source].0];
             into.members.append(&mut from.members);
             into.sum
                 .iter_mut()
@@ -65,7 +70,6 @@ pub fn tome(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
             .filter(|(_, merged)| !merged)
             .map(|(source, _)| source)
             .chain(destinations)
-            .map(|(_, token)| token)
             .collect();
         for token in &mut tokens {
             token.members.sort_unstable();
