@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use crate::compress::Compressed;
+use crate::layout::{Grid, Layout};
 use crate::tensor::Features;
 
 /// Grid side of the demo image (LLaVA-1.5: 24x24 tokens).
@@ -39,9 +40,9 @@ impl Object {
     }
 }
 
-/// A scene: `SIDE x SIDE` tokens of width `WIDTH` and the objects in it.
+/// A scene: the tokens of one image and the objects in it.
 pub struct Scene {
-    /// One image of `SIDE * SIDE` tokens.
+    /// One image.
     pub features: Features,
     /// The objects placed in it.
     pub objects: Vec<Object>,
@@ -53,15 +54,24 @@ fn unit(rng: &mut ChaCha8Rng, width: usize) -> Vec<f32> {
     v.into_iter().map(|x| x / norm).collect()
 }
 
-/// The demo scene: a smooth background (a few slow 2-D waves, each along its own feature
-/// direction), four objects of different sizes with strong directions of their own, and a
-/// little noise. Deterministic for a seed.
+/// The demo scene on one `SIDE x SIDE` grid of `WIDTH`-wide tokens (LLaVA-1.5's shape).
 pub fn scene(seed: u64) -> Scene {
+    let layout = Layout::square(SIDE * SIDE).expect("a square grid");
+    scene_on(&layout, WIDTH, seed)
+}
+
+/// The demo scene seen through every grid of `layout`: a smooth background (a few slow 2-D
+/// waves, each along its own feature direction), four objects of different sizes with strong
+/// directions of their own, and a little noise. Each grid shows the whole scene at its own
+/// resolution (as LLaVA-NeXT's base image and its high-resolution crops do); loose tokens
+/// share one "newline" direction. Objects are placed in `SIDE x SIDE` cells, mapped onto
+/// each grid. Deterministic for a seed.
+pub fn scene_on(layout: &Layout, width: usize, seed: u64) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let scale = (WIDTH as f32).sqrt();
+    let scale = (width as f32).sqrt();
     let waves: Vec<(Vec<f32>, f32, f32, f32)> = (0..3)
         .map(|_| {
-            let direction = unit(&mut rng, WIDTH);
+            let direction = unit(&mut rng, width);
             (
                 direction,
                 rng.random_range(0.1..0.35),
@@ -81,36 +91,65 @@ pub fn scene(seed: u64) -> Scene {
         name,
         rows,
         columns,
-        direction: unit(&mut rng, WIDTH),
+        direction: unit(&mut rng, width),
     })
     .collect::<Vec<_>>();
-    let mut values = Vec::with_capacity(SIDE * SIDE * WIDTH);
-    for row in 0..SIDE {
-        for column in 0..SIDE {
-            let mut token = vec![0.0f32; WIDTH];
-            for (direction, fy, fx, phase) in &waves {
-                let amplitude = (row as f32 * fy + column as f32 * fx + phase).sin() * 0.6 * scale;
-                token
-                    .iter_mut()
-                    .zip(direction)
-                    .for_each(|(t, d)| *t += amplitude * d);
+    let newline = unit(&mut rng, width);
+    let mut values = Vec::with_capacity(layout.tokens() * width);
+    for token in 0..layout.tokens() {
+        let mut value = vec![0.0f32; width];
+        match layout.grid_of(token) {
+            Some(grid) => {
+                let cell = token - grid.offset;
+                // The cell's centre in SIDE x SIDE scene coordinates.
+                let row = ((cell / grid.width) as f32 + 0.5) * SIDE as f32 / grid.height as f32;
+                let column = ((cell % grid.width) as f32 + 0.5) * SIDE as f32 / grid.width as f32;
+                for (direction, fy, fx, phase) in &waves {
+                    let amplitude =
+                        ((row - 0.5) * fy + (column - 0.5) * fx + phase).sin() * 0.6 * scale;
+                    value
+                        .iter_mut()
+                        .zip(direction)
+                        .for_each(|(t, d)| *t += amplitude * d);
+                }
+                let (r, c) = (row as usize, column as usize);
+                for object in objects.iter().filter(|o| o.covers(r, c)) {
+                    value
+                        .iter_mut()
+                        .zip(&object.direction)
+                        .for_each(|(t, d)| *t += 1.5 * scale * d);
+                }
             }
-            for object in objects.iter().filter(|o| o.covers(row, column)) {
-                token
-                    .iter_mut()
-                    .zip(&object.direction)
-                    .for_each(|(t, d)| *t += 1.5 * scale * d);
-            }
-            token
+            None => value
                 .iter_mut()
-                .for_each(|t| *t += 0.3 * rng.sample::<f32, _>(StandardNormal));
-            values.extend(token);
+                .zip(&newline)
+                .for_each(|(t, d)| *t += scale * d),
         }
+        value
+            .iter_mut()
+            .for_each(|t| *t += 0.3 * rng.sample::<f32, _>(StandardNormal));
+        values.extend(value);
     }
     Scene {
-        features: Features::new(1, SIDE * SIDE, WIDTH, values).expect("demo shapes agree"),
+        features: Features::new(1, layout.tokens(), width, values).expect("demo shapes agree"),
         objects,
     }
+}
+
+/// LLaVA-NeXT's anyres layout: a 24x24 base grid, a 48x48 grid of the four crops, and 48
+/// loose newline tokens after it (n = 2928).
+pub fn anyres_layout() -> Layout {
+    let base = Grid {
+        offset: 0,
+        height: SIDE,
+        width: SIDE,
+    };
+    let crops = Grid {
+        offset: SIDE * SIDE,
+        height: 2 * SIDE,
+        width: 2 * SIDE,
+    };
+    Layout::new(crops.end() + 2 * SIDE, vec![base, crops]).expect("a valid layout")
 }
 
 /// A stand-in for the vision tower's [CLS] attention over the scene's tokens (for `visionzip`

@@ -606,9 +606,20 @@ fn run_demo(backend: Backend, save: Option<&Path>) -> Result<()> {
             Some(&layout.to_json()),
             Some(&attention),
         )?;
+        // The same scene on LLaVA-NeXT's anyres layout (base grid, crop grid, newlines).
+        let anyres = demo::anyres_layout();
+        let anyres_scene = demo::scene_on(&anyres, demo::WIDTH, 2026);
+        files::write_input(
+            &folder.join("demo-anyres-features.safetensors"),
+            &anyres_scene.features,
+            false,
+            Dtype::F32,
+            Some(&anyres.to_json()),
+            Some(&demo::saliency(&anyres_scene.features)),
+        )?;
         files::write_weights(&weights_path, compressor.weights())?;
         say!(
-            "wrote {} (features, a stand-in attention, grids) and {}; try: metacompress compare --input {} --weights {}",
+            "wrote {} (features, a stand-in attention, grids), the same scene on LLaVA-NeXT's anyres layout (demo-anyres-features.safetensors) and {}; try: metacompress compare --input {} --weights {}",
             features.display(),
             weights_path.display(),
             features.display(),
