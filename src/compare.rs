@@ -356,13 +356,12 @@ impl CompareReport {
     }
 }
 
-/// `learned`, `prune` or `merge`.
+/// `learned`, `prune` (one-hot rows), `merge` (spread rows) or `mixed` (some of each).
 fn kind(method: Method) -> &'static str {
-    if method.needs_weights() {
-        "learned"
-    } else if method.prunes() {
-        "prune"
-    } else {
-        "merge"
+    match method {
+        Method::MetaCompress => "learned",
+        Method::VisionZip | Method::PruMerge => "mixed",
+        method if method.prunes() => "prune",
+        _ => "merge",
     }
 }
