@@ -547,3 +547,66 @@ fn pictures_decode_at_the_grids_size_and_show_the_kept_cells() {
         }
     }
 }
+
+#[test]
+fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
+    let Some(context) = gpu() else {
+        return;
+    };
+    let (seed, mut rng) = seeded("the_gpu_reduction_agrees_in_chunks_and_in_f16");
+    let layout = odd_layout(&mut rng);
+    let (b, n, d) = (5, layout.tokens(), 2 * rng.random_range(8..24) + 1);
+    let x = features(&mut rng, b, n, d);
+    let request = Request {
+        features: &x,
+        layout: &layout,
+        attention: None,
+        seed: 1,
+    };
+    let options = Options {
+        keep: Keep::new(0.25).unwrap(),
+        poison: true,
+        ..Options::default()
+    };
+    let runner = Runner::on_context(None, context.clone(), Precision::F32).unwrap();
+    for method in [Method::Pool, Method::Tome] {
+        let what = format!("seed {seed}, {}", method.name());
+        let whole = runner.run(method, &request, &options).unwrap();
+        // Two images' features per binding: chunks of 2, 2 and 1 images.
+        let chunked = Options {
+            max_binding_bytes: Some((2 * n * d * 4) as u64),
+            ..options
+        };
+        let parts = runner.run(method, &request, &chunked).unwrap();
+        assert_eq!(whole.tokens, parts.tokens, "{what}: chunked != whole");
+        let m = whole.queries.count;
+        let p = whole.projection.as_ref().unwrap();
+        let expected: Vec<f64> = (0..b)
+            .flat_map(|image| {
+                let p64: Vec<f64> = p[image * m * n..][..m * n]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                reference::reduce(&p64, x.image(image), n, d)
+            })
+            .collect();
+        let error = relative_error(&whole.tokens, &expected);
+        assert!(error <= 1e-4, "{what}: f32 error {error}");
+        // One image alone past the binding is refused, naming the buffer.
+        let too_small = Options {
+            max_binding_bytes: Some((n * d * 4 - 4) as u64),
+            ..options
+        };
+        let refusal = runner
+            .run(method, &request, &too_small)
+            .unwrap_err()
+            .to_string();
+        assert!(refusal.contains("features need"), "{what}: {refusal}");
+        if context.has_f16() {
+            let half = Runner::on_context(None, context.clone(), Precision::F16).unwrap();
+            let result = half.run(method, &request, &options).unwrap();
+            let error = relative_error(&result.tokens, &expected);
+            assert!(error <= 1e-2, "{what}: f16 error {error}");
+        }
+    }
+}

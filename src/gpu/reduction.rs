@@ -8,7 +8,7 @@ use super::buffers::{storage_output, storage_with};
 use super::forward::scoped;
 use super::memory::Ledger;
 use super::GpuContext;
-use crate::compress::Precision;
+use crate::compress::{Options, Precision};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
 use crate::kernels::{Passes, Slice, Step};
@@ -52,20 +52,25 @@ impl GpuReduction {
     }
 
     /// `Y` (`b x m x d`, widened to f32) for `projection` (`b x m x n`) and `features`.
-    /// Images go in chunks whose `X`, `P` and `Y` each fit one storage binding; an image
-    /// that alone passes it is refused before any device work.
+    /// Images go in chunks whose `X`, `P` and `Y` each fit one storage binding (the device's,
+    /// or `options.max_binding_bytes` when lower); an image that alone passes it is refused
+    /// before any device work. `options.poison` starts `Y` as NaN.
     pub fn reduce(
         &self,
         features: &Features,
         projection: &[f32],
-        poison: bool,
+        options: &Options,
     ) -> Result<Vec<f32>> {
         self.context.check_alive()?;
         let (b, n, d) = (features.batch(), features.tokens(), features.width());
         let m = projection.len() / (b * n);
         debug_assert_eq!(projection.len(), b * m * n);
         let e = self.precision.size();
-        let limit = self.context.binding_limit();
+        let poison = options.poison;
+        let device_limit = self.context.binding_limit();
+        let limit = options
+            .max_binding_bytes
+            .map_or(device_limit, |forced| forced.min(device_limit));
         let per_image = [
             ("features", (n * d * e) as u64),
             ("projection", (m * n * 4) as u64),

@@ -230,18 +230,18 @@ impl Reducer {
         Ok((reducer, choice))
     }
 
-    /// `Y` (`b x m x d`) for `projection` (`b x m x n`); with `poison`, GPU outputs start as
-    /// NaN so that an unwritten element cannot pass.
+    /// `Y` (`b x m x d`) for `projection` (`b x m x n`); on the GPU, `options.poison` starts
+    /// the outputs as NaN and `options.max_binding_bytes` can force smaller chunks.
     pub fn reduce(
         &self,
         features: &Features,
         projection: &[f32],
-        poison: bool,
+        options: &Options,
     ) -> Result<Vec<f32>> {
         let (b, n, d) = (features.batch(), features.tokens(), features.width());
         let m = projection.len() / (b * n);
         match self {
-            Reducer::Gpu(gpu) => gpu.reduce(features, projection, poison),
+            Reducer::Gpu(gpu) => gpu.reduce(features, projection, options),
             Reducer::Reference => {
                 let p: Vec<f64> = projection.iter().map(|&v| v as f64).collect();
                 Ok((0..b)
@@ -362,7 +362,8 @@ impl Runner {
     }
 
     /// Runs `method` on every image of `request`: `Y` and `P` (always) and the queries.
-    /// `options` gives the keep and `poison`, and for `metacompress` the scope and kernels.
+    /// `options` gives the keep, `poison` and `max_binding_bytes`, and for `metacompress`
+    /// the scope and kernels.
     pub fn run(&self, method: Method, request: &Request, options: &Options) -> Result<Compressed> {
         self.check(method, request)?;
         let features = request.features;
@@ -398,7 +399,7 @@ impl Runner {
                 &mut rng,
             )?);
         }
-        let tokens = self.reducer.reduce(features, &p, options.poison)?;
+        let tokens = self.reducer.reduce(features, &p, options)?;
         Ok(Compressed {
             tokens,
             projection: Some(p),

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 3's real-GPU measurements in one command, for a machine lent by the device tool
+# (NVIDIA, no Rust toolchain, no Vulkan loader). Prepare here, once:
+#   echo /.gl/ >> .git/info/exclude; mkdir -p .gl /tmp/amd64/partial
+#   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+#   apt-get $o update; (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+#   cargo build --release
+# then run `bash bench/gpu_session.sh` there with carry [".gl", "target/release/metacompress"].
+# Results land in $OUT (metacompress bench JSON in f32 and f16, the PyTorch forward's JSON).
+set -uo pipefail
+out="${OUT:-bench/results}"
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if ! ls /usr/share/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+bin=target/release/metacompress
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$out/nvidia-smi.txt"
+"$bin" devices | tee "$out/devices.txt"
+"$bin" bench --workload all --backend vulkan --runs 20 --json "$out/metacompress-f32.json" | tee "$out/metacompress-f32.txt"
+"$bin" bench --workload all --backend vulkan --precision f16 --runs 20 --json "$out/metacompress-f16.json" | tee "$out/metacompress-f16.txt"
+PYTHONUNBUFFERED=1 python3 bench/torch_forward.py --runs 20 --json "$out/torch.json" | tee "$out/torch.txt"
