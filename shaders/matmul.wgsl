@@ -2,6 +2,9 @@
 // strides given by the host, so that B may be a row-major matrix or the transpose of one:
 // the projections Q' = Q_in w_q' and K = Xp w_k (SPEC 4, step 4), the scores S = Q' K^T or
 // S = (Q' w_k^T) Xp^T (step 5) and the reduction Y = P X (step 7). f32 accumulation.
+// Rows of A are `lhs_row_stride` apart (A may be a block of columns of a wider matrix), and
+// with `accumulate` C += A B: an image too large for one binding is reduced token range by
+// token range, Y += P[:, range] X[range].
 // The host prepends `alias lhs_elem = ...; alias rhs_elem = ...; alias out_elem = ...;`.
 
 struct Params {
@@ -13,6 +16,10 @@ struct Params {
     out_batch_stride: u32,
     rhs_inner_stride: u32,  // elements between B[k, j] and B[k + 1, j]
     rhs_column_stride: u32, // elements between B[k, j] and B[k, j + 1]
+    lhs_row_stride: u32,    // elements between A[i, k] and A[i + 1, k]
+    accumulate: u32,        // 1: C += A B, 0: C = A B
+    unused0: u32,
+    unused1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -32,13 +39,25 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     if row >= params.rows || column >= params.columns {
         return;
     }
-    let lhs_row = image * params.lhs_batch_stride + row * params.inner;
+    let lhs_row = image * params.lhs_batch_stride + row * params.lhs_row_stride;
     let rhs_base = image * params.rhs_batch_stride + column * params.rhs_column_stride;
     var sum = 0.0;
     for (var k = 0u; k < params.inner; k++) {
         sum += f32(lhs[lhs_row + k]) * f32(rhs[rhs_base + k * params.rhs_inner_stride]);
     }
-    out[image * params.out_batch_stride + row * params.columns + column] = out_elem(sum);
+    let at = image * params.out_batch_stride + row * params.columns + column;
+    if params.accumulate != 0u {
+        sum += f32(out[at]);
+    }
+    out[at] = out_elem(sum);
+}
+
+// `value`, plus what C holds at `at` when accumulating.
+fn with_previous(at: u32, value: f32) -> out_elem {
+    if params.accumulate != 0u {
+        return out_elem(value + f32(out[at]));
+    }
+    return out_elem(value);
 }
 
 // The register-tiled kernel: a workgroup of 8 x 8 invocations computes a 32 x 32 tile of C,
@@ -76,7 +95,7 @@ fn main_tiled(
         return;
     }
     let last_column = params.columns - 1u;
-    let lhs_rows = block_rows(image, params.lhs_batch_stride, first_row, params.inner);
+    let lhs_rows = block_rows(image, params.lhs_batch_stride, first_row, params.lhs_row_stride);
     let rhs_base = image * params.rhs_batch_stride;
     let rhs_columns = vec4<u32>(
         rhs_base + min(first_column, last_column) * params.rhs_column_stride,
@@ -115,22 +134,22 @@ fn store_row(image: u32, row: u32, first_column: u32, values: vec4<f32>) {
     }
     let base = image * params.out_batch_stride + row * params.columns + first_column;
     let room = params.columns - first_column; // > 0: the caller checked first_column
-    out[base] = out_elem(values.x);
+    out[base] = with_previous(base, values.x);
     if lanes < room {
-        out[base + lanes] = out_elem(values.y);
+        out[base + lanes] = with_previous(base + lanes, values.y);
     }
     if 2u * lanes < room {
-        out[base + 2u * lanes] = out_elem(values.z);
+        out[base + 2u * lanes] = with_previous(base + 2u * lanes, values.z);
     }
     if 3u * lanes < room {
-        out[base + 3u * lanes] = out_elem(values.w);
+        out[base + 3u * lanes] = with_previous(base + 3u * lanes, values.w);
     }
 }
 
 // The vec4 kernels: the same 32 x 32 tile and 4 x 4 block per invocation, but every load
 // fetches four neighbouring elements, so a step of four along the inner dimension takes 8
 // loads for 64 multiply-adds (the scalar kernel takes 32). For shapes whose inner size (and,
-// when B is row-major, column count) is a multiple of 4; the host checks. An invocation's 4
+// when B is row-major, column count, and A's row stride) is a multiple of 4; the host checks. An invocation's 4
 // columns are adjacent here.
 @group(0) @binding(1) var<storage, read> lhs4: array<vec4<lhs_elem>>;
 @group(0) @binding(2) var<storage, read> rhs4: array<vec4<rhs_elem>>;
@@ -149,7 +168,7 @@ fn main_vec4(
     }
     let inner4 = params.inner / 4u;
     let columns4 = params.columns / 4u;
-    let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, inner4);
+    let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, params.lhs_row_stride / 4u);
     var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u;
     var sum0 = vec4<f32>();
     var sum1 = vec4<f32>();
@@ -187,7 +206,7 @@ fn main_vec4_transposed(
     }
     let inner4 = params.inner / 4u;
     let last_column = params.columns - 1u;
-    let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, inner4);
+    let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, params.lhs_row_stride / 4u);
     let rhs_base = image * params.rhs_batch_stride / 4u;
     let rhs_columns = vec4<u32>(
         rhs_base + min(first_column, last_column) * inner4,
@@ -232,7 +251,7 @@ fn store_block(
     for (var r = 0u; r < rows; r++) {
         let base = image * params.out_batch_stride + (first_row + r) * params.columns + first_column;
         for (var c = 0u; c < columns; c++) {
-            out[base + c] = out_elem(sums[r][c]);
+            out[base + c] = with_previous(base + c, sums[r][c]);
         }
     }
 }

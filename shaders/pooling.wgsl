@@ -1,5 +1,8 @@
 // Q_in = adaptive average pooling of Xp over each grid to its hq x wq query grid
 // (SPEC 4, step 3): query row i averages rows floor(i*h/hq) .. ceil((i+1)*h/hq) - 1.
+// `positioned` holds tokens token_start .. token_end of each image; a window's tokens outside
+// them are left out of the sum (not of the count), and with `accumulate` the result is added
+// to what `pooled` holds: an image too large for one binding is pooled range by range.
 // The host prepends `alias elem = ...;`.
 
 struct Params {
@@ -8,6 +11,9 @@ struct Params {
     queries: u32,  // m
     width: u32,    // d
     grid_count: u32,
+    token_start: u32, // first token of each image that `positioned` holds
+    token_end: u32,   // one past the last
+    accumulate: u32,  // 1: add to `pooled`, 0: overwrite it
 }
 
 struct QueryGrid {
@@ -49,14 +55,22 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         let j = local % grid.query_width;
         let row_end = ((i + 1u) * grid.height + grid.query_height - 1u) / grid.query_height;
         let column_end = ((j + 1u) * grid.width + grid.query_width - 1u) / grid.query_width;
-        let image_base = image * params.tokens;
+        let held = params.token_end - params.token_start;
+        let image_base = image * held;
         for (var row = i * grid.height / grid.query_height; row < row_end; row++) {
             for (var column = j * grid.width / grid.query_width; column < column_end; column++) {
-                let token = image_base + grid.offset + row * grid.width + column;
-                sum += f32(positioned[token * params.width + channel]);
+                let token = grid.offset + row * grid.width + column;
                 count++;
+                if token >= params.token_start && token < params.token_end {
+                    let at = image_base + token - params.token_start;
+                    sum += f32(positioned[at * params.width + channel]);
+                }
             }
         }
     }
-    pooled[index] = elem(sum / f32(max(count, 1u)));
+    var mean = sum / f32(max(count, 1u));
+    if params.accumulate != 0u {
+        mean += f32(pooled[index]);
+    }
+    pooled[index] = elem(mean);
 }

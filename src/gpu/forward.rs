@@ -130,6 +130,8 @@ impl Products {
             lhs_per_image: true,
             rhs_per_image: false,
             rhs_transposed: false,
+            lhs_row_stride: None,
+            accumulate: false,
         };
         let scores_over = |inner: u32| Product {
             columns: shape.tokens,
@@ -714,6 +716,8 @@ impl GpuEngine {
             step,
             &shape,
             positioned,
+            0..n as u32,
+            false,
             Slice::whole(&buffers.query_grids),
             Slice::whole(&buffers.pooled),
         );

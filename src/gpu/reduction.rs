@@ -121,6 +121,8 @@ impl GpuReduction {
                     lhs_per_image: true,
                     rhs_per_image: true,
                     rhs_transposed: false,
+                    lhs_row_stride: None,
+                    accumulate: false,
                 };
                 let step = Step {
                     name: "reduce",

@@ -75,6 +75,9 @@ struct Params {
     out_batch_stride: u32,
     rhs_inner_stride: u32,
     rhs_column_stride: u32,
+    lhs_row_stride: u32,
+    accumulate: u32,
+    padding: [u32; 2],
 }
 
 /// The sizes of one batched product `C (rows x columns) = A (rows x inner) B (inner x columns)`.
@@ -94,6 +97,11 @@ pub struct Product {
     pub rhs_per_image: bool,
     /// Whether the buffer holds `B^T` row-major (`columns x inner`) rather than `B`.
     pub rhs_transposed: bool,
+    /// Elements between rows of `A` when they are not `inner` apart (a block of columns of
+    /// a wider matrix).
+    pub lhs_row_stride: Option<u32>,
+    /// Whether to add `A B` to what `C` holds rather than overwrite it.
+    pub accumulate: bool,
 }
 
 impl Product {
@@ -107,16 +115,25 @@ impl Product {
         ]
     }
 
-    /// The kernel `variant` runs for this shape: vec4 loads need the inner size, and the
-    /// column count when `B` is row-major, to be multiples of 4.
+    /// The kernel `variant` runs for this shape: vec4 loads need the inner size, `A`'s row
+    /// stride, and the column count when `B` is row-major, to be multiples of 4.
     pub fn kernel(&self, variant: MatmulVariant) -> Kernel {
         match variant {
             MatmulVariant::Naive => Kernel::Naive,
-            MatmulVariant::Tiled if !self.inner.is_multiple_of(4) => Kernel::Tiled,
+            MatmulVariant::Tiled
+                if !self.inner.is_multiple_of(4) || !self.lhs_stride().is_multiple_of(4) =>
+            {
+                Kernel::Tiled
+            }
             MatmulVariant::Tiled if self.rhs_transposed => Kernel::Vec4Transposed,
             MatmulVariant::Tiled if self.columns.is_multiple_of(4) => Kernel::Vec4,
             MatmulVariant::Tiled => Kernel::Tiled,
         }
+    }
+
+    /// Elements between rows of `A`.
+    pub fn lhs_stride(&self) -> u32 {
+        self.lhs_row_stride.unwrap_or(self.inner)
     }
 
     /// Floating-point operations (a multiply and an add per inner step).
@@ -181,6 +198,9 @@ impl Matmul {
             out_batch_stride: product.rows * product.columns,
             rhs_inner_stride,
             rhs_column_stride,
+            lhs_row_stride: product.lhs_stride(),
+            accumulate: product.accumulate as u32,
+            padding: [0; 2],
         };
         let pipeline = &self.pipelines[product.kernel(variant) as usize];
         dispatch(
@@ -208,6 +228,8 @@ mod tests {
             lhs_per_image: true,
             rhs_per_image: true,
             rhs_transposed,
+            lhs_row_stride: None,
+            accumulate: false,
         };
         let tiled = MatmulVariant::Tiled;
         assert_eq!(product(12, 20, false).kernel(tiled), Kernel::Vec4);

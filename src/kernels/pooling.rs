@@ -13,7 +13,9 @@ struct Params {
     queries: u32,
     width: u32,
     grid_count: u32,
-    padding: [u32; 3],
+    token_start: u32,
+    token_end: u32,
+    accumulate: u32,
 }
 
 /// The pooling kernel.
@@ -29,14 +31,19 @@ impl Pooling {
         }
     }
 
-    /// Records `pooled = pool(positioned)`; `query_grids` holds 8 words per grid (see the
-    /// shader's `QueryGrid`).
+    /// Records `pooled = pool(positioned)`, or with `accumulate` `pooled += ...`, where
+    /// `positioned` holds the tokens `held` of each image (all `0..n` unless an image is
+    /// pooled range by range); `query_grids` holds 8 words per grid (see the shader's
+    /// `QueryGrid`).
+    #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
         passes: &mut Passes,
         step: Step,
         shape: &ForwardShape,
         positioned: Slice,
+        held: std::ops::Range<u32>,
+        accumulate: bool,
         query_grids: Slice,
         pooled: Slice,
     ) {
@@ -47,7 +54,9 @@ impl Pooling {
             queries: shape.queries,
             width: shape.width,
             grid_count: shape.grid_count,
-            padding: [0; 3],
+            token_start: held.start,
+            token_end: held.end,
+            accumulate: accumulate as u32,
         };
         dispatch(
             passes,
