@@ -413,29 +413,38 @@ fn grid_scope_puts_exact_zeros_outside_the_query_grid() {
 }
 
 #[test]
-fn an_image_past_the_binding_limit_fails_cleanly_before_any_gpu_work() {
+fn an_image_whose_p_passes_the_binding_limit_is_split_and_what_cannot_be_fails_cleanly() {
     let Some(context) = gpu() else { return };
-    let (_, mut rng) = seeded("binding_limit");
+    let (seed, mut rng) = seeded("binding_limit");
     // keep 1 on a 77x77 grid: P is 5929 x 5929 f32 = 141 MB for one image, past lavapipe's
-    // 128 MiB binding, while the features (width 3) stay small. Batches are cut into chunks,
-    // but one image is not split.
+    // 128 MiB binding, while the features (width 3) stay small: P is cut into query blocks.
     let limit = context.binding_limit();
     let fewest_tokens = ((limit / 4) as f64).sqrt() as usize + 1;
     let side = (fewest_tokens as f64).sqrt().ceil() as usize;
     let tokens = side * side;
     let weights = weights(&mut rng, 3, 2, None);
     let features = features(&mut rng, 1, tokens, 3);
-    let compressor = Compressor::on_context(weights, context, Precision::F32).unwrap();
-    let before = compressor.memory().unwrap();
+    let layout = Layout::square(tokens).unwrap();
+    let compressor = Compressor::on_context(weights.clone(), context, Precision::F32).unwrap();
     let options = Options {
         keep: Keep::new(1.0).unwrap(),
+        poison: true,
         ..Options::default()
     };
-    let error = compressor
-        .compress(&features, &Layout::square(tokens).unwrap(), &options)
-        .unwrap_err();
+    let reduced = compressor.compress(&features, &layout, &options).unwrap();
+    let queries = layout.queries(options.keep);
+    let expected = reference::forward(&features, &weights, &layout, &queries, options.scope);
+    let error = relative_error(&reduced.tokens, &expected.tokens);
+    assert!(error <= 1e-4, "seed {seed}: tokens off by {error:e}");
+    // A binding too small for even the keys: refused before any device work.
+    let before = compressor.memory().unwrap();
+    let tiny = Options {
+        max_binding_bytes: Some(1000),
+        ..options
+    };
+    let error = compressor.compress(&features, &layout, &tiny).unwrap_err();
     assert!(matches!(error, metacompress::Error::TooLarge(_)), "{error}");
-    assert!(error.to_string().contains("the scores"), "{error}");
+    assert!(error.to_string().contains("the keys"), "{error}");
     assert_eq!(
         compressor.memory().unwrap().buffers_created,
         before.buffers_created,

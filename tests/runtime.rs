@@ -663,3 +663,95 @@ fn a_safetensors_file_is_compressed_on_the_layout_of_its_metadata() {
     assert_same(&from_file, &expected, &format!("seed {seed}: file"));
     std::fs::remove_dir_all(&folder).unwrap();
 }
+
+/// Two grids (odd sizes) with loose tokens after each: n = 540 + 3 + 117 + 2 = 662.
+fn large_layout() -> Layout {
+    Layout::new(662, vec![grid(0, 20, 27), grid(543, 9, 13)]).unwrap()
+}
+
+#[test]
+fn one_image_past_the_binding_limit_is_cut_into_token_ranges_and_query_blocks() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("one_image_past_the_binding_limit");
+    let align = context.limits.min_storage_buffer_offset_alignment as usize;
+    let layout = large_layout();
+    let n = layout.tokens();
+    let d = odd(&mut rng, 321..401);
+    let weights = weights(&mut rng, d, 7, Some((3, 4)));
+    let features = features(&mut rng, 2, n, d);
+    for (keep, scope) in [(0.5, Scope::Image), (0.3, Scope::Grid)] {
+        let options = Options {
+            scope,
+            profile: true,
+            ..checked(keep)
+        };
+        let m = layout.queries(options.keep).count;
+        // A binding that holds the whole pooled queries and a block of `align` rows of P,
+        // but not one image's features: token ranges, and query blocks when m > align.
+        let limit = (m * d * 4).max(align * n * 4) * 21 / 20;
+        assert!(
+            limit < n * d * 4,
+            "seed {seed}: the features must pass the limit"
+        );
+        let split = Options {
+            max_binding_bytes: Some(limit as u64),
+            ..options
+        };
+        let what = format!("seed {seed}, keep {keep}, {scope:?}, limit {limit}");
+        let compressor =
+            Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();
+        let whole = compressor.compress(&features, &layout, &options).unwrap();
+        let cut = compressor.compress(&features, &layout, &split).unwrap();
+        let reductions = |c: &Compressed| {
+            let profile = c.profile.as_ref().unwrap();
+            profile
+                .steps
+                .iter()
+                .filter(|s| s.name == "reduction")
+                .count()
+        };
+        eprintln!(
+            "{what}: align {align}, m {m}, reductions {} vs {}",
+            reductions(&cut),
+            reductions(&whole)
+        );
+        assert!(reductions(&cut) > reductions(&whole), "{what}: not split");
+        assert_reference(&cut, &features, &weights, &layout, &split, 1e-4, &what);
+        let expected: Vec<f64> = whole.tokens.iter().map(|&v| v as f64).collect();
+        let error = relative_error(&cut.tokens, &expected);
+        assert!(error < 1e-5, "{what}: split vs whole {error:e}");
+        // From device buffers: bound in place (f32) and copied in by the ingest kernel (bf16
+        // at an odd element offset), range by range.
+        let direct = device_buffer(&context, bytemuck::cast_slice(features.values()));
+        let tokens = GpuTokens::new(&direct, Dtype::F32, 2, n, d);
+        let out = compressor.compress_on_gpu(tokens, &layout, &split).unwrap();
+        let from_gpu = compressor.read_back(&out).unwrap();
+        assert_reference(&from_gpu, &features, &weights, &layout, &split, 1e-4, &what);
+        let halves: Vec<bf16> = std::iter::once(bf16::ZERO)
+            .chain(features.values().iter().map(|&v| bf16::from_f32(v)))
+            .collect();
+        let rounded =
+            Features::new(2, n, d, halves[1..].iter().map(|v| v.to_f32()).collect()).unwrap();
+        let ingest = device_buffer(&context, bytemuck::cast_slice(&halves));
+        let tokens = GpuTokens::new(&ingest, Dtype::BF16, 2, n, d).at_offset(2);
+        let out = compressor.compress_on_gpu(tokens, &layout, &split).unwrap();
+        let from_bf16 = compressor.read_back(&out).unwrap();
+        assert_reference(&from_bf16, &rounded, &weights, &layout, &split, 1e-4, &what);
+        if context.has_f16() {
+            let half =
+                Compressor::on_context(weights.clone(), context.clone(), Precision::F16).unwrap();
+            let limit = limit / 2;
+            let out = half
+                .compress(
+                    &features,
+                    &layout,
+                    &Options {
+                        max_binding_bytes: Some(limit as u64),
+                        ..split
+                    },
+                )
+                .unwrap();
+            assert_reference(&out, &features, &weights, &layout, &split, 1e-2, &what);
+        }
+    }
+}

@@ -11,13 +11,13 @@ use super::buffers::{
 };
 use super::context::GpuContext;
 use super::memory::{Ledger, Tracked};
-use super::plan::{plan, CallPlan, Device, Group, GroupPlan, InputPath, Wants};
+use super::plan::{pieces, plan, CallPlan, Device, Group, GroupPlan, InputPath, Split, Wants};
 use crate::compress::{Association, Options, Precision, Tokens};
 use crate::error::{Error, Result};
 use crate::kernels::ingest::Ingest;
 use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
 use crate::kernels::pooling::Pooling;
-use crate::kernels::position::{samples, Position};
+use crate::kernels::position::{samples, Position, Sample};
 use crate::kernels::softmax::Softmax;
 use crate::kernels::{ForwardShape, PassTimings, Passes, Slice, Step};
 use crate::profile::{Clock, StepTime};
@@ -449,26 +449,52 @@ impl GpuEngine {
                         }
                         (Tokens::Gpu(gpu), _) => {
                             let ingested = buffers.ingested.as_ref().expect("ingest buffer");
-                            self.encode_ingest(
-                                &mut passes,
-                                gpu,
-                                group_plan,
-                                start,
-                                count,
-                                ingested,
-                            );
+                            let image = group_plan.tokens * group_plan.width;
+                            match &group_plan.split {
+                                None => self.encode_ingest(
+                                    &mut passes,
+                                    gpu,
+                                    start * image,
+                                    count * image,
+                                    Slice::whole(ingested),
+                                ),
+                                // Range by range, so that each source window fits a binding.
+                                Some(split) => {
+                                    let d = group_plan.width;
+                                    for (first, tokens) in pieces(group_plan.tokens, split.tokens) {
+                                        self.encode_ingest(
+                                            &mut passes,
+                                            gpu,
+                                            start * image + first * d,
+                                            tokens * d,
+                                            range_of(ingested, first * d * e, tokens * d * e),
+                                        );
+                                    }
+                                }
+                            }
                             Slice::whole(ingested)
                         }
                     };
-                    self.encode_chunk(
-                        &mut passes,
-                        group,
-                        group_plan,
-                        count,
-                        input,
-                        &buffers,
-                        options,
-                    );
+                    match &group_plan.split {
+                        None => self.encode_chunk(
+                            &mut passes,
+                            group,
+                            group_plan,
+                            count,
+                            input,
+                            &buffers,
+                            options,
+                        ),
+                        Some(split) => self.encode_split(
+                            &mut passes,
+                            group,
+                            group_plan,
+                            split,
+                            input,
+                            &buffers,
+                            options,
+                        ),
+                    }
                     if let Some(tokens) = &tokens {
                         let per_image = group_plan.queries * group_plan.width;
                         passes.encoder.copy_buffer_to_buffer(
@@ -618,19 +644,18 @@ impl GpuEngine {
 }
 
 impl GpuEngine {
-    /// Records the ingest copy of images `start .. start + count` of `gpu` into `ingested`.
+    /// Records the ingest copy of `elements` elements of `gpu`'s group, from element
+    /// `first`, into `into`.
     fn encode_ingest(
         &self,
         passes: &mut Passes,
         gpu: &super::resident::GpuTokens,
-        plan: &GroupPlan,
-        start: usize,
-        count: usize,
-        ingested: &wgpu::Buffer,
+        first: usize,
+        elements: usize,
+        into: Slice,
     ) {
         let size = gpu.dtype.size() as u64;
-        let elements = count * plan.tokens * plan.width;
-        let first_byte = gpu.offset + (start * plan.tokens * plan.width) as u64 * size;
+        let first_byte = gpu.offset + first as u64 * size;
         let align = (self.context.limits.min_storage_buffer_offset_alignment as u64).max(4);
         let window_start = first_byte - first_byte % align;
         let window_end = (first_byte + elements as u64 * size)
@@ -652,7 +677,7 @@ impl GpuEngine {
             gpu.dtype,
             ((first_byte - window_start) / size) as u32,
             elements as u32,
-            Slice::whole(ingested),
+            into,
         );
     }
 
@@ -795,6 +820,184 @@ impl GpuEngine {
             input,
             Slice::whole(&buffers.tokens),
         );
+    }
+}
+
+impl GpuEngine {
+    /// Records the forward pass of one image too large for one binding (`input` holds all
+    /// of it, from its offset): token range by token range for position, pooling (summed
+    /// into `Q_in`) and keys; then query block by query block for the scores and the
+    /// softmax, and `Y` summed over the token ranges (`Y += P[:, range] X[range]`).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_split(
+        &self,
+        passes: &mut Passes,
+        group: &Group,
+        plan: &GroupPlan,
+        split: &Split,
+        input: Slice,
+        buffers: &GroupBuffers,
+        options: &Options,
+    ) {
+        let matmul: MatmulVariant = options.kernels.matmul();
+        let (n, m, d) = (plan.tokens, plan.queries, plan.width);
+        let c = self.weights.channels;
+        let e = self.precision.size();
+        let k = &self.kernels;
+        let w = &self.weights;
+        let shape = |tokens: usize, queries: usize| ForwardShape {
+            batch: 1,
+            tokens: tokens as u32,
+            queries: queries as u32,
+            width: d as u32,
+            channels: c as u32,
+            grid_count: group.layout.grids().len() as u32,
+        };
+        let of_input = |first: usize, count: usize| Slice {
+            buffer: input.buffer,
+            offset: input.offset + (first * d * e) as u64,
+            size: Some((count * d * e) as u64),
+        };
+        let product = |rows: usize, columns: usize, inner: usize| Product {
+            batch: 1,
+            rows: rows as u32,
+            columns: columns as u32,
+            inner: inner as u32,
+            lhs_per_image: true,
+            rhs_per_image: true,
+            rhs_transposed: false,
+            lhs_row_stride: None,
+            accumulate: false,
+        };
+        // Token ranges: Xp, Q_in (summed) and K.
+        for (index, (first, tokens)) in pieces(n, split.tokens).enumerate() {
+            let x = of_input(first, tokens);
+            let (t, d_f, e_f) = (tokens as f64, d as f64, e as f64);
+            let positioned = match (&w.table, &buffers.positioned, &buffers.samples) {
+                (Some((table, height, width)), Some(positioned), Some(samples)) => {
+                    let step = Step {
+                        name: "position",
+                        flops: 9.0 * t * d_f,
+                        bytes: (2.0 * t + (*height * *width) as f64) * d_f * e_f,
+                    };
+                    let sample = std::mem::size_of::<Sample>();
+                    let into = range_of(positioned, first * d * e, tokens * d * e);
+                    k.position.encode(
+                        passes,
+                        step,
+                        &shape(tokens, m),
+                        x,
+                        Slice::whole(table),
+                        range_of(samples, first * sample, tokens * sample),
+                        into,
+                    );
+                    into
+                }
+                _ => x,
+            };
+            let step = Step {
+                name: "pooling",
+                flops: t * d_f,
+                bytes: (t + m as f64) * d_f * e_f,
+            };
+            k.pooling.encode(
+                passes,
+                step,
+                &shape(n, m),
+                positioned,
+                first as u32..(first + tokens) as u32,
+                index > 0,
+                Slice::whole(&buffers.query_grids),
+                Slice::whole(&buffers.pooled),
+            );
+            let keys = Product {
+                rhs_per_image: false,
+                ..product(tokens, c, d)
+            };
+            k.keys.encode(
+                passes,
+                product_step("keys", &keys, (e, e, e)),
+                matmul,
+                &keys,
+                positioned,
+                Slice::whole(&w.w_k),
+                range_of(&buffers.before_scores, first * c * e, tokens * c * e),
+            );
+        }
+        // Q' = Q_in w_q' (whole).
+        let queries = Product {
+            rhs_per_image: false,
+            ..product(m, c, d)
+        };
+        k.queries.encode(
+            passes,
+            product_step("queries", &queries, (e, 4, 4)),
+            matmul,
+            &queries,
+            Slice::whole(&buffers.pooled),
+            Slice::whole(&w.w_q_scaled),
+            Slice::whole(&buffers.query),
+        );
+        // Query blocks: S = Q' K^T, P = softmax(S), Y = sum over ranges of P[:, r] X[r].
+        for (first_query, count) in pieces(m, split.queries) {
+            let scores = range_of(&buffers.scores, first_query * n * 4, count * n * 4);
+            let product_scores = Product {
+                rhs_transposed: true,
+                ..product(count, n, c)
+            };
+            k.scores.encode(
+                passes,
+                product_step("scores", &product_scores, (4, e, 4)),
+                matmul,
+                &product_scores,
+                range_of(&buffers.query, first_query * c * 4, count * c * 4),
+                Slice::whole(&buffers.before_scores),
+                scores,
+            );
+            let step = Step {
+                name: "softmax",
+                flops: 4.0 * count as f64 * n as f64,
+                bytes: 2.0 * count as f64 * n as f64 * 4.0,
+            };
+            k.softmax.encode(
+                passes,
+                step,
+                &shape(n, count),
+                range_of(&buffers.key_ranges, first_query * 8, count * 8),
+                scores,
+            );
+            let tokens_out = range_of(&buffers.tokens, first_query * d * e, count * d * e);
+            for (index, (first, tokens)) in pieces(n, split.tokens).enumerate() {
+                let reduction = Product {
+                    lhs_row_stride: Some(n as u32),
+                    accumulate: index > 0,
+                    ..product(count, d, tokens)
+                };
+                let block = range_of(
+                    &buffers.scores,
+                    (first_query * n + first) * 4,
+                    ((count - 1) * n + tokens) * 4,
+                );
+                k.reduction.encode(
+                    passes,
+                    product_step("reduction", &reduction, (4, e, e)),
+                    matmul,
+                    &reduction,
+                    block,
+                    of_input(first, tokens),
+                    tokens_out,
+                );
+            }
+        }
+    }
+}
+
+/// The `size` bytes of `buffer` from byte `offset`, as a binding.
+fn range_of(buffer: &wgpu::Buffer, offset: usize, size: usize) -> Slice<'_> {
+    Slice {
+        buffer,
+        offset: offset as u64,
+        size: Some(size as u64),
     }
 }
 

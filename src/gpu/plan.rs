@@ -55,6 +55,28 @@ pub struct GroupPlan {
     pub tokens_at: usize,
     /// Element offset of the group's `P` in the call's projection output.
     pub projection_at: usize,
+    /// How each image is cut into token ranges and query blocks, when one image does not
+    /// fit one storage binding (then chunks hold one image).
+    pub split: Option<Split>,
+}
+
+/// An image too large for one storage binding, cut so that every bound range fits: token
+/// ranges for the features, `Xp`, the keys and the columns of `P`; query blocks for the
+/// scores, `P` and `Y`. Both sizes are multiples of the binding-offset alignment (in
+/// elements), so every range starts at a bindable offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Tokens per range (the last may hold fewer).
+    pub tokens: usize,
+    /// Queries per block (the last may hold fewer).
+    pub queries: usize,
+}
+
+/// `(start, count)` of each piece of `total` in pieces of `size`.
+pub fn pieces(total: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..total)
+        .step_by(size.max(1))
+        .map(move |start| (start, size.min(total - start)))
 }
 
 impl GroupPlan {
@@ -203,16 +225,42 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             ("the reduced tokens", (m * d * e) as u64),
         ];
         let mut chunk = (batch as u64).min(MAX_GROUPS_PER_DIMENSION as u64);
-        for (name, size) in &per_image {
-            if *size > limit {
-                return Err(Error::TooLarge(format!(
-                    "one image of {n} tokens x {d} needs {size} bytes for {name} in one \
-                     storage binding; the device allows {limit} (the kernels do not split an \
-                     image)"
-                )));
+        let source_size = match &group.source {
+            Tokens::Gpu(tokens) => tokens.dtype.size(),
+            Tokens::Host(_) => e,
+        };
+        // The ingest copy binds a window of the source up to `align + 4` bytes wider.
+        let source_window = match &group.source {
+            Tokens::Gpu(_) => (n * d * source_size) as u64 + align + 4,
+            Tokens::Host(_) => 0,
+        };
+        let too_large = per_image.iter().any(|(_, size)| *size > limit) || source_window > limit;
+        let (association, split) = match too_large {
+            false => {
+                for (_, size) in &per_image {
+                    chunk = chunk.min(limit / (*size).max(1));
+                }
+                (association, None)
             }
-            chunk = chunk.min(limit / (*size).max(1));
-        }
+            true => {
+                chunk = 1;
+                let split = split_image(n, m, d, c, e, source_size, limit, align)?;
+                for (name, size) in [
+                    ("the features", (n * d * e) as u64),
+                    ("the scores", (m * n * 4) as u64),
+                ] {
+                    if size > device.buffer_limit {
+                        return Err(Error::TooLarge(format!(
+                            "one image of {n} tokens x {d} needs a {size}-byte buffer for \
+                             {name}; the device allows {} per buffer",
+                            device.buffer_limit
+                        )));
+                    }
+                }
+                // The folded association binds all of Xp at once: keys it is.
+                (Association::Keys, Some(split))
+            }
+        };
         // Chunk outputs are copied into the call's output at 4-byte aligned offsets: with
         // f16 tokens and an odd m x d, chunks hold an even number of images.
         let even = |chunk: usize| -> Result<usize> {
@@ -241,18 +289,13 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
                     InputPath::Direct
                 } else {
                     // The ingest kernel's window of the source may start up to `align` bytes
-                    // before the chunk and end up to 3 bytes after it.
-                    let source_image = (n * d * tokens.dtype.size()) as u64;
-                    let room = limit.saturating_sub(align + 4);
-                    if source_image > room {
-                        return Err(Error::TooLarge(format!(
-                            "one image of {n} tokens x {d} {} needs {} bytes in one storage \
-                             binding to be copied in; the device allows {limit}",
-                            tokens.dtype.name(),
-                            source_image + align + 4
-                        )));
+                    // before the chunk and end up to 3 bytes after it (an image fits, or the
+                    // image is split and copied range by range).
+                    if split.is_none() {
+                        let source_image = (n * d * tokens.dtype.size()) as u64;
+                        let room = limit.saturating_sub(align + 4);
+                        chunk = even(chunk.min((room / source_image) as usize))?;
                     }
-                    chunk = even(chunk.min((room / source_image) as usize))?;
                     InputPath::Ingest
                 }
             }
@@ -295,6 +338,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             input,
             tokens_at,
             projection_at,
+            split,
         });
     }
     let single = single_group && plans.first().is_some_and(|p| p.chunk >= p.batch);
@@ -335,4 +379,63 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
         single,
         bytes,
     })
+}
+
+/// How to cut one image of `n` tokens (width `d`, `m` queries, `c` channels, stored in `e`
+/// bytes, read from a source of `source` bytes per element) so that every range the kernels
+/// bind fits `limit`, with range starts that are multiples of `align` elements (hence of
+/// `align` bytes for every buffer). What stays whole (the keys, the pooled queries and the
+/// queries) must fit one binding itself.
+#[allow(clippy::too_many_arguments)]
+fn split_image(
+    n: usize,
+    m: usize,
+    d: usize,
+    c: usize,
+    e: usize,
+    source: usize,
+    limit: u64,
+    align: u64,
+) -> Result<Split> {
+    let refuse = |what: &str, bytes: u64| {
+        Error::TooLarge(format!(
+            "one image of {n} tokens x {d} is cut into token ranges, but {what} needs {bytes} \
+             bytes in one storage binding; the device allows {limit}"
+        ))
+    };
+    for (what, bytes) in [
+        ("the keys", (n * c * e) as u64),
+        ("the pooled queries", (m * d * e) as u64),
+        ("the queries", (m * c * 4) as u64),
+    ] {
+        if bytes > limit {
+            return Err(refuse(what, bytes));
+        }
+    }
+    let align = align as usize;
+    // Bytes per token of each range bound: X and Xp, the keys, the position samples, and the
+    // source window of the ingest copy (which may reach `align + 4` bytes past the range).
+    let per_token = (d * e)
+        .max(c * e)
+        .max(std::mem::size_of::<Sample>())
+        .max(d * source) as u64;
+    let room = limit.saturating_sub(align as u64 + 4);
+    let tokens = ((room / per_token) as usize / align * align).min(n.next_multiple_of(align));
+    if tokens == 0 {
+        return Err(refuse(
+            &format!("a range of {align} tokens"),
+            align as u64 * per_token + align as u64 + 4,
+        ));
+    }
+    // Bytes per query of each block bound: rows of S and P, of Y, of the queries, of the
+    // key ranges.
+    let per_query = (n * 4).max(d * e).max(c * 4).max(8) as u64;
+    let queries = ((limit / per_query) as usize / align * align).min(m.next_multiple_of(align));
+    if queries == 0 {
+        return Err(refuse(
+            &format!("a block of {align} queries"),
+            align as u64 * per_query,
+        ));
+    }
+    Ok(Split { tokens, queries })
 }
