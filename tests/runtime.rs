@@ -755,3 +755,26 @@ fn one_image_past_the_binding_limit_is_cut_into_token_ranges_and_query_blocks() 
         }
     }
 }
+
+#[test]
+fn one_image_of_9216_tokens_in_f32_passes_the_devices_own_binding_limit_in_ranges() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("one_image_of_9216_tokens");
+    // A 96x96 grid of width 4096 in f32: 151 MB for one image, past lavapipe's 128 MiB
+    // binding (and most GPUs' default). Few queries and channels keep lavapipe's arithmetic
+    // small; the features are the real size.
+    let (n, d) = (96 * 96, 4096);
+    let layout = Layout::square(n).unwrap();
+    let weights = metacompress::PMeta::init(d, 8, Some((24, 24)), 1.0, seed).unwrap();
+    let features = features(&mut rng, 1, n, d);
+    // (An adapter that binds more runs it whole: the same check holds.)
+    let compressor = Compressor::on_context(weights.clone(), context, Precision::F32).unwrap();
+    let options = Options {
+        keep: Keep::new(0.01).unwrap(),
+        poison: true,
+        ..Options::default()
+    };
+    let out = compressor.compress(&features, &layout, &options).unwrap();
+    let what = format!("seed {seed}: one 96x96 image of width 4096");
+    assert_reference(&out, &features, &weights, &layout, &options, 1e-4, &what);
+}
