@@ -1,7 +1,8 @@
 //! The embedding runtime (issue 4): GPU-resident input and output, chunks past the binding
-//! limit, one image cut into token ranges and query blocks, mixed-layout batches in one submission, async calls, the memory a compressor holds
-//! over many calls, threads sharing one compressor, refusals before any device work, device
-//! loss. Fresh random inputs each run (seed printed), outputs poisoned with NaN.
+//! limit, one image cut into token ranges and query blocks, mixed-layout batches in one
+//! submission, async calls, the memory a compressor holds over many calls, threads sharing
+//! one compressor, refusals before any device work, device loss. Fresh random inputs each
+//! run (seed printed), outputs poisoned with NaN.
 
 mod common;
 
