@@ -701,8 +701,24 @@ fn one_image_past_the_binding_limit_is_cut_into_token_ranges_and_query_blocks() 
         let what = format!("seed {seed}, keep {keep}, {scope:?}, limit {limit}");
         let compressor =
             Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();
-        let whole = compressor.compress(&features, &layout, &options).unwrap();
+        // The plan's count holds for a split call too (parameters aside: 48 bytes a pass),
+        // measured on the compressor's first call.
+        let announced = compressor
+            .call_bytes(&[((&features).into(), &layout)], &split)
+            .unwrap();
+        let held = compressor.held_bytes();
         let cut = compressor.compress(&features, &layout, &split).unwrap();
+        let after = compressor.memory().unwrap();
+        assert_eq!(
+            after.live_bytes, held,
+            "{what}: the split call left buffers"
+        );
+        let peak = after.peak_bytes - held;
+        let whole = compressor.compress(&features, &layout, &options).unwrap();
+        assert!(
+            peak >= announced && peak <= announced + 16384,
+            "{what}: announced {announced} bytes, the call peaked at {peak}"
+        );
         let reductions = |c: &Compressed| {
             let profile = c.profile.as_ref().unwrap();
             profile
