@@ -89,6 +89,19 @@ struct CompressArgs {
     /// Which keys each query's softmax runs over.
     #[arg(long, value_enum, default_value_t = Scope::Image)]
     scope: Scope,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Also write the compression projection P (f32).
+    #[arg(long)]
+    save_projection: bool,
+    /// Dtype of the output tokens [default: the input's].
+    #[arg(long, value_enum)]
+    output_dtype: Option<Dtype>,
+}
+
+/// Where and in what precision a command runs.
+#[derive(clap::Args)]
+struct DeviceArgs {
     /// Storage precision on the GPU.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
@@ -98,12 +111,6 @@ struct CompressArgs {
     /// Use the adapter whose name contains NAME (any case).
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
-    /// Also write the compression projection P (f32).
-    #[arg(long)]
-    save_projection: bool,
-    /// Dtype of the output tokens [default: the input's].
-    #[arg(long, value_enum)]
-    output_dtype: Option<Dtype>,
 }
 
 #[derive(clap::Args)]
@@ -130,15 +137,8 @@ struct CompareArgs {
     /// Which keys metacompress's softmax runs over.
     #[arg(long, value_enum, default_value_t = Scope::Image)]
     scope: Scope,
-    /// Storage precision on the GPU.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    precision: Precision,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
-    /// Use the adapter whose name contains NAME (any case).
-    #[arg(long, value_name = "NAME")]
-    adapter: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Also write the report as JSON to PATH.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -306,7 +306,7 @@ fn weights_for(
 
 fn compress(args: CompressArgs) -> Result<()> {
     let keep = keep_of(args.keep, args.reduction)?;
-    let (precision, scope, method) = (args.precision, args.scope, args.method);
+    let (precision, scope, method) = (args.device.precision, args.scope, args.method);
     // A missing --weights is a usage error, found before any file is read.
     method.check_inputs(args.weights.is_some(), true)?;
     let input = files::read_input(&args.input)?;
@@ -320,7 +320,13 @@ fn compress(args: CompressArgs) -> Result<()> {
         seed: args.seed,
     };
     method.check_inputs(true, request.attention.is_some())?;
-    let runner = Runner::new(weights, args.backend, args.adapter.as_deref(), precision)?;
+    let device = &args.device;
+    let runner = Runner::new(
+        weights,
+        device.backend,
+        device.adapter.as_deref(),
+        precision,
+    )?;
     let options = Options {
         keep,
         scope,
@@ -407,9 +413,9 @@ fn compare(args: CompareArgs) -> Result<()> {
     };
     let runner = Runner::new(
         weights,
-        args.backend,
-        args.adapter.as_deref(),
-        args.precision,
+        args.device.backend,
+        args.device.adapter.as_deref(),
+        args.device.precision,
     )?;
     let request = Request {
         features,

@@ -676,16 +676,10 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
         },
         Bad {
             what: "metacompress without weights",
-            args: [
-                "compress",
-                "--input",
-                path(&good_input),
-                "--output",
-                path(&output),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            args: compress(&good_input, &weights, &[])
+                .into_iter()
+                .filter(|a| *a != "--weights" && *a != path(&weights))
+                .collect(),
             code: 2,
             says: &["metacompress", "--weights"],
         },

@@ -291,6 +291,18 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
+    /// Refuses f16 storage on a device without `SHADER_F16`.
+    pub fn check_precision(&self, precision: crate::compress::Precision) -> Result<()> {
+        if precision == crate::compress::Precision::F16 && !self.has_f16() {
+            return Err(Error::Unsupported(format!(
+                "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
+                 use --precision f32",
+                self.adapter.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the device was opened with `SHADER_F16`.
     pub fn has_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16)

@@ -186,13 +186,7 @@ impl GpuEngine {
     /// Builds the pipelines and uploads the weights.
     pub fn new(context: GpuContext, weights: &PMeta, precision: Precision) -> Result<Self> {
         context.check_alive()?;
-        if precision == Precision::F16 && !context.has_f16() {
-            return Err(Error::Unsupported(format!(
-                "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
-                 use --precision f32",
-                context.adapter.name
-            )));
-        }
+        context.check_precision(precision)?;
         let elem = precision.elem();
         let table_size = weights.position().map_or(0, |t| t.values.len());
         let limit = context.binding_limit();

@@ -27,13 +27,7 @@ impl GpuReduction {
     /// Builds the kernel (`P` f32, `X` and `Y` in the precision's element type).
     pub fn new(context: GpuContext, precision: Precision) -> Result<Self> {
         context.check_alive()?;
-        if precision == Precision::F16 && !context.has_f16() {
-            return Err(Error::Unsupported(format!(
-                "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
-                 use --precision f32",
-                context.adapter.name
-            )));
-        }
+        context.check_precision(precision)?;
         let source = KernelSources::for_precision(precision).reduction;
         let matmul = scoped(&context.device, "building the reduction kernel", || {
             Matmul::new(&context.device, &source)
