@@ -45,6 +45,11 @@ impl GpuReduction {
         &self.context
     }
 
+    /// The storage precision of `X` and `Y`.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// `Y` (`b x m x d`, widened to f32) for `projection` (`b x m x n`) and `features`.
     /// Images go in chunks whose `X`, `P` and `Y` each fit one storage binding (the device's,
     /// or `options.max_binding_bytes` when lower); an image that alone passes it is refused

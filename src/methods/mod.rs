@@ -347,8 +347,11 @@ impl Runner {
             (None, Reducer::Gpu(gpu)) => {
                 let adapter = &gpu.context().adapter;
                 format!(
-                    "{} ({}, {})",
-                    adapter.name, adapter.backend, adapter.device_type
+                    "{} ({}, {}, {})",
+                    adapter.name,
+                    adapter.backend,
+                    adapter.device_type,
+                    gpu.precision().name()
                 )
             }
             (None, Reducer::Reference) => "cpu (float64 reference)".to_string(),
