@@ -1,13 +1,16 @@
-// Xp = X + E (SPEC 4, step 1). The host lists, per token, the four cells of the position
-// table that the bilinear resize onto the token's grid blends and their weights (all zero for
-// loose tokens, which are copied unchanged); each invocation blends one channel of those
-// cells and adds it to the token. Neighbouring invocations touch neighbouring channels.
+// features + E, or E alone, with E = the position table resized onto each token (SPEC 4,
+// step 1). The forward pass runs it on the table projected by w_k (d_c channels), so E here
+// is resize(T w_k) = E w_k. The host lists, per token, the four cells of the table that the
+// bilinear resize onto the token's grid blends and their weights (all zero for loose
+// tokens); each invocation blends one channel of those cells (and adds it to the token).
+// Neighbouring invocations touch neighbouring channels.
 // The host prepends `alias elem = ...;`.
 
 struct Params {
-    rows: u32,   // batch * tokens
-    tokens: u32, // n
-    width: u32,  // d
+    rows: u32,         // batch * tokens
+    tokens: u32,       // n
+    width: u32,        // d (or d_c for a table already projected)
+    add_features: u32, // 1: features + E, 0: E alone (`features` is not read)
 }
 
 struct Sample {
@@ -43,5 +46,9 @@ fn main(
         f32(table[cells.w]),
     ));
     let index = row * params.width + channel;
-    positioned[index] = elem(f32(features[index]) + embedding);
+    var value = embedding;
+    if params.add_features != 0u {
+        value += f32(features[index]);
+    }
+    positioned[index] = elem(value);
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::kernels::ingest::Ingest;
 use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
 use crate::kernels::pooling::Pooling;
-use crate::kernels::position::{samples, Position, Sample};
+use crate::kernels::position::{pooled_query_term, project_table, samples, Position, Sample};
 use crate::kernels::softmax::Softmax;
 use crate::kernels::{ForwardShape, PassTimings, Passes, Slice, Step};
 use crate::profile::{Clock, StepTime};
@@ -40,10 +40,20 @@ struct Weights {
     /// `Q'` of step 5 (f32 keeps a large omega from overflowing f16).
     w_q_scaled: Tracked,
     w_k: Tracked,
-    /// The position table with its rows and columns, if the weights have one.
-    table: Option<(Tracked, u32, u32)>,
+    /// The position table projected once (see `kernels::position`), if the weights have one.
+    table: Option<ProjectedTable>,
     width: usize,
     channels: usize,
+}
+
+/// The position table `T` (`gh x gw x d`) as the forward pass uses it: `T w_k` on the device
+/// (resized onto the tokens, it is `E w_k`) and `T w_q'` on the host (resized and pooled, it
+/// is what `E` adds to the scaled queries), both `gh x gw x d_c`.
+struct ProjectedTable {
+    keys: Tracked,
+    queries: Vec<f32>,
+    height: usize,
+    width: usize,
 }
 
 /// The GPU forward pass for one set of weights at one precision.
@@ -188,11 +198,15 @@ impl GpuEngine {
         context.check_alive()?;
         context.check_precision(precision)?;
         let elem = precision.elem();
-        let table_size = weights.position().map_or(0, |t| t.values.len());
+        let table_cells = weights.position().map_or(0, |t| t.height * t.width);
         let limit = context.binding_limit();
         for (name, count, size) in [
             ("w_q", weights.w_q().len(), 4),
-            ("pos_embed", table_size, precision.size()),
+            (
+                "pos_embed w_k",
+                table_cells * weights.channels(),
+                precision.size(),
+            ),
         ] {
             let bytes = padded_size(count, size);
             if bytes > limit {
@@ -226,24 +240,25 @@ impl GpuEngine {
                 softmax: Softmax::new(device, &sources.softmax),
                 reduction: matmul(&sources.reduction),
             };
-            let table = weights.position().map(|table| {
-                (
-                    storage_with(
-                        &ledger,
-                        device,
-                        "pos_embed",
-                        &elem_bytes(&table.values, elem),
-                    ),
-                    table.height as u32,
-                    table.width as u32,
-                )
+            let w_q_scaled = scaled_query_weights(weights);
+            let (d, c) = (weights.width(), weights.channels());
+            let table = weights.position().map(|table| ProjectedTable {
+                keys: storage_with(
+                    &ledger,
+                    device,
+                    "pos_embed w_k",
+                    &elem_bytes(&project_table(&table.values, d, weights.w_k(), c), elem),
+                ),
+                queries: project_table(&table.values, d, &w_q_scaled, c),
+                height: table.height,
+                width: table.width,
             });
             let uploaded = Weights {
                 w_q_scaled: storage_with(
                     &ledger,
                     device,
                     "w_q diag(omega) / sqrt(d_c)",
-                    bytemuck::cast_slice(&scaled_query_weights(weights)),
+                    bytemuck::cast_slice(&w_q_scaled),
                 ),
                 w_k: storage_with(&ledger, device, "w_k", &elem_bytes(weights.w_k(), elem)),
                 table,
@@ -609,8 +624,8 @@ impl GpuEngine {
                 "key ranges",
                 bytemuck::cast_slice(&key_ranges),
             ),
-            samples: self.weights.table.as_ref().map(|(_, height, width)| {
-                let samples = samples(group.layout, *height as usize, *width as usize);
+            samples: self.weights.table.as_ref().map(|table| {
+                let samples = samples(group.layout, table.height, table.width);
                 storage_with(
                     ledger,
                     device,
@@ -620,11 +635,24 @@ impl GpuEngine {
             }),
             ingested: (plan.input == InputPath::Ingest)
                 .then(|| output("ingested features", k * n * d, e)),
-            positioned: self
-                .weights
-                .table
-                .as_ref()
-                .map(|_| output("positioned features", k * n * d, e)),
+            position_queries: self.weights.table.as_ref().map(|table| {
+                let term = pooled_query_term(
+                    group.layout,
+                    group.queries,
+                    &table.queries,
+                    table.height,
+                    table.width,
+                    c,
+                );
+                storage_with(
+                    ledger,
+                    device,
+                    "position query term",
+                    bytemuck::cast_slice(&term.repeat(k)),
+                )
+            }),
+            position_keys: (self.weights.table.is_some() && plan.association != Association::Keys)
+                .then(|| output("position key term", n * c, e)),
             pooled: output("pooled queries", k * m * d, e),
             query: output("queries", k * m * c, 4),
             before_scores: match plan.association {
@@ -702,29 +730,7 @@ impl GpuEngine {
         let w = &self.weights;
         let (b, n_f, m_f, d_f) = (count as f64, n as f64, m as f64, d as f64);
         let e = self.precision.size();
-        // Step 1: Xp = X + E, or X itself without a position table.
-        let positioned = match (&w.table, &buffers.positioned, &buffers.samples) {
-            (Some((table, height, width)), Some(positioned), Some(samples)) => {
-                let step = Step {
-                    name: "position",
-                    // Four bilinear corners (a multiply and an add each) and the add.
-                    flops: 9.0 * b * n_f * d_f,
-                    bytes: (2.0 * b * n_f + (*height * *width) as f64) * d_f * e as f64,
-                };
-                k.position.encode(
-                    passes,
-                    step,
-                    &shape,
-                    input,
-                    Slice::whole(table),
-                    Slice::whole(samples),
-                    Slice::whole(positioned),
-                );
-                Slice::whole(positioned)
-            }
-            _ => input,
-        };
-        // Step 3: Q_in = pool(Xp).
+        // Steps 1 and 3: Q_in = pool(X); the table's part joins the queries and keys below.
         let step = Step {
             name: "pooling",
             flops: b * (n_f + m_f) * d_f,
@@ -734,41 +740,86 @@ impl GpuEngine {
             passes,
             step,
             &shape,
-            positioned,
+            input,
             0..n as u32,
             false,
             Slice::whole(&buffers.query_grids),
             Slice::whole(&buffers.pooled),
         );
-        // Step 4: Q' = Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
+        // Step 4: Q' = pool(E) w_q' + Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
+        let has_table = w.table.is_some();
+        if let Some(term) = &buffers.position_queries {
+            let bytes = (count * m * self.weights.channels * 4) as u64;
+            passes
+                .encoder
+                .copy_buffer_to_buffer(term, 0, &buffers.query, 0, Some(bytes));
+        }
+        let queries = Product {
+            accumulate: has_table,
+            ..products.queries
+        };
         k.queries.encode(
             passes,
-            product_step("queries", &products.queries, (e, 4, 4)),
+            product_step("queries", &queries, (e, 4, 4)),
             matmul,
-            &products.queries,
+            &queries,
             Slice::whole(&buffers.pooled),
             Slice::whole(&w.w_q_scaled),
             Slice::whole(&buffers.query),
         );
+        let c = self.weights.channels;
+        let resized_keys = |passes: &mut Passes, images: usize, into: Slice| {
+            if let (Some(table), Some(samples)) = (&w.table, &buffers.samples) {
+                let cells = (table.height * table.width) as f64;
+                let step = Step {
+                    name: "position",
+                    // Four bilinear corners, a multiply and an add each.
+                    flops: 8.0 * images as f64 * n_f * c as f64,
+                    bytes: (images as f64 * n_f + cells) * c as f64 * e as f64,
+                };
+                let shape = ForwardShape {
+                    batch: images as u32,
+                    width: c as u32,
+                    ..shape
+                };
+                k.position.encode(
+                    passes,
+                    step,
+                    &shape,
+                    None,
+                    Slice::whole(&table.keys),
+                    Slice::whole(samples),
+                    into,
+                );
+            }
+        };
         // Steps 4 and 5 in the chosen association.
         let scores = Slice::whole(&buffers.scores);
         let before_scores = Slice::whole(&buffers.before_scores);
         let (scores_lhs, scores_rhs) = match &products.path {
-            // K = Xp w_k, then S = Q' K^T.
+            // K = resize(T w_k) + X w_k, then S = Q' K^T.
             ScoresPath::Keys(keys) => {
+                resized_keys(passes, count, before_scores);
+                let keys = Product {
+                    accumulate: has_table,
+                    ..*keys
+                };
                 k.keys.encode(
                     passes,
-                    product_step("keys", keys, (e, e, e)),
+                    product_step("keys", &keys, (e, e, e)),
                     matmul,
-                    keys,
-                    positioned,
+                    &keys,
+                    input,
                     Slice::whole(&w.w_k),
                     before_scores,
                 );
                 (Slice::whole(&buffers.query), before_scores)
             }
-            // Q'' = Q' w_k^T, then S = Q'' Xp^T.
+            // Q'' = Q' w_k^T, then S = Q'' X^T (the table's part below).
             ScoresPath::Folded(folded) => {
+                if let Some(position_keys) = &buffers.position_keys {
+                    resized_keys(passes, 1, Slice::whole(position_keys));
+                }
                 k.scores.encode(
                     passes,
                     product_step("fold_w_k", folded, (4, e, 4)),
@@ -778,7 +829,7 @@ impl GpuEngine {
                     Slice::whole(&w.w_k),
                     before_scores,
                 );
-                (before_scores, positioned)
+                (before_scores, input)
             }
         };
         k.scores.encode(
@@ -790,6 +841,29 @@ impl GpuEngine {
             scores_rhs,
             scores,
         );
+        // The folded scores see X, not Xp: add Q' (E w_k)^T = Q' resize(T w_k)^T.
+        if let Some(position_keys) = &buffers.position_keys {
+            let table_part = Product {
+                batch: count as u32,
+                rows: m as u32,
+                columns: n as u32,
+                inner: c as u32,
+                lhs_per_image: true,
+                rhs_per_image: false,
+                rhs_transposed: true,
+                lhs_row_stride: None,
+                accumulate: true,
+            };
+            k.scores.encode(
+                passes,
+                product_step("scores", &table_part, (4, e, 4)),
+                matmul,
+                &table_part,
+                Slice::whole(&buffers.query),
+                Slice::whole(position_keys),
+                scores,
+            );
+        }
         // Step 6: P = softmax(S) in place, zeros outside each query's key range.
         let step = Step {
             name: "softmax",
@@ -863,32 +937,10 @@ impl GpuEngine {
             lhs_row_stride: None,
             accumulate: false,
         };
-        // Token ranges: Xp, Q_in (summed) and K.
+        // Token ranges: Q_in = pool(X) (summed) and K = resize(T w_k) + X w_k.
         for (index, (first, tokens)) in pieces(n, split.tokens).enumerate() {
             let x = of_input(first, tokens);
             let (t, d_f, e_f) = (tokens as f64, d as f64, e as f64);
-            let positioned = match (&w.table, &buffers.positioned, &buffers.samples) {
-                (Some((table, height, width)), Some(positioned), Some(samples)) => {
-                    let step = Step {
-                        name: "position",
-                        flops: 9.0 * t * d_f,
-                        bytes: (2.0 * t + (*height * *width) as f64) * d_f * e_f,
-                    };
-                    let sample = std::mem::size_of::<Sample>();
-                    let into = range_of(positioned, first * d * e, tokens * d * e);
-                    k.position.encode(
-                        passes,
-                        step,
-                        &shape(tokens, m),
-                        x,
-                        Slice::whole(table),
-                        range_of(samples, first * sample, tokens * sample),
-                        into,
-                    );
-                    into
-                }
-                _ => x,
-            };
             let step = Step {
                 name: "pooling",
                 flops: t * d_f,
@@ -898,14 +950,38 @@ impl GpuEngine {
                 passes,
                 step,
                 &shape(n, m),
-                positioned,
+                x,
                 first as u32..(first + tokens) as u32,
                 index > 0,
                 Slice::whole(&buffers.query_grids),
                 Slice::whole(&buffers.pooled),
             );
+            let keys_range = range_of(&buffers.before_scores, first * c * e, tokens * c * e);
+            if let (Some(table), Some(samples)) = (&w.table, &buffers.samples) {
+                let cells = (table.height * table.width) as f64;
+                let step = Step {
+                    name: "position",
+                    flops: 8.0 * t * c as f64,
+                    bytes: (t + cells) * c as f64 * e_f,
+                };
+                let sample = std::mem::size_of::<Sample>();
+                let resized = ForwardShape {
+                    width: c as u32,
+                    ..shape(tokens, m)
+                };
+                k.position.encode(
+                    passes,
+                    step,
+                    &resized,
+                    None,
+                    Slice::whole(&table.keys),
+                    range_of(samples, first * sample, tokens * sample),
+                    keys_range,
+                );
+            }
             let keys = Product {
                 rhs_per_image: false,
+                accumulate: w.table.is_some(),
                 ..product(tokens, c, d)
             };
             k.keys.encode(
@@ -913,14 +989,24 @@ impl GpuEngine {
                 product_step("keys", &keys, (e, e, e)),
                 matmul,
                 &keys,
-                positioned,
+                x,
                 Slice::whole(&w.w_k),
-                range_of(&buffers.before_scores, first * c * e, tokens * c * e),
+                keys_range,
             );
         }
-        // Q' = Q_in w_q' (whole).
+        // Q' = pool(E) w_q' + Q_in w_q' (whole).
+        if let Some(term) = &buffers.position_queries {
+            passes.encoder.copy_buffer_to_buffer(
+                term,
+                0,
+                &buffers.query,
+                0,
+                Some((m * c * 4) as u64),
+            );
+        }
         let queries = Product {
             rhs_per_image: false,
+            accumulate: w.table.is_some(),
             ..product(m, c, d)
         };
         k.queries.encode(
@@ -1008,7 +1094,8 @@ impl GroupBuffers {
         ];
         rest.extend(self.samples);
         rest.extend(self.ingested);
-        rest.extend(self.positioned);
+        rest.extend(self.position_queries);
+        rest.extend(self.position_keys);
         (self.tokens, self.scores, rest)
     }
 }
@@ -1020,7 +1107,10 @@ struct GroupBuffers {
     samples: Option<Tracked>,
     /// The ingest kernel's output (tokens from the application's buffer).
     ingested: Option<Tracked>,
-    positioned: Option<Tracked>,
+    /// What the position table adds to the scaled queries, one copy per image of a chunk.
+    position_queries: Option<Tracked>,
+    /// `E w_k` for the folded scores (one image).
+    position_keys: Option<Tracked>,
     pooled: Tracked,
     query: Tracked,
     /// `K` or `Q''`.

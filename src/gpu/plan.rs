@@ -116,7 +116,7 @@ pub struct Device {
     pub precision: Precision,
     /// Projection width `d_c`.
     pub channels: usize,
-    /// Whether the weights have a position table (then `Xp` is a buffer of its own).
+    /// Whether the weights have a position table (then its terms have buffers of their own).
     pub table: bool,
     /// Most bytes a call may allocate, if the application set a budget.
     pub budget: Option<u64>,
@@ -319,7 +319,11 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             InputPath::Direct => 0,
         };
         if device.table {
-            bytes += padded(k * n * d, e) + padded(n * std::mem::size_of::<Sample>(), 1);
+            // Samples, the query term per image, and `E w_k` for the folded scores.
+            bytes += padded(n * std::mem::size_of::<Sample>(), 1) + padded(k * m * c, 4);
+            if association != Association::Keys {
+                bytes += padded(n * c, e);
+            }
         }
         bytes += padded(group.layout.grids().len() * 8, 4) + padded(m * 2, 4);
         bytes += padded(k * m * d, e) + padded(k * m * c, 4) + padded(k * m * n, 4);

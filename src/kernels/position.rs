@@ -1,10 +1,16 @@
-//! `Xp = X + E` (SPEC 4, step 1): `shaders/position.wgsl`.
+//! The position table's part of the forward pass (SPEC 4, step 1), without ever forming
+//! `Xp = X + E`: resizing (`E = resize(T)`) and pooling mix tokens linearly while the
+//! projections mix channels, so `Xp w_k = X w_k + resize(T w_k)` and
+//! `pool(Xp) w_q' = pool(X) w_q' + pool(resize(T w_q'))`. The table is projected once when
+//! the weights are uploaded (`project_table`); `shaders/position.wgsl` resizes `T w_k` onto
+//! the tokens, and `pooled_query_term` pools `resize(T w_q')` on the host (`m x d_c`, small).
 
 use super::{
     dispatch, pipeline, ForwardShape, Passes, Slice, Step, LINEAR_WORKGROUP,
     MAX_GROUPS_PER_DIMENSION,
 };
-use crate::layout::Layout;
+use crate::cpu::{multiply, View};
+use crate::layout::{Layout, Queries, QueryGrid};
 use crate::reference::position_samples;
 use crate::shaders::ShaderSource;
 
@@ -14,7 +20,7 @@ struct Params {
     rows: u32,
     tokens: u32,
     width: u32,
-    padding: u32,
+    add_features: u32,
 }
 
 /// What the kernel reads per token: the four table cells (`row * gw + column`) the bilinear
@@ -52,14 +58,15 @@ impl Position {
         }
     }
 
-    /// Records `positioned = features + E`; `samples` holds one `Sample` per token.
+    /// Records `positioned = features + E`, or `E` alone without `features`, for tokens of
+    /// `shape.width` channels (`table` has as many); `samples` holds one `Sample` per token.
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
         passes: &mut Passes,
         step: Step,
         shape: &ForwardShape,
-        features: Slice,
+        features: Option<Slice>,
         table: Slice,
         samples: Slice,
         positioned: Slice,
@@ -69,8 +76,10 @@ impl Position {
             rows,
             tokens: shape.tokens,
             width: shape.width,
-            padding: 0,
+            add_features: features.is_some() as u32,
         };
+        // Without features the table stands in for the unread binding.
+        let features = features.unwrap_or(table);
         // One workgroup row of channels per token; tokens along y, then z past its limit.
         let row_groups = rows.min(MAX_GROUPS_PER_DIMENSION);
         dispatch(
@@ -86,4 +95,62 @@ impl Position {
             ],
         );
     }
+}
+
+/// `T w` (`cells x d_c`, f32) for a table `T` of `cells x d` and `w` of `d x d_c`.
+pub fn project_table(table: &[f32], width: usize, w: &[f32], channels: usize) -> Vec<f32> {
+    let cells = table.len() / width;
+    let mut out = vec![0.0; cells * channels];
+    multiply(
+        View::row_major(table, cells, width),
+        View::row_major(w, width, channels),
+        &mut out,
+    );
+    out
+}
+
+/// `pool(resize(T w_q'))` (`m x d_c`, f32): what the position table adds to the scaled
+/// queries, from the projected table (`table_height x table_width x d_c`).
+pub fn pooled_query_term(
+    layout: &Layout,
+    queries: &Queries,
+    projected: &[f32],
+    table_height: usize,
+    table_width: usize,
+    channels: usize,
+) -> Vec<f32> {
+    let c = channels;
+    let mut resized = vec![0.0f32; layout.tokens() * c];
+    for (token, corners) in position_samples(layout, table_height, table_width) {
+        let out = &mut resized[token * c..][..c];
+        for (row, column, weight) in corners {
+            if weight != 0.0 {
+                let cell = &projected[(row * table_width + column) * c..][..c];
+                let weight = weight as f32;
+                out.iter_mut().zip(cell).for_each(|(o, v)| *o += weight * v);
+            }
+        }
+    }
+    let mut pooled = vec![0.0f32; queries.count * c];
+    for query_grid in &queries.grids {
+        let grid = query_grid.grid;
+        for i in 0..query_grid.height {
+            let rows = QueryGrid::window(i, grid.height, query_grid.height);
+            for j in 0..query_grid.width {
+                let columns = QueryGrid::window(j, grid.width, query_grid.width);
+                let query = query_grid.query_offset + i * query_grid.width + j;
+                let out = &mut pooled[query * c..][..c];
+                for row in rows.clone() {
+                    for column in columns.clone() {
+                        let token = grid.offset + row * grid.width + column;
+                        let value = &resized[token * c..][..c];
+                        out.iter_mut().zip(value).for_each(|(o, v)| *o += v);
+                    }
+                }
+                let inverse = 1.0 / (rows.len() * columns.len()) as f32;
+                out.iter_mut().for_each(|o| *o *= inverse);
+            }
+        }
+    }
+    pooled
 }
