@@ -217,7 +217,7 @@ pub struct Compressed {
 
 enum Engine {
     Reference,
-    Cpu,
+    Cpu(Option<crate::cpu::ProjectedTable>),
     Gpu(Box<GpuEngine>),
 }
 
@@ -242,7 +242,7 @@ impl Compressor {
         let (opened, choice) = open_backend(backend, adapter, precision)?;
         let engine = match opened {
             Opened::Reference => Engine::Reference,
-            Opened::Cpu => Engine::Cpu,
+            Opened::Cpu => Engine::Cpu(crate::cpu::ProjectedTable::of(&weights)),
             Opened::Gpu(context) => {
                 let mut compressor = Compressor::on_context(weights, *context, precision)?;
                 compressor.choice = choice;
@@ -278,7 +278,7 @@ impl Compressor {
     pub fn device(&self) -> String {
         match &self.engine {
             Engine::Reference => "cpu (float64 reference)".to_string(),
-            Engine::Cpu => "cpu (f32, multi-threaded sgemm)".to_string(),
+            Engine::Cpu(_) => "cpu (f32, multi-threaded sgemm)".to_string(),
             Engine::Gpu(engine) => {
                 let adapter = &engine.context().adapter;
                 format!(
@@ -589,10 +589,15 @@ impl Compressor {
                     None,
                 )
             }
-            _ => {
+            engine => {
+                let table = match engine {
+                    Engine::Cpu(table) => table.as_ref(),
+                    _ => None,
+                };
                 let (tokens, projection) = crate::cpu::forward(
                     features,
                     &self.weights,
+                    table,
                     layout,
                     &queries,
                     options.scope,

@@ -4,8 +4,8 @@
 //! reference (`reference.rs`) stays the yardstick it is tested against.
 
 use crate::compress::{Association, KernelVariant};
+use crate::kernels::position::{pooled_query_term, project_table, resized_rows};
 use crate::layout::{Layout, Queries, QueryGrid, Scope};
-use crate::reference::position_samples;
 use crate::tensor::Features;
 use crate::weights::PMeta;
 
@@ -118,10 +118,36 @@ pub(crate) fn multiply_f64(
     }
 }
 
+/// The position table projected once, as on the GPU: `T w_k` and `T w_q`
+/// (`gh x gw x d_c`, f32), so that the forward pass never forms `Xp = X + E` (resizing and
+/// pooling commute with the projections; see docs/ARCHITECTURE.md).
+#[derive(Clone, Debug)]
+pub struct ProjectedTable {
+    keys: Vec<f32>,
+    queries: Vec<f32>,
+    height: usize,
+    width: usize,
+}
+
+impl ProjectedTable {
+    /// The projections of `weights`' table, if it has one.
+    pub fn of(weights: &PMeta) -> Option<Self> {
+        let (d, c) = (weights.width(), weights.channels());
+        weights.position().map(|table| ProjectedTable {
+            keys: project_table(&table.values, d, weights.w_k(), c),
+            queries: project_table(&table.values, d, weights.w_q(), c),
+            height: table.height,
+            width: table.width,
+        })
+    }
+}
+
 /// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32, the scores in `association`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     features: &Features,
     weights: &PMeta,
+    table: Option<&ProjectedTable>,
     layout: &Layout,
     queries: &Queries,
     scope: Scope,
@@ -136,8 +162,15 @@ pub fn forward(
     );
     let mut tokens = vec![0.0f32; features.batch() * m * d];
     let mut projection = want_projection.then(|| vec![0.0f32; features.batch() * m * n]);
+    // What the position table adds, the same for every image: pool(E) w_q (m x d_c) and
+    // E w_k (n x d_c).
+    let table_terms = table.map(|t| {
+        (
+            pooled_query_term(layout, queries, &t.queries, t.height, t.width, c),
+            resized_rows(layout, &t.keys, t.height, t.width, c),
+        )
+    });
     // Buffers reused across images of the batch.
-    let mut positioned = weights.position().map(|_| vec![0.0f32; n * d]);
     let mut pooled = vec![0.0f32; m * d];
     let mut query = vec![0.0f32; m * c];
     // The order of the scores: through K = Xp w_k, or through the folded queries
@@ -160,24 +193,20 @@ pub fn forward(
         }
     ];
     let mut scores = vec![0.0f32; m * n];
+    let mut table_scores = Vec::new();
     for image in 0..features.batch() {
         let x = features.image(image);
-        // Step 1: Xp = X + E (X itself without a table).
-        let xp: &[f32] = match (&mut positioned, weights.position()) {
-            (Some(buffer), Some(_)) => {
-                buffer.copy_from_slice(x);
-                add_position(buffer, layout, weights, d);
-                buffer
-            }
-            _ => x,
-        };
-        // Steps 3 and 4 (Q only; K below when the association needs it).
-        pool(xp, d, queries, &mut pooled);
+        // Steps 1, 3 and 4: Q = pool(X) w_q + pool(E) w_q (K below when the association
+        // needs it).
+        pool(x, d, queries, &mut pooled);
         multiply(
             View::row_major(&pooled, m, d),
             View::row_major(weights.w_q(), d, c),
             &mut query,
         );
+        if let Some((query_term, _)) = &table_terms {
+            query.iter_mut().zip(query_term).for_each(|(q, t)| *q += t);
+        }
         // Step 5: fold omega / sqrt(d_c) into Q, then S over each query's key range.
         let scale = 1.0 / (c as f32).sqrt();
         for row in query.chunks_exact_mut(c) {
@@ -186,21 +215,32 @@ pub fn forward(
                 .for_each(|(q, w)| *q *= w * scale);
         }
         if association == Association::Keys {
-            // K = Xp w_k, then S = Q' K^T.
+            // K = X w_k + E w_k, then S = Q' K^T.
             multiply(
-                View::row_major(xp, n, d),
+                View::row_major(x, n, d),
                 View::row_major(weights.w_k(), d, c),
                 &mut key,
             );
+            if let Some((_, key_term)) = &table_terms {
+                key.iter_mut().zip(key_term).for_each(|(k, t)| *k += t);
+            }
             scores_in_scope(&query, &key, queries, scope, n, c, &mut scores);
         } else {
-            // Q'' = Q' w_k^T, then S = Q'' Xp^T.
+            // Q'' = Q' w_k^T, then S = Q'' X^T + Q' (E w_k)^T.
             multiply(
                 View::row_major(&query, m, c),
                 View::row_major(weights.w_k(), d, c).transposed(),
                 &mut folded,
             );
-            scores_in_scope(&folded, xp, queries, scope, n, d, &mut scores);
+            scores_in_scope(&folded, x, queries, scope, n, d, &mut scores);
+            if let Some((_, key_term)) = &table_terms {
+                table_scores.resize(m * n, 0.0);
+                scores_in_scope(&query, key_term, queries, scope, n, c, &mut table_scores);
+                scores
+                    .iter_mut()
+                    .zip(&table_scores)
+                    .for_each(|(s, t)| *s += t);
+            }
         }
         // Step 6.
         softmax_rows(&mut scores, queries, scope, n);
@@ -215,23 +255,6 @@ pub fn forward(
         }
     }
     (tokens, projection)
-}
-
-/// Step 1 in place: adds the position table, resized to each grid, to the tokens of `xp`.
-fn add_position(xp: &mut [f32], layout: &Layout, weights: &PMeta, d: usize) {
-    let Some(table) = weights.position() else {
-        return;
-    };
-    for (token, corners) in position_samples(layout, table.height, table.width) {
-        let out = &mut xp[token * d..][..d];
-        for (row, column, weight) in corners {
-            if weight != 0.0 {
-                let weight = weight as f32;
-                let cell = &table.values[(row * table.width + column) * d..][..d];
-                out.iter_mut().zip(cell).for_each(|(o, v)| *o += weight * v);
-            }
-        }
-    }
 }
 
 /// Step 3: adaptive average pooling into `pooled` (`m x d`).

@@ -109,11 +109,10 @@ pub fn project_table(table: &[f32], width: usize, w: &[f32], channels: usize) ->
     out
 }
 
-/// `pool(resize(T w_q'))` (`m x d_c`, f32): what the position table adds to the scaled
-/// queries, from the projected table (`table_height x table_width x d_c`).
-pub fn pooled_query_term(
+/// `resize(T w)` (`n x d_c`, f32): a projected table (`table_height x table_width x d_c`)
+/// resized onto every token of `layout` (zero for loose tokens).
+pub fn resized_rows(
     layout: &Layout,
-    queries: &Queries,
     projected: &[f32],
     table_height: usize,
     table_width: usize,
@@ -131,6 +130,21 @@ pub fn pooled_query_term(
             }
         }
     }
+    resized
+}
+
+/// `pool(resize(T w_q'))` (`m x d_c`, f32): what the position table adds to the scaled
+/// queries, from the projected table (`table_height x table_width x d_c`).
+pub fn pooled_query_term(
+    layout: &Layout,
+    queries: &Queries,
+    projected: &[f32],
+    table_height: usize,
+    table_width: usize,
+    channels: usize,
+) -> Vec<f32> {
+    let c = channels;
+    let resized = resized_rows(layout, projected, table_height, table_width, c);
     let mut pooled = vec![0.0f32; queries.count * c];
     for query_grid in &queries.grids {
         let grid = query_grid.grid;
