@@ -113,7 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let context = GpuContext::from_device(&adapter, device.clone(), queue.clone());
     let compressor = Compressor::on_context(weights, context, Precision::F32)?;
     println!(
-        "compressor holds {} bytes of weights on the device",
+        "compressor holds {} bytes of weights on the device (plus, later, the buffers it pools)",
         compressor.held_bytes()
     );
     let layout = Layout::square(tokens)?;

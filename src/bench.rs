@@ -375,6 +375,8 @@ pub fn run(
                 ..Options::default()
             },
         )?;
+        // What the compressor holds without the buffers it keeps for reuse: its weights.
+        compressor.trim();
         reports.push(WorkloadReport {
             workload: *workload,
             channels,

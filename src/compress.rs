@@ -480,12 +480,27 @@ impl Compressor {
         })
     }
 
-    /// GPU memory the compressor holds between calls (its weights), in bytes; 0 on the CPU
-    /// backends.
+    /// GPU memory the compressor holds between calls, in bytes: its weights and the free
+    /// buffers it keeps for reuse (see `set_pool_limit`, `trim`); 0 on the CPU backends.
     pub fn held_bytes(&self) -> u64 {
         match &self.engine {
-            Engine::Gpu(engine) => engine.weight_bytes(),
+            Engine::Gpu(engine) => engine.weight_bytes() + engine.ledger().count().pooled_bytes,
             _ => 0,
+        }
+    }
+
+    /// Sets the most bytes of free buffers the compressor keeps between calls for reuse
+    /// (default 256 MiB; 0 keeps none), letting go of what it keeps beyond that.
+    pub fn set_pool_limit(&self, bytes: u64) {
+        if let Engine::Gpu(engine) = &self.engine {
+            engine.ledger().set_pool_limit(bytes);
+        }
+    }
+
+    /// Lets go of every buffer kept for reuse: the compressor then holds only its weights.
+    pub fn trim(&self) {
+        if let Engine::Gpu(engine) = &self.engine {
+            engine.ledger().trim();
         }
     }
 

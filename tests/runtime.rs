@@ -390,10 +390,11 @@ fn five_hundred_calls_hold_no_more_gpu_memory_than_the_first() {
     let weights = weights(&mut rng, d, 4, Some((3, 3)));
     let layout = Layout::square(n).unwrap();
     let compressor = Compressor::on_context(weights, context.clone(), Precision::F32).unwrap();
-    let held = compressor.held_bytes();
+    let weight_bytes = compressor.held_bytes();
     let start = compressor.memory().unwrap();
     assert_eq!(
-        start.live_bytes, held,
+        (start.live_bytes, start.pooled_bytes),
+        (weight_bytes, 0),
         "only the weights are held at the start"
     );
     let options = checked(0.2);
@@ -404,11 +405,12 @@ fn five_hundred_calls_hold_no_more_gpu_memory_than_the_first() {
         .unwrap();
     let first = compressor.compress(&features, &layout, &options).unwrap();
     // The footprint the compressor announced is what the call allocated (parameters aside).
-    let peak = compressor.memory().unwrap().peak_bytes - held;
+    let peak = compressor.memory().unwrap().peak_bytes - weight_bytes;
     assert!(
         peak >= call_bytes && peak <= call_bytes + 4096,
         "seed {seed}: announced {call_bytes} bytes, the call peaked at {peak}"
     );
+    let (mut settled, mut ceiling) = (None, 0);
     for call in 0..500 {
         let out = match call % 3 {
             0 => compressor.compress(&features, &layout, &options).unwrap(),
@@ -433,16 +435,54 @@ fn five_hundred_calls_hold_no_more_gpu_memory_than_the_first() {
         }
         let now = compressor.memory().unwrap();
         assert_eq!(
-            now.live_bytes, held,
-            "seed {seed}: after call {call} the compressor holds {} bytes, {held} at the start",
+            now.live_bytes, weight_bytes,
+            "seed {seed}: after call {call} {} bytes are in use, {weight_bytes} at the start",
             now.live_bytes
         );
+        assert_eq!(
+            compressor.held_bytes(),
+            weight_bytes + now.pooled_bytes,
+            "held = weights + pool"
+        );
         assert!(
-            now.peak_bytes <= held + call_bytes + 4096,
+            now.peak_bytes <= weight_bytes + call_bytes + 4096,
             "call {call} peaked higher"
         );
+        // Once each kind of call has run twice, the pool grows no more.
+        if call < 6 {
+            ceiling = ceiling.max(now.pooled_bytes);
+        } else {
+            assert!(
+                now.pooled_bytes <= ceiling,
+                "seed {seed}: the pool grew to {} bytes at call {call}",
+                now.pooled_bytes
+            );
+        }
+        if call == 5 {
+            settled = Some(now);
+        }
     }
-    assert!(compressor.memory().unwrap().buffers_created > start.buffers_created + 500);
+    // Reuse: after the warm-up, a call creates only what cannot be pooled (read-back buffers,
+    // and the buffers a GPU-resident call hands over), at most 4; a call without the pool
+    // creates every buffer again.
+    let settled = settled.unwrap();
+    let end = compressor.memory().unwrap();
+    let per_call = (end.buffers_created - settled.buffers_created) as f64 / 494.0;
+    assert!(per_call <= 4.0, "{per_call} buffers created per call");
+    compressor.set_pool_limit(0);
+    let before = compressor.memory().unwrap().buffers_created;
+    compressor.compress(&features, &layout, &options).unwrap();
+    let unpooled = compressor.memory().unwrap().buffers_created - before;
+    assert!(
+        unpooled as f64 > 3.0 * per_call + 4.0,
+        "{unpooled} vs {per_call}"
+    );
+    assert_eq!(
+        compressor.held_bytes(),
+        weight_bytes,
+        "no pool: the weights"
+    );
+    eprintln!("buffers created per call: {per_call:.2} pooled, {unpooled} without the pool");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::buffers::{
     elem_bytes, elem_values, padded_size, read_staging, staging_for, storage_output, storage_with,
 };
 use super::context::GpuContext;
-use super::memory::{Ledger, Tracked};
+use super::memory::{Ledger, Tracked, DEFAULT_POOL_LIMIT};
 use super::plan::{pieces, plan, CallPlan, Device, Group, GroupPlan, InputPath, Split, Wants};
 use crate::compress::{Association, Options, Precision, Tokens};
 use crate::error::{Error, Result};
@@ -216,7 +216,7 @@ impl GpuEngine {
                 )));
             }
         }
-        let ledger = Ledger::new();
+        let ledger = Ledger::pooled(context.queue.clone(), DEFAULT_POOL_LIMIT);
         let device = &context.device;
         let sources = KernelSources::for_precision(precision);
         let (kernels, uploaded) = scoped(device, "building the kernels", || {
@@ -532,7 +532,12 @@ impl GpuEngine {
                 if plan.single {
                     // The chunk's outputs are the call's.
                     tokens = Some(chunk_tokens);
-                    projection = options.save_projection.then_some(chunk_scores);
+                    if options.save_projection {
+                        projection = Some(chunk_scores);
+                    } else {
+                        // Kept until the call is over, not pooled while it is recorded.
+                        keep.push(chunk_scores);
+                    }
                 } else {
                     keep.extend([chunk_tokens, chunk_scores]);
                 }
