@@ -258,7 +258,7 @@ pub fn forward(
 }
 
 /// Step 3: adaptive average pooling into `pooled` (`m x d`).
-fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) {
+pub(crate) fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) {
     pooled.fill(0.0);
     for query_grid in &queries.grids {
         let grid = query_grid.grid;

@@ -219,9 +219,11 @@ fn chunked_calls_give_the_tokens_of_unchunked_ones() {
     let compressor =
         Compressor::on_context(weights.clone(), context.clone(), Precision::F32).unwrap();
     let unchunked = compressor.compress(&features, &layout, &whole).unwrap();
-    // A binding limit of two images' features: chunks of 2, 2 and 1.
+    // A binding limit of two images' largest buffer (features or scores): chunks of 2, 2, 1.
+    let m = layout.queries(whole.keep).count;
+    let image = 4 * [n * d, m * n, m * d, n * 6].into_iter().max().unwrap();
     let chunked_options = Options {
-        max_binding_bytes: Some((2 * n * d * 4) as u64),
+        max_binding_bytes: Some((2 * image) as u64),
         ..whole
     };
     let chunked = compressor

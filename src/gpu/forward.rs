@@ -753,25 +753,7 @@ impl GpuEngine {
         );
         // Step 4: Q' = pool(E) w_q' + Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
         let has_table = w.table.is_some();
-        if let Some(term) = &buffers.position_queries {
-            let bytes = (count * m * self.weights.channels * 4) as u64;
-            passes
-                .encoder
-                .copy_buffer_to_buffer(term, 0, &buffers.query, 0, Some(bytes));
-        }
-        let queries = Product {
-            accumulate: has_table,
-            ..products.queries
-        };
-        k.queries.encode(
-            passes,
-            product_step("queries", &queries, (e, 4, 4)),
-            matmul,
-            &queries,
-            Slice::whole(&buffers.pooled),
-            Slice::whole(&w.w_q_scaled),
-            Slice::whole(&buffers.query),
-        );
+        self.encode_queries(passes, buffers, &products.queries, matmul);
         let c = self.weights.channels;
         let resized_keys = |passes: &mut Passes, images: usize, into: Slice| {
             if let (Some(table), Some(samples)) = (&w.table, &buffers.samples) {
@@ -897,6 +879,37 @@ impl GpuEngine {
 }
 
 impl GpuEngine {
+    /// Records `Q' = pool(E) w_q' + Q_in w_q'` for the images of `queries`: the table's term
+    /// (the same for every image) copied in, then the product added to it.
+    fn encode_queries(
+        &self,
+        passes: &mut Passes,
+        buffers: &GroupBuffers,
+        queries: &Product,
+        matmul: MatmulVariant,
+    ) {
+        if let Some(term) = &buffers.position_queries {
+            let bytes = (queries.batch * queries.rows * queries.columns * 4) as u64;
+            passes
+                .encoder
+                .copy_buffer_to_buffer(term, 0, &buffers.query, 0, Some(bytes));
+        }
+        let queries = Product {
+            accumulate: self.weights.table.is_some(),
+            ..*queries
+        };
+        let e = self.precision.size();
+        self.kernels.queries.encode(
+            passes,
+            product_step("queries", &queries, (e, 4, 4)),
+            matmul,
+            &queries,
+            Slice::whole(&buffers.pooled),
+            Slice::whole(&self.weights.w_q_scaled),
+            Slice::whole(&buffers.query),
+        );
+    }
+
     /// Records the forward pass of one image too large for one binding (`input` holds all
     /// of it, from its offset): token range by token range for position, pooling (summed
     /// into `Q_in`) and keys; then query block by query block for the scores and the
@@ -1000,29 +1013,11 @@ impl GpuEngine {
             );
         }
         // Q' = pool(E) w_q' + Q_in w_q' (whole).
-        if let Some(term) = &buffers.position_queries {
-            passes.encoder.copy_buffer_to_buffer(
-                term,
-                0,
-                &buffers.query,
-                0,
-                Some((m * c * 4) as u64),
-            );
-        }
         let queries = Product {
             rhs_per_image: false,
-            accumulate: w.table.is_some(),
             ..product(m, c, d)
         };
-        k.queries.encode(
-            passes,
-            product_step("queries", &queries, (e, 4, 4)),
-            matmul,
-            &queries,
-            Slice::whole(&buffers.pooled),
-            Slice::whole(&w.w_q_scaled),
-            Slice::whole(&buffers.query),
-        );
+        self.encode_queries(passes, buffers, &queries, matmul);
         // Query blocks: S = Q' K^T, P = softmax(S), Y = sum over ranges of P[:, r] X[r].
         for (first_query, count) in pieces(m, split.queries) {
             let scores = range_of(&buffers.scores, first_query * n * 4, count * n * 4);

@@ -9,8 +9,8 @@ use super::{
     dispatch, pipeline, ForwardShape, Passes, Slice, Step, LINEAR_WORKGROUP,
     MAX_GROUPS_PER_DIMENSION,
 };
-use crate::cpu::{multiply, View};
-use crate::layout::{Layout, Queries, QueryGrid};
+use crate::cpu::{multiply, pool, View};
+use crate::layout::{Layout, Queries};
 use crate::reference::position_samples;
 use crate::shaders::ShaderSource;
 
@@ -146,25 +146,6 @@ pub fn pooled_query_term(
     let c = channels;
     let resized = resized_rows(layout, projected, table_height, table_width, c);
     let mut pooled = vec![0.0f32; queries.count * c];
-    for query_grid in &queries.grids {
-        let grid = query_grid.grid;
-        for i in 0..query_grid.height {
-            let rows = QueryGrid::window(i, grid.height, query_grid.height);
-            for j in 0..query_grid.width {
-                let columns = QueryGrid::window(j, grid.width, query_grid.width);
-                let query = query_grid.query_offset + i * query_grid.width + j;
-                let out = &mut pooled[query * c..][..c];
-                for row in rows.clone() {
-                    for column in columns.clone() {
-                        let token = grid.offset + row * grid.width + column;
-                        let value = &resized[token * c..][..c];
-                        out.iter_mut().zip(value).for_each(|(o, v)| *o += v);
-                    }
-                }
-                let inverse = 1.0 / (rows.len() * columns.len()) as f32;
-                out.iter_mut().for_each(|o| *o *= inverse);
-            }
-        }
-    }
+    pool(&resized, c, queries, &mut pooled);
     pooled
 }
