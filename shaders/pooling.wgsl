@@ -1,6 +1,7 @@
-// Q_in = adaptive average pooling of Xp over each grid to its hq x wq query grid
-// (SPEC 4, step 3): query row i averages rows floor(i*h/hq) .. ceil((i+1)*h/hq) - 1.
-// `positioned` holds tokens token_start .. token_end of each image; a window's tokens outside
+// Q_in = adaptive average pooling of the tokens over each grid to its hq x wq query grid
+// (SPEC 4, step 3, on X: the position table's part is added to the queries elsewhere):
+// query row i averages rows floor(i*h/hq) .. ceil((i+1)*h/hq) - 1.
+// `tokens` holds tokens token_start .. token_end of each image; a window's tokens outside
 // them are left out of the sum (not of the count), and with `accumulate` the result is added
 // to what `pooled` holds: an image too large for one binding is pooled range by range.
 // The host prepends `alias elem = ...;`.
@@ -11,7 +12,7 @@ struct Params {
     queries: u32,  // m
     width: u32,    // d
     grid_count: u32,
-    token_start: u32, // first token of each image that `positioned` holds
+    token_start: u32, // first token of each image that `tokens` holds
     token_end: u32,   // one past the last
     accumulate: u32,  // 1: add to `pooled`, 0: overwrite it
 }
@@ -28,7 +29,7 @@ struct QueryGrid {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> positioned: array<elem>;
+@group(0) @binding(1) var<storage, read> tokens: array<elem>;
 @group(0) @binding(2) var<storage, read> query_grids: array<QueryGrid>;
 @group(0) @binding(3) var<storage, read_write> pooled: array<elem>;
 
@@ -63,7 +64,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
                 count++;
                 if token >= params.token_start && token < params.token_end {
                     let at = image_base + token - params.token_start;
-                    sum += f32(positioned[at * params.width + channel]);
+                    sum += f32(tokens[at * params.width + channel]);
                 }
             }
         }

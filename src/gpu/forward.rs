@@ -116,9 +116,9 @@ fn scaled_query_weights(weights: &PMeta) -> Vec<f32> {
 
 /// How step 5 reaches the scores: the product that comes before `S`.
 enum ScoresPath {
-    /// `K = Xp w_k`, then `S = Q' K^T`.
+    /// `K = Xp w_k` (as `X w_k + E w_k`), then `S = Q' K^T`.
     Keys(Product),
-    /// `Q'' = Q' w_k^T`, then `S = Q'' Xp^T`.
+    /// `Q'' = Q' w_k^T`, then `S = Q'' Xp^T` (as `Q'' X^T + Q' (E w_k)^T`).
     Folded(Product),
 }
 

@@ -61,7 +61,7 @@ pub struct GroupPlan {
 }
 
 /// An image too large for one storage binding, cut so that every bound range fits: token
-/// ranges for the features, `Xp`, the keys and the columns of `P`; query blocks for the
+/// ranges for the features, the keys and the columns of `P`; query blocks for the
 /// scores, `P` and `Y`. Both sizes are multiples of the binding-offset alignment (in
 /// elements), so every range starts at a bindable offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,7 +257,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
                         )));
                     }
                 }
-                // The folded association binds all of Xp at once: keys it is.
+                // The folded association binds all of X at once: keys it is.
                 (Association::Keys, Some(split))
             }
         };
@@ -417,7 +417,7 @@ fn split_image(
         }
     }
     let align = align as usize;
-    // Bytes per token of each range bound: X and Xp, the keys, the position samples, and the
+    // Bytes per token of each range bound: X, the keys, the position samples, and the
     // source window of the ingest copy (which may reach `align + 4` bytes past the range).
     let per_token = (d * e)
         .max(c * e)

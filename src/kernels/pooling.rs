@@ -31,8 +31,8 @@ impl Pooling {
         }
     }
 
-    /// Records `pooled = pool(positioned)`, or with `accumulate` `pooled += ...`, where
-    /// `positioned` holds the tokens `held` of each image (all `0..n` unless an image is
+    /// Records `pooled = pool(tokens)`, or with `accumulate` `pooled += ...`, where
+    /// `tokens` holds the tokens `held` of each image (all `0..n` unless an image is
     /// pooled range by range); `query_grids` holds 8 words per grid (see the shader's
     /// `QueryGrid`).
     #[allow(clippy::too_many_arguments)]
@@ -41,7 +41,7 @@ impl Pooling {
         passes: &mut Passes,
         step: Step,
         shape: &ForwardShape,
-        positioned: Slice,
+        tokens: Slice,
         held: std::ops::Range<u32>,
         accumulate: bool,
         query_grids: Slice,
@@ -63,7 +63,7 @@ impl Pooling {
             step,
             &self.pipeline,
             &params,
-            &[positioned, query_grids, pooled],
+            &[tokens, query_grids, pooled],
             linear_groups(elements, LINEAR_WORKGROUP),
         );
     }
