@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         runs,
         warmup: 2,
         naive: true,
+        shared: false,
         batch: 1,
     };
     let progress = |line: &str| eprintln!("bench: {line}");

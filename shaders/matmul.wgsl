@@ -255,3 +255,81 @@ fn store_block(
         }
     }
 }
+
+// The shared-memory kernel (the tiling of the best public WGSL GEMMs, for GPUs with fast
+// workgroup memory): a workgroup of 16 x 16 invocations computes a 64 x 64 tile of C, each
+// invocation 4 rows x 4 columns (columns 16 apart, so neighbours store neighbours). Each step
+// of 16 along the inner dimension, the workgroup stages a 64 x 16 block of A and a 16 x 64
+// block of B in workgroup memory (zeros past the edges), reading along whichever dimension
+// is contiguous in memory; then every invocation does 64 multiply-adds from it. Any stride
+// and shape; no invocation returns early, so the barriers stay in uniform control flow.
+const shared_tile = 64u;
+const shared_step = 16u;
+var<workgroup> shared_a: array<f32, 1024>; // [row * 16 + k]
+var<workgroup> shared_b: array<f32, 1024>; // [k * 64 + column]
+
+@compute @workgroup_size(16, 16)
+fn main_shared(
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    let image = group.z;
+    let first_row = group.y * shared_tile;
+    let first_column = group.x * shared_tile;
+    let lane = local.y * 16u + local.x;
+    let lhs_base = image * params.lhs_batch_stride;
+    let rhs_base = image * params.rhs_batch_stride;
+    // B^T row-major: neighbouring lanes read neighbouring k; B row-major: neighbouring columns.
+    let rhs_along_k = params.rhs_inner_stride == 1u;
+    var sums: array<vec4<f32>, 4>;
+    for (var step = 0u; step < params.inner; step += shared_step) {
+        for (var t = 0u; t < 4u; t++) {
+            let slot = lane + t * 256u;
+            let row = first_row + slot / shared_step;
+            let k = step + slot % shared_step;
+            var a = 0.0;
+            if row < params.rows && k < params.inner {
+                a = f32(lhs[lhs_base + row * params.lhs_row_stride + k]);
+            }
+            shared_a[slot] = a;
+            var k_b = step + slot / shared_tile;
+            var column = first_column + slot % shared_tile;
+            if rhs_along_k {
+                k_b = step + slot % shared_step;
+                column = first_column + slot / shared_step;
+            }
+            var b = 0.0;
+            if column < params.columns && k_b < params.inner {
+                b = f32(rhs[rhs_base + k_b * params.rhs_inner_stride
+                    + column * params.rhs_column_stride]);
+            }
+            shared_b[(k_b - step) * shared_tile + (column - first_column)] = b;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < shared_step; k++) {
+            let b = vec4<f32>(
+                shared_b[k * shared_tile + local.x],
+                shared_b[k * shared_tile + local.x + 16u],
+                shared_b[k * shared_tile + local.x + 32u],
+                shared_b[k * shared_tile + local.x + 48u],
+            );
+            for (var i = 0u; i < 4u; i++) {
+                sums[i] += shared_a[(local.y * 4u + i) * shared_step + k] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = first_row + local.y * 4u + i;
+        if row >= params.rows {
+            continue;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let column = first_column + local.x + 16u * j;
+            if column < params.columns {
+                let at = image * params.out_batch_stride + row * params.columns + column;
+                out[at] = with_previous(at, sums[i][j]);
+            }
+        }
+    }
+}

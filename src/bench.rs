@@ -126,6 +126,8 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Whether to run the v1 kernels too (GPU only).
     pub naive: bool,
+    /// Whether to run the shared-memory kernels too (GPU only).
+    pub shared: bool,
     /// Images per call (the same random image repeated; batches past one storage binding
     /// run in chunks).
     pub batch: usize,
@@ -330,11 +332,13 @@ pub fn run(
         device = compressor.device();
         let m = layout.queries(config.keep).count;
         // The naive kernels exist on the GPU only.
-        let variants = if context.is_some() && config.naive {
-            vec![KernelVariant::Tuned, KernelVariant::Naive]
-        } else {
-            vec![KernelVariant::Tuned]
-        };
+        let mut variants = vec![KernelVariant::Tuned];
+        if context.is_some() && config.shared {
+            variants.push(KernelVariant::Shared);
+        }
+        if context.is_some() && config.naive {
+            variants.push(KernelVariant::Naive);
+        }
         let mut variant_reports = Vec::new();
         for kernels in variants {
             let name = match (&context, kernels) {

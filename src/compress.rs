@@ -123,17 +123,25 @@ pub enum KernelVariant {
     /// Register-tiled matrix products; with `Association::Auto`, the cheaper association.
     #[default]
     Tuned,
+    /// Matrix products tiled through workgroup memory (64 x 64 per workgroup), otherwise as
+    /// `Tuned`: the shape hardware GPUs favour, measured against `Tuned` by `bench --shared`.
+    Shared,
 }
 
 impl KernelVariant {
     /// Both, for tests and benchmarks.
-    pub const ALL: [KernelVariant; 2] = [KernelVariant::Naive, KernelVariant::Tuned];
+    pub const ALL: [KernelVariant; 3] = [
+        KernelVariant::Naive,
+        KernelVariant::Tuned,
+        KernelVariant::Shared,
+    ];
 
     /// The name in reports.
     pub fn name(self) -> &'static str {
         match self {
             KernelVariant::Naive => "naive",
             KernelVariant::Tuned => "tuned",
+            KernelVariant::Shared => "shared",
         }
     }
 
@@ -141,6 +149,7 @@ impl KernelVariant {
         match self {
             KernelVariant::Naive => MatmulVariant::Naive,
             KernelVariant::Tuned => MatmulVariant::Tiled,
+            KernelVariant::Shared => MatmulVariant::Shared,
         }
     }
 }
@@ -164,7 +173,7 @@ impl Association {
     pub fn resolve(self, kernels: KernelVariant, n: usize, m: usize, d: usize, c: usize) -> Self {
         match (self, kernels) {
             (Association::Auto, KernelVariant::Naive) => Association::Keys,
-            (Association::Auto, KernelVariant::Tuned) => {
+            (Association::Auto, KernelVariant::Tuned | KernelVariant::Shared) => {
                 let tokens = Association::Tokens.scores_work(n, m, d, c);
                 if tokens < Association::Keys.scores_work(n, m, d, c) {
                     Association::Tokens

@@ -179,6 +179,9 @@ struct BenchArgs {
     /// Leave out the naive (v1) kernels.
     #[arg(long)]
     skip_naive: bool,
+    /// Also time the shared-memory (workgroup-tiled) kernels.
+    #[arg(long)]
+    shared: bool,
     /// Images per call (batches past one storage binding run in chunks).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -504,6 +507,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         runs: args.runs,
         warmup: args.warmup,
         naive: !args.skip_naive,
+        shared: args.shared,
         batch: args.batch,
     };
     let report = bench::run(&config, &workloads, |line| eprintln!("bench: {line}"))?;

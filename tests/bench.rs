@@ -75,7 +75,13 @@ fn check_variant(variant: &Value, expected_steps: &[&str]) {
 #[test]
 fn bench_on_the_gpu_reports_tuned_and_naive_as_json() {
     let Some(context) = gpu() else { return };
-    let report = bench_json(&["--backend", &context.adapter.backend, "--batch", "2"]);
+    let report = bench_json(&[
+        "--backend",
+        &context.adapter.backend,
+        "--batch",
+        "2",
+        "--shared",
+    ]);
     assert_eq!(report["device"]["name"], context.adapter.name.as_str());
     assert_eq!(report["batch"], 2);
     assert!(!report["device"]["vendor"].as_str().unwrap().is_empty());
@@ -85,23 +91,28 @@ fn bench_on_the_gpu_reports_tuned_and_naive_as_json() {
     assert_eq!(workload["workload"], "tiny");
     assert_eq!(workload["tokens"], 93);
     // The footprint: weights held (w_q and w_k, 75 x 75 f32 each: d_c is d when d < 256; the
-    // 24 x 24 x 75 table) and a call's buffers, at least the two images' features.
+    // table projected by w_k, 24 x 24 x 75) and a call's buffers, at least the two images'
+    // features.
     assert_eq!(workload["held_bytes"], 4 * (2 * 75 * 75 + 24 * 24 * 75));
     assert!(workload["call_bytes"].as_u64().unwrap() > 2 * 93 * 75 * 4);
     let variants = workload["variants"].as_array().unwrap();
-    assert_eq!(variants.len(), 2);
-    assert_eq!(variants[0]["variant"], "tuned");
-    assert_eq!(variants[1]["variant"], "naive");
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|v| v["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tuned", "shared", "naive"]);
     // The tiny workload has fewer queries than channels: the tuned kernels fold w_k into the
     // queries; the naive ones go through the keys.
     assert_eq!(variants[0]["association"], "tokens");
-    assert_eq!(variants[1]["association"], "keys");
+    assert_eq!(variants[1]["association"], "tokens");
+    assert_eq!(variants[2]["association"], "keys");
     let common = ["pooling", "queries", "position"];
     let tail = ["softmax", "reduction"];
     let tuned: Vec<&str> = [&common[..], &["fold_w_k", "scores"], &tail[..]].concat();
     let naive: Vec<&str> = [&common[..], &["keys", "scores"], &tail[..]].concat();
     check_variant(&variants[0], &tuned);
-    check_variant(&variants[1], &naive);
+    check_variant(&variants[1], &tuned);
+    check_variant(&variants[2], &naive);
     assert!(workload["speedup_over_naive"].as_f64().unwrap() > 0.0);
 }
 

@@ -13,6 +13,10 @@ pub enum MatmulVariant {
     /// (`main_tiled`) otherwise.
     #[default]
     Tiled,
+    /// 64 x 64 outputs per workgroup of 16 x 16 invocations, 4 x 4 each, with blocks of `A`
+    /// and `B` staged in workgroup memory (`main_shared`): the recipe of the best public WGSL
+    /// GEMMs, for hardware GPUs.
+    Shared,
 }
 
 /// The entry points of `shaders/matmul.wgsl` (declared in `Kernel::ALL` order, so that a
@@ -27,15 +31,18 @@ pub enum Kernel {
     Vec4,
     /// 4 x 4 block, vec4 loads, `B` given transposed.
     Vec4Transposed,
+    /// 64 x 64 tile staged in workgroup memory.
+    Shared,
 }
 
 impl Kernel {
     /// Every entry point.
-    pub const ALL: [Kernel; 4] = [
+    pub const ALL: [Kernel; 5] = [
         Kernel::Naive,
         Kernel::Tiled,
         Kernel::Vec4,
         Kernel::Vec4Transposed,
+        Kernel::Shared,
     ];
 
     /// The shader entry point.
@@ -45,13 +52,18 @@ impl Kernel {
             Kernel::Tiled => "main_tiled",
             Kernel::Vec4 => "main_vec4",
             Kernel::Vec4Transposed => "main_vec4_transposed",
+            Kernel::Shared => "main_shared",
         }
     }
 }
 
 impl MatmulVariant {
     /// Every variant, for tests and benchmarks.
-    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Naive, MatmulVariant::Tiled];
+    pub const ALL: [MatmulVariant; 3] = [
+        MatmulVariant::Naive,
+        MatmulVariant::Tiled,
+        MatmulVariant::Shared,
+    ];
 
     /// Output columns and rows one workgroup covers.
     fn tile(self) -> (u32, u32) {
@@ -60,6 +72,8 @@ impl MatmulVariant {
             MatmulVariant::Naive => (32, 8),
             // 8 x 8 invocations of 4 x 4 outputs.
             MatmulVariant::Tiled => (32, 32),
+            // 16 x 16 invocations of 4 x 4 outputs.
+            MatmulVariant::Shared => (64, 64),
         }
     }
 }
@@ -120,6 +134,7 @@ impl Product {
     pub fn kernel(&self, variant: MatmulVariant) -> Kernel {
         match variant {
             MatmulVariant::Naive => Kernel::Naive,
+            MatmulVariant::Shared => Kernel::Shared,
             MatmulVariant::Tiled
                 if !self.inner.is_multiple_of(4) || !self.lhs_stride().is_multiple_of(4) =>
             {
