@@ -7,8 +7,8 @@ issue 3's side-by-side with `metacompress bench` on a real GPU (see BENCHMARKS.m
 
 Same workloads and shapes as `metacompress bench` (weights: w_q = w_k with orthonormal
 columns, omega = 1, a 24x24 position table; features standard-normal). For each workload and
-each of f32 (TF32 off, so the products are true f32) and bf16 (features, weights and
-intermediates in bf16, softmax in f32), the median and spread of --runs timed forwards after
+each of f32 (TF32 off, so the products are true f32), f32-tf32 (TF32 on, labelled) and bf16
+(features, weights and intermediates in bf16, softmax in f32), the median and spread of --runs timed forwards after
 --warmup untimed ones, features already on the device. The scores take the cheaper
 association for the shape, as metacompress does. A float64 check of the f32 result on the
 first workload guards the timing against a wrong forward.
@@ -121,9 +121,9 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    torch.backends.cuda.matmul.allow_tf32 = False
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     report = {"device": device_name, "torch": torch.__version__, "keep": args.keep,
               "dc": args.dc, "f32_error_vs_float64": check(names[0], args.dc, args.keep),
@@ -131,7 +131,10 @@ def main():
     print(f"torch {torch.__version__} on {device_name}; keep {args.keep}, d_c {args.dc}; "
           f"f32 vs float64 on {names[0]}: {report['f32_error_vs_float64']:.2e}")
     for name in names:
-        for label, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+        for label, dtype, tf32 in [("f32", torch.float32, False),
+                                   ("f32-tf32", torch.float32, True),
+                                   ("bf16", torch.bfloat16, False)]:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.inference_mode():
                 result = time_forward(name, args.dc, args.keep, args.device, dtype,
                                       args.runs, args.warmup)
