@@ -776,6 +776,21 @@ fn one_image_past_the_binding_limit_is_cut_into_token_ranges_and_query_blocks() 
         );
         assert!(reductions(&cut) > reductions(&whole), "{what}: not split");
         assert_reference(&cut, &features, &weights, &layout, &split, 1e-4, &what);
+        // The shared-memory products take the same strided, accumulating ranges.
+        let shared = Options {
+            kernels: metacompress::KernelVariant::Shared,
+            ..split
+        };
+        let cut_shared = compressor.compress(&features, &layout, &shared).unwrap();
+        assert_reference(
+            &cut_shared,
+            &features,
+            &weights,
+            &layout,
+            &shared,
+            1e-4,
+            &what,
+        );
         let expected: Vec<f64> = whole.tokens.iter().map(|&v| v as f64).collect();
         let error = relative_error(&cut.tokens, &expected);
         assert!(error < 1e-5, "{what}: split vs whole {error:e}");
