@@ -530,14 +530,17 @@ fn devices() -> Result<()> {
     let yes = |flag: bool| if flag { "yes" } else { "no" };
     for adapter in adapters {
         say!(
-            "{}\n  backend {}, type {}, driver {}\n  f16 {}, subgroups {}, timestamp queries {}",
+            "{}\n  backend {}, type {}, driver {}\n  f16 {}, subgroups {}, timestamp queries {}\n  \
+             largest storage binding {} MiB, binding offsets aligned to {} bytes",
             adapter.name,
             adapter.backend,
             adapter.device_type,
             adapter.driver_or_unknown(),
             yes(adapter.f16),
             yes(adapter.subgroups),
-            yes(adapter.timestamps)
+            yes(adapter.timestamps),
+            adapter.binding_limit >> 20,
+            adapter.offset_alignment
         );
     }
     Ok(())

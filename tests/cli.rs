@@ -715,6 +715,11 @@ fn devices_lists_the_adapter_and_demo_runs() {
         assert!(out.stdout.contains(&context.adapter.name), "{}", out.stdout);
         assert!(out.stdout.contains("f16 "), "{}", out.stdout);
         assert!(out.stdout.contains("timestamp queries"), "{}", out.stdout);
+        let binding = format!(
+            "largest storage binding {} MiB",
+            context.binding_limit() >> 20
+        );
+        assert!(out.stdout.contains(&binding), "{}", out.stdout);
     }
     let out = run(&["demo"]);
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -65,6 +65,10 @@ pub struct AdapterReport {
     pub subgroups: bool,
     /// Whether it offers timestamp queries.
     pub timestamps: bool,
+    /// Most bytes one storage binding may span (larger inputs are cut to fit it).
+    pub binding_limit: u64,
+    /// Alignment of a storage binding's offset, in bytes.
+    pub offset_alignment: u32,
 }
 
 impl AdapterReport {
@@ -80,6 +84,7 @@ impl AdapterReport {
     fn of(adapter: &wgpu::Adapter) -> Self {
         let info = adapter.get_info();
         let features = adapter.features();
+        let limits = adapter.limits();
         let driver = format!("{} {}", info.driver, info.driver_info)
             .trim()
             .to_string();
@@ -92,6 +97,9 @@ impl AdapterReport {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            binding_limit: (limits.max_storage_buffer_binding_size as u64)
+                .min(limits.max_buffer_size),
+            offset_alignment: limits.min_storage_buffer_offset_alignment,
         }
     }
 }
