@@ -97,7 +97,8 @@ impl AdapterReport {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            binding_limit: (limits.max_storage_buffer_binding_size as u64)
+            binding_limit: limits
+                .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
             offset_alignment: limits.min_storage_buffer_offset_alignment,
         }
