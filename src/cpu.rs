@@ -4,7 +4,7 @@
 //! reference (`reference.rs`) stays the yardstick it is tested against.
 
 use crate::compress::{Association, KernelVariant};
-use crate::kernels::position::{pooled_query_term, project_table, resized_rows};
+use crate::kernels::position::{pooled_query_term, project_table, resized_rows, PerLayout};
 use crate::layout::{Layout, Queries, QueryGrid, Scope};
 use crate::tensor::Features;
 use crate::weights::PMeta;
@@ -121,12 +121,14 @@ pub(crate) fn multiply_f64(
 /// The position table projected once, as on the GPU: `T w_k` and `T w_q`
 /// (`gh x gw x d_c`, f32), so that the forward pass never forms `Xp = X + E` (resizing and
 /// pooling commute with the projections; see docs/ARCHITECTURE.md).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ProjectedTable {
     keys: Vec<f32>,
     queries: Vec<f32>,
     height: usize,
     width: usize,
+    /// `pool(resize(T w_q))` (`m x d_c`) and `resize(T w_k)` (`n x d_c`) for recent layouts.
+    terms: PerLayout<(Vec<f32>, Vec<f32>)>,
 }
 
 impl ProjectedTable {
@@ -138,6 +140,7 @@ impl ProjectedTable {
             queries: project_table(&table.values, d, weights.w_q(), c),
             height: table.height,
             width: table.width,
+            terms: PerLayout::default(),
         })
     }
 }
@@ -165,10 +168,12 @@ pub fn forward(
     // What the position table adds, the same for every image: pool(E) w_q (m x d_c) and
     // E w_k (n x d_c).
     let table_terms = table.map(|t| {
-        (
-            pooled_query_term(layout, queries, &t.queries, t.height, t.width, c),
-            resized_rows(layout, &t.keys, t.height, t.width, c),
-        )
+        t.terms.get(layout, queries, || {
+            (
+                pooled_query_term(layout, queries, &t.queries, t.height, t.width, c),
+                resized_rows(layout, &t.keys, t.height, t.width, c),
+            )
+        })
     });
     // Buffers reused across images of the batch.
     let mut pooled = vec![0.0f32; m * d];
@@ -204,7 +209,8 @@ pub fn forward(
             View::row_major(weights.w_q(), d, c),
             &mut query,
         );
-        if let Some((query_term, _)) = &table_terms {
+        if let Some(terms) = &table_terms {
+            let query_term = &terms.0;
             query.iter_mut().zip(query_term).for_each(|(q, t)| *q += t);
         }
         // Step 5: fold omega / sqrt(d_c) into Q, then S over each query's key range.
@@ -221,7 +227,8 @@ pub fn forward(
                 View::row_major(weights.w_k(), d, c),
                 &mut key,
             );
-            if let Some((_, key_term)) = &table_terms {
+            if let Some(terms) = &table_terms {
+                let key_term = &terms.1;
                 key.iter_mut().zip(key_term).for_each(|(k, t)| *k += t);
             }
             scores_in_scope(&query, &key, queries, scope, n, c, &mut scores);
@@ -233,7 +240,8 @@ pub fn forward(
                 &mut folded,
             );
             scores_in_scope(&folded, x, queries, scope, n, d, &mut scores);
-            if let Some((_, key_term)) = &table_terms {
+            if let Some(terms) = &table_terms {
+                let key_term = &terms.1;
                 table_scores.resize(m * n, 0.0);
                 scores_in_scope(&query, key_term, queries, scope, n, c, &mut table_scores);
                 scores

@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::kernels::ingest::Ingest;
 use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
 use crate::kernels::pooling::Pooling;
-use crate::kernels::position::{pooled_query_term, project_table, samples, Position, Sample};
+use crate::kernels::position::{
+    pooled_query_term, project_table, samples, PerLayout, Position, Sample,
+};
 use crate::kernels::softmax::Softmax;
 use crate::kernels::{ForwardShape, PassTimings, Passes, Slice, Step};
 use crate::profile::{Clock, StepTime};
@@ -54,6 +56,8 @@ struct ProjectedTable {
     queries: Vec<f32>,
     height: usize,
     width: usize,
+    /// `pool(resize(T w_q'))` for recent layouts.
+    query_terms: PerLayout<Vec<f32>>,
 }
 
 /// The GPU forward pass for one set of weights at one precision.
@@ -252,6 +256,7 @@ impl GpuEngine {
                 queries: project_table(&table.values, d, &w_q_scaled, c),
                 height: table.height,
                 width: table.width,
+                query_terms: PerLayout::default(),
             });
             let uploaded = Weights {
                 w_q_scaled: storage_with(
@@ -641,14 +646,16 @@ impl GpuEngine {
             ingested: (plan.input == InputPath::Ingest)
                 .then(|| output("ingested features", k * n * d, e)),
             position_queries: self.weights.table.as_ref().map(|table| {
-                let term = pooled_query_term(
-                    group.layout,
-                    group.queries,
-                    &table.queries,
-                    table.height,
-                    table.width,
-                    c,
-                );
+                let term = table.query_terms.get(group.layout, group.queries, || {
+                    pooled_query_term(
+                        group.layout,
+                        group.queries,
+                        &table.queries,
+                        table.height,
+                        table.width,
+                        c,
+                    )
+                });
                 storage_with(
                     ledger,
                     device,

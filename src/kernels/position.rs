@@ -4,11 +4,15 @@
 //! `pool(Xp) w_q' = pool(X) w_q' + pool(resize(T w_q'))`. The table is projected once when
 //! the weights are uploaded (`project_table`); `shaders/position.wgsl` resizes `T w_k` onto
 //! the tokens, and `pooled_query_term` pools `resize(T w_q')` on the host (`m x d_c`, small).
+//! What depends only on the layout is kept per layout (`PerLayout`), so that calls on one
+//! layout compute it once.
 
 use super::{
     dispatch, pipeline, ForwardShape, Passes, Slice, Step, LINEAR_WORKGROUP,
     MAX_GROUPS_PER_DIMENSION,
 };
+use std::sync::{Arc, Mutex};
+
 use crate::cpu::{multiply, pool, View};
 use crate::layout::{Layout, Queries};
 use crate::reference::position_samples;
@@ -148,4 +152,79 @@ pub fn pooled_query_term(
     let mut pooled = vec![0.0f32; queries.count * c];
     pool(&resized, c, queries, &mut pooled);
     pooled
+}
+
+/// Layouts (with their query grids) a `PerLayout` remembers.
+const REMEMBERED_LAYOUTS: usize = 8;
+
+/// Values computed from a layout and its query grids alone, kept for the most recently used
+/// layouts.
+#[derive(Debug)]
+pub struct PerLayout<V> {
+    entries: Mutex<Vec<(Layout, Queries, Arc<V>)>>,
+}
+
+impl<V> Default for PerLayout<V> {
+    fn default() -> Self {
+        PerLayout {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<V> PerLayout<V> {
+    /// The value for `layout` and `queries`, computed by `make` the first time (and again
+    /// once `REMEMBERED_LAYOUTS` other layouts have been used since).
+    pub fn get(&self, layout: &Layout, queries: &Queries, make: impl FnOnce() -> V) -> Arc<V> {
+        let mut entries = self.entries.lock().expect("per-layout values");
+        if let Some(index) = entries
+            .iter()
+            .position(|(l, q, _)| l == layout && q == queries)
+        {
+            // Most recently used last.
+            let entry = entries.remove(index);
+            let value = Arc::clone(&entry.2);
+            entries.push(entry);
+            return value;
+        }
+        let value = Arc::new(make());
+        if entries.len() == REMEMBERED_LAYOUTS {
+            entries.remove(0);
+        }
+        entries.push((layout.clone(), queries.clone(), Arc::clone(&value)));
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Keep;
+
+    #[test]
+    fn per_layout_values_are_computed_once_per_recent_layout() {
+        let memo = PerLayout::default();
+        let keep = Keep::new(0.25).unwrap();
+        let square = |side: usize| Layout::square(side * side).unwrap();
+        let made = std::cell::Cell::new(0);
+        let get = |side: usize| {
+            let layout = square(side);
+            memo.get(&layout, &layout.queries(keep), || {
+                made.set(made.get() + 1);
+                side
+            })
+        };
+        assert_eq!(*get(4), 4);
+        assert_eq!(*get(4), 4);
+        assert_eq!(made.get(), 1, "the same layout again is remembered");
+        for side in 5..12 {
+            get(side);
+        }
+        assert_eq!(made.get(), 8);
+        get(4);
+        assert_eq!(made.get(), 8, "eight layouts are remembered");
+        get(12);
+        get(5);
+        assert_eq!(made.get(), 10, "the least recently used one was let go");
+    }
 }
