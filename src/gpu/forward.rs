@@ -762,38 +762,13 @@ impl GpuEngine {
         let has_table = w.table.is_some();
         self.encode_queries(passes, buffers, &products.queries, matmul);
         let c = self.weights.channels;
-        let resized_keys = |passes: &mut Passes, images: usize, into: Slice| {
-            if let (Some(table), Some(samples)) = (&w.table, &buffers.samples) {
-                let cells = (table.height * table.width) as f64;
-                let step = Step {
-                    name: "position",
-                    // Four bilinear corners, a multiply and an add each.
-                    flops: 8.0 * images as f64 * n_f * c as f64,
-                    bytes: (images as f64 * n_f + cells) * c as f64 * e as f64,
-                };
-                let shape = ForwardShape {
-                    batch: images as u32,
-                    width: c as u32,
-                    ..shape
-                };
-                k.position.encode(
-                    passes,
-                    step,
-                    &shape,
-                    None,
-                    Slice::whole(&table.keys),
-                    Slice::whole(samples),
-                    into,
-                );
-            }
-        };
         // Steps 4 and 5 in the chosen association.
         let scores = Slice::whole(&buffers.scores);
         let before_scores = Slice::whole(&buffers.before_scores);
         let (scores_lhs, scores_rhs) = match &products.path {
             // K = resize(T w_k) + X w_k, then S = Q' K^T.
             ScoresPath::Keys(keys) => {
-                resized_keys(passes, count, before_scores);
+                self.encode_resized_keys(passes, buffers, count, 0..n, before_scores);
                 let keys = Product {
                     accumulate: has_table,
                     ..*keys
@@ -812,7 +787,8 @@ impl GpuEngine {
             // Q'' = Q' w_k^T, then S = Q'' X^T (the table's part below).
             ScoresPath::Folded(folded) => {
                 if let Some(position_keys) = &buffers.position_keys {
-                    resized_keys(passes, 1, Slice::whole(position_keys));
+                    let into = Slice::whole(position_keys);
+                    self.encode_resized_keys(passes, buffers, 1, 0..n, into);
                 }
                 k.scores.encode(
                     passes,
@@ -886,6 +862,47 @@ impl GpuEngine {
 }
 
 impl GpuEngine {
+    /// Records `into = resize(T w_k)` (`E w_k`) for the tokens `tokens` of `images` images,
+    /// when the weights have a position table (else nothing).
+    fn encode_resized_keys(
+        &self,
+        passes: &mut Passes,
+        buffers: &GroupBuffers,
+        images: usize,
+        tokens: std::ops::Range<usize>,
+        into: Slice,
+    ) {
+        let (Some(table), Some(samples)) = (&self.weights.table, &buffers.samples) else {
+            return;
+        };
+        let c = self.weights.channels;
+        let (count, cells) = (tokens.len(), table.height * table.width);
+        let step = Step {
+            name: "position",
+            // Four bilinear corners, a multiply and an add each.
+            flops: 8.0 * (images * count * c) as f64,
+            bytes: ((images * count + cells) * c * self.precision.size()) as f64,
+        };
+        let shape = ForwardShape {
+            batch: images as u32,
+            tokens: count as u32,
+            queries: 0,
+            width: c as u32,
+            channels: c as u32,
+            grid_count: 0,
+        };
+        let sample = std::mem::size_of::<Sample>();
+        self.kernels.position.encode(
+            passes,
+            step,
+            &shape,
+            None,
+            Slice::whole(&table.keys),
+            range_of(samples, tokens.start * sample, count * sample),
+            into,
+        );
+    }
+
     /// Records `Q' = pool(E) w_q' + Q_in w_q'` for the images of `queries`: the table's term
     /// (the same for every image) copied in, then the product added to it.
     fn encode_queries(
@@ -982,28 +999,7 @@ impl GpuEngine {
                 Slice::whole(&buffers.pooled),
             );
             let keys_range = range_of(&buffers.before_scores, first * c * e, tokens * c * e);
-            if let (Some(table), Some(samples)) = (&w.table, &buffers.samples) {
-                let cells = (table.height * table.width) as f64;
-                let step = Step {
-                    name: "position",
-                    flops: 8.0 * t * c as f64,
-                    bytes: (t + cells) * c as f64 * e_f,
-                };
-                let sample = std::mem::size_of::<Sample>();
-                let resized = ForwardShape {
-                    width: c as u32,
-                    ..shape(tokens, m)
-                };
-                k.position.encode(
-                    passes,
-                    step,
-                    &resized,
-                    None,
-                    Slice::whole(&table.keys),
-                    range_of(samples, first * sample, tokens * sample),
-                    keys_range,
-                );
-            }
+            self.encode_resized_keys(passes, buffers, 1, first..first + tokens, keys_range);
             let keys = Product {
                 rhs_per_image: false,
                 accumulate: w.table.is_some(),
