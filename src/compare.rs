@@ -165,64 +165,116 @@ fn orthonormal_basis(rows: &[f64], d: usize) -> Vec<f64> {
     basis
 }
 
-/// The fidelity of `y` (`m x d`, from `p`, `m x n`) to one image `x` (`n x d`), for `probes`
-/// (`q x d`).
-pub fn fidelity(x: &[f32], y: &[f32], p: &[f32], probes: &[f32], d: usize) -> Fidelity {
-    let n = x.len() / d;
-    let m = y.len() / d;
-    let (x, y, probes) = (widen(x), widen(y), widen(probes));
-    let full = attend(&x, d, &probes, None);
-    let log_sizes: Vec<f64> = sizes(p, n).iter().map(|s| s.ln()).collect();
-    let attention_error = relative_errors(&full, &attend(&y, d, &probes, None), d);
-    let proportional_error = relative_errors(&full, &attend(&y, d, &probes, Some(&log_sizes)), d);
+/// What the measures need of one input image (`n x d`), whatever the method: computed once
+/// per image and measured against every method's reduced tokens.
+pub struct ImageBaseline {
+    d: usize,
+    /// The tokens in float64.
+    tokens: Vec<f64>,
+    /// The tokens scaled to unit length.
+    unit_tokens: Vec<f64>,
+    /// The probes in float64.
+    probes: Vec<f64>,
+    /// The attention outputs over all tokens (`probes x d`).
+    full: Vec<f64>,
+    /// `||X||^2`.
+    energy: f64,
+}
 
-    let mut cosines = vec![0.0; n * m];
-    multiply_f64(&unit(&x, d), d, &unit(&y, d), true, &mut cosines);
-    let coverage = cosines
-        .chunks_exact(m)
-        .map(|row| row.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
-        .sum::<f64>()
-        / n as f64;
+impl ImageBaseline {
+    /// The baseline of image `x` (`n x d`) for `probes` (`q x d`).
+    pub fn new(x: &[f32], probes: &[f32], d: usize) -> Self {
+        let (tokens, probes) = (widen(x), widen(probes));
+        let full = attend(&tokens, d, &probes, None);
+        ImageBaseline {
+            d,
+            unit_tokens: unit(&tokens, d),
+            energy: tokens.iter().map(|v| v * v).sum(),
+            tokens,
+            probes,
+            full,
+        }
+    }
 
-    let basis = orthonormal_basis(&y, d);
-    let rank = basis.len() / d;
-    let mut coordinates = vec![0.0; n * rank];
-    multiply_f64(&x, d, &basis, true, &mut coordinates);
-    let kept: f64 = coordinates.iter().map(|c| c * c).sum();
-    let total: f64 = x.iter().map(|v| v * v).sum();
-    Fidelity {
-        attention_error,
-        proportional_error,
-        coverage,
-        energy: if total > 0.0 { kept / total } else { 1.0 },
+    /// The fidelity of `y` (`m x d`, from `p`, `m x n`) to this image.
+    pub fn fidelity(&self, y: &[f32], p: &[f32]) -> Fidelity {
+        let d = self.d;
+        let n = self.tokens.len() / d;
+        let m = y.len() / d;
+        let y = widen(y);
+        let log_sizes: Vec<f64> = sizes(p, n).iter().map(|s| s.ln()).collect();
+        let attention_error = relative_errors(&self.full, &attend(&y, d, &self.probes, None), d);
+        let proportional_error = relative_errors(
+            &self.full,
+            &attend(&y, d, &self.probes, Some(&log_sizes)),
+            d,
+        );
+
+        let mut cosines = vec![0.0; n * m];
+        multiply_f64(&self.unit_tokens, d, &unit(&y, d), true, &mut cosines);
+        let coverage = cosines
+            .chunks_exact(m)
+            .map(|row| row.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
+            .sum::<f64>()
+            / n as f64;
+
+        let basis = orthonormal_basis(&y, d);
+        let rank = basis.len() / d;
+        let mut coordinates = vec![0.0; n * rank];
+        multiply_f64(&self.tokens, d, &basis, true, &mut coordinates);
+        let kept: f64 = coordinates.iter().map(|c| c * c).sum();
+        Fidelity {
+            attention_error,
+            proportional_error,
+            coverage,
+            energy: if self.energy > 0.0 {
+                kept / self.energy
+            } else {
+                1.0
+            },
+        }
     }
 }
 
-/// The mean fidelity over the images of one method's result.
-pub fn mean_fidelity(features: &Features, result: &Compressed, probes: &[f32]) -> Fidelity {
-    let (n, d, m) = (features.tokens(), features.width(), result.queries.count);
-    let p = result.projection.as_ref().expect("methods hand back P");
-    let mut sum = Fidelity::default();
+/// The fidelity of `y` (`m x d`, from `p`, `m x n`) to one image `x` (`n x d`), for `probes`
+/// (`q x d`).
+pub fn fidelity(x: &[f32], y: &[f32], p: &[f32], probes: &[f32], d: usize) -> Fidelity {
+    ImageBaseline::new(x, probes, d).fidelity(y, p)
+}
+
+/// The mean fidelity over the images of `features` of each result, each image's baseline
+/// computed once for all of them.
+pub fn mean_fidelities(
+    features: &Features,
+    results: &[&Compressed],
+    probes: &[f32],
+) -> Vec<Fidelity> {
+    let (n, d) = (features.tokens(), features.width());
+    let mut sums = vec![Fidelity::default(); results.len()];
     for image in 0..features.batch() {
-        let f = fidelity(
-            features.image(image),
-            &result.tokens[image * m * d..][..m * d],
-            &p[image * m * n..][..m * n],
-            probes,
-            d,
-        );
-        sum.attention_error += f.attention_error;
-        sum.proportional_error += f.proportional_error;
-        sum.coverage += f.coverage;
-        sum.energy += f.energy;
+        let baseline = ImageBaseline::new(features.image(image), probes, d);
+        for (sum, result) in sums.iter_mut().zip(results) {
+            let m = result.queries.count;
+            let p = result.projection.as_ref().expect("methods hand back P");
+            let f = baseline.fidelity(
+                &result.tokens[image * m * d..][..m * d],
+                &p[image * m * n..][..m * n],
+            );
+            sum.attention_error += f.attention_error;
+            sum.proportional_error += f.proportional_error;
+            sum.coverage += f.coverage;
+            sum.energy += f.energy;
+        }
     }
     let images = features.batch() as f64;
-    Fidelity {
-        attention_error: sum.attention_error / images,
-        proportional_error: sum.proportional_error / images,
-        coverage: sum.coverage / images,
-        energy: sum.energy / images,
-    }
+    sums.into_iter()
+        .map(|sum| Fidelity {
+            attention_error: sum.attention_error / images,
+            proportional_error: sum.proportional_error / images,
+            coverage: sum.coverage / images,
+            energy: sum.energy / images,
+        })
+        .collect()
 }
 
 /// One method's row of the table.
@@ -268,6 +320,7 @@ pub fn compare(
     let mut methods = Vec::new();
     let mut skipped = Vec::new();
     let mut results = Vec::new();
+    let mut seconds = Vec::new();
     for method in Method::ALL {
         if let Err(reason) = runner.check(method, request) {
             skipped.push((method, reason.to_string()));
@@ -275,14 +328,18 @@ pub fn compare(
         }
         let started = Instant::now();
         let result = runner.run(method, request, options)?;
-        let seconds = started.elapsed().as_secs_f64();
+        seconds.push(started.elapsed().as_secs_f64());
+        results.push((method, result));
+    }
+    let outputs: Vec<&Compressed> = results.iter().map(|(_, result)| result).collect();
+    let fidelities = mean_fidelities(features, &outputs, probes);
+    for (((method, result), seconds), fidelity) in results.iter().zip(seconds).zip(fidelities) {
         methods.push(MethodReport {
-            method,
+            method: *method,
             tokens: result.queries.count,
             seconds,
-            fidelity: mean_fidelity(features, &result, probes),
+            fidelity,
         });
-        results.push((method, result));
     }
     let report = CompareReport {
         device: runner.device(),
