@@ -303,7 +303,7 @@ pub fn run(
     }
     let context = open(config)?;
     let mut reports = Vec::new();
-    let mut device = String::from("cpu (f32, multi-threaded sgemm)");
+    let mut device = String::from(crate::compress::CPU_DEVICE);
     for workload in workloads {
         let layout = workload.layout()?;
         let channels = config.channels.unwrap_or(256.min(workload.width));

@@ -286,18 +286,9 @@ impl Compressor {
     /// What runs the pass, for people: the adapter and API, or the CPU path.
     pub fn device(&self) -> String {
         match &self.engine {
-            Engine::Reference => "cpu (float64 reference)".to_string(),
-            Engine::Cpu(_) => "cpu (f32, multi-threaded sgemm)".to_string(),
-            Engine::Gpu(engine) => {
-                let adapter = &engine.context().adapter;
-                format!(
-                    "{} ({}, {}, {})",
-                    adapter.name,
-                    adapter.backend,
-                    adapter.device_type,
-                    self.precision.name()
-                )
-            }
+            Engine::Reference => REFERENCE_DEVICE.to_string(),
+            Engine::Cpu(_) => CPU_DEVICE.to_string(),
+            Engine::Gpu(engine) => engine.context().describe(self.precision),
         }
     }
 
@@ -649,6 +640,11 @@ impl Compressor {
         })
     }
 }
+
+/// What runs the pass on `--backend reference`, for people.
+pub(crate) const REFERENCE_DEVICE: &str = "cpu (float64 reference)";
+/// What runs the pass on `--backend cpu`, for people.
+pub(crate) const CPU_DEVICE: &str = "cpu (f32, multi-threaded sgemm)";
 
 /// Where a backend choice lands: one of the CPU engines, or a device.
 pub(crate) enum Opened {

@@ -300,6 +300,18 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
+    /// The adapter with its API and type, and `precision`, for people.
+    pub fn describe(&self, precision: crate::compress::Precision) -> String {
+        let adapter = &self.adapter;
+        format!(
+            "{} ({}, {}, {})",
+            adapter.name,
+            adapter.backend,
+            adapter.device_type,
+            precision.name()
+        )
+    }
+
     /// Refuses f16 storage on a device without `SHADER_F16`.
     pub fn check_precision(&self, precision: crate::compress::Precision) -> Result<()> {
         if precision == crate::compress::Precision::F16 && !self.has_f16() {

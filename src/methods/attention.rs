@@ -99,7 +99,7 @@ pub fn visionzip(x: &[f32], width: usize, attention: &[f32], query_grid: &QueryG
 
 /// The `p`-th quantile of `values` with linear interpolation between order statistics
 /// (numpy's default).
-pub fn quantile(values: &[f32], p: f64) -> f64 {
+fn quantile(values: &[f32], p: f64) -> f64 {
     let mut sorted: Vec<f64> = values.iter().map(|&v| v as f64).collect();
     sorted.sort_by(f64::total_cmp);
     let position = p * (sorted.len() - 1) as f64;
@@ -109,7 +109,7 @@ pub fn quantile(values: &[f32], p: f64) -> f64 {
 }
 
 /// The tokens `prumerge` keeps in one grid, in token order.
-pub fn prumerge_kept(attention: &[f32], query_grid: &QueryGrid) -> Vec<usize> {
+fn prumerge_kept(attention: &[f32], query_grid: &QueryGrid) -> Vec<usize> {
     let grid = query_grid.grid;
     let rows = query_grid.len();
     let values = &attention[grid.offset..grid.end()];

@@ -14,7 +14,7 @@ mod tome;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::compress::{open_backend, Opened};
+use crate::compress::{open_backend, Opened, CPU_DEVICE, REFERENCE_DEVICE};
 use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
 use crate::gpu::GpuContext;
@@ -22,7 +22,6 @@ use crate::layout::{Layout, Queries, QueryGrid};
 use crate::tensor::{check_each, check_finite, Features};
 use crate::{reference, Backend, Compressed, Compressor, Options, PMeta, Precision};
 
-pub use attention::{prumerge_kept, quantile};
 pub use grid::sample_cell;
 
 /// One row of `P` as `(token, weight)` pairs (every other entry is 0).
@@ -344,18 +343,9 @@ impl Runner {
     pub fn device(&self) -> String {
         match (&self.compressor, &self.reducer) {
             (Some(compressor), _) => compressor.device(),
-            (None, Reducer::Gpu(gpu)) => {
-                let adapter = &gpu.context().adapter;
-                format!(
-                    "{} ({}, {}, {})",
-                    adapter.name,
-                    adapter.backend,
-                    adapter.device_type,
-                    gpu.precision().name()
-                )
-            }
-            (None, Reducer::Reference) => "cpu (float64 reference)".to_string(),
-            (None, Reducer::Cpu) => "cpu (f32, multi-threaded sgemm)".to_string(),
+            (None, Reducer::Gpu(gpu)) => gpu.context().describe(gpu.precision()),
+            (None, Reducer::Reference) => REFERENCE_DEVICE.to_string(),
+            (None, Reducer::Cpu) => CPU_DEVICE.to_string(),
         }
     }
 
