@@ -573,12 +573,7 @@ impl Compressor {
                         self.weights.width()
                     )));
                 }
-                if layout.tokens() != n {
-                    return Err(Error::InvalidArgument(format!(
-                        "the layout describes {} tokens; the features hold n = {n}",
-                        layout.tokens()
-                    )));
-                }
+                layout.check_tokens(n)?;
                 Ok(layout.queries(options.keep))
             })
             .collect()

@@ -113,6 +113,17 @@ impl Layout {
         self.tokens
     }
 
+    /// Refuses features of another number of tokens than the layout describes.
+    pub fn check_tokens(&self, n: usize) -> Result<()> {
+        if self.tokens != n {
+            return Err(Error::InvalidArgument(format!(
+                "the layout describes {} tokens; the features hold n = {n}",
+                self.tokens
+            )));
+        }
+        Ok(())
+    }
+
     /// The grids, in the order given.
     pub fn grids(&self) -> &[Grid] {
         &self.grids

@@ -361,12 +361,7 @@ impl Runner {
         self.check(method, request)?;
         let features = request.features;
         let (b, n, d) = (features.batch(), features.tokens(), features.width());
-        if request.layout.tokens() != n {
-            return Err(Error::InvalidArgument(format!(
-                "the layout describes {} tokens; the features hold n = {n}",
-                request.layout.tokens()
-            )));
-        }
+        request.layout.check_tokens(n)?;
         if let Some(attention) = request.attention {
             check_attention(attention, &[b, n])?;
         }
