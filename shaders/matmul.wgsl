@@ -5,6 +5,10 @@
 // Rows of A are `lhs_row_stride` apart (A may be a block of columns of a wider matrix), and
 // with `accumulate` C += A B: an image too large for one binding is reduced token range by
 // token range, Y += P[:, range] X[range].
+// Split-K: with `splits` > 1 the inner dimension is cut into pieces of `split_length`, and
+// workgroup z = image * splits + piece computes piece's partial product into slot z of an f32
+// scratch buffer bound as C (`out_batch_stride` apart); `split_sum.wgsl` adds the slots up.
+// This gives a skinny product (few output tiles, a long inner dimension) enough workgroups.
 // The host prepends `alias lhs_elem = ...; alias rhs_elem = ...; alias out_elem = ...;`.
 
 struct Params {
@@ -18,8 +22,8 @@ struct Params {
     rhs_column_stride: u32, // elements between B[k, j] and B[k, j + 1]
     lhs_row_stride: u32,    // elements between A[i, k] and A[i + 1, k]
     accumulate: u32,        // 1: C += A B, 0: C = A B
-    unused0: u32,
-    unused1: u32,
+    splits: u32,            // pieces of the inner dimension (1: no split-K)
+    split_length: u32,      // inner elements per piece (a multiple of 16)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -35,17 +39,18 @@ override tile_rows: u32 = 8u;
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let column = id.x;
     let row = id.y;
-    let image = id.z;
+    let part = piece(id.z);
+    let image = part.x;
     if row >= params.rows || column >= params.columns {
         return;
     }
     let lhs_row = image * params.lhs_batch_stride + row * params.lhs_row_stride;
     let rhs_base = image * params.rhs_batch_stride + column * params.rhs_column_stride;
     var sum = 0.0;
-    for (var k = 0u; k < params.inner; k++) {
+    for (var k = part.y; k < part.z; k++) {
         sum += f32(lhs[lhs_row + k]) * f32(rhs[rhs_base + k * params.rhs_inner_stride]);
     }
-    let at = image * params.out_batch_stride + row * params.columns + column;
+    let at = id.z * params.out_batch_stride + row * params.columns + column;
     if params.accumulate != 0u {
         sum += f32(out[at]);
     }
@@ -58,6 +63,12 @@ fn with_previous(at: u32, value: f32) -> out_elem {
         return out_elem(value + f32(out[at]));
     }
     return out_elem(value);
+}
+
+// The image and the inner range [x, y) of workgroup z's piece.
+fn piece(z: u32) -> vec3<u32> {
+    let first = (z % params.splits) * params.split_length;
+    return vec3<u32>(z / params.splits, first, min(params.inner, first + params.split_length));
 }
 
 // The register-tiled kernel: a workgroup of 8 x 8 invocations computes a 32 x 32 tile of C,
@@ -90,7 +101,8 @@ fn main_tiled(
 ) {
     let first_row = (group.y * lanes + local.y) * block;
     let first_column = group.x * lanes * block + local.x;
-    let image = group.z;
+    let part = piece(group.z);
+    let image = part.x;
     if first_row >= params.rows || first_column >= params.columns {
         return;
     }
@@ -107,8 +119,8 @@ fn main_tiled(
     var sum1 = vec4<f32>();
     var sum2 = vec4<f32>();
     var sum3 = vec4<f32>();
-    var rhs_offset = 0u;
-    for (var k = 0u; k < params.inner; k++) {
+    var rhs_offset = part.y * params.rhs_inner_stride;
+    for (var k = part.y; k < part.z; k++) {
         let b = vec4<f32>(
             f32(rhs[rhs_columns.x + rhs_offset]),
             f32(rhs[rhs_columns.y + rhs_offset]),
@@ -121,18 +133,19 @@ fn main_tiled(
         sum3 += f32(lhs[lhs_rows.w + k]) * b;
         rhs_offset += params.rhs_inner_stride;
     }
-    store_row(image, first_row, first_column, sum0);
-    store_row(image, first_row + 1u, first_column, sum1);
-    store_row(image, first_row + 2u, first_column, sum2);
-    store_row(image, first_row + 3u, first_column, sum3);
+    store_row(group.z, first_row, first_column, sum0);
+    store_row(group.z, first_row + 1u, first_column, sum1);
+    store_row(group.z, first_row + 2u, first_column, sum2);
+    store_row(group.z, first_row + 3u, first_column, sum3);
 }
 
-// Writes the four columns (8 apart) of one row of a block, those that lie inside C.
-fn store_row(image: u32, row: u32, first_column: u32, values: vec4<f32>) {
+// Writes the four columns (8 apart) of one row of a block, those that lie inside C, into
+// output slot `slot` (the image, or with split-K the image's piece).
+fn store_row(slot: u32, row: u32, first_column: u32, values: vec4<f32>) {
     if row >= params.rows {
         return;
     }
-    let base = image * params.out_batch_stride + row * params.columns + first_column;
+    let base = slot * params.out_batch_stride + row * params.columns + first_column;
     let room = params.columns - first_column; // > 0: the caller checked first_column
     out[base] = with_previous(base, values.x);
     if lanes < room {
@@ -162,19 +175,20 @@ fn main_vec4(
 ) {
     let first_row = (group.y * lanes + local.y) * block;
     let first_column = (group.x * lanes + local.x) * block;
-    let image = group.z;
+    let part = piece(group.z);
+    let image = part.x;
     if first_row >= params.rows || first_column >= params.columns {
         return;
     }
-    let inner4 = params.inner / 4u;
     let columns4 = params.columns / 4u;
     let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, params.lhs_row_stride / 4u);
-    var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u;
+    var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u
+        + part.y * columns4;
     var sum0 = vec4<f32>();
     var sum1 = vec4<f32>();
     var sum2 = vec4<f32>();
     var sum3 = vec4<f32>();
-    for (var k = 0u; k < inner4; k++) {
+    for (var k = part.y / 4u; k < part.z / 4u; k++) {
         let a0 = vec4<f32>(lhs4[lhs_rows.x + k]);
         let a1 = vec4<f32>(lhs4[lhs_rows.y + k]);
         let a2 = vec4<f32>(lhs4[lhs_rows.z + k]);
@@ -189,7 +203,7 @@ fn main_vec4(
         sum3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
         rhs_index += 4u * columns4;
     }
-    store_block(image, first_row, first_column, sum0, sum1, sum2, sum3);
+    store_block(group.z, first_row, first_column, sum0, sum1, sum2, sum3);
 }
 
 // B given as B^T row-major (columns x inner): columns of B are read four k at a time.
@@ -200,7 +214,8 @@ fn main_vec4_transposed(
 ) {
     let first_row = (group.y * lanes + local.y) * block;
     let first_column = (group.x * lanes + local.x) * block;
-    let image = group.z;
+    let part = piece(group.z);
+    let image = part.x;
     if first_row >= params.rows || first_column >= params.columns {
         return;
     }
@@ -218,7 +233,7 @@ fn main_vec4_transposed(
     var sum1 = vec4<f32>();
     var sum2 = vec4<f32>();
     var sum3 = vec4<f32>();
-    for (var k = 0u; k < inner4; k++) {
+    for (var k = part.y / 4u; k < part.z / 4u; k++) {
         let a0 = vec4<f32>(lhs4[lhs_rows.x + k]);
         let a1 = vec4<f32>(lhs4[lhs_rows.y + k]);
         let a2 = vec4<f32>(lhs4[lhs_rows.z + k]);
@@ -232,12 +247,13 @@ fn main_vec4_transposed(
         sum2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
         sum3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
     }
-    store_block(image, first_row, first_column, sum0, sum1, sum2, sum3);
+    store_block(group.z, first_row, first_column, sum0, sum1, sum2, sum3);
 }
 
-// Writes a 4 x 4 block of adjacent rows and columns, the part that lies inside C.
+// Writes a 4 x 4 block of adjacent rows and columns, the part that lies inside C, into
+// output slot `slot`.
 fn store_block(
-    image: u32,
+    slot: u32,
     first_row: u32,
     first_column: u32,
     sum0: vec4<f32>,
@@ -249,7 +265,7 @@ fn store_block(
     let rows = min(block, params.rows - first_row);
     let columns = min(block, params.columns - first_column);
     for (var r = 0u; r < rows; r++) {
-        let base = image * params.out_batch_stride + (first_row + r) * params.columns + first_column;
+        let base = slot * params.out_batch_stride + (first_row + r) * params.columns + first_column;
         for (var c = 0u; c < columns; c++) {
             out[base + c] = with_previous(base + c, sums[r][c]);
         }
@@ -273,7 +289,8 @@ fn main_shared(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(workgroup_id) group: vec3<u32>,
 ) {
-    let image = group.z;
+    let part = piece(group.z);
+    let image = part.x;
     let first_row = group.y * shared_tile;
     let first_column = group.x * shared_tile;
     let lane = local.y * 16u + local.x;
@@ -282,13 +299,13 @@ fn main_shared(
     // B^T row-major: neighbouring lanes read neighbouring k; B row-major: neighbouring columns.
     let rhs_along_k = params.rhs_inner_stride == 1u;
     var sums: array<vec4<f32>, 4>;
-    for (var step = 0u; step < params.inner; step += shared_step) {
+    for (var step = part.y; step < part.z; step += shared_step) {
         for (var t = 0u; t < 4u; t++) {
             let slot = lane + t * 256u;
             let row = first_row + slot / shared_step;
             let k = step + slot % shared_step;
             var a = 0.0;
-            if row < params.rows && k < params.inner {
+            if row < params.rows && k < part.z {
                 a = f32(lhs[lhs_base + row * params.lhs_row_stride + k]);
             }
             shared_a[slot] = a;
@@ -299,7 +316,7 @@ fn main_shared(
                 column = first_column + slot / shared_step;
             }
             var b = 0.0;
-            if column < params.columns && k_b < params.inner {
+            if column < params.columns && k_b < part.z {
                 b = f32(rhs[rhs_base + k_b * params.rhs_inner_stride
                     + column * params.rhs_column_stride]);
             }
@@ -327,7 +344,7 @@ fn main_shared(
         for (var j = 0u; j < 4u; j++) {
             let column = first_column + local.x + 16u * j;
             if column < params.columns {
-                let at = image * params.out_batch_stride + row * params.columns + column;
+                let at = group.z * params.out_batch_stride + row * params.columns + column;
                 out[at] = with_previous(at, sums[i][j]);
             }
         }

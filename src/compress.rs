@@ -112,7 +112,69 @@ pub struct Options {
     /// A storage-binding limit lower than the device's, so that smaller inputs are cut into
     /// chunks too (for tests of the chunked path); `None` uses the device's limit.
     pub max_binding_bytes: Option<u64>,
+    /// Whether the GPU's matrix products cut their inner dimension into pieces (split-K).
+    pub split_k: SplitK,
 }
+
+/// Split-K: a matrix product with few output tiles and a long inner dimension (the queries
+/// `m x d_c` and the scores `m x n` over `d` = 4096, when `m` is 29-292) keeps only tens of
+/// workgroups busy on a GPU with thousands of cores; cut into pieces along the inner
+/// dimension, each piece's partial product runs in workgroups of its own and a second pass
+/// adds them up. Only for the products that write f32 (all of them in f32; the queries, the
+/// scores and `Q''` in f16); never for an image cut into token ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SplitK {
+    /// On hardware adapters, each product is cut until it runs about
+    /// `kernels::matmul::SPLIT_TARGET_INVOCATIONS` invocations, with at least
+    /// `kernels::matmul::MIN_AUTO_PIECE` inner elements a piece; on software adapters
+    /// (device type CPU, such as lavapipe), whose few cores any product keeps busy, never.
+    #[default]
+    Auto,
+    /// Never.
+    Off,
+    /// Into this many pieces wherever the inner dimension allows (pieces are multiples of 16
+    /// elements, so a short one gets fewer): for tests and benchmarks.
+    Pieces(u32),
+}
+
+impl SplitK {
+    /// What `Auto` means on an adapter that is (`software`) or is not a software one.
+    pub fn resolve(self, software: bool) -> Self {
+        match self {
+            SplitK::Auto if software => SplitK::Off,
+            other => other,
+        }
+    }
+
+    /// The name in reports: `auto`, `off` or the piece count.
+    pub fn name(self) -> String {
+        match self {
+            SplitK::Auto => "auto".into(),
+            SplitK::Off => "off".into(),
+            SplitK::Pieces(pieces) => pieces.to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for SplitK {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "auto" => Ok(SplitK::Auto),
+            "off" => Ok(SplitK::Off),
+            _ => match text.parse::<u32>() {
+                Ok(pieces) if (1..=MAX_PIECES).contains(&pieces) => Ok(SplitK::Pieces(pieces)),
+                _ => Err(format!(
+                    "split-K {text:?}: expected auto, off or a piece count from 1 to {MAX_PIECES}"
+                )),
+            },
+        }
+    }
+}
+
+/// Most pieces a split-K product is cut into.
+pub const MAX_PIECES: u32 = 64;
 
 /// Which GPU kernels a call runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -679,7 +741,7 @@ pub(crate) fn open_backend(
     if backend != Backend::Auto {
         return Ok((Opened::Gpu(Box::new(context)), None));
     }
-    if adapter.is_none() && precision == Precision::F32 && context.adapter.device_type == "cpu" {
+    if adapter.is_none() && precision == Precision::F32 && context.is_software() {
         let choice = format!(
             "auto chose the cpu path: the only GPU adapter is software ({})",
             context.adapter.name

@@ -41,7 +41,7 @@ pub mod weights;
 
 pub use compress::{
     Association, Backend, CompressFuture, Compressed, Compressor, KernelVariant, Options,
-    Precision, Tokens,
+    Precision, SplitK, Tokens,
 };
 pub use error::{Error, Result};
 pub use gpu::memory::MemoryCount;

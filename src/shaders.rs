@@ -44,6 +44,7 @@ const POSITION: &str = include_str!("../shaders/position.wgsl");
 const POOLING: &str = include_str!("../shaders/pooling.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
+const SPLIT_SUM: &str = include_str!("../shaders/split_sum.wgsl");
 
 /// `alias NAME = TYPE;` for each pair, after `enable f16;` when any type is f16.
 fn with_prelude(kernel: &str, body: &str, aliases: &[(&str, Elem)]) -> ShaderSource {
@@ -84,6 +85,9 @@ pub struct KernelSources {
     pub softmax: ShaderSource,
     /// `Y = P X` (P is f32).
     pub reduction: ShaderSource,
+    /// The sum of a split-K product's partial products (f32, for the products that write
+    /// f32).
+    pub split_sum: ShaderSource,
 }
 
 /// The matrix product with element types `lhs`, `rhs` and `out`.
@@ -110,11 +114,12 @@ impl KernelSources {
             scores: matmul(Elem::F32, elem, Elem::F32),
             softmax: with_prelude("softmax", SOFTMAX, &[]),
             reduction: matmul(Elem::F32, elem, elem),
+            split_sum: with_prelude("split_sum", SPLIT_SUM, &[]),
         }
     }
 
-    /// All eight: the ingest copy, then the forward pass in spec order.
-    pub fn all(&self) -> [&ShaderSource; 8] {
+    /// All nine: the ingest copy, the forward pass in spec order, then the split-K sum.
+    pub fn all(&self) -> [&ShaderSource; 9] {
         [
             &self.ingest,
             &self.position,
@@ -124,6 +129,7 @@ impl KernelSources {
             &self.scores,
             &self.softmax,
             &self.reduction,
+            &self.split_sum,
         ]
     }
 }

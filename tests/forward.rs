@@ -7,7 +7,7 @@ use common::{features, gpu, grid, relative_error, seeded, weights};
 use metacompress::gpu::GpuContext;
 use metacompress::{
     reference, Association, Compressor, Grid, Keep, KernelVariant, Layout, Options, PMeta,
-    Precision, Scope,
+    Precision, Scope, SplitK,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -51,12 +51,31 @@ fn run(
     let mut outputs = Vec::new();
     // Every kernel variant in both associations, each against the reference, then the
     // default choice without P handed back.
-    let mut runs: Vec<(KernelVariant, Association, bool)> = KernelVariant::ALL
+    // Then split-K (pieces of the inner dimensions, summed after) in both associations,
+    // with and without P, for both tiled kernels.
+    let no_split = SplitK::Off;
+    let mut runs: Vec<(KernelVariant, Association, bool, SplitK)> = KernelVariant::ALL
         .iter()
-        .flat_map(|&k| [Association::Keys, Association::Tokens].map(|a| (k, a, true)))
+        .flat_map(|&k| [Association::Keys, Association::Tokens].map(|a| (k, a, true, no_split)))
         .collect();
-    runs.push((KernelVariant::Tuned, Association::Auto, false));
-    for (kernels, association, save_projection) in runs {
+    runs.push((KernelVariant::Tuned, Association::Auto, false, no_split));
+    let pieces = SplitK::Pieces(rng.random_range(2..7));
+    for (kernels, association) in [
+        (KernelVariant::Shared, Association::Keys),
+        (KernelVariant::Shared, Association::Tokens),
+        (KernelVariant::Tuned, Association::Keys),
+        (KernelVariant::Tuned, Association::Tokens),
+    ] {
+        runs.push((
+            kernels,
+            association,
+            association == Association::Keys,
+            pieces,
+        ));
+    }
+    // The last run with P: the tuned kernels, whole.
+    runs.push((KernelVariant::Tuned, Association::Tokens, true, no_split));
+    for (kernels, association, save_projection, split_k) in runs {
         let options = Options {
             keep,
             scope: case.scope,
@@ -66,11 +85,12 @@ fn run(
             association,
             profile: false,
             max_binding_bytes: None,
+            split_k,
         };
         let out = compressor.compress(&features, &layout, &options).unwrap();
         let describe = format!(
             "seed {seed}: batch {} n {} d {} d_c {} grids {:?} table {:?} keep {} scope {:?} \
-             {:?} {kernels:?} {association:?} P {save_projection}",
+             {:?} {kernels:?} {association:?} P {save_projection} split-K {split_k:?}",
             case.batch,
             case.tokens,
             case.width,

@@ -13,7 +13,7 @@ use half::{bf16, f16};
 use metacompress::gpu::GpuContext;
 use metacompress::{
     reference, Compressed, Compressor, Dtype, Error, Features, GpuTokens, HostTokens, Keep, Layout,
-    Options, PMeta, Precision, Scope, Tokens,
+    Options, PMeta, Precision, Scope, SplitK, Tokens,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -380,6 +380,82 @@ fn a_mixed_layout_batch_equals_the_groups_one_by_one() {
         for (i, ((out, later), cut)) in together.iter().zip(&later.unwrap()).zip(&cut).enumerate() {
             assert_same(later, out, &format!("seed {seed}: async group {i}"));
             assert_same(cut, out, &format!("seed {seed}: chunked group {i}"));
+        }
+    }
+}
+
+#[test]
+fn split_k_calls_match_whole_ones_and_allocate_what_they_announce() {
+    let Some(context) = gpu() else { return };
+    let (seed, mut rng) = seeded("split_k");
+    // Three images in chunks of 2 and 1 (the last chunk has fewer workgroups, so its
+    // products get more pieces: the scratch is sized for the larger of the two).
+    let batch = 3;
+    let (side, d) = (odd(&mut rng, 9..15), odd(&mut rng, 41..91));
+    let n = side * side;
+    let weights = weights(&mut rng, d, 37, Some((3, 5)));
+    let features = features(&mut rng, batch, n, d);
+    let layout = Layout::square(n).unwrap();
+    let whole = checked(0.2);
+    let m = layout.queries(whole.keep).count;
+    let image = 4 * [n * d, m * n, m * d, n * 37].into_iter().max().unwrap();
+    let chunked = Options {
+        max_binding_bytes: Some((2 * image) as u64),
+        ..whole
+    };
+    for precision in [Precision::F32, Precision::F16] {
+        if precision == Precision::F16 && !context.has_f16() {
+            continue;
+        }
+        let fresh = || Compressor::on_context(weights.clone(), context.clone(), precision);
+        let compressor = fresh().unwrap();
+        let tolerance = if precision == Precision::F32 {
+            1e-4
+        } else {
+            1e-2
+        };
+        let unsplit = compressor.compress(&features, &layout, &chunked).unwrap();
+        let plain_bytes = compressor
+            .call_bytes(&[((&features).into(), &layout)], &chunked)
+            .unwrap();
+        let pieces = rng.random_range(2..6);
+        for options in [whole, chunked] {
+            let split = Options {
+                split_k: SplitK::Pieces(pieces),
+                profile: true,
+                ..options
+            };
+            let what = format!(
+                "seed {seed}: n {n} d {d} m {m} {precision:?} {pieces} pieces, binding limit \
+                 {:?}",
+                options.max_binding_bytes
+            );
+            // A fresh compressor, so that its peak is this call's.
+            let compressor = fresh().unwrap();
+            let weight_bytes = compressor.held_bytes();
+            let call_bytes = compressor
+                .call_bytes(&[((&features).into(), &layout)], &split)
+                .unwrap();
+            let out = compressor.compress(&features, &layout, &split).unwrap();
+            let peak = compressor.memory().unwrap().peak_bytes - weight_bytes;
+            assert!(
+                peak >= call_bytes && peak <= call_bytes + 8192,
+                "{what}: announced {call_bytes} bytes, the call peaked at {peak}"
+            );
+            assert_reference(&out, &features, &weights, &layout, &split, tolerance, &what);
+            let unsplit: Vec<f64> = unsplit.tokens.iter().map(|&v| v as f64).collect();
+            let error = relative_error(&out.tokens, &unsplit);
+            assert!(error < tolerance / 10.0, "{what}: {error:e} from unsplit");
+            // The products did split: their partial products were summed.
+            let steps = &out.profile.as_ref().expect("profiled").steps;
+            let sums = steps.iter().filter(|s| s.name == "split_sum").count();
+            assert!(sums >= 1, "{what}: no product split");
+            if options.max_binding_bytes.is_some() {
+                assert!(
+                    call_bytes > plain_bytes,
+                    "{what}: the scratch is not counted"
+                );
+            }
         }
     }
 }

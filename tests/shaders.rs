@@ -101,7 +101,7 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
             }
         }
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 18);
     // The matrix product module carries both variants.
     let matmul = &KernelSources::for_precision(Precision::F32).keys;
     let module = naga::front::wgsl::parse_str(&matmul.code).unwrap();

@@ -293,6 +293,11 @@ impl GpuContext {
         }
     }
 
+    /// Whether the adapter is a software one (device type CPU, such as lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.adapter.device_type == device_type_name(wgpu::DeviceType::Cpu)
+    }
+
     /// Most bytes one storage binding may span on this device.
     pub fn binding_limit(&self) -> u64 {
         self.limits

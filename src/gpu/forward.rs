@@ -11,7 +11,9 @@ use super::buffers::{
 };
 use super::context::GpuContext;
 use super::memory::{Ledger, Tracked, DEFAULT_POOL_LIMIT};
-use super::plan::{pieces, plan, CallPlan, Device, Group, GroupPlan, InputPath, Split, Wants};
+use super::plan::{
+    pieces, plan, CallPlan, Device, Group, GroupPlan, InputPath, Products, ScoresPath, Split, Wants,
+};
 use crate::compress::{Association, Options, Precision, Tokens};
 use crate::error::{Error, Result};
 use crate::kernels::ingest::Ingest;
@@ -118,75 +120,6 @@ fn scaled_query_weights(weights: &PMeta) -> Vec<f32> {
         .collect()
 }
 
-/// How step 5 reaches the scores: the product that comes before `S`.
-enum ScoresPath {
-    /// `K = Xp w_k` (as `X w_k + E w_k`), then `S = Q' K^T`.
-    Keys(Product),
-    /// `Q'' = Q' w_k^T`, then `S = Q'' Xp^T` (as `Q'' X^T + Q' (E w_k)^T`).
-    Folded(Product),
-}
-
-/// The passes of one run in order, with the product each matrix step runs.
-struct Products {
-    queries: Product,
-    path: ScoresPath,
-    scores: Product,
-    reduction: Product,
-}
-
-impl Products {
-    fn new(shape: &ForwardShape, association: Association) -> Self {
-        let shared_rhs = Product {
-            batch: shape.batch,
-            rows: shape.queries,
-            columns: shape.channels,
-            inner: shape.width,
-            lhs_per_image: true,
-            rhs_per_image: false,
-            rhs_transposed: false,
-            lhs_row_stride: None,
-            accumulate: false,
-        };
-        let scores_over = |inner: u32| Product {
-            columns: shape.tokens,
-            inner,
-            rhs_per_image: true,
-            rhs_transposed: true,
-            ..shared_rhs
-        };
-        let (path, scores) = match association {
-            Association::Keys => (
-                ScoresPath::Keys(Product {
-                    rows: shape.tokens,
-                    ..shared_rhs
-                }),
-                scores_over(shape.channels),
-            ),
-            // `association` is resolved: `Auto` does not come here.
-            Association::Tokens | Association::Auto => (
-                ScoresPath::Folded(Product {
-                    columns: shape.width,
-                    inner: shape.channels,
-                    rhs_transposed: true,
-                    ..shared_rhs
-                }),
-                scores_over(shape.width),
-            ),
-        };
-        Products {
-            queries: shared_rhs,
-            path,
-            scores,
-            reduction: Product {
-                columns: shape.width,
-                inner: shape.tokens,
-                rhs_per_image: true,
-                ..shared_rhs
-            },
-        }
-    }
-}
-
 /// A step named `name` with the cost of `product` at the given element sizes.
 fn product_step(name: &'static str, product: &Product, sizes: (usize, usize, usize)) -> Step {
     Step {
@@ -224,25 +157,29 @@ impl GpuEngine {
         let device = &context.device;
         let sources = KernelSources::for_precision(precision);
         let (kernels, uploaded) = scoped(device, "building the kernels", || {
-            // Products with the same shader (all four at f32) share their pipelines.
+            // Products with the same shader (all four at f32) share their pipelines. Those
+            // that write f32 may split (see `plan::Products`): the queries and the scores,
+            // and at f32 the keys and the reduction too.
             let mut built: Vec<(String, Matmul)> = Vec::new();
-            let mut matmul = |source: &ShaderSource| {
+            let mut matmul = |source: &ShaderSource, writes_f32: bool| {
                 if let Some((_, matmul)) = built.iter().find(|(code, _)| *code == source.code) {
                     return matmul.clone();
                 }
-                let matmul = Matmul::new(device, source);
+                let split_sum = writes_f32.then_some(&sources.split_sum);
+                let matmul = Matmul::new(device, source, split_sum);
                 built.push((source.code.clone(), matmul.clone()));
                 matmul
             };
+            let f32_storage = precision == Precision::F32;
             let kernels = Kernels {
                 ingest: Ingest::new(device, &sources.ingest),
                 position: Position::new(device, &sources.position),
                 pooling: Pooling::new(device, &sources.pooling),
-                queries: matmul(&sources.queries),
-                keys: matmul(&sources.keys),
-                scores: matmul(&sources.scores),
+                queries: matmul(&sources.queries, true),
+                keys: matmul(&sources.keys, f32_storage),
+                scores: matmul(&sources.scores, true),
                 softmax: Softmax::new(device, &sources.softmax),
-                reduction: matmul(&sources.reduction),
+                reduction: matmul(&sources.reduction, f32_storage),
             };
             let w_q_scaled = scaled_query_weights(weights);
             let (d, c) = (weights.width(), weights.channels());
@@ -322,6 +259,7 @@ impl GpuEngine {
             kernels: options.kernels,
             association: options.association,
             binding_limit: options.max_binding_bytes,
+            split: options.split_k.resolve(self.context.is_software()),
         };
         for group in groups {
             debug_assert_eq!(group.source.shape().2, self.weights.width);
@@ -412,6 +350,16 @@ impl GpuEngine {
         let poison = options.poison;
         let result = scoped(device, "the forward pass", || {
             let mut passes = Passes::new(device, &self.context.queue, ledger, options.profile);
+            if plan.split_scratch > 0 {
+                passes.set_split_scratch(storage_output(
+                    ledger,
+                    device,
+                    "split-K partial products",
+                    plan.split_scratch,
+                    wgpu::BufferUsages::empty(),
+                    poison,
+                ));
+            }
             let mut keep = Vec::new();
             let out_usage = wgpu::BufferUsages::COPY_DST;
             let (mut tokens, mut projection) = if plan.single {
@@ -737,7 +685,8 @@ impl GpuEngine {
             channels: self.weights.channels as u32,
             grid_count: group.layout.grids().len() as u32,
         };
-        let products = Products::new(&shape, plan.association);
+        let has_table = self.weights.table.is_some();
+        let products = Products::new(&shape, plan.association, has_table, &plan.splitting);
         let k = &self.kernels;
         let w = &self.weights;
         let (b, n_f, m_f, d_f) = (count as f64, n as f64, m as f64, d as f64);
@@ -759,9 +708,7 @@ impl GpuEngine {
             Slice::whole(&buffers.pooled),
         );
         // Step 4: Q' = pool(E) w_q' + Q_in w_q' (omega and 1 / sqrt(d_c) folded in).
-        let has_table = w.table.is_some();
         self.encode_queries(passes, buffers, &products.queries, matmul);
-        let c = self.weights.channels;
         // Steps 4 and 5 in the chosen association.
         let scores = Slice::whole(&buffers.scores);
         let before_scores = Slice::whole(&buffers.before_scores);
@@ -769,15 +716,11 @@ impl GpuEngine {
             // K = resize(T w_k) + X w_k, then S = Q' K^T.
             ScoresPath::Keys(keys) => {
                 self.encode_resized_keys(passes, buffers, count, 0..n, before_scores);
-                let keys = Product {
-                    accumulate: has_table,
-                    ..*keys
-                };
                 k.keys.encode(
                     passes,
-                    product_step("keys", &keys, (e, e, e)),
+                    product_step("keys", keys, (e, e, e)),
                     matmul,
-                    &keys,
+                    keys,
                     input,
                     Slice::whole(&w.w_k),
                     before_scores,
@@ -812,23 +755,14 @@ impl GpuEngine {
             scores,
         );
         // The folded scores see X, not Xp: add Q' (E w_k)^T = Q' resize(T w_k)^T.
-        if let Some(position_keys) = &buffers.position_keys {
-            let table_part = Product {
-                batch: count as u32,
-                rows: m as u32,
-                columns: n as u32,
-                inner: c as u32,
-                lhs_per_image: true,
-                rhs_per_image: false,
-                rhs_transposed: true,
-                lhs_row_stride: None,
-                accumulate: true,
-            };
+        if let (Some(position_keys), Some(table_part)) =
+            (&buffers.position_keys, &products.table_scores)
+        {
             k.scores.encode(
                 passes,
-                product_step("scores", &table_part, (4, e, 4)),
+                product_step("scores", table_part, (4, e, 4)),
                 matmul,
-                &table_part,
+                table_part,
                 Slice::whole(&buffers.query),
                 Slice::whole(position_keys),
                 scores,
@@ -978,6 +912,7 @@ impl GpuEngine {
             rhs_transposed: false,
             lhs_row_stride: None,
             accumulate: false,
+            splits: 1,
         };
         // Token ranges: Q_in = pool(X) (summed) and K = resize(T w_k) + X w_k.
         for (index, (first, tokens)) in pieces(n, split.tokens).enumerate() {

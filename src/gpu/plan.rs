@@ -4,11 +4,13 @@
 
 use super::buffers::padded_size;
 use super::resident::GpuTokens;
+use crate::compress::SplitK;
 use crate::compress::Tokens;
 use crate::compress::{Association, KernelVariant, Precision};
 use crate::error::{Error, Result};
+use crate::kernels::matmul::{MatmulVariant, Product};
 use crate::kernels::position::Sample;
-use crate::kernels::MAX_GROUPS_PER_DIMENSION;
+use crate::kernels::{ForwardShape, MAX_GROUPS_PER_DIMENSION};
 use crate::layout::{Layout, Queries};
 
 /// Images that share one layout: the unit the kernels run on.
@@ -58,6 +60,9 @@ pub struct GroupPlan {
     /// How each image is cut into token ranges and query blocks, when one image does not
     /// fit one storage binding (then chunks hold one image).
     pub split: Option<Split>,
+    /// How the chunks' products are cut along their inner dimension (never for an image
+    /// cut into token ranges).
+    pub splitting: Splitting,
 }
 
 /// An image too large for one storage binding, cut so that every bound range fits: token
@@ -101,6 +106,9 @@ pub struct CallPlan {
     pub single: bool,
     /// Bytes of every buffer the call creates (parameters aside: 32 bytes a pass).
     pub bytes: u64,
+    /// Bytes of the scratch split-K products write their partial products into (0: no
+    /// product splits), counted in `bytes`; one for the call, sized for its largest product.
+    pub split_scratch: u64,
 }
 
 /// What the planner needs to know about the compressor and the device.
@@ -135,6 +143,8 @@ pub struct Wants {
     pub association: Association,
     /// A binding limit lower than the device's, to force chunks (tests).
     pub binding_limit: Option<u64>,
+    /// Split-K, `Auto` resolved for the adapter.
+    pub split: SplitK,
 }
 
 /// Checks a GPU source against its buffer before anything is recorded.
@@ -181,6 +191,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
     let align = device.offset_alignment.max(4);
     let mut plans = Vec::with_capacity(groups.len());
     let mut bytes = 0u64;
+    let mut split_scratch = 0u64;
     let (mut tokens_len, mut projection_len) = (0usize, 0usize);
     let single_group = groups.len() == 1;
     for group in groups {
@@ -332,6 +343,30 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             _ => padded(k * m * d, 4),
         };
         bytes += padded(k * m * d, e);
+        let splitting = Splitting {
+            policy: match split {
+                Some(_) => SplitK::Off,
+                None => wants.split,
+            },
+            variant: wants.kernels.matmul(),
+            precision: device.precision,
+            scratch_limit: limit,
+        };
+        // The last chunk may hold fewer images, hence fewer workgroups and more pieces.
+        for images in [k, batch % k] {
+            if images > 0 {
+                let shape = ForwardShape {
+                    batch: images as u32,
+                    tokens: n as u32,
+                    queries: m as u32,
+                    width: d as u32,
+                    channels: c as u32,
+                    grid_count: group.layout.grids().len() as u32,
+                };
+                let products = Products::new(&shape, association, device.table, &splitting);
+                split_scratch = split_scratch.max(products.scratch_bytes());
+            }
+        }
         plans.push(GroupPlan {
             batch,
             tokens: n,
@@ -343,6 +378,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
             tokens_at,
             projection_at,
             split,
+            splitting,
         });
     }
     let single = single_group && plans.first().is_some_and(|p| p.chunk >= p.batch);
@@ -359,6 +395,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
     if wants.readback {
         bytes += tokens_bytes + projection_bytes;
     }
+    bytes += split_scratch;
     for (name, size) in [("reduced tokens", tokens_bytes), ("P", projection_bytes)] {
         if size > device.buffer_limit {
             return Err(Error::TooLarge(format!(
@@ -382,6 +419,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
         projection_len,
         single,
         bytes,
+        split_scratch,
     })
 }
 
@@ -442,4 +480,150 @@ fn split_image(
         ));
     }
     Ok(Split { tokens, queries })
+}
+
+/// How step 5 reaches the scores: the product that comes before `S`.
+#[derive(Clone, Copy, Debug)]
+pub enum ScoresPath {
+    /// `K = Xp w_k` (as `X w_k + E w_k`), then `S = Q' K^T`.
+    Keys(Product),
+    /// `Q'' = Q' w_k^T`, then `S = Q'' Xp^T` (as `Q'' X^T + Q' (E w_k)^T`).
+    Folded(Product),
+}
+
+/// How a call's products are cut along their inner dimension (split-K).
+#[derive(Clone, Copy, Debug)]
+pub struct Splitting {
+    /// `SplitK::Auto` resolved for the adapter.
+    pub policy: SplitK,
+    /// The kernels the products run.
+    pub variant: MatmulVariant,
+    /// Products that write the storage type may split only when it is f32.
+    pub precision: Precision,
+    /// Most bytes of partial products (one storage binding).
+    pub scratch_limit: u64,
+}
+
+/// The matrix products of one chunk, in the order they run, each with its split-K cut.
+#[derive(Clone, Copy, Debug)]
+pub struct Products {
+    /// `Q' = Q_in w_q'` (added to the table's term when there is a table).
+    pub queries: Product,
+    /// The keys or the folded queries.
+    pub path: ScoresPath,
+    /// `S = Q' K^T` or `S = Q'' X^T`.
+    pub scores: Product,
+    /// `S += Q' (E w_k)^T`: the table's part of the folded scores.
+    pub table_scores: Option<Product>,
+    /// `Y = P X`.
+    pub reduction: Product,
+}
+
+impl Products {
+    /// The products of a chunk of `shape` in the (resolved) `association`, with or without
+    /// a position `table`, cut as `splitting` says.
+    pub fn new(
+        shape: &ForwardShape,
+        association: Association,
+        table: bool,
+        splitting: &Splitting,
+    ) -> Self {
+        let shared_rhs = Product {
+            batch: shape.batch,
+            rows: shape.queries,
+            columns: shape.channels,
+            inner: shape.width,
+            lhs_per_image: true,
+            rhs_per_image: false,
+            rhs_transposed: false,
+            lhs_row_stride: None,
+            accumulate: false,
+            splits: 1,
+        };
+        let scores_over = |inner: u32| Product {
+            columns: shape.tokens,
+            inner,
+            rhs_per_image: true,
+            rhs_transposed: true,
+            ..shared_rhs
+        };
+        let (path, scores) = match association {
+            Association::Keys => (
+                ScoresPath::Keys(Product {
+                    rows: shape.tokens,
+                    accumulate: table,
+                    ..shared_rhs
+                }),
+                scores_over(shape.channels),
+            ),
+            // `association` is resolved: `Auto` does not come here.
+            Association::Tokens | Association::Auto => (
+                ScoresPath::Folded(Product {
+                    columns: shape.width,
+                    inner: shape.channels,
+                    rhs_transposed: true,
+                    ..shared_rhs
+                }),
+                scores_over(shape.width),
+            ),
+        };
+        let table_scores = match path {
+            ScoresPath::Folded(_) if table => Some(Product {
+                rhs_per_image: false,
+                accumulate: true,
+                ..scores_over(shape.channels)
+            }),
+            _ => None,
+        };
+        // Products into the storage type (the keys, the reduced tokens) write f32 partial
+        // products only where that type is f32.
+        let f32_out = splitting.precision == Precision::F32;
+        let split = |product: Product, writes_f32: bool| match writes_f32 {
+            true => product.split(splitting.policy, splitting.variant, splitting.scratch_limit),
+            false => product,
+        };
+        Products {
+            queries: split(
+                Product {
+                    accumulate: table,
+                    ..shared_rhs
+                },
+                true,
+            ),
+            path: match path {
+                ScoresPath::Keys(keys) => ScoresPath::Keys(split(keys, f32_out)),
+                ScoresPath::Folded(folded) => ScoresPath::Folded(split(folded, true)),
+            },
+            scores: split(scores, true),
+            table_scores: table_scores.map(|product| split(product, true)),
+            reduction: split(
+                Product {
+                    columns: shape.width,
+                    inner: shape.tokens,
+                    rhs_per_image: true,
+                    ..shared_rhs
+                },
+                f32_out,
+            ),
+        }
+    }
+
+    /// Bytes of the split-K scratch the largest split product needs (0: none splits).
+    pub fn scratch_bytes(&self) -> u64 {
+        let path = match self.path {
+            ScoresPath::Keys(product) | ScoresPath::Folded(product) => product,
+        };
+        [
+            Some(self.queries),
+            Some(path),
+            Some(self.scores),
+            self.table_scores,
+            Some(self.reduction),
+        ]
+        .iter()
+        .flatten()
+        .map(|product| product.scratch_elements() * 4)
+        .max()
+        .unwrap_or(0)
+    }
 }

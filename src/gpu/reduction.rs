@@ -30,7 +30,7 @@ impl GpuReduction {
         context.check_precision(precision)?;
         let source = KernelSources::for_precision(precision).reduction;
         let matmul = scoped(&context.device, "building the reduction kernel", || {
-            Matmul::new(&context.device, &source)
+            Matmul::new(&context.device, &source, None)
         })?;
         Ok(GpuReduction {
             context,
@@ -122,6 +122,7 @@ impl GpuReduction {
                     rhs_transposed: false,
                     lhs_row_stride: None,
                     accumulate: false,
+                    splits: 1,
                 };
                 let step = Step {
                     name: "reduce",

@@ -1,7 +1,22 @@
 //! `C = A B` per image (SPEC 4, steps 4, 5 and 7): `shaders/matmul.wgsl`.
 
-use super::{dispatch, pipeline_at, Passes, Slice, Step};
+use super::{
+    dispatch, linear_groups, pipeline, pipeline_at, Passes, Slice, Step, LINEAR_WORKGROUP,
+    MAX_GROUPS_PER_DIMENSION,
+};
+use crate::compress::{SplitK, MAX_PIECES};
 use crate::shaders::ShaderSource;
+
+/// Invocations `SplitK::Auto` cuts a product until it runs (a quarter of what an H100's 132
+/// multiprocessors hold at once; a heuristic, not yet measured on a GPU).
+pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
+
+/// Fewest inner elements a piece gets under `SplitK::Auto`.
+pub const MIN_AUTO_PIECE: u32 = 256;
+
+/// Pieces are a multiple of this many inner elements (the shared-memory kernel's step, and a
+/// multiple of 4 for the vec4 kernels).
+const PIECE_ALIGN: u32 = 16;
 
 /// Which matrix product kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -65,6 +80,15 @@ impl MatmulVariant {
         MatmulVariant::Shared,
     ];
 
+    /// Invocations per workgroup.
+    fn invocations(self) -> u64 {
+        match self {
+            MatmulVariant::Naive => 32 * 8,
+            MatmulVariant::Tiled => 8 * 8,
+            MatmulVariant::Shared => 16 * 16,
+        }
+    }
+
     /// Output columns and rows one workgroup covers.
     fn tile(self) -> (u32, u32) {
         match self {
@@ -91,7 +115,17 @@ struct Params {
     rhs_column_stride: u32,
     lhs_row_stride: u32,
     accumulate: u32,
-    padding: [u32; 2],
+    splits: u32,
+    split_length: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SumParams {
+    size: u32,
+    images: u32,
+    splits: u32,
+    accumulate: u32,
 }
 
 /// The sizes of one batched product `C (rows x columns) = A (rows x inner) B (inner x columns)`.
@@ -116,17 +150,61 @@ pub struct Product {
     pub lhs_row_stride: Option<u32>,
     /// Whether to add `A B` to what `C` holds rather than overwrite it.
     pub accumulate: bool,
+    /// Pieces the inner dimension is cut into (split-K; 1: none). Set by `split`.
+    pub splits: u32,
 }
 
 impl Product {
-    /// Workgroups along x, y and z for this product with `variant`.
+    /// Workgroups along x, y and z for this product with `variant` (z: images times pieces).
     pub fn groups(&self, variant: MatmulVariant) -> [u32; 3] {
         let (columns, rows) = variant.tile();
         [
             self.columns.div_ceil(columns),
             self.rows.div_ceil(rows),
-            self.batch,
+            self.batch * self.splits,
         ]
+    }
+
+    /// This product with its inner dimension cut as `policy` says (`SplitK::Auto` already
+    /// resolved for the adapter) for `variant`'s tiles, with partial products of at most
+    /// `scratch_limit` bytes. The pieces are multiples of 16 elements, so a short inner
+    /// dimension gets fewer pieces than asked, or none.
+    pub fn split(self, policy: SplitK, variant: MatmulVariant, scratch_limit: u64) -> Product {
+        let wanted = match policy {
+            // The v1 kernels stay as they were: the yardstick.
+            _ if variant == MatmulVariant::Naive => 1,
+            SplitK::Off => 1,
+            SplitK::Pieces(pieces) => pieces,
+            SplitK::Auto => {
+                let [x, y, z] = Product { splits: 1, ..self }.groups(variant);
+                let invocations = x as u64 * y as u64 * z as u64 * variant.invocations();
+                let wanted = SPLIT_TARGET_INVOCATIONS.div_ceil(invocations.max(1));
+                wanted.min((self.inner / MIN_AUTO_PIECE) as u64) as u32
+            }
+        };
+        let outputs = self.batch as u64 * self.rows as u64 * self.columns as u64;
+        let most = (MAX_PIECES as u64)
+            .min((MAX_GROUPS_PER_DIMENSION / self.batch.max(1)) as u64)
+            .min(scratch_limit / (4 * outputs).max(1)) as u32;
+        let wanted = wanted.clamp(1, most.max(1));
+        let length = piece_length(self.inner, wanted);
+        Product {
+            splits: self.inner.div_ceil(length).max(1),
+            ..self
+        }
+    }
+
+    /// Inner elements per piece (the last piece may hold fewer).
+    pub fn piece_length(&self) -> u32 {
+        piece_length(self.inner, self.splits)
+    }
+
+    /// Elements of the f32 scratch the partial products need (0 without split-K).
+    pub fn scratch_elements(&self) -> u64 {
+        match self.splits {
+            0 | 1 => 0,
+            splits => self.batch as u64 * splits as u64 * self.rows as u64 * self.columns as u64,
+        }
     }
 
     /// The kernel `variant` runs for this shape: vec4 loads need the inner size, `A`'s row
@@ -151,7 +229,7 @@ impl Product {
         self.lhs_row_stride.unwrap_or(self.inner)
     }
 
-    /// Floating-point operations (a multiply and an add per inner step).
+    /// Floating-point operations (a multiply and an add per inner step; split-K's sum aside).
     pub fn flops(&self) -> f64 {
         2.0 * self.batch as f64 * self.rows as f64 * self.columns as f64 * self.inner as f64
     }
@@ -167,26 +245,44 @@ impl Product {
     }
 }
 
+/// `ceil(inner / pieces)` rounded up to a multiple of `PIECE_ALIGN`.
+fn piece_length(inner: u32, pieces: u32) -> u32 {
+    inner
+        .div_ceil(pieces.max(1))
+        .next_multiple_of(PIECE_ALIGN)
+        .max(PIECE_ALIGN)
+}
+
 /// The matrix product kernels (every entry point) for one choice of element types; cloning
 /// shares the pipelines.
 #[derive(Clone)]
 pub struct Matmul {
     /// One pipeline per `Kernel`, in `Kernel::ALL` order.
     pipelines: Vec<wgpu::ComputePipeline>,
+    /// `shaders/split_sum.wgsl`, for the products that write f32 (the others never split).
+    split_sum: Option<wgpu::ComputePipeline>,
 }
 
 impl Matmul {
-    /// Builds the pipelines.
-    pub fn new(device: &wgpu::Device, source: &ShaderSource) -> Self {
+    /// Builds the pipelines; with `split_sum` (only where `source` writes f32), products
+    /// may be split (`Product::split`).
+    pub fn new(
+        device: &wgpu::Device,
+        source: &ShaderSource,
+        split_sum: Option<&ShaderSource>,
+    ) -> Self {
         Matmul {
             pipelines: Kernel::ALL
                 .iter()
                 .map(|kernel| pipeline_at(device, source, kernel.entry_point()))
                 .collect(),
+            split_sum: split_sum.map(|source| pipeline(device, source)),
         }
     }
 
-    /// Records `out = lhs rhs` for every image of `product` as the step `step`.
+    /// Records `out = lhs rhs` (or `out += lhs rhs`) for every image of `product` as the
+    /// step `step`. A split product (`splits > 1`) writes its partial products into the
+    /// passes' split scratch, then adds them into `out` in a pass named `split_sum`.
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
@@ -215,16 +311,65 @@ impl Matmul {
             rhs_column_stride,
             lhs_row_stride: product.lhs_stride(),
             accumulate: product.accumulate as u32,
-            padding: [0; 2],
+            splits: 1,
+            split_length: product.inner,
         };
         let pipeline = &self.pipelines[product.kernel(variant) as usize];
+        if product.splits <= 1 {
+            dispatch(
+                passes,
+                step,
+                pipeline,
+                &params,
+                &[lhs, rhs, out],
+                product.groups(variant),
+            );
+            return;
+        }
+        // Split-K: pieces into the scratch (slot = image * splits + piece), then their sum.
+        let sum = self
+            .split_sum
+            .as_ref()
+            .expect("split-K is planned only for products that write f32");
+        let scratch = passes
+            .split_scratch(product.scratch_elements() * 4)
+            .expect("the plan sized the split-K scratch");
+        let partial = Params {
+            accumulate: 0,
+            splits: product.splits,
+            split_length: product.piece_length(),
+            ..params
+        };
         dispatch(
             passes,
             step,
             pipeline,
-            &params,
-            &[lhs, rhs, out],
+            &partial,
+            &[lhs, rhs, Slice::whole(&scratch)],
             product.groups(variant),
+        );
+        let size = product.rows * product.columns;
+        let images = product.batch;
+        let splits = product.splits as f64;
+        let elements = images as f64 * size as f64;
+        let sum_step = Step {
+            name: "split_sum",
+            flops: elements * splits,
+            bytes: elements * (splits + 1.0 + product.accumulate as u32 as f64) * 4.0,
+        };
+        let sum_params = SumParams {
+            size,
+            images,
+            splits: product.splits,
+            accumulate: product.accumulate as u32,
+        };
+        dispatch(
+            passes,
+            sum_step,
+            sum,
+            &sum_params,
+            &[Slice::whole(&scratch), out],
+            linear_groups(images * size, LINEAR_WORKGROUP),
         );
     }
 }
@@ -245,6 +390,7 @@ mod tests {
             rhs_transposed,
             lhs_row_stride: None,
             accumulate: false,
+            splits: 1,
         };
         let tiled = MatmulVariant::Tiled;
         assert_eq!(product(12, 20, false).kernel(tiled), Kernel::Vec4);
@@ -256,6 +402,73 @@ mod tests {
             product(12, 20, false).kernel(MatmulVariant::Naive),
             Kernel::Naive
         );
+    }
+
+    fn skinny(rows: u32, columns: u32, inner: u32) -> Product {
+        Product {
+            batch: 1,
+            rows,
+            columns,
+            inner,
+            lhs_per_image: true,
+            rhs_per_image: true,
+            rhs_transposed: true,
+            lhs_row_stride: None,
+            accumulate: false,
+            splits: 1,
+        }
+    }
+
+    #[test]
+    fn pieces_cover_the_inner_dimension_in_multiples_of_16() {
+        let tiled = MatmulVariant::Tiled;
+        for inner in [1, 15, 16, 17, 31, 33, 37, 100, 576, 4095, 4096] {
+            for asked in 1..=9 {
+                let product = skinny(7, 9, inner).split(SplitK::Pieces(asked), tiled, u64::MAX);
+                let (pieces, length) = (product.splits, product.piece_length());
+                assert!(pieces >= 1 && pieces <= asked, "{inner} {asked}: {pieces}");
+                assert_eq!(length % 16, 0);
+                assert!(pieces * length >= inner, "{inner} {asked}: short");
+                assert!(
+                    (pieces - 1) * length < inner,
+                    "{inner} {asked}: an empty piece"
+                );
+                let expected = if pieces > 1 { 9 * 7 * pieces as u64 } else { 0 };
+                assert_eq!(product.scratch_elements(), expected);
+            }
+        }
+        // Off, the v1 kernels, and a scratch limit too small for two pieces: no split.
+        let product = skinny(64, 576, 4096);
+        assert_eq!(product.split(SplitK::Off, tiled, u64::MAX).splits, 1);
+        let naive = MatmulVariant::Naive;
+        assert_eq!(product.split(SplitK::Pieces(8), naive, u64::MAX).splits, 1);
+        let one_piece = 64 * 576 * 4;
+        assert_eq!(product.split(SplitK::Pieces(8), tiled, one_piece).splits, 1);
+        assert_eq!(
+            product
+                .split(SplitK::Pieces(8), tiled, 3 * one_piece)
+                .splits,
+            3
+        );
+    }
+
+    #[test]
+    fn auto_splits_skinny_products_and_leaves_wide_ones() {
+        let tiled = MatmulVariant::Tiled;
+        // llava15-7b's scores S = Q'' X^T: 64 x 576 over 4096, 36 workgroups whole.
+        let scores = skinny(64, 576, 4096).split(SplitK::Auto, tiled, u64::MAX);
+        assert_eq!(scores.splits, 16, "4096 / 256");
+        // Its queries Q' = Q_in w_q': 64 x 256 over 4096, 16 workgroups.
+        let queries = skinny(64, 256, 4096).split(SplitK::Auto, tiled, u64::MAX);
+        assert_eq!(queries.splits, 16);
+        // llava-next-7b's reduction: 289 x 4096 over 2928 already runs 1280 workgroups.
+        let reduction = skinny(289, 4096, 2928).split(SplitK::Auto, tiled, u64::MAX);
+        assert_eq!(reduction.splits, 1);
+        // A short inner dimension is not cut below 256 a piece.
+        let short = skinny(8, 8, 300).split(SplitK::Auto, tiled, u64::MAX);
+        assert_eq!(short.splits, 1);
+        let [x, y, z] = scores.groups(tiled);
+        assert!(x as u64 * y as u64 * z as u64 * 64 >= 36 * 64 * 16);
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Passes<'a> {
     ledger: &'a Arc<Ledger>,
     /// The parameter buffers of the recorded passes, counted until the run is over.
     parameters: Vec<Tracked>,
+    /// Where split-K products write their partial products, if the run has one.
+    split_scratch: Option<wgpu::Buffer>,
 }
 
 impl<'a> Passes<'a> {
@@ -165,7 +167,23 @@ impl<'a> Passes<'a> {
             timer,
             ledger,
             parameters: Vec::new(),
+            split_scratch: None,
         }
+    }
+
+    /// Gives the run `scratch` for the partial products of split-K products (kept until
+    /// the run is over).
+    pub fn set_split_scratch(&mut self, scratch: Tracked) {
+        self.split_scratch = Some((*scratch).clone());
+        self.parameters.push(scratch);
+    }
+
+    /// The split-K scratch, if the run has one of at least `bytes`.
+    pub fn split_scratch(&self, bytes: u64) -> Option<wgpu::Buffer> {
+        self.split_scratch
+            .as_ref()
+            .filter(|scratch| scratch.size() >= bytes)
+            .cloned()
     }
 
     /// Submits what is recorded and waits for the device (host-clock timing only).
