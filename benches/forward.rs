@@ -9,7 +9,7 @@
 
 use metacompress::bench::{self, BenchConfig};
 use metacompress::gpu::{GpuApi, GpuContext};
-use metacompress::{Backend, Keep, Precision};
+use metacompress::{Backend, Keep, Precision, SplitK};
 
 fn setting(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         warmup: 2,
         naive: true,
         shared: false,
+        split_k: vec![SplitK::Auto],
         batch: 1,
     };
     let progress = |line: &str| eprintln!("bench: {line}");

@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::{json, Value};
 
-use crate::compress::{Backend, Compressor, KernelVariant, Options, Precision};
+use crate::compress::{Backend, Compressor, KernelVariant, Options, Precision, SplitK};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterReport, GpuContext};
 use crate::layout::{Grid, Keep, Layout};
@@ -128,6 +128,9 @@ pub struct BenchConfig {
     pub naive: bool,
     /// Whether to run the shared-memory kernels too (GPU only).
     pub shared: bool,
+    /// Split-K policies the tuned and shared kernels run under, each a variant of its own
+    /// (GPU only; the naive kernels never split).
+    pub split_k: Vec<SplitK>,
     /// Images per call (the same random image repeated; batches past one storage binding
     /// run in chunks).
     pub batch: usize,
@@ -212,6 +215,8 @@ pub struct VariantReport {
     pub variant: &'static str,
     /// Which association the scores took (`keys` or `tokens`).
     pub association: &'static str,
+    /// The split-K policy it ran under (`auto` resolved for the adapter; empty on the CPU).
+    pub split_k: String,
     /// Where the times come from.
     pub clock: &'static str,
     /// Each step.
@@ -332,15 +337,22 @@ pub fn run(
         device = compressor.device();
         let m = layout.queries(config.keep).count;
         // The naive kernels exist on the GPU only.
-        let mut variants = vec![KernelVariant::Tuned];
-        if context.is_some() && config.shared {
-            variants.push(KernelVariant::Shared);
+        let policies = match &context {
+            Some(_) if !config.split_k.is_empty() => config.split_k.clone(),
+            _ => vec![SplitK::Off],
+        };
+        let mut variants: Vec<(KernelVariant, SplitK)> = Vec::new();
+        for kernels in [KernelVariant::Tuned, KernelVariant::Shared] {
+            if kernels == KernelVariant::Shared && (context.is_none() || !config.shared) {
+                continue;
+            }
+            variants.extend(policies.iter().map(|&policy| (kernels, policy)));
         }
         if context.is_some() && config.naive {
-            variants.push(KernelVariant::Naive);
+            variants.push((KernelVariant::Naive, SplitK::Off));
         }
         let mut variant_reports = Vec::new();
-        for kernels in variants {
+        for (kernels, split_k) in variants {
             let name = match (&context, kernels) {
                 (None, _) => "cpu",
                 (Some(_), variant) => variant.name(),
@@ -353,7 +365,15 @@ pub fn run(
                 keep: config.keep,
                 kernels,
                 profile: true,
+                split_k,
                 ..Options::default()
+            };
+            let split_name = match &context {
+                None => String::new(),
+                Some(context) => match split_k.resolve(context.is_software()) {
+                    SplitK::Off if split_k == SplitK::Auto => "off (auto: software adapter)".into(),
+                    resolved => resolved.name(),
+                },
             };
             let mut profiles = Vec::new();
             for run in 0..config.warmup + config.runs {
@@ -369,7 +389,9 @@ pub fn run(
                 .association
                 .resolve(kernels, workload.tokens, m, workload.width, channels)
                 .name();
-            variant_reports.push(summarise(name, association, &profiles));
+            let mut report = summarise(name, association, &profiles);
+            report.split_k = split_name;
+            variant_reports.push(report);
         }
         let call_bytes = compressor.call_bytes(
             &[((&features).into(), &layout)],
@@ -443,6 +465,7 @@ fn summarise(
     VariantReport {
         variant,
         association,
+        split_k: String::new(),
         clock: first.clock.name(),
         steps,
         total,
@@ -488,6 +511,7 @@ impl BenchReport {
                     "variants": w.variants.iter().map(|v| json!({
                         "variant": v.variant,
                         "association": v.association,
+                        "split_k": v.split_k,
                         "clock": v.clock,
                         "steps": v.steps.iter().map(StepReport::json).collect::<Vec<_>>(),
                         "total": v.total.json(),
@@ -548,8 +572,12 @@ impl BenchReport {
                 ));
             }
             for v in &w.variants {
+                let split = match v.split_k.as_str() {
+                    "" => String::new(),
+                    name => format!("; split-K {name}"),
+                };
                 text.push_str(&format!(
-                    "  {} (scores via {}; clock {})\n",
+                    "  {} (scores via {}{split}; clock {})\n",
                     v.variant, v.association, v.clock
                 ));
                 text.push_str(

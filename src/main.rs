@@ -13,7 +13,8 @@ use metacompress::layout::parse_grid_flags;
 use metacompress::methods::{Method, Request, Runner};
 use metacompress::{bench, compare, pictures};
 use metacompress::{
-    demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result, Scope,
+    demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
+    Scope, SplitK,
 };
 
 /// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
@@ -182,6 +183,16 @@ struct BenchArgs {
     /// Also time the shared-memory (workgroup-tiled) kernels.
     #[arg(long)]
     shared: bool,
+    /// Split-K policies for the tuned and shared kernels, each timed as a variant of its own:
+    /// auto (cut skinny products on hardware adapters, never on software ones), off, or a
+    /// piece count; several separated by commas, e.g. auto,off.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "auto",
+        value_name = "auto|off|N"
+    )]
+    split_k: Vec<SplitK>,
     /// Images per call (batches past one storage binding run in chunks).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -508,6 +519,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         naive: !args.skip_naive,
         shared: args.shared,
+        split_k: args.split_k,
         batch: args.batch,
     };
     let report = bench::run(&config, &workloads, |line| eprintln!("bench: {line}"))?;
