@@ -70,7 +70,10 @@ def query_shape(h, w, keep):
     return min(max(rnd(h * keep), 1), h), 1
 
 
-def forward(x, w_q, w_k, omega, pos, grids, keep):
+def forward(x, w_q, w_k, omega, pos, grids, keep, keys_product=np.matmul,
+            reduction_product=np.matmul):
+    """Y for features `x` (n x d); `keys_product` and `reduction_product` compute `Xp w_k`
+    and `P X` (bench/f16_accumulate.py swaps in an emulated f16 accumulation)."""
     n, d = x.shape
     xp = x.copy() if pos is not None else x
     if pos is not None:
@@ -92,12 +95,12 @@ def forward(x, w_q, w_k, omega, pos, grids, keep):
                 columns = slice(j * w // wq, -(-(j + 1) * w // wq))
                 pooled.append(grid[rows, columns].mean(axis=(0, 1)))
     q = np.stack(pooled) @ w_q
-    k = xp @ w_k
+    k = keys_product(xp, w_k)
     s = (q * (omega / np.float32(math.sqrt(w_q.shape[1])))) @ k.T
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s)
     p /= p.sum(axis=1, keepdims=True)
-    return p @ x
+    return reduction_product(p, x)
 
 
 def main(argv):

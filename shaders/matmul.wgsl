@@ -1,7 +1,8 @@
 // C = A B for each image of a batch, A rows x inner (row-major) and B inner x columns with
 // strides given by the host, so that B may be a row-major matrix or the transpose of one:
 // the projections Q' = Q_in w_q' and K = Xp w_k (SPEC 4, step 4), the scores S = Q' K^T or
-// S = (Q' w_k^T) Xp^T (step 5) and the reduction Y = P X (step 7). f32 accumulation.
+// S = (Q' w_k^T) Xp^T (step 5) and the reduction Y = P X (step 7). Sums in `acc`: f32, or
+// f16 in the f16-accumulate variant (precision f16-acc, for the keys and the reduction).
 // Rows of A are `lhs_row_stride` apart (A may be a block of columns of a wider matrix), and
 // with `accumulate` C += A B: an image too large for one binding is reduced token range by
 // token range, Y += P[:, range] X[range].
@@ -9,7 +10,8 @@
 // workgroup z = image * splits + piece computes piece's partial product into slot z of an f32
 // scratch buffer bound as C (`out_batch_stride` apart); `split_sum.wgsl` adds the slots up.
 // This gives a skinny product (few output tiles, a long inner dimension) enough workgroups.
-// The host prepends `alias lhs_elem = ...; alias rhs_elem = ...; alias out_elem = ...;`.
+// The host prepends `alias lhs_elem = ...; alias rhs_elem = ...; alias out_elem = ...;
+// alias acc = ...;`.
 
 struct Params {
     rows: u32,
@@ -46,21 +48,21 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let lhs_row = image * params.lhs_batch_stride + row * params.lhs_row_stride;
     let rhs_base = image * params.rhs_batch_stride + column * params.rhs_column_stride;
-    var sum = 0.0;
+    var sum = acc(0.0);
     for (var k = part.y; k < part.z; k++) {
-        sum += f32(lhs[lhs_row + k]) * f32(rhs[rhs_base + k * params.rhs_inner_stride]);
+        sum += acc(lhs[lhs_row + k]) * acc(rhs[rhs_base + k * params.rhs_inner_stride]);
     }
     let at = id.z * params.out_batch_stride + row * params.columns + column;
     if params.accumulate != 0u {
-        sum += f32(out[at]);
+        sum += acc(out[at]);
     }
     out[at] = out_elem(sum);
 }
 
 // `value`, plus what C holds at `at` when accumulating.
-fn with_previous(at: u32, value: f32) -> out_elem {
+fn with_previous(at: u32, value: acc) -> out_elem {
     if params.accumulate != 0u {
-        return out_elem(value + f32(out[at]));
+        return out_elem(value + acc(out[at]));
     }
     return out_elem(value);
 }
@@ -115,22 +117,22 @@ fn main_tiled(
         rhs_base + min(first_column + 2u * lanes, last_column) * params.rhs_column_stride,
         rhs_base + min(first_column + 3u * lanes, last_column) * params.rhs_column_stride,
     );
-    var sum0 = vec4<f32>();
-    var sum1 = vec4<f32>();
-    var sum2 = vec4<f32>();
-    var sum3 = vec4<f32>();
+    var sum0 = vec4<acc>();
+    var sum1 = vec4<acc>();
+    var sum2 = vec4<acc>();
+    var sum3 = vec4<acc>();
     var rhs_offset = part.y * params.rhs_inner_stride;
     for (var k = part.y; k < part.z; k++) {
-        let b = vec4<f32>(
-            f32(rhs[rhs_columns.x + rhs_offset]),
-            f32(rhs[rhs_columns.y + rhs_offset]),
-            f32(rhs[rhs_columns.z + rhs_offset]),
-            f32(rhs[rhs_columns.w + rhs_offset]),
+        let b = vec4<acc>(
+            acc(rhs[rhs_columns.x + rhs_offset]),
+            acc(rhs[rhs_columns.y + rhs_offset]),
+            acc(rhs[rhs_columns.z + rhs_offset]),
+            acc(rhs[rhs_columns.w + rhs_offset]),
         );
-        sum0 += f32(lhs[lhs_rows.x + k]) * b;
-        sum1 += f32(lhs[lhs_rows.y + k]) * b;
-        sum2 += f32(lhs[lhs_rows.z + k]) * b;
-        sum3 += f32(lhs[lhs_rows.w + k]) * b;
+        sum0 += acc(lhs[lhs_rows.x + k]) * b;
+        sum1 += acc(lhs[lhs_rows.y + k]) * b;
+        sum2 += acc(lhs[lhs_rows.z + k]) * b;
+        sum3 += acc(lhs[lhs_rows.w + k]) * b;
         rhs_offset += params.rhs_inner_stride;
     }
     store_row(group.z, first_row, first_column, sum0);
@@ -141,7 +143,7 @@ fn main_tiled(
 
 // Writes the four columns (8 apart) of one row of a block, those that lie inside C, into
 // output slot `slot` (the image, or with split-K the image's piece).
-fn store_row(slot: u32, row: u32, first_column: u32, values: vec4<f32>) {
+fn store_row(slot: u32, row: u32, first_column: u32, values: vec4<acc>) {
     if row >= params.rows {
         return;
     }
@@ -184,19 +186,19 @@ fn main_vec4(
     let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, params.lhs_row_stride / 4u);
     var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u
         + part.y * columns4;
-    var sum0 = vec4<f32>();
-    var sum1 = vec4<f32>();
-    var sum2 = vec4<f32>();
-    var sum3 = vec4<f32>();
+    var sum0 = vec4<acc>();
+    var sum1 = vec4<acc>();
+    var sum2 = vec4<acc>();
+    var sum3 = vec4<acc>();
     for (var k = part.y / 4u; k < part.z / 4u; k++) {
-        let a0 = vec4<f32>(lhs4[lhs_rows.x + k]);
-        let a1 = vec4<f32>(lhs4[lhs_rows.y + k]);
-        let a2 = vec4<f32>(lhs4[lhs_rows.z + k]);
-        let a3 = vec4<f32>(lhs4[lhs_rows.w + k]);
-        let b0 = vec4<f32>(rhs4[rhs_index]);
-        let b1 = vec4<f32>(rhs4[rhs_index + columns4]);
-        let b2 = vec4<f32>(rhs4[rhs_index + 2u * columns4]);
-        let b3 = vec4<f32>(rhs4[rhs_index + 3u * columns4]);
+        let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
+        let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
+        let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
+        let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
+        let b0 = vec4<acc>(rhs4[rhs_index]);
+        let b1 = vec4<acc>(rhs4[rhs_index + columns4]);
+        let b2 = vec4<acc>(rhs4[rhs_index + 2u * columns4]);
+        let b3 = vec4<acc>(rhs4[rhs_index + 3u * columns4]);
         sum0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
         sum1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
         sum2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
@@ -229,23 +231,23 @@ fn main_vec4_transposed(
         rhs_base + min(first_column + 2u, last_column) * inner4,
         rhs_base + min(first_column + 3u, last_column) * inner4,
     );
-    var sum0 = vec4<f32>();
-    var sum1 = vec4<f32>();
-    var sum2 = vec4<f32>();
-    var sum3 = vec4<f32>();
+    var sum0 = vec4<acc>();
+    var sum1 = vec4<acc>();
+    var sum2 = vec4<acc>();
+    var sum3 = vec4<acc>();
     for (var k = part.y / 4u; k < part.z / 4u; k++) {
-        let a0 = vec4<f32>(lhs4[lhs_rows.x + k]);
-        let a1 = vec4<f32>(lhs4[lhs_rows.y + k]);
-        let a2 = vec4<f32>(lhs4[lhs_rows.z + k]);
-        let a3 = vec4<f32>(lhs4[lhs_rows.w + k]);
-        let b0 = vec4<f32>(rhs4[rhs_columns.x + k]);
-        let b1 = vec4<f32>(rhs4[rhs_columns.y + k]);
-        let b2 = vec4<f32>(rhs4[rhs_columns.z + k]);
-        let b3 = vec4<f32>(rhs4[rhs_columns.w + k]);
-        sum0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
-        sum1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
-        sum2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
-        sum3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+        let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
+        let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
+        let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
+        let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
+        let b0 = vec4<acc>(rhs4[rhs_columns.x + k]);
+        let b1 = vec4<acc>(rhs4[rhs_columns.y + k]);
+        let b2 = vec4<acc>(rhs4[rhs_columns.z + k]);
+        let b3 = vec4<acc>(rhs4[rhs_columns.w + k]);
+        sum0 += vec4<acc>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        sum1 += vec4<acc>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        sum2 += vec4<acc>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        sum3 += vec4<acc>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
     }
     store_block(group.z, first_row, first_column, sum0, sum1, sum2, sum3);
 }
@@ -256,12 +258,12 @@ fn store_block(
     slot: u32,
     first_row: u32,
     first_column: u32,
-    sum0: vec4<f32>,
-    sum1: vec4<f32>,
-    sum2: vec4<f32>,
-    sum3: vec4<f32>,
+    sum0: vec4<acc>,
+    sum1: vec4<acc>,
+    sum2: vec4<acc>,
+    sum3: vec4<acc>,
 ) {
-    let sums = array<vec4<f32>, 4>(sum0, sum1, sum2, sum3);
+    let sums = array<vec4<acc>, 4>(sum0, sum1, sum2, sum3);
     let rows = min(block, params.rows - first_row);
     let columns = min(block, params.columns - first_column);
     for (var r = 0u; r < rows; r++) {
@@ -281,8 +283,8 @@ fn store_block(
 // and shape; no invocation returns early, so the barriers stay in uniform control flow.
 const shared_tile = 64u;
 const shared_step = 16u;
-var<workgroup> shared_a: array<f32, 1024>; // [row * 16 + k]
-var<workgroup> shared_b: array<f32, 1024>; // [k * 64 + column]
+var<workgroup> shared_a: array<acc, 1024>; // [row * 16 + k]
+var<workgroup> shared_b: array<acc, 1024>; // [k * 64 + column]
 
 @compute @workgroup_size(16, 16)
 fn main_shared(
@@ -298,15 +300,15 @@ fn main_shared(
     let rhs_base = image * params.rhs_batch_stride;
     // B^T row-major: neighbouring lanes read neighbouring k; B row-major: neighbouring columns.
     let rhs_along_k = params.rhs_inner_stride == 1u;
-    var sums: array<vec4<f32>, 4>;
+    var sums: array<vec4<acc>, 4>;
     for (var step = part.y; step < part.z; step += shared_step) {
         for (var t = 0u; t < 4u; t++) {
             let slot = lane + t * 256u;
             let row = first_row + slot / shared_step;
             let k = step + slot % shared_step;
-            var a = 0.0;
+            var a = acc(0.0);
             if row < params.rows && k < part.z {
-                a = f32(lhs[lhs_base + row * params.lhs_row_stride + k]);
+                a = acc(lhs[lhs_base + row * params.lhs_row_stride + k]);
             }
             shared_a[slot] = a;
             var k_b = step + slot / shared_tile;
@@ -315,16 +317,16 @@ fn main_shared(
                 k_b = step + slot % shared_step;
                 column = first_column + slot / shared_step;
             }
-            var b = 0.0;
+            var b = acc(0.0);
             if column < params.columns && k_b < part.z {
-                b = f32(rhs[rhs_base + k_b * params.rhs_inner_stride
+                b = acc(rhs[rhs_base + k_b * params.rhs_inner_stride
                     + column * params.rhs_column_stride]);
             }
             shared_b[(k_b - step) * shared_tile + (column - first_column)] = b;
         }
         workgroupBarrier();
         for (var k = 0u; k < shared_step; k++) {
-            let b = vec4<f32>(
+            let b = vec4<acc>(
                 shared_b[k * shared_tile + local.x],
                 shared_b[k * shared_tile + local.x + 16u],
                 shared_b[k * shared_tile + local.x + 32u],

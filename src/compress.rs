@@ -14,15 +14,20 @@ use crate::shaders::Elem;
 use crate::tensor::{Features, HostTokens};
 use crate::weights::PMeta;
 
-/// Storage precision of the GPU path. Arithmetic and the softmax are always f32.
+/// Storage precision of the GPU path. Arithmetic and the softmax are f32, except where
+/// `F16Acc` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// f32 storage.
     #[default]
     F32,
     /// f16 storage of tokens, weights and intermediates (needs `SHADER_F16`); scores and `P`
-    /// stay f32.
+    /// stay f32; every sum is f32.
     F16,
+    /// As `F16`, and the two products that write f16, the keys `K = X w_k` and the reduction
+    /// `Y = P X`, also sum in f16 (for GPUs whose f16 arithmetic is faster than f32). The
+    /// queries, the scores and the softmax stay f32 (a large omega would overflow f16 there).
+    F16Acc,
 }
 
 impl Precision {
@@ -30,7 +35,15 @@ impl Precision {
     pub fn elem(self) -> Elem {
         match self {
             Precision::F32 => Elem::F32,
-            Precision::F16 => Elem::F16,
+            Precision::F16 | Precision::F16Acc => Elem::F16,
+        }
+    }
+
+    /// The type the keys and the reduction sum in.
+    pub fn accumulate(self) -> Elem {
+        match self {
+            Precision::F32 | Precision::F16 => Elem::F32,
+            Precision::F16Acc => Elem::F16,
         }
     }
 
@@ -38,7 +51,7 @@ impl Precision {
     pub fn size(self) -> usize {
         match self {
             Precision::F32 => 4,
-            Precision::F16 => 2,
+            Precision::F16 | Precision::F16Acc => 2,
         }
     }
 
@@ -47,6 +60,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::F16Acc => "f16-acc",
         }
     }
 }

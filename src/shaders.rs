@@ -90,30 +90,36 @@ pub struct KernelSources {
     pub split_sum: ShaderSource,
 }
 
-/// The matrix product with element types `lhs`, `rhs` and `out`.
-fn matmul(lhs: Elem, rhs: Elem, out: Elem) -> ShaderSource {
+/// The matrix product with element types `lhs`, `rhs` and `out`, summing in `acc`.
+fn matmul(lhs: Elem, rhs: Elem, out: Elem, acc: Elem) -> ShaderSource {
     with_prelude(
         "matmul",
         MATMUL,
-        &[("lhs_elem", lhs), ("rhs_elem", rhs), ("out_elem", out)],
+        &[
+            ("lhs_elem", lhs),
+            ("rhs_elem", rhs),
+            ("out_elem", out),
+            ("acc", acc),
+        ],
     )
 }
 
 impl KernelSources {
     /// The variants a forward pass at `precision` builds: tokens, weights and intermediates
     /// stored as the precision's element type; the scaled query weights, the queries, the
-    /// scores and `P` as f32.
+    /// scores and `P` as f32. Sums are f32, except in the keys and the reduction at `f16-acc`.
     pub fn for_precision(precision: Precision) -> Self {
         let elem = precision.elem();
+        let acc = precision.accumulate();
         KernelSources {
             ingest: with_prelude("ingest", INGEST, &[("elem", elem)]),
             position: with_prelude("position", POSITION, &[("elem", elem)]),
             pooling: with_prelude("pooling", POOLING, &[("elem", elem)]),
-            queries: matmul(elem, Elem::F32, Elem::F32),
-            keys: matmul(elem, elem, elem),
-            scores: matmul(Elem::F32, elem, Elem::F32),
+            queries: matmul(elem, Elem::F32, Elem::F32, Elem::F32),
+            keys: matmul(elem, elem, elem, acc),
+            scores: matmul(Elem::F32, elem, Elem::F32, Elem::F32),
             softmax: with_prelude("softmax", SOFTMAX, &[]),
-            reduction: matmul(Elem::F32, elem, elem),
+            reduction: matmul(Elem::F32, elem, elem, acc),
             split_sum: with_prelude("split_sum", SPLIT_SUM, &[]),
         }
     }

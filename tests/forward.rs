@@ -28,7 +28,7 @@ impl Case {
     fn tolerance(&self) -> f64 {
         match self.precision {
             Precision::F32 => 1e-4,
-            Precision::F16 => 1e-2,
+            Precision::F16 | Precision::F16Acc => 1e-2,
         }
     }
 }
@@ -212,9 +212,13 @@ fn vec4_kernels_at_multiples_of_four_that_are_not_multiples_of_the_tile() {
     // tile still ends part-way through rows and columns. Batched, both precisions.
     let Some(context) = gpu() else { return };
     let (seed, mut rng) = seeded("vec4_kernels");
-    for precision in [Precision::F32, Precision::F16] {
-        if precision == Precision::F16 && !context.has_f16() {
+    for precision in [Precision::F32, Precision::F16, Precision::F16Acc] {
+        if precision != Precision::F32 && !context.has_f16() {
             eprintln!("SKIPPED f16 half: adapter has no SHADER_F16");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI's lavapipe offers SHADER_F16"
+            );
             continue;
         }
         let height = odd(&mut rng, 3..10);
@@ -293,7 +297,12 @@ fn f16_storage_stays_within_its_bound() {
         return;
     }
     let (seed, mut rng) = seeded("f16_storage_stays_within_its_bound");
-    for scope in [Scope::Image, Scope::Grid] {
+    for (scope, precision) in [
+        (Scope::Image, Precision::F16),
+        (Scope::Grid, Precision::F16),
+        (Scope::Image, Precision::F16Acc),
+        (Scope::Grid, Precision::F16Acc),
+    ] {
         let (tokens, grids) = two_grid_layout(&mut rng);
         let case = Case {
             batch: 2,
@@ -304,9 +313,63 @@ fn f16_storage_stays_within_its_bound() {
             table: Some((4, 6)),
             keep: rng.random_range(0.1..0.5),
             scope,
-            precision: Precision::F16,
+            precision,
         };
         run(&context, &mut rng, seed, &case);
+    }
+}
+
+#[test]
+fn f16_accumulation_stays_within_the_f16_bound_over_a_long_inner_dimension() {
+    // The keys sum over d and the reduction over n: with d in the thousands, f16 sums lose
+    // more than f32 ones, and must still meet SPEC 7's f16 bound. The same inputs at f16
+    // (f32 sums) and f16-acc must differ, or the variant is not summing in f16. A width that
+    // is a multiple of 4 (vec4 kernels) and one that is not (scalar ones).
+    let Some(context) = gpu() else { return };
+    if !context.has_f16() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI's lavapipe offers SHADER_F16"
+        );
+        return;
+    }
+    let (seed, mut rng) = seeded("f16_accumulation");
+    for width in [4 * odd(&mut rng, 401..601), odd(&mut rng, 1601..2401)] {
+        let side = odd(&mut rng, 11..15);
+        let case = |precision| Case {
+            batch: 1,
+            tokens: side * side,
+            grids: vec![grid(0, side, side)],
+            width,
+            channels: 37,
+            table: Some((5, 5)),
+            keep: 0.1,
+            scope: Scope::Image,
+            precision,
+        };
+        let inputs = rng.clone();
+        let (f16_sums_f32, expected, _) =
+            run(&context, &mut inputs.clone(), seed, &case(Precision::F16));
+        let (f16_sums_f16, _, _) = run(
+            &context,
+            &mut inputs.clone(),
+            seed,
+            &case(Precision::F16Acc),
+        );
+        let errors =
+            [&f16_sums_f32, &f16_sums_f16].map(|out| relative_error(&out.tokens, &expected.tokens));
+        eprintln!(
+            "seed {seed}: d {width}, n {}: tokens error with f32 sums {:.2e}, f16 sums {:.2e}",
+            side * side,
+            errors[0],
+            errors[1]
+        );
+        assert_ne!(
+            f16_sums_f32.tokens, f16_sums_f16.tokens,
+            "seed {seed}: d {width}: f16-acc gave the f16 path's tokens bit for bit"
+        );
+        rng = inputs;
+        let _ = rng.random::<u64>();
     }
 }
 

@@ -93,7 +93,7 @@ fn translate_everywhere(source: &ShaderSource, precision: Precision) -> Result<(
 fn every_kernel_variant_validates_and_translates_to_every_backend() {
     let mut failures = Vec::new();
     let mut checked = 0;
-    for precision in [Precision::F32, Precision::F16] {
+    for precision in [Precision::F32, Precision::F16, Precision::F16Acc] {
         for source in KernelSources::for_precision(precision).all() {
             checked += 1;
             if let Err(error) = translate_everywhere(source, precision) {
@@ -101,7 +101,7 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
             }
         }
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 27);
     // The matrix product module carries both variants.
     let matmul = &KernelSources::for_precision(Precision::F32).keys;
     let module = naga::front::wgsl::parse_str(&matmul.code).unwrap();
@@ -118,11 +118,28 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
 
 #[test]
 fn f16_variants_enable_f16_and_f32_variants_do_not() {
-    for source in KernelSources::for_precision(Precision::F16).all() {
-        let uses_f16 = source.label.contains("f16");
+    for precision in [Precision::F16, Precision::F16Acc] {
+        for source in KernelSources::for_precision(precision).all() {
+            let uses_f16 = source.label.contains("f16");
+            assert_eq!(
+                source.code.starts_with("enable f16;"),
+                uses_f16,
+                "{}",
+                source.label
+            );
+        }
+    }
+    // f16-acc sums the keys and the reduction in f16, nothing else.
+    let sources = KernelSources::for_precision(Precision::F16Acc);
+    for (source, f16_sums) in [
+        (&sources.queries, false),
+        (&sources.keys, true),
+        (&sources.scores, false),
+        (&sources.reduction, true),
+    ] {
         assert_eq!(
-            source.code.starts_with("enable f16;"),
-            uses_f16,
+            source.code.contains("alias acc = f16;"),
+            f16_sums,
             "{}",
             source.label
         );

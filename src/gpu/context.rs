@@ -319,7 +319,7 @@ impl GpuContext {
 
     /// Refuses f16 storage on a device without `SHADER_F16`.
     pub fn check_precision(&self, precision: crate::compress::Precision) -> Result<()> {
-        if precision == crate::compress::Precision::F16 && !self.has_f16() {
+        if precision.elem() == crate::shaders::Elem::F16 && !self.has_f16() {
             return Err(Error::Unsupported(format!(
                 "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
                  use --precision f32",

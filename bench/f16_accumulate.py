@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Would an f16-accumulate variant stay inside SPEC section 7 (relative error 1e-2 in f16)?
+
+Emulates, in numpy, the forward pass of each bench workload with f16 storage (X, w_k, K and
+Y rounded to f16) and the two products that write the storage type, K = Xp w_k and Y = P X,
+accumulated in f16 the way the vec4 kernels would: four products summed in f16, then added
+to an f16 running sum. Everything else in f32 (the queries, the scores and P stay f32 on the
+GPU, since a large omega would overflow f16 there). The keys association is used for every
+workload: the keys product's inner dimension is d (3584-5120), the worst case. Prints the
+error of Y and P against float64 for f32 accumulation (today's f16 path) and f16 accumulation.
+
+    python3 bench/f16_accumulate.py [WORKLOAD ...] [--seed N] [--omega W]
+
+Inputs as SPEC 7 says: features standard normal, weights of size 1/sqrt(d), omega 1 (or W,
+for the sharper rows of P a trained P_meta may give).
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from numpy_forward import forward  # noqa: E402
+
+# name: (grids as [offset, h, w], tokens, d), as `metacompress bench` defines them.
+WORKLOADS = {
+    "llava15-7b": ([[0, 24, 24]], 576, 4096),
+    "llava15-13b": ([[0, 24, 24]], 576, 5120),
+    "llava-next-7b": ([[0, 24, 24], [576, 48, 48]], 2928, 4096),
+    "qwen2vl-7b": ([[0, 36, 36]], 1296, 3584),
+}
+CHANNELS = 256
+KEEP = 0.1
+
+
+def f16(a):
+    return np.asarray(a, dtype=np.float16)
+
+
+def f16_accumulate(a, b):
+    """a @ b with f16 inputs, f16 products and f16 sums, four inner steps at a time."""
+    a, b = f16(a), f16(b)
+    total = np.zeros((a.shape[0], b.shape[1]), np.float16)
+    for k in range(0, a.shape[1], 4):
+        part = np.zeros_like(total)
+        for j in range(k, min(k + 4, a.shape[1])):
+            part += np.multiply.outer(a[:, j], b[j, :])
+        total += part
+    return total.astype(np.float32)
+
+
+def f32_accumulate(a, b):
+    """a @ b with f16 inputs and f32 sums (the f16 path today)."""
+    return (f16(a).astype(np.float32) @ f16(b).astype(np.float32)).astype(np.float16).astype(
+        np.float32)
+
+
+def relative(out, reference):
+    return float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
+
+
+def main(argv):
+    seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+    scale = float(argv[argv.index("--omega") + 1]) if "--omega" in argv else 1.0
+    names = [a for a in argv if a in WORKLOADS] or list(WORKLOADS)
+    print(f"seed {seed}, keep {KEEP}, d_c {CHANNELS}, omega {scale}; SPEC 7 bound for f16: 1e-2")
+    for name in names:
+        grids, n, d = WORKLOADS[name]
+        rng = np.random.default_rng(seed)
+        x = f16(rng.standard_normal((n, d))).astype(np.float32)
+        w_q = (rng.standard_normal((d, CHANNELS)) / np.sqrt(d)).astype(np.float32)
+        w_k = f16(rng.standard_normal((d, CHANNELS)) / np.sqrt(d)).astype(np.float32)
+        omega = np.full(CHANNELS, scale, np.float32)
+        seen = {}
+
+        def exact_reduction(p, x):
+            seen["exact"] = p
+            return p @ x
+
+        exact = forward(x.astype(np.float64), w_q.astype(np.float64), w_k.astype(np.float64),
+                        omega.astype(np.float64), None, grids, KEEP,
+                        reduction_product=exact_reduction)
+        for label, product in [("f32 accumulate", f32_accumulate),
+                               ("f16 accumulate", f16_accumulate)]:
+
+            def reduction(p, x):
+                seen["p"] = p
+                return product(p, x)
+
+            start = time.time()
+            y = forward(x, w_q, w_k, omega, None, grids, KEEP, keys_product=product,
+                        reduction_product=reduction)
+            print(f"{name:14} {label}: Y error {relative(y, exact):.2e}, P error "
+                  f"{relative(seen['p'], seen['exact']):.2e} ({time.time() - start:.0f} s)",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
