@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Would an f16-accumulate variant stay inside SPEC section 7 (relative error 1e-2 in f16)?
+"""Does the f16-accumulate variant (`--precision f16-acc`) stay inside SPEC section 7
+(relative error 1e-2 in f16) at the shapes of the bench workloads?
 
-Emulates, in numpy, the forward pass of each bench workload with f16 storage (X, w_k, K and
-Y rounded to f16) and the two products that write the storage type, K = Xp w_k and Y = P X,
-accumulated in f16 the way the vec4 kernels would: four products summed in f16, then added
-to an f16 running sum. Everything else in f32 (the queries, the scores and P stay f32 on the
-GPU, since a large omega would overflow f16 there). The keys association is used for every
-workload: the keys product's inner dimension is d (3584-5120), the worst case. Prints the
-error of Y and P against float64 for f32 accumulation (today's f16 path) and f16 accumulation.
+Emulates, in numpy, each workload's forward pass with f16 storage (X, w_k, K and Y rounded
+to f16) in three ways:
+- "f32 sums": every product sums in f32 (precision f16);
+- "f16-acc": Y = P X sums runs of 64 inner steps in f16 (four products summed, then added
+  to the run's sum, as the vec4 kernels do) and the runs' sums in f32 (what ships);
+- "f16 sums" (with --unblocked; slow): K = Xp w_k and Y = P X each one f16 sum over the
+  whole inner dimension, the design that was measured and dropped.
+The keys association is used for every workload (the keys product's inner dimension is d,
+the worst case). Prints the error of Y and P against float64.
 
-    python3 bench/f16_accumulate.py [WORKLOAD ...] [--seed N] [--omega W]
+    python3 bench/f16_accumulate.py [WORKLOAD ...] [--seed N] [--omega W] [--unblocked]
 
 Inputs as SPEC 7 says: features standard normal, weights of size 1/sqrt(d), omega 1 (or W,
 for the sharper rows of P a trained P_meta may give).
@@ -38,8 +41,8 @@ def f16(a):
     return np.asarray(a, dtype=np.float16)
 
 
-def f16_accumulate(a, b):
-    """a @ b with f16 inputs, f16 products and f16 sums, four inner steps at a time."""
+def f16_sum(a, b):
+    """a @ b with f16 inputs, f16 products and one f16 sum, four inner steps at a time."""
     a, b = f16(a), f16(b)
     total = np.zeros((a.shape[0], b.shape[1]), np.float16)
     for k in range(0, a.shape[1], 4):
@@ -48,6 +51,14 @@ def f16_accumulate(a, b):
             part += np.multiply.outer(a[:, j], b[j, :])
         total += part
     return total.astype(np.float32)
+
+
+def f16_runs(a, b, run=64):
+    """a @ b summed in f16 over runs of `run` inner steps, the runs' sums in f32."""
+    total = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for k in range(0, a.shape[1], run):
+        total += f16_sum(a[:, k:k + run], b[k:k + run])
+    return total
 
 
 def f32_accumulate(a, b):
@@ -81,17 +92,20 @@ def main(argv):
         exact = forward(x.astype(np.float64), w_q.astype(np.float64), w_k.astype(np.float64),
                         omega.astype(np.float64), None, grids, KEEP,
                         reduction_product=exact_reduction)
-        for label, product in [("f32 accumulate", f32_accumulate),
-                               ("f16 accumulate", f16_accumulate)]:
+        ways = [("f32 sums", f32_accumulate, f32_accumulate),
+                ("f16-acc", f32_accumulate, f16_runs)]
+        if "--unblocked" in argv:
+            ways.append(("f16 sums", f16_sum, f16_sum))
+        for label, keys, product in ways:
 
             def reduction(p, x):
                 seen["p"] = p
                 return product(p, x)
 
             start = time.time()
-            y = forward(x, w_q, w_k, omega, None, grids, KEEP, keys_product=product,
+            y = forward(x, w_q, w_k, omega, None, grids, KEEP, keys_product=keys,
                         reduction_product=reduction)
-            print(f"{name:14} {label}: Y error {relative(y, exact):.2e}, P error "
+            print(f"{name:14} {label:9}: Y error {relative(y, exact):.2e}, P error "
                   f"{relative(seen['p'], seen['exact']):.2e} ({time.time() - start:.0f} s)",
                   flush=True)
 

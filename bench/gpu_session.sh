@@ -21,4 +21,5 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$ou
 # Register-tiled and shared-memory kernels, each with split-K as chosen (auto) and without.
 "$bin" bench --workload all --backend vulkan --shared --split-k auto,off --runs 20 --json "$out/metacompress-f32.json" | tee "$out/metacompress-f32.txt"
 "$bin" bench --workload all --backend vulkan --shared --split-k auto,off --precision f16 --runs 20 --json "$out/metacompress-f16.json" | tee "$out/metacompress-f16.txt"
+"$bin" bench --workload all --backend vulkan --skip-naive --precision f16-acc --runs 20 --json "$out/metacompress-f16-acc.json" | tee "$out/metacompress-f16-acc.txt"
 PYTHONUNBUFFERED=1 python3 bench/torch_forward.py --runs 20 --json "$out/torch.json" | tee "$out/torch.txt"

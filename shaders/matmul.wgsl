@@ -2,7 +2,9 @@
 // strides given by the host, so that B may be a row-major matrix or the transpose of one:
 // the projections Q' = Q_in w_q' and K = Xp w_k (SPEC 4, step 4), the scores S = Q' K^T or
 // S = (Q' w_k^T) Xp^T (step 5) and the reduction Y = P X (step 7). Sums in `acc`: f32, or
-// f16 in the f16-accumulate variant (precision f16-acc, for the keys and the reduction).
+// f16 in the f16-accumulate variant (precision f16-acc, for the reduction), where each run of
+// `acc_block` inner steps is summed in f16 and the runs' sums in f32, so that the rounding
+// error does not grow with the inner dimension (P X over thousands of tokens).
 // Rows of A are `lhs_row_stride` apart (A may be a block of columns of a wider matrix), and
 // with `accumulate` C += A B: an image too large for one binding is reduced token range by
 // token range, Y += P[:, range] X[range].
@@ -33,6 +35,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> rhs: array<rhs_elem>;
 @group(0) @binding(3) var<storage, read_write> out: array<out_elem>;
 
+// Inner steps summed in `acc` before joining the f32 total.
+const acc_block = 64u;
+
 override tile_columns: u32 = 32u;
 override tile_rows: u32 = 8u;
 
@@ -48,21 +53,24 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let lhs_row = image * params.lhs_batch_stride + row * params.lhs_row_stride;
     let rhs_base = image * params.rhs_batch_stride + column * params.rhs_column_stride;
-    var sum = acc(0.0);
-    for (var k = part.y; k < part.z; k++) {
-        sum += acc(lhs[lhs_row + k]) * acc(rhs[rhs_base + k * params.rhs_inner_stride]);
+    var total = 0.0;
+    var k = part.y;
+    while k < part.z {
+        let end = min(k + acc_block, part.z);
+        var sum = acc(0.0);
+        for (; k < end; k++) {
+            sum += acc(lhs[lhs_row + k]) * acc(rhs[rhs_base + k * params.rhs_inner_stride]);
+        }
+        total += f32(sum);
     }
     let at = id.z * params.out_batch_stride + row * params.columns + column;
-    if params.accumulate != 0u {
-        sum += acc(out[at]);
-    }
-    out[at] = out_elem(sum);
+    out[at] = with_previous(at, total);
 }
 
 // `value`, plus what C holds at `at` when accumulating.
-fn with_previous(at: u32, value: acc) -> out_elem {
+fn with_previous(at: u32, value: f32) -> out_elem {
     if params.accumulate != 0u {
-        return out_elem(value + acc(out[at]));
+        return out_elem(value + f32(out[at]));
     }
     return out_elem(value);
 }
@@ -117,33 +125,45 @@ fn main_tiled(
         rhs_base + min(first_column + 2u * lanes, last_column) * params.rhs_column_stride,
         rhs_base + min(first_column + 3u * lanes, last_column) * params.rhs_column_stride,
     );
-    var sum0 = vec4<acc>();
-    var sum1 = vec4<acc>();
-    var sum2 = vec4<acc>();
-    var sum3 = vec4<acc>();
+    var total0 = vec4<f32>();
+    var total1 = vec4<f32>();
+    var total2 = vec4<f32>();
+    var total3 = vec4<f32>();
     var rhs_offset = part.y * params.rhs_inner_stride;
-    for (var k = part.y; k < part.z; k++) {
-        let b = vec4<acc>(
-            acc(rhs[rhs_columns.x + rhs_offset]),
-            acc(rhs[rhs_columns.y + rhs_offset]),
-            acc(rhs[rhs_columns.z + rhs_offset]),
-            acc(rhs[rhs_columns.w + rhs_offset]),
-        );
-        sum0 += acc(lhs[lhs_rows.x + k]) * b;
-        sum1 += acc(lhs[lhs_rows.y + k]) * b;
-        sum2 += acc(lhs[lhs_rows.z + k]) * b;
-        sum3 += acc(lhs[lhs_rows.w + k]) * b;
-        rhs_offset += params.rhs_inner_stride;
+    var k = part.y;
+    while k < part.z {
+        let end = min(k + acc_block, part.z);
+        var sum0 = vec4<acc>();
+        var sum1 = vec4<acc>();
+        var sum2 = vec4<acc>();
+        var sum3 = vec4<acc>();
+        for (; k < end; k++) {
+            let b = vec4<acc>(
+                acc(rhs[rhs_columns.x + rhs_offset]),
+                acc(rhs[rhs_columns.y + rhs_offset]),
+                acc(rhs[rhs_columns.z + rhs_offset]),
+                acc(rhs[rhs_columns.w + rhs_offset]),
+            );
+            sum0 += acc(lhs[lhs_rows.x + k]) * b;
+            sum1 += acc(lhs[lhs_rows.y + k]) * b;
+            sum2 += acc(lhs[lhs_rows.z + k]) * b;
+            sum3 += acc(lhs[lhs_rows.w + k]) * b;
+            rhs_offset += params.rhs_inner_stride;
+        }
+        total0 += vec4<f32>(sum0);
+        total1 += vec4<f32>(sum1);
+        total2 += vec4<f32>(sum2);
+        total3 += vec4<f32>(sum3);
     }
-    store_row(group.z, first_row, first_column, sum0);
-    store_row(group.z, first_row + 1u, first_column, sum1);
-    store_row(group.z, first_row + 2u, first_column, sum2);
-    store_row(group.z, first_row + 3u, first_column, sum3);
+    store_row(group.z, first_row, first_column, total0);
+    store_row(group.z, first_row + 1u, first_column, total1);
+    store_row(group.z, first_row + 2u, first_column, total2);
+    store_row(group.z, first_row + 3u, first_column, total3);
 }
 
 // Writes the four columns (8 apart) of one row of a block, those that lie inside C, into
 // output slot `slot` (the image, or with split-K the image's piece).
-fn store_row(slot: u32, row: u32, first_column: u32, values: vec4<acc>) {
+fn store_row(slot: u32, row: u32, first_column: u32, values: vec4<f32>) {
     if row >= params.rows {
         return;
     }
@@ -186,26 +206,38 @@ fn main_vec4(
     let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, params.lhs_row_stride / 4u);
     var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u
         + part.y * columns4;
-    var sum0 = vec4<acc>();
-    var sum1 = vec4<acc>();
-    var sum2 = vec4<acc>();
-    var sum3 = vec4<acc>();
-    for (var k = part.y / 4u; k < part.z / 4u; k++) {
-        let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
-        let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
-        let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
-        let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
-        let b0 = vec4<acc>(rhs4[rhs_index]);
-        let b1 = vec4<acc>(rhs4[rhs_index + columns4]);
-        let b2 = vec4<acc>(rhs4[rhs_index + 2u * columns4]);
-        let b3 = vec4<acc>(rhs4[rhs_index + 3u * columns4]);
-        sum0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
-        sum1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
-        sum2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
-        sum3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
-        rhs_index += 4u * columns4;
+    var total0 = vec4<f32>();
+    var total1 = vec4<f32>();
+    var total2 = vec4<f32>();
+    var total3 = vec4<f32>();
+    var k = part.y / 4u;
+    while k < part.z / 4u {
+        let end = min(k + acc_block / 4u, part.z / 4u);
+        var sum0 = vec4<acc>();
+        var sum1 = vec4<acc>();
+        var sum2 = vec4<acc>();
+        var sum3 = vec4<acc>();
+        for (; k < end; k++) {
+            let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
+            let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
+            let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
+            let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
+            let b0 = vec4<acc>(rhs4[rhs_index]);
+            let b1 = vec4<acc>(rhs4[rhs_index + columns4]);
+            let b2 = vec4<acc>(rhs4[rhs_index + 2u * columns4]);
+            let b3 = vec4<acc>(rhs4[rhs_index + 3u * columns4]);
+            sum0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
+            sum1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
+            sum2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
+            sum3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+            rhs_index += 4u * columns4;
+        }
+        total0 += vec4<f32>(sum0);
+        total1 += vec4<f32>(sum1);
+        total2 += vec4<f32>(sum2);
+        total3 += vec4<f32>(sum3);
     }
-    store_block(group.z, first_row, first_column, sum0, sum1, sum2, sum3);
+    store_block(group.z, first_row, first_column, total0, total1, total2, total3);
 }
 
 // B given as B^T row-major (columns x inner): columns of B are read four k at a time.
@@ -231,25 +263,37 @@ fn main_vec4_transposed(
         rhs_base + min(first_column + 2u, last_column) * inner4,
         rhs_base + min(first_column + 3u, last_column) * inner4,
     );
-    var sum0 = vec4<acc>();
-    var sum1 = vec4<acc>();
-    var sum2 = vec4<acc>();
-    var sum3 = vec4<acc>();
-    for (var k = part.y / 4u; k < part.z / 4u; k++) {
-        let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
-        let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
-        let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
-        let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
-        let b0 = vec4<acc>(rhs4[rhs_columns.x + k]);
-        let b1 = vec4<acc>(rhs4[rhs_columns.y + k]);
-        let b2 = vec4<acc>(rhs4[rhs_columns.z + k]);
-        let b3 = vec4<acc>(rhs4[rhs_columns.w + k]);
-        sum0 += vec4<acc>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
-        sum1 += vec4<acc>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
-        sum2 += vec4<acc>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
-        sum3 += vec4<acc>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+    var total0 = vec4<f32>();
+    var total1 = vec4<f32>();
+    var total2 = vec4<f32>();
+    var total3 = vec4<f32>();
+    var k = part.y / 4u;
+    while k < part.z / 4u {
+        let end = min(k + acc_block / 4u, part.z / 4u);
+        var sum0 = vec4<acc>();
+        var sum1 = vec4<acc>();
+        var sum2 = vec4<acc>();
+        var sum3 = vec4<acc>();
+        for (; k < end; k++) {
+            let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
+            let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
+            let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
+            let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
+            let b0 = vec4<acc>(rhs4[rhs_columns.x + k]);
+            let b1 = vec4<acc>(rhs4[rhs_columns.y + k]);
+            let b2 = vec4<acc>(rhs4[rhs_columns.z + k]);
+            let b3 = vec4<acc>(rhs4[rhs_columns.w + k]);
+            sum0 += vec4<acc>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+            sum1 += vec4<acc>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+            sum2 += vec4<acc>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+            sum3 += vec4<acc>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+        }
+        total0 += vec4<f32>(sum0);
+        total1 += vec4<f32>(sum1);
+        total2 += vec4<f32>(sum2);
+        total3 += vec4<f32>(sum3);
     }
-    store_block(group.z, first_row, first_column, sum0, sum1, sum2, sum3);
+    store_block(group.z, first_row, first_column, total0, total1, total2, total3);
 }
 
 // Writes a 4 x 4 block of adjacent rows and columns, the part that lies inside C, into
@@ -258,12 +302,12 @@ fn store_block(
     slot: u32,
     first_row: u32,
     first_column: u32,
-    sum0: vec4<acc>,
-    sum1: vec4<acc>,
-    sum2: vec4<acc>,
-    sum3: vec4<acc>,
+    sum0: vec4<f32>,
+    sum1: vec4<f32>,
+    sum2: vec4<f32>,
+    sum3: vec4<f32>,
 ) {
-    let sums = array<vec4<acc>, 4>(sum0, sum1, sum2, sum3);
+    let sums = array<vec4<f32>, 4>(sum0, sum1, sum2, sum3);
     let rows = min(block, params.rows - first_row);
     let columns = min(block, params.columns - first_column);
     for (var r = 0u; r < rows; r++) {
@@ -301,6 +345,7 @@ fn main_shared(
     // B^T row-major: neighbouring lanes read neighbouring k; B row-major: neighbouring columns.
     let rhs_along_k = params.rhs_inner_stride == 1u;
     var sums: array<vec4<acc>, 4>;
+    var totals: array<vec4<f32>, 4>;
     for (var step = part.y; step < part.z; step += shared_step) {
         for (var t = 0u; t < 4u; t++) {
             let slot = lane + t * 256u;
@@ -336,6 +381,14 @@ fn main_shared(
                 sums[i] += shared_a[(local.y * 4u + i) * shared_step + k] * b;
             }
         }
+        // Every `acc_block` inner steps (and at the end), the sums join the f32 totals.
+        let last = step + shared_step >= part.z;
+        if last || (step - part.y) % acc_block == acc_block - shared_step {
+            for (var i = 0u; i < 4u; i++) {
+                totals[i] += vec4<f32>(sums[i]);
+                sums[i] = vec4<acc>();
+            }
+        }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
@@ -347,7 +400,7 @@ fn main_shared(
             let column = first_column + local.x + 16u * j;
             if column < params.columns {
                 let at = group.z * params.out_batch_stride + row * params.columns + column;
-                out[at] = with_previous(at, sums[i][j]);
+                out[at] = with_previous(at, totals[i][j]);
             }
         }
     }

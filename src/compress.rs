@@ -24,9 +24,11 @@ pub enum Precision {
     /// f16 storage of tokens, weights and intermediates (needs `SHADER_F16`); scores and `P`
     /// stay f32; every sum is f32.
     F16,
-    /// As `F16`, and the two products that write f16, the keys `K = X w_k` and the reduction
-    /// `Y = P X`, also sum in f16 (for GPUs whose f16 arithmetic is faster than f32). The
-    /// queries, the scores and the softmax stay f32 (a large omega would overflow f16 there).
+    /// As `F16`, and the reduction `Y = P X` sums in f16 (for GPUs whose f16 arithmetic is
+    /// faster than f32): runs of 64 tokens in f16, the runs' sums in f32, so that the error
+    /// does not grow with `n`. The keys, the queries, the scores and the softmax keep f32 sums:
+    /// omega multiplies whatever error the keys carry into the scores, and a large omega
+    /// would overflow f16 in the queries.
     F16Acc,
 }
 
@@ -39,7 +41,7 @@ impl Precision {
         }
     }
 
-    /// The type the keys and the reduction sum in.
+    /// The type the reduction sums in.
     pub fn accumulate(self) -> Elem {
         match self {
             Precision::F32 | Precision::F16 => Elem::F32,

@@ -107,7 +107,7 @@ fn matmul(lhs: Elem, rhs: Elem, out: Elem, acc: Elem) -> ShaderSource {
 impl KernelSources {
     /// The variants a forward pass at `precision` builds: tokens, weights and intermediates
     /// stored as the precision's element type; the scaled query weights, the queries, the
-    /// scores and `P` as f32. Sums are f32, except in the keys and the reduction at `f16-acc`.
+    /// scores and `P` as f32. Sums are f32, except in the reduction at `f16-acc`.
     pub fn for_precision(precision: Precision) -> Self {
         let elem = precision.elem();
         let acc = precision.accumulate();
@@ -116,7 +116,7 @@ impl KernelSources {
             position: with_prelude("position", POSITION, &[("elem", elem)]),
             pooling: with_prelude("pooling", POOLING, &[("elem", elem)]),
             queries: matmul(elem, Elem::F32, Elem::F32, Elem::F32),
-            keys: matmul(elem, elem, elem, acc),
+            keys: matmul(elem, elem, elem, Elem::F32),
             scores: matmul(Elem::F32, elem, Elem::F32, Elem::F32),
             softmax: with_prelude("softmax", SOFTMAX, &[]),
             reduction: matmul(Elem::F32, elem, elem, acc),

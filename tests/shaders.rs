@@ -129,11 +129,11 @@ fn f16_variants_enable_f16_and_f32_variants_do_not() {
             );
         }
     }
-    // f16-acc sums the keys and the reduction in f16, nothing else.
+    // f16-acc sums the reduction in f16, nothing else.
     let sources = KernelSources::for_precision(Precision::F16Acc);
     for (source, f16_sums) in [
         (&sources.queries, false),
-        (&sources.keys, true),
+        (&sources.keys, false),
         (&sources.scores, false),
         (&sources.reduction, true),
     ] {
