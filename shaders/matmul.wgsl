@@ -75,6 +75,13 @@ fn with_previous(at: u32, value: f32) -> out_elem {
     return out_elem(value);
 }
 
+// Adds a run's sums (rows of a 4 x 4 block) to the f32 totals.
+fn add_run(totals: ptr<function, array<vec4<f32>, 4>>, sums: array<vec4<acc>, 4>) {
+    for (var i = 0u; i < 4u; i++) {
+        (*totals)[i] += vec4<f32>(sums[i]);
+    }
+}
+
 // The image and the inner range [x, y) of workgroup z's piece.
 fn piece(z: u32) -> vec3<u32> {
     let first = (z % params.splits) * params.split_length;
@@ -206,17 +213,11 @@ fn main_vec4(
     let lhs_rows = block_rows(image, params.lhs_batch_stride / 4u, first_row, params.lhs_row_stride / 4u);
     var rhs_index = image * params.rhs_batch_stride / 4u + first_column / 4u
         + part.y * columns4;
-    var total0 = vec4<f32>();
-    var total1 = vec4<f32>();
-    var total2 = vec4<f32>();
-    var total3 = vec4<f32>();
+    var totals: array<vec4<f32>, 4>;
     var k = part.y / 4u;
     while k < part.z / 4u {
         let end = min(k + acc_block / 4u, part.z / 4u);
-        var sum0 = vec4<acc>();
-        var sum1 = vec4<acc>();
-        var sum2 = vec4<acc>();
-        var sum3 = vec4<acc>();
+        var sums: array<vec4<acc>, 4>;
         for (; k < end; k++) {
             let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
             let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
@@ -226,18 +227,15 @@ fn main_vec4(
             let b1 = vec4<acc>(rhs4[rhs_index + columns4]);
             let b2 = vec4<acc>(rhs4[rhs_index + 2u * columns4]);
             let b3 = vec4<acc>(rhs4[rhs_index + 3u * columns4]);
-            sum0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
-            sum1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
-            sum2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
-            sum3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+            sums[0] += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
+            sums[1] += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
+            sums[2] += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
+            sums[3] += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
             rhs_index += 4u * columns4;
         }
-        total0 += vec4<f32>(sum0);
-        total1 += vec4<f32>(sum1);
-        total2 += vec4<f32>(sum2);
-        total3 += vec4<f32>(sum3);
+        add_run(&totals, sums);
     }
-    store_block(group.z, first_row, first_column, total0, total1, total2, total3);
+    store_block(group.z, first_row, first_column, totals);
 }
 
 // B given as B^T row-major (columns x inner): columns of B are read four k at a time.
@@ -263,17 +261,11 @@ fn main_vec4_transposed(
         rhs_base + min(first_column + 2u, last_column) * inner4,
         rhs_base + min(first_column + 3u, last_column) * inner4,
     );
-    var total0 = vec4<f32>();
-    var total1 = vec4<f32>();
-    var total2 = vec4<f32>();
-    var total3 = vec4<f32>();
+    var totals: array<vec4<f32>, 4>;
     var k = part.y / 4u;
     while k < part.z / 4u {
         let end = min(k + acc_block / 4u, part.z / 4u);
-        var sum0 = vec4<acc>();
-        var sum1 = vec4<acc>();
-        var sum2 = vec4<acc>();
-        var sum3 = vec4<acc>();
+        var sums: array<vec4<acc>, 4>;
         for (; k < end; k++) {
             let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
             let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
@@ -283,31 +275,19 @@ fn main_vec4_transposed(
             let b1 = vec4<acc>(rhs4[rhs_columns.y + k]);
             let b2 = vec4<acc>(rhs4[rhs_columns.z + k]);
             let b3 = vec4<acc>(rhs4[rhs_columns.w + k]);
-            sum0 += vec4<acc>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
-            sum1 += vec4<acc>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
-            sum2 += vec4<acc>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
-            sum3 += vec4<acc>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+            sums[0] += vec4<acc>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+            sums[1] += vec4<acc>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+            sums[2] += vec4<acc>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+            sums[3] += vec4<acc>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
         }
-        total0 += vec4<f32>(sum0);
-        total1 += vec4<f32>(sum1);
-        total2 += vec4<f32>(sum2);
-        total3 += vec4<f32>(sum3);
+        add_run(&totals, sums);
     }
-    store_block(group.z, first_row, first_column, total0, total1, total2, total3);
+    store_block(group.z, first_row, first_column, totals);
 }
 
 // Writes a 4 x 4 block of adjacent rows and columns, the part that lies inside C, into
 // output slot `slot`.
-fn store_block(
-    slot: u32,
-    first_row: u32,
-    first_column: u32,
-    sum0: vec4<f32>,
-    sum1: vec4<f32>,
-    sum2: vec4<f32>,
-    sum3: vec4<f32>,
-) {
-    let sums = array<vec4<f32>, 4>(sum0, sum1, sum2, sum3);
+fn store_block(slot: u32, first_row: u32, first_column: u32, sums: array<vec4<f32>, 4>) {
     let rows = min(block, params.rows - first_row);
     let columns = min(block, params.columns - first_column);
     for (var r = 0u; r < rows; r++) {
@@ -384,10 +364,8 @@ fn main_shared(
         // Every `acc_block` inner steps (and at the end), the sums join the f32 totals.
         let last = step + shared_step >= part.z;
         if last || (step - part.y) % acc_block == acc_block - shared_step {
-            for (var i = 0u; i < 4u; i++) {
-                totals[i] += vec4<f32>(sums[i]);
-                sums[i] = vec4<acc>();
-            }
+            add_run(&totals, sums);
+            sums = array<vec4<acc>, 4>();
         }
         workgroupBarrier();
     }
