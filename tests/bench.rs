@@ -81,6 +81,8 @@ fn bench_on_the_gpu_reports_tuned_and_naive_as_json() {
         "--batch",
         "2",
         "--shared",
+        "--split-k",
+        "auto,3",
     ]);
     assert_eq!(report["device"]["name"], context.adapter.name.as_str());
     assert_eq!(report["batch"], 2);
@@ -100,19 +102,41 @@ fn bench_on_the_gpu_reports_tuned_and_naive_as_json() {
         .iter()
         .map(|v| v["variant"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["tuned", "shared", "naive"]);
+    assert_eq!(names, ["tuned", "tuned", "shared", "shared", "naive"]);
+    // Each split-K policy is a variant of its own; auto is off on a software adapter.
+    let auto = match context.is_software() {
+        true => "off (auto: software adapter)",
+        false => "auto",
+    };
+    let splits: Vec<&str> = variants
+        .iter()
+        .map(|v| v["split_k"].as_str().unwrap())
+        .collect();
+    assert_eq!(splits, [auto, "3", auto, "3", "off"]);
     // The tiny workload has fewer queries than channels: the tuned kernels fold w_k into the
     // queries; the naive ones go through the keys.
-    assert_eq!(variants[0]["association"], "tokens");
-    assert_eq!(variants[1]["association"], "tokens");
-    assert_eq!(variants[2]["association"], "keys");
+    for variant in &variants[..4] {
+        assert_eq!(variant["association"], "tokens");
+    }
+    assert_eq!(variants[4]["association"], "keys");
     let common = ["pooling", "queries", "position"];
     let tail = ["softmax", "reduction"];
     let tuned: Vec<&str> = [&common[..], &["fold_w_k", "scores"], &tail[..]].concat();
     let naive: Vec<&str> = [&common[..], &["keys", "scores"], &tail[..]].concat();
+    // In 3 pieces the queries and the scores (inner dimension d = 75) each add a sum pass,
+    // merged into one step; fold_w_k's inner dimension (d_c = 75) splits too.
+    let split: Vec<&str> = [
+        &common[..2],
+        &["split_sum", "position", "fold_w_k", "scores"],
+        &tail[..],
+    ]
+    .concat();
+    // Auto leaves them whole (pieces of at least 256 on hardware, none on software).
     check_variant(&variants[0], &tuned);
-    check_variant(&variants[1], &tuned);
-    check_variant(&variants[2], &naive);
+    check_variant(&variants[1], &split);
+    check_variant(&variants[2], &tuned);
+    check_variant(&variants[3], &split);
+    check_variant(&variants[4], &naive);
     assert!(workload["speedup_over_naive"].as_f64().unwrap() > 0.0);
 }
 
@@ -139,6 +163,11 @@ fn bench_refuses_bad_flags_in_one_line() {
         (
             &["--workload", "tiny", "--backend", "reference"][..],
             "reference",
+        ),
+        (&["--workload", "tiny", "--split-k", "0"][..], "\"0\""),
+        (
+            &["--workload", "tiny", "--split-k", "auto,65"][..],
+            "\"65\"",
         ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_metacompress"))
