@@ -9,7 +9,9 @@ use common::{features, gpu, grid, relative_error, seeded, weights};
 use metacompress::compare::{fidelity, sizes};
 use metacompress::methods::{check_attention, projection, Method, Request, Runner};
 use metacompress::pictures::{write_pictures, UNUSED};
-use metacompress::{reference, Backend, Features, Keep, Layout, Options, Precision, Queries};
+use metacompress::{
+    reference, Backend, Features, Keep, Layout, Options, Precision, Queries, SplitK,
+};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -592,6 +594,17 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
             .collect();
         let error = relative_error(&whole.tokens, &expected);
         assert!(error <= 1e-4, "{what}: f32 error {error}");
+        // Split-K: the product cut along n into 3 pieces, summed after (n >= 32 here).
+        assert!(n >= 33, "{what}: n {n} too short to split");
+        let split = Options {
+            split_k: SplitK::Pieces(3),
+            ..chunked
+        };
+        let pieces = runner.run(method, &request, &split).unwrap();
+        let error = relative_error(&pieces.tokens, &expected);
+        assert!(error <= 1e-4, "{what}: split-K error {error}");
+        // (Pool and ToMe rows weigh few tokens, so the pieces' sums may well give the same
+        // bits as the whole product: only the error is checked.)
         // One image alone past the binding is refused, naming the buffer.
         let too_small = Options {
             max_binding_bytes: Some((n * d * 4 - 4) as u64),
@@ -603,10 +616,12 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
             .to_string();
         assert!(refusal.contains("features need"), "{what}: {refusal}");
         if context.has_f16() {
-            let half = Runner::on_context(None, context.clone(), Precision::F16).unwrap();
-            let result = half.run(method, &request, &options).unwrap();
-            let error = relative_error(&result.tokens, &expected);
-            assert!(error <= 1e-2, "{what}: f16 error {error}");
+            for precision in [Precision::F16, Precision::F16Acc] {
+                let half = Runner::on_context(None, context.clone(), precision).unwrap();
+                let result = half.run(method, &request, &options).unwrap();
+                let error = relative_error(&result.tokens, &expected);
+                assert!(error <= 1e-2, "{what}: {precision:?} error {error}");
+            }
         }
     }
 }

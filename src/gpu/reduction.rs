@@ -8,7 +8,7 @@ use super::buffers::{storage_output, storage_with};
 use super::forward::scoped;
 use super::memory::Ledger;
 use super::GpuContext;
-use crate::compress::{Options, Precision};
+use crate::compress::{Options, Precision, SplitK};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
 use crate::kernels::{Passes, Slice, Step};
@@ -28,9 +28,11 @@ impl GpuReduction {
     pub fn new(context: GpuContext, precision: Precision) -> Result<Self> {
         context.check_alive()?;
         context.check_precision(precision)?;
-        let source = KernelSources::for_precision(precision).reduction;
+        let sources = KernelSources::for_precision(precision);
+        // Split-K writes f32 partial products: only where Y is f32.
+        let split_sum = (precision == Precision::F32).then_some(&sources.split_sum);
         let matmul = scoped(&context.device, "building the reduction kernel", || {
-            Matmul::new(&context.device, &source, None)
+            Matmul::new(&context.device, &sources.reduction, split_sum)
         })?;
         Ok(GpuReduction {
             context,
@@ -53,7 +55,8 @@ impl GpuReduction {
     /// `Y` (`b x m x d`, widened to f32) for `projection` (`b x m x n`) and `features`.
     /// Images go in chunks whose `X`, `P` and `Y` each fit one storage binding (the device's,
     /// or `options.max_binding_bytes` when lower); an image that alone passes it is refused
-    /// before any device work. `options.poison` starts `Y` as NaN.
+    /// before any device work. `options.poison` starts `Y` as NaN; `options.split_k` cuts the
+    /// product along `n` as in the forward pass (f32 only).
     pub fn reduce(
         &self,
         features: &Features,
@@ -124,12 +127,28 @@ impl GpuReduction {
                     accumulate: false,
                     splits: 1,
                 };
+                let policy = match self.precision {
+                    Precision::F32 => options.split_k.resolve(self.context.is_software()),
+                    _ => SplitK::Off,
+                };
+                let product = product.split(policy, MatmulVariant::Tiled, limit);
                 let step = Step {
                     name: "reduce",
                     flops: product.flops(),
                     bytes: product.bytes(4, e, e),
                 };
                 let mut passes = Passes::new(device, &self.context.queue, &self.ledger, false);
+                let scratch = product.scratch_elements() * 4;
+                if scratch > 0 {
+                    passes.set_split_scratch(storage_output(
+                        &self.ledger,
+                        device,
+                        "split-K partial products",
+                        scratch,
+                        wgpu::BufferUsages::empty(),
+                        poison,
+                    ));
+                }
                 self.matmul.encode(
                     &mut passes,
                     step,
