@@ -1,5 +1,6 @@
 // P[i, :] = softmax(S[i, :]) over query i's key range, computed stably (subtract the row
-// maximum), exactly 0 outside the range (SPEC 4, step 6). In place, one workgroup per row.
+// maximum), exactly 0 outside the range (SPEC 4, step 6). In place, one workgroup per row:
+// one read of the row for the largest score and the sum (an online softmax), one to write P.
 
 struct Params {
     rows: u32,    // batch * queries
@@ -12,21 +13,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> scores: array<f32>;
 
 const workgroup_size = 256u;
-var<workgroup> partial: array<f32, workgroup_size>;
+var<workgroup> partial_largest: array<f32, workgroup_size>;
+var<workgroup> partial_sum: array<f32, workgroup_size>;
 
-// Combines `partial` across the workgroup with `max` (largest) or `+` (not largest).
-fn reduce(lane: u32, largest: bool) -> f32 {
-    for (var stride = workgroup_size / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lane < stride {
-            let other = partial[lane + stride];
-            partial[lane] = select(partial[lane] + other, max(partial[lane], other), largest);
-        }
-    }
-    workgroupBarrier();
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
+// The running (largest, sum of exp(s - largest)) of one set of scores joined with another's
+// (online softmax): the sum with the smaller largest is rescaled to the larger one.
+fn join(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let largest = max(a.x, b.x);
+    return vec2<f32>(largest, a.y * exp(a.x - largest) + b.y * exp(b.x - largest));
 }
 
 @compute @workgroup_size(workgroup_size)
@@ -40,19 +34,28 @@ fn main(@builtin(local_invocation_index) lane: u32,
     let range = key_ranges[row % params.queries];
     let base = row * params.tokens;
 
-    var largest = -3.0e38;
+    // One read of the row: each lane's largest score and sum of exponentials, rescaled
+    // whenever a larger score turns up. A lane with no scores holds (-3e38, 0).
+    var own = vec2<f32>(-3.0e38, 0.0);
     for (var j = range.x + lane; j < range.y; j += workgroup_size) {
-        largest = max(largest, scores[base + j]);
+        own = join(own, vec2<f32>(scores[base + j], 1.0));
     }
-    partial[lane] = largest;
-    largest = reduce(lane, true);
-
-    var sum = 0.0;
-    for (var j = range.x + lane; j < range.y; j += workgroup_size) {
-        sum += exp(scores[base + j] - largest);
+    partial_largest[lane] = own.x;
+    partial_sum[lane] = own.y;
+    for (var stride = workgroup_size / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if lane < stride {
+            let joined = join(
+                vec2<f32>(partial_largest[lane], partial_sum[lane]),
+                vec2<f32>(partial_largest[lane + stride], partial_sum[lane + stride]),
+            );
+            partial_largest[lane] = joined.x;
+            partial_sum[lane] = joined.y;
+        }
     }
-    partial[lane] = sum;
-    sum = reduce(lane, false);
+    workgroupBarrier();
+    let largest = partial_largest[0];
+    let sum = partial_sum[0];
 
     for (var j = lane; j < params.tokens; j += workgroup_size) {
         var weight = 0.0;
