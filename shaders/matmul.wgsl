@@ -196,6 +196,16 @@ fn store_row(slot: u32, row: u32, first_column: u32, values: vec4<f32>) {
 @group(0) @binding(1) var<storage, read> lhs4: array<vec4<lhs_elem>>;
 @group(0) @binding(2) var<storage, read> rhs4: array<vec4<rhs_elem>>;
 
+// Four k (vec4 element k) of each of the block's four rows of A, starting at `rows`.
+fn lhs_block(rows: vec4<u32>, k: u32) -> array<vec4<acc>, 4> {
+    return array<vec4<acc>, 4>(
+        vec4<acc>(lhs4[rows.x + k]),
+        vec4<acc>(lhs4[rows.y + k]),
+        vec4<acc>(lhs4[rows.z + k]),
+        vec4<acc>(lhs4[rows.w + k]),
+    );
+}
+
 // B row-major: rows k of B are read four columns at a time.
 @compute @workgroup_size(8, 8)
 fn main_vec4(
@@ -219,18 +229,15 @@ fn main_vec4(
         let end = min(k + acc_block / 4u, part.z / 4u);
         var sums: array<vec4<acc>, 4>;
         for (; k < end; k++) {
-            let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
-            let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
-            let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
-            let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
+            let a = lhs_block(lhs_rows, k);
             let b0 = vec4<acc>(rhs4[rhs_index]);
             let b1 = vec4<acc>(rhs4[rhs_index + columns4]);
             let b2 = vec4<acc>(rhs4[rhs_index + 2u * columns4]);
             let b3 = vec4<acc>(rhs4[rhs_index + 3u * columns4]);
-            sums[0] += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
-            sums[1] += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
-            sums[2] += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
-            sums[3] += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+            sums[0] += a[0].x * b0 + a[0].y * b1 + a[0].z * b2 + a[0].w * b3;
+            sums[1] += a[1].x * b0 + a[1].y * b1 + a[1].z * b2 + a[1].w * b3;
+            sums[2] += a[2].x * b0 + a[2].y * b1 + a[2].z * b2 + a[2].w * b3;
+            sums[3] += a[3].x * b0 + a[3].y * b1 + a[3].z * b2 + a[3].w * b3;
             rhs_index += 4u * columns4;
         }
         add_run(&totals, sums);
@@ -267,18 +274,15 @@ fn main_vec4_transposed(
         let end = min(k + acc_block / 4u, part.z / 4u);
         var sums: array<vec4<acc>, 4>;
         for (; k < end; k++) {
-            let a0 = vec4<acc>(lhs4[lhs_rows.x + k]);
-            let a1 = vec4<acc>(lhs4[lhs_rows.y + k]);
-            let a2 = vec4<acc>(lhs4[lhs_rows.z + k]);
-            let a3 = vec4<acc>(lhs4[lhs_rows.w + k]);
+            let a = lhs_block(lhs_rows, k);
             let b0 = vec4<acc>(rhs4[rhs_columns.x + k]);
             let b1 = vec4<acc>(rhs4[rhs_columns.y + k]);
             let b2 = vec4<acc>(rhs4[rhs_columns.z + k]);
             let b3 = vec4<acc>(rhs4[rhs_columns.w + k]);
-            sums[0] += vec4<acc>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
-            sums[1] += vec4<acc>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
-            sums[2] += vec4<acc>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
-            sums[3] += vec4<acc>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+            sums[0] += vec4<acc>(dot(a[0], b0), dot(a[0], b1), dot(a[0], b2), dot(a[0], b3));
+            sums[1] += vec4<acc>(dot(a[1], b0), dot(a[1], b1), dot(a[1], b2), dot(a[1], b3));
+            sums[2] += vec4<acc>(dot(a[2], b0), dot(a[2], b1), dot(a[2], b2), dot(a[2], b3));
+            sums[3] += vec4<acc>(dot(a[3], b0), dot(a[3], b1), dot(a[3], b2), dot(a[3], b3));
         }
         add_run(&totals, sums);
     }
