@@ -112,6 +112,10 @@ struct DeviceArgs {
     /// Use the adapter whose name contains NAME (any case).
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
+    /// Split-K on the GPU: auto (cut skinny products on hardware adapters, never on
+    /// software ones), off, or a piece count.
+    #[arg(long, default_value = "auto", value_name = "auto|off|N")]
+    split_k: SplitK,
 }
 
 #[derive(clap::Args)]
@@ -345,6 +349,7 @@ fn compress(args: CompressArgs) -> Result<()> {
         keep,
         scope,
         save_projection: args.save_projection,
+        split_k: args.device.split_k,
         ..Options::default()
     };
     let started = Instant::now();
@@ -440,6 +445,7 @@ fn compare(args: CompareArgs) -> Result<()> {
     let options = Options {
         keep,
         scope: args.scope,
+        split_k: args.device.split_k,
         ..Options::default()
     };
     let (report, results) = compare::compare(&runner, &request, &options, &probes, &source)?;

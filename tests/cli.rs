@@ -112,18 +112,22 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
         Scope::Grid,
     );
 
+    // Each backend, and the GPU once more with its products cut in 2 pieces (n = 32).
     let mut backends = vec![
-        "cpu".to_string(),
-        "reference".to_string(),
-        "auto".to_string(),
+        ("cpu".to_string(), "auto"),
+        ("reference".to_string(), "auto"),
+        ("auto".to_string(), "auto"),
     ];
     if let Some(context) = gpu() {
-        backends.push(context.adapter.backend.clone());
+        backends.push((context.adapter.backend.clone(), "auto"));
+        backends.push((context.adapter.backend.clone(), "2"));
     }
-    for backend in backends.iter().map(String::as_str) {
-        let output = dir.join(format!("out-{backend}.safetensors"));
+    for (backend, split_k) in backends.iter().map(|(b, s)| (b.as_str(), *s)) {
+        let output = dir.join(format!("out-{backend}-{split_k}.safetensors"));
         let out = run(&[
             "compress",
+            "--split-k",
+            split_k,
             "--weights",
             path(&weights_path),
             "--input",
@@ -510,6 +514,12 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
             args: compress(&good_input, &weights, &["--keep", "lots"]),
             code: 2,
             says: &["lots", "--keep"],
+        },
+        Bad {
+            what: "split-K zero pieces",
+            args: compress(&good_input, &weights, &["--split-k", "0"]),
+            code: 2,
+            says: &["--split-k", "\"0\"", "auto, off or a piece count"],
         },
         Bad {
             what: "reduction one",
