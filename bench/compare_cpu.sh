@@ -32,3 +32,14 @@ measure "metacompress --backend cpu" "$binary" compress --weights "$work/pmeta.s
     --input "$work/next.safetensors" --output "$work/mc.safetensors" --backend cpu
 measure "numpy (float32, OpenBLAS)" python3 bench/numpy_forward.py compress \
     "$work/pmeta.safetensors" "$work/next.safetensors" "$work/np.safetensors"
+# The two are independent implementations of SPEC 4: their tokens must agree.
+python3 - "$work/mc.safetensors" "$work/np.safetensors" <<'PY'
+import sys
+import numpy as np
+sys.path.insert(0, "bench")
+from numpy_forward import read_safetensors
+ours, theirs = (read_safetensors(path)[0]["tokens"].reshape(-1) for path in sys.argv[1:])
+difference = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+print(f"tokens: metacompress against numpy, relative difference {difference:.2e}")
+sys.exit(0 if difference < 1e-4 else 1)
+PY

@@ -10,8 +10,10 @@ columns, omega = 1, a 24x24 position table; features standard-normal). For each 
 each of f32 (TF32 off, so the products are true f32), f32-tf32 (TF32 on, labelled) and bf16
 (features, weights and intermediates in bf16, softmax in f32), the median and spread of --runs timed forwards after
 --warmup untimed ones, features already on the device. The scores take the cheaper
-association for the shape, as metacompress does. A float64 check of the f32 result on the
-first workload guards the timing against a wrong forward.
+association for the shape, as metacompress does. On the first workload, the f32 result is
+checked against float64 and the float64 one against bench/numpy_forward.py (whose tokens
+bench/compare_cpu.sh checks against metacompress's), so a wrong forward is not timed. First
+run (CPU, --device cpu, torch 2.15.0): see BENCHMARKS.md.
 """
 import argparse
 import json
@@ -80,11 +82,26 @@ def inputs(name, dc, device, dtype, seed=0):
 
 
 def check(name, dc, keep):
-    """Relative error of the f32 forward against float64 on the CPU."""
+    """Relative errors on the CPU of this forward in f32 against itself in float64, and of
+    itself in float64 against bench/numpy_forward.py (an independent implementation, whose
+    tokens bench/compare_cpu.sh checks against metacompress's; it rounds its resize
+    weights to f32, hence about 1e-7)."""
+    import os
+    import sys
     grids, x, w_q, w_k, omega, pos = inputs(name, dc, "cpu", torch.float32)
     y = forward(x, w_q, w_k, omega, pos, grids, keep).double()
     ref = forward(x.double(), w_q.double(), w_k.double(), omega.double(), pos.double(), grids, keep)
-    return float((y - ref).norm() / ref.norm())
+    relative = lambda a, b: float((a - b).norm() / b.norm())
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import numpy_forward
+    except ImportError as error:  # numpy missing: say so, time anyway
+        print(f"no check against bench/numpy_forward.py: {error}")
+        return relative(y, ref), None
+    other = torch.from_numpy(numpy_forward.forward(
+        x.double().numpy(), w_q.double().numpy(), w_k.double().numpy(), omega.double().numpy(),
+        pos.double().numpy(), [list(g) for g in grids], keep))
+    return relative(y, ref), relative(ref, other)
 
 
 def time_forward(name, dc, keep, device, dtype, runs, warmup):
@@ -125,11 +142,16 @@ def main():
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     torch.backends.cuda.matmul.allow_tf32 = False
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    precision_error, numpy_difference = check(names[0], args.dc, args.keep)
     report = {"device": device_name, "torch": torch.__version__, "keep": args.keep,
-              "dc": args.dc, "f32_error_vs_float64": check(names[0], args.dc, args.keep),
-              "results": []}
+              "dc": args.dc, "f32_error_vs_float64": precision_error,
+              "float64_vs_numpy_forward": numpy_difference, "results": []}
     print(f"torch {torch.__version__} on {device_name}; keep {args.keep}, d_c {args.dc}; "
-          f"f32 vs float64 on {names[0]}: {report['f32_error_vs_float64']:.2e}")
+          f"on {names[0]}: f32 vs float64 {precision_error:.2e}, float64 vs "
+          f"numpy_forward.py "
+          f"{'not checked' if numpy_difference is None else f'{numpy_difference:.2e}'}")
+    if numpy_difference is not None and numpy_difference > 1e-5:
+        raise SystemExit("this forward disagrees with bench/numpy_forward.py: fix it first")
     for name in names:
         for label, dtype, tf32 in [("f32", torch.float32, False),
                                    ("f32-tf32", torch.float32, True),
