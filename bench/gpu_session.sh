@@ -23,3 +23,5 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$ou
 "$bin" bench --workload all --backend vulkan --shared --split-k auto,off --precision f16 --runs 20 --json "$out/metacompress-f16.json" | tee "$out/metacompress-f16.txt"
 "$bin" bench --workload all --backend vulkan --skip-naive --precision f16-acc --runs 20 --json "$out/metacompress-f16-acc.json" | tee "$out/metacompress-f16-acc.txt"
 PYTHONUNBUFFERED=1 python3 bench/torch_forward.py --runs 20 --json "$out/torch.json" | tee "$out/torch.txt"
+python3 bench/side_by_side.py --bench "$out/metacompress-f32.json" --bench "$out/metacompress-f16.json" \
+    --bench "$out/metacompress-f16-acc.json" --torch "$out/torch.json" | tee "$out/side-by-side.txt"
