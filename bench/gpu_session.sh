@@ -6,7 +6,8 @@
 #   apt-get $o update; (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 #   cargo build --release
 # then run `bash bench/gpu_session.sh` there with carry [".gl", "target/release/metacompress"].
-# Results land in $OUT (metacompress bench JSON in f32 and f16, the PyTorch forward's JSON).
+# Results land in $OUT (metacompress bench JSON in f32, f16 and f16-acc, the PyTorch forward's
+# JSON, and side-by-side.txt, the table of all of them printed last).
 set -uo pipefail
 out="${OUT:-bench/results}"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
