@@ -75,7 +75,7 @@ fn with_previous(at: u32, value: f32) -> out_elem {
     return out_elem(value);
 }
 
-// Adds a run's sums (rows of a 4 x 4 block) to the f32 totals.
+// Adds a run's sums (the rows of a block) to the f32 totals.
 fn add_run(totals: ptr<function, array<vec4<f32>, 4>>, sums: array<vec4<acc>, 4>) {
     for (var i = 0u; i < 4u; i++) {
         (*totals)[i] += vec4<f32>(sums[i]);
@@ -132,18 +132,12 @@ fn main_tiled(
         rhs_base + min(first_column + 2u * lanes, last_column) * params.rhs_column_stride,
         rhs_base + min(first_column + 3u * lanes, last_column) * params.rhs_column_stride,
     );
-    var total0 = vec4<f32>();
-    var total1 = vec4<f32>();
-    var total2 = vec4<f32>();
-    var total3 = vec4<f32>();
+    var totals: array<vec4<f32>, 4>;
     var rhs_offset = part.y * params.rhs_inner_stride;
     var k = part.y;
     while k < part.z {
         let end = min(k + acc_block, part.z);
-        var sum0 = vec4<acc>();
-        var sum1 = vec4<acc>();
-        var sum2 = vec4<acc>();
-        var sum3 = vec4<acc>();
+        var sums: array<vec4<acc>, 4>;
         for (; k < end; k++) {
             let b = vec4<acc>(
                 acc(rhs[rhs_columns.x + rhs_offset]),
@@ -151,21 +145,17 @@ fn main_tiled(
                 acc(rhs[rhs_columns.z + rhs_offset]),
                 acc(rhs[rhs_columns.w + rhs_offset]),
             );
-            sum0 += acc(lhs[lhs_rows.x + k]) * b;
-            sum1 += acc(lhs[lhs_rows.y + k]) * b;
-            sum2 += acc(lhs[lhs_rows.z + k]) * b;
-            sum3 += acc(lhs[lhs_rows.w + k]) * b;
+            sums[0] += acc(lhs[lhs_rows.x + k]) * b;
+            sums[1] += acc(lhs[lhs_rows.y + k]) * b;
+            sums[2] += acc(lhs[lhs_rows.z + k]) * b;
+            sums[3] += acc(lhs[lhs_rows.w + k]) * b;
             rhs_offset += params.rhs_inner_stride;
         }
-        total0 += vec4<f32>(sum0);
-        total1 += vec4<f32>(sum1);
-        total2 += vec4<f32>(sum2);
-        total3 += vec4<f32>(sum3);
+        add_run(&totals, sums);
     }
-    store_row(group.z, first_row, first_column, total0);
-    store_row(group.z, first_row + 1u, first_column, total1);
-    store_row(group.z, first_row + 2u, first_column, total2);
-    store_row(group.z, first_row + 3u, first_column, total3);
+    for (var r = 0u; r < block; r++) {
+        store_row(group.z, first_row + r, first_column, totals[r]);
+    }
 }
 
 // Writes the four columns (8 apart) of one row of a block, those that lie inside C, into

@@ -6,7 +6,7 @@ use crate::gpu::memory::MemoryCount;
 use crate::gpu::plan::Group;
 use crate::gpu::resident::{GpuCompressed, GpuTokens};
 use crate::gpu::{GpuApi, GpuContext, GpuEngine};
-use crate::kernels::matmul::MatmulVariant;
+use crate::kernels::matmul::{MatmulVariant, MAX_PIECES};
 use crate::layout::{Keep, Layout, Queries, Scope};
 use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
@@ -188,9 +188,6 @@ impl std::str::FromStr for SplitK {
         }
     }
 }
-
-/// Most pieces a split-K product is cut into.
-pub const MAX_PIECES: u32 = 64;
 
 /// Which GPU kernels a call runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

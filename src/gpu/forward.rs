@@ -838,7 +838,8 @@ impl GpuEngine {
     }
 
     /// Records `Q' = pool(E) w_q' + Q_in w_q'` for the images of `queries`: the table's term
-    /// (the same for every image) copied in, then the product added to it.
+    /// (the same for every image) copied in, then the product (which accumulates when there
+    /// is a table) added to it.
     fn encode_queries(
         &self,
         passes: &mut Passes,
@@ -852,16 +853,12 @@ impl GpuEngine {
                 .encoder
                 .copy_buffer_to_buffer(term, 0, &buffers.query, 0, Some(bytes));
         }
-        let queries = Product {
-            accumulate: self.weights.table.is_some(),
-            ..*queries
-        };
         let e = self.precision.size();
         self.kernels.queries.encode(
             passes,
-            product_step("queries", &queries, (e, 4, 4)),
+            product_step("queries", queries, (e, 4, 4)),
             matmul,
-            &queries,
+            queries,
             Slice::whole(&buffers.pooled),
             Slice::whole(&self.weights.w_q_scaled),
             Slice::whole(&buffers.query),
@@ -902,17 +899,8 @@ impl GpuEngine {
             offset: input.offset + (first * d * e) as u64,
             size: Some((count * d * e) as u64),
         };
-        let product = |rows: usize, columns: usize, inner: usize| Product {
-            batch: 1,
-            rows: rows as u32,
-            columns: columns as u32,
-            inner: inner as u32,
-            lhs_per_image: true,
-            rhs_per_image: true,
-            rhs_transposed: false,
-            lhs_row_stride: None,
-            accumulate: false,
-            splits: 1,
+        let product = |rows: usize, columns: usize, inner: usize| {
+            Product::new(1, rows as u32, columns as u32, inner as u32)
         };
         // Token ranges: Q_in = pool(X) (summed) and K = resize(T w_k) + X w_k.
         for (index, (first, tokens)) in pieces(n, split.tokens).enumerate() {
@@ -953,6 +941,7 @@ impl GpuEngine {
         // Q' = pool(E) w_q' + Q_in w_q' (whole).
         let queries = Product {
             rhs_per_image: false,
+            accumulate: w.table.is_some(),
             ..product(m, c, d)
         };
         self.encode_queries(passes, buffers, &queries, matmul);

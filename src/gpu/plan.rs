@@ -529,16 +529,8 @@ impl Products {
         splitting: &Splitting,
     ) -> Self {
         let shared_rhs = Product {
-            batch: shape.batch,
-            rows: shape.queries,
-            columns: shape.channels,
-            inner: shape.width,
-            lhs_per_image: true,
             rhs_per_image: false,
-            rhs_transposed: false,
-            lhs_row_stride: None,
-            accumulate: false,
-            splits: 1,
+            ..Product::new(shape.batch, shape.queries, shape.channels, shape.width)
         };
         let scores_over = |inner: u32| Product {
             columns: shape.tokens,

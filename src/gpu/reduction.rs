@@ -115,23 +115,15 @@ impl GpuReduction {
                     wgpu::BufferUsages::empty(),
                     poison,
                 );
-                let product = Product {
-                    batch: count as u32,
-                    rows: m as u32,
-                    columns: d as u32,
-                    inner: n as u32,
-                    lhs_per_image: true,
-                    rhs_per_image: true,
-                    rhs_transposed: false,
-                    lhs_row_stride: None,
-                    accumulate: false,
-                    splits: 1,
+                let policy = match self.matmul.can_split() {
+                    true => options.split_k.resolve(self.context.is_software()),
+                    false => SplitK::Off,
                 };
-                let policy = match self.precision {
-                    Precision::F32 => options.split_k.resolve(self.context.is_software()),
-                    _ => SplitK::Off,
-                };
-                let product = product.split(policy, MatmulVariant::Tiled, limit);
+                let product = Product::new(count as u32, m as u32, d as u32, n as u32).split(
+                    policy,
+                    MatmulVariant::Tiled,
+                    limit,
+                );
                 let step = Step {
                     name: "reduce",
                     flops: product.flops(),

@@ -4,12 +4,15 @@ use super::{
     dispatch, linear_groups, pipeline, pipeline_at, Passes, Slice, Step, LINEAR_WORKGROUP,
     MAX_GROUPS_PER_DIMENSION,
 };
-use crate::compress::{SplitK, MAX_PIECES};
+use crate::compress::SplitK;
 use crate::shaders::ShaderSource;
 
 /// Invocations `SplitK::Auto` cuts a product until it runs (a quarter of what an H100's 132
 /// multiprocessors hold at once; a heuristic, not yet measured on a GPU).
 pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
+
+/// Most pieces a split-K product is cut into.
+pub const MAX_PIECES: u32 = 64;
 
 /// Fewest inner elements a piece gets under `SplitK::Auto`.
 pub const MIN_AUTO_PIECE: u32 = 256;
@@ -155,6 +158,23 @@ pub struct Product {
 }
 
 impl Product {
+    /// `C = A B` for `batch` images with their own `A` and `B` (`B` row-major), overwriting
+    /// `C`, whole (no split-K): the other fields are set where a product differs.
+    pub fn new(batch: u32, rows: u32, columns: u32, inner: u32) -> Self {
+        Product {
+            batch,
+            rows,
+            columns,
+            inner,
+            lhs_per_image: true,
+            rhs_per_image: true,
+            rhs_transposed: false,
+            lhs_row_stride: None,
+            accumulate: false,
+            splits: 1,
+        }
+    }
+
     /// Workgroups along x, y and z for this product with `variant` (z: images times pieces).
     pub fn groups(&self, variant: MatmulVariant) -> [u32; 3] {
         let (columns, rows) = variant.tile();
@@ -280,6 +300,11 @@ impl Matmul {
         }
     }
 
+    /// Whether products of these element types may split (their output is f32).
+    pub fn can_split(&self) -> bool {
+        self.split_sum.is_some()
+    }
+
     /// Records `out = lhs rhs` (or `out += lhs rhs`) for every image of `product` as the
     /// step `step`. A split product (`splits > 1`) writes its partial products into the
     /// passes' split scratch, then adds them into `out` in a pass named `split_sum`.
@@ -381,16 +406,8 @@ mod tests {
     #[test]
     fn vec4_loads_only_where_the_shape_allows() {
         let product = |inner, columns, rhs_transposed| Product {
-            batch: 1,
-            rows: 7,
-            columns,
-            inner,
-            lhs_per_image: true,
-            rhs_per_image: true,
             rhs_transposed,
-            lhs_row_stride: None,
-            accumulate: false,
-            splits: 1,
+            ..Product::new(1, 7, columns, inner)
         };
         let tiled = MatmulVariant::Tiled;
         assert_eq!(product(12, 20, false).kernel(tiled), Kernel::Vec4);
@@ -406,16 +423,8 @@ mod tests {
 
     fn skinny(rows: u32, columns: u32, inner: u32) -> Product {
         Product {
-            batch: 1,
-            rows,
-            columns,
-            inner,
-            lhs_per_image: true,
-            rhs_per_image: true,
             rhs_transposed: true,
-            lhs_row_stride: None,
-            accumulate: false,
-            splits: 1,
+            ..Product::new(1, rows, columns, inner)
         }
     }
 
