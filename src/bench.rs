@@ -7,10 +7,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::{json, Value};
 
-use crate::compress::{Backend, Compressor, KernelVariant, Options, Precision, SplitK};
+use crate::compress::Compressor;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterReport, GpuContext};
 use crate::layout::{Grid, Keep, Layout};
+use crate::options::{Backend, KernelVariant, Options, Precision, SplitK};
 use crate::profile::Profile;
 use crate::tensor::Features;
 use crate::weights::PMeta;
@@ -308,7 +309,7 @@ pub fn run(
     }
     let context = open(config)?;
     let mut reports = Vec::new();
-    let mut device = String::from(crate::compress::CPU_DEVICE);
+    let mut device = String::from(crate::cpu::CPU_DEVICE);
     for workload in workloads {
         let layout = workload.layout()?;
         let channels = config.channels.unwrap_or(256.min(workload.width));

@@ -18,11 +18,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::cpu::multiply_f64;
+use crate::compress::Compressed;
 use crate::error::Result;
+use crate::host_math::multiply_f64;
 use crate::methods::{Method, Request, Runner};
+use crate::options::Options;
 use crate::tensor::Features;
-use crate::{Compressed, Options};
 
 /// The fidelity of one method's reduced tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

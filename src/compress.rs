@@ -1,284 +1,21 @@
 //! The compressor: weights checked once, a backend chosen once, any number of calls.
 
+use crate::backend::{open_backend, Opened, REFERENCE_DEVICE};
+use crate::cpu::{self, CpuWeights, CPU_DEVICE};
 use crate::error::{Error, Result};
-use crate::gpu::forward::{GpuOutput, PendingOutput};
+use crate::gpu::buffers::elem_values;
+use crate::gpu::context::GpuContext;
+use crate::gpu::engine::readback::PendingOutput;
+use crate::gpu::engine::{GpuEngine, GpuOutput};
 use crate::gpu::memory::MemoryCount;
 use crate::gpu::plan::Group;
-use crate::gpu::resident::{GpuCompressed, GpuTokens};
-use crate::gpu::{GpuApi, GpuContext, GpuEngine};
-use crate::kernels::matmul::{MatmulVariant, MAX_PIECES};
-use crate::layout::{Keep, Layout, Queries, Scope};
+use crate::gpu::resident::{GpuCompressed, GpuTokens, Tokens};
+use crate::layout::{Layout, Queries};
+use crate::options::{Backend, Elem, Options, Precision};
 use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
-use crate::shaders::Elem;
-use crate::tensor::{Features, HostTokens};
+use crate::tensor::Features;
 use crate::weights::PMeta;
-
-/// Storage precision of the GPU path. Arithmetic and the softmax are f32, except where
-/// `F16Acc` says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Precision {
-    /// f32 storage.
-    #[default]
-    F32,
-    /// f16 storage of tokens, weights and intermediates (needs `SHADER_F16`); scores and `P`
-    /// stay f32; every sum is f32.
-    F16,
-    /// As `F16`, and the reduction `Y = P X` sums in f16 (for GPUs whose f16 arithmetic is
-    /// faster than f32): runs of 64 tokens in f16, the runs' sums in f32, so that the error
-    /// does not grow with `n`. The keys, the queries, the scores and the softmax keep f32 sums:
-    /// omega multiplies whatever error the keys carry into the scores, and a large omega
-    /// would overflow f16 in the queries.
-    F16Acc,
-}
-
-impl Precision {
-    /// The element type kernels store.
-    pub fn elem(self) -> Elem {
-        match self {
-            Precision::F32 => Elem::F32,
-            Precision::F16 | Precision::F16Acc => Elem::F16,
-        }
-    }
-
-    /// The type the reduction sums in.
-    pub fn accumulate(self) -> Elem {
-        match self {
-            Precision::F32 | Precision::F16 => Elem::F32,
-            Precision::F16Acc => Elem::F16,
-        }
-    }
-
-    /// Bytes per stored element.
-    pub fn size(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::F16 | Precision::F16Acc => 2,
-        }
-    }
-
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-            Precision::F16Acc => "f16-acc",
-        }
-    }
-}
-
-/// Where the forward pass runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Backend {
-    /// A real GPU when there is one; the fast CPU path when the only adapters are software
-    /// ones (such as lavapipe, about 100 times slower than the CPU path), unless f16 or an
-    /// adapter by name is asked for.
-    #[default]
-    Auto,
-    /// Vulkan.
-    Vulkan,
-    /// Metal.
-    Metal,
-    /// Direct3D 12.
-    #[value(name = "dx12")]
-    Dx12,
-    /// OpenGL / GLES.
-    Gl,
-    /// The fast CPU path: f32, all cores, cache-blocked products.
-    Cpu,
-    /// The float64 reference of SPEC section 4: slow, for checking results.
-    Reference,
-}
-
-impl Backend {
-    /// The GPU API this backend opens (none for the CPU backends).
-    pub(crate) fn api(self) -> Option<GpuApi> {
-        match self {
-            Backend::Auto => Some(GpuApi::Any),
-            Backend::Vulkan => Some(GpuApi::Vulkan),
-            Backend::Metal => Some(GpuApi::Metal),
-            Backend::Dx12 => Some(GpuApi::Dx12),
-            Backend::Gl => Some(GpuApi::Gl),
-            Backend::Cpu | Backend::Reference => None,
-        }
-    }
-}
-
-/// Per-call options.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
-    /// Keep fraction `k` (default 0.1).
-    pub keep: Keep,
-    /// Softmax scope (default `image`).
-    pub scope: Scope,
-    /// Whether to hand back `P` as well as `Y`.
-    pub save_projection: bool,
-    /// Testing aid: fill every GPU buffer a kernel writes with NaN before the run, so an
-    /// element no kernel writes cannot pass for a right one.
-    pub poison: bool,
-    /// Which GPU kernels run: the tuned ones unless a benchmark or test asks for the v1
-    /// kernels.
-    pub kernels: KernelVariant,
-    /// How the scores are multiplied out (chosen by cost unless a test asks; the GPU and
-    /// the CPU path).
-    pub association: Association,
-    /// Whether to time each step (GPU timestamps where the device has them) and hand the
-    /// times back in `Compressed::profile`.
-    pub profile: bool,
-    /// A storage-binding limit lower than the device's, so that smaller inputs are cut into
-    /// chunks too (for tests of the chunked path); `None` uses the device's limit.
-    pub max_binding_bytes: Option<u64>,
-    /// Whether the GPU's matrix products cut their inner dimension into pieces (split-K).
-    pub split_k: SplitK,
-}
-
-/// Split-K: a matrix product with few output tiles and a long inner dimension (the queries
-/// `m x d_c` and the scores `m x n` over `d` = 4096, when `m` is 29-292) keeps only tens of
-/// workgroups busy on a GPU with thousands of cores; cut into pieces along the inner
-/// dimension, each piece's partial product runs in workgroups of its own and a second pass
-/// adds them up. Only for the products that write f32 (all of them in f32; the queries, the
-/// scores and `Q''` in f16); never for an image cut into token ranges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SplitK {
-    /// On hardware adapters, each product is cut until it runs about
-    /// `kernels::matmul::SPLIT_TARGET_INVOCATIONS` invocations, with at least
-    /// `kernels::matmul::MIN_AUTO_PIECE` inner elements a piece; on software adapters
-    /// (device type CPU, such as lavapipe), whose few cores any product keeps busy, never.
-    #[default]
-    Auto,
-    /// Never.
-    Off,
-    /// Into this many pieces wherever the inner dimension allows (pieces are multiples of 16
-    /// elements, so a short one gets fewer): for tests and benchmarks.
-    Pieces(u32),
-}
-
-impl SplitK {
-    /// What `Auto` means on an adapter that is (`software`) or is not a software one.
-    pub fn resolve(self, software: bool) -> Self {
-        match self {
-            SplitK::Auto if software => SplitK::Off,
-            other => other,
-        }
-    }
-
-    /// The name in reports: `auto`, `off` or the piece count.
-    pub fn name(self) -> String {
-        match self {
-            SplitK::Auto => "auto".into(),
-            SplitK::Off => "off".into(),
-            SplitK::Pieces(pieces) => pieces.to_string(),
-        }
-    }
-}
-
-impl std::str::FromStr for SplitK {
-    type Err = String;
-
-    fn from_str(text: &str) -> std::result::Result<Self, String> {
-        match text {
-            "auto" => Ok(SplitK::Auto),
-            "off" => Ok(SplitK::Off),
-            _ => match text.parse::<u32>() {
-                Ok(pieces) if (1..=MAX_PIECES).contains(&pieces) => Ok(SplitK::Pieces(pieces)),
-                _ => Err(format!(
-                    "split-K {text:?}: expected auto, off or a piece count from 1 to {MAX_PIECES}"
-                )),
-            },
-        }
-    }
-}
-
-/// Which GPU kernels a call runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum KernelVariant {
-    /// The v1 kernels: one output per invocation; with `Association::Auto`, the scores
-    /// through the keys. Kept as the yardstick benchmarks show the speed-up against.
-    Naive,
-    /// Register-tiled matrix products; with `Association::Auto`, the cheaper association.
-    #[default]
-    Tuned,
-    /// Matrix products tiled through workgroup memory (64 x 64 per workgroup), otherwise as
-    /// `Tuned`: the shape hardware GPUs favour, measured against `Tuned` by `bench --shared`.
-    Shared,
-}
-
-impl KernelVariant {
-    /// Both, for tests and benchmarks.
-    pub const ALL: [KernelVariant; 3] = [
-        KernelVariant::Naive,
-        KernelVariant::Tuned,
-        KernelVariant::Shared,
-    ];
-
-    /// The name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelVariant::Naive => "naive",
-            KernelVariant::Tuned => "tuned",
-            KernelVariant::Shared => "shared",
-        }
-    }
-
-    pub(crate) fn matmul(self) -> MatmulVariant {
-        match self {
-            KernelVariant::Naive => MatmulVariant::Naive,
-            KernelVariant::Tuned => MatmulVariant::Tiled,
-            KernelVariant::Shared => MatmulVariant::Shared,
-        }
-    }
-}
-
-/// The order in which the scores `S = (Q omega) K^T / sqrt(d_c)` are multiplied out
-/// (`Q = Q_in w_q`, `K = Xp w_k`); both give the same `S` up to rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Association {
-    /// The cheaper of the two for the shapes (`Keys` for the naive kernels).
-    #[default]
-    Auto,
-    /// `K = Xp w_k` first, then `S = Q' K^T`: `2 n d d_c + 2 m n d_c` flops per image.
-    Keys,
-    /// `Q'' = Q' w_k^T` first, then `S = Q'' Xp^T`: `2 m d_c d + 2 m n d` flops per image,
-    /// fewer when there are fewer queries than projection channels.
-    Tokens,
-}
-
-impl Association {
-    /// `Keys` or `Tokens` for `n` tokens of width `d`, `m` queries and `d_c` channels.
-    pub fn resolve(self, kernels: KernelVariant, n: usize, m: usize, d: usize, c: usize) -> Self {
-        match (self, kernels) {
-            (Association::Auto, KernelVariant::Naive) => Association::Keys,
-            (Association::Auto, KernelVariant::Tuned | KernelVariant::Shared) => {
-                let tokens = Association::Tokens.scores_work(n, m, d, c);
-                if tokens < Association::Keys.scores_work(n, m, d, c) {
-                    Association::Tokens
-                } else {
-                    Association::Keys
-                }
-            }
-            (chosen, _) => chosen,
-        }
-    }
-
-    /// Multiply-adds per image of the two products that lead to `S` in this (resolved)
-    /// order: `K` and `S`, or `Q''` and `S`.
-    fn scores_work(self, n: usize, m: usize, d: usize, c: usize) -> u128 {
-        let (n, m, d, c) = (n as u128, m as u128, d as u128, c as u128);
-        match self {
-            Association::Keys => n * d * c + m * n * c,
-            Association::Tokens | Association::Auto => m * c * d + m * n * d,
-        }
-    }
-
-    /// The name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Association::Auto => "auto",
-            Association::Keys => "keys",
-            Association::Tokens => "tokens",
-        }
-    }
-}
 
 /// The result of one call.
 #[derive(Clone, Debug)]
@@ -301,7 +38,7 @@ pub struct Compressed {
 
 enum Engine {
     Reference,
-    Cpu(Option<crate::cpu::ProjectedTable>),
+    Cpu(CpuWeights),
     Gpu(Box<GpuEngine>),
 }
 
@@ -326,7 +63,7 @@ impl Compressor {
         let (opened, choice) = open_backend(backend, adapter, precision)?;
         let engine = match opened {
             Opened::Reference => Engine::Reference,
-            Opened::Cpu => Engine::Cpu(crate::cpu::ProjectedTable::of(&weights)),
+            Opened::Cpu => Engine::Cpu(CpuWeights::new(&weights)),
             Opened::Gpu(context) => {
                 let mut compressor = Compressor::on_context(weights, *context, precision)?;
                 compressor.choice = choice;
@@ -531,13 +268,13 @@ impl Compressor {
         };
         let m = output.queries.count;
         let (b, n, d) = (output.batch, output.input_tokens, output.width);
-        let tokens = crate::gpu::buffers::elem_values(
+        let tokens = elem_values(
             &engine.read_buffer(&output.tokens)?,
             self.precision.elem(),
             b * m * d,
         );
         let projection = match &output.projection {
-            Some(buffer) => Some(crate::gpu::buffers::elem_values(
+            Some(buffer) => Some(elem_values(
                 &engine.read_buffer(buffer)?,
                 Elem::F32,
                 b * m * n,
@@ -674,15 +411,11 @@ impl Compressor {
                     None,
                 )
             }
-            engine => {
-                let table = match engine {
-                    Engine::Cpu(table) => table.as_ref(),
-                    _ => None,
-                };
-                let (tokens, projection) = crate::cpu::forward(
+            Engine::Cpu(prepared) => {
+                let (tokens, projection) = cpu::forward(
                     features,
                     &self.weights,
-                    table,
+                    prepared,
                     layout,
                     &queries,
                     options.scope,
@@ -690,13 +423,15 @@ impl Compressor {
                     options.save_projection,
                 );
                 let seconds = started.elapsed().as_secs_f64();
-                let step = cpu_step(features, &self.weights, queries.count, options.association);
+                let step =
+                    cpu::forward_step(features, &self.weights, queries.count, options.association);
                 (
                     tokens,
                     projection,
                     Some((Clock::HostPerCall, vec![StepTime::of(&step, seconds)])),
                 )
             }
+            Engine::Gpu(_) => return self.compress_tokens(features.into(), layout, options),
         };
         let call_seconds = started.elapsed().as_secs_f64();
         Ok(Compressed {
@@ -708,100 +443,6 @@ impl Compressor {
             queries,
             profile: profile_of(timings, options, call_seconds),
         })
-    }
-}
-
-/// What runs the pass on `--backend reference`, for people.
-pub(crate) const REFERENCE_DEVICE: &str = "cpu (float64 reference)";
-/// What runs the pass on `--backend cpu`, for people.
-pub(crate) const CPU_DEVICE: &str = "cpu (f32, multi-threaded sgemm)";
-
-/// Where a backend choice lands: one of the CPU engines, or a device.
-pub(crate) enum Opened {
-    /// The float64 reference.
-    Reference,
-    /// The fast CPU path.
-    Cpu,
-    /// A GPU adapter's device.
-    Gpu(Box<GpuContext>),
-}
-
-/// Opens `backend` (an adapter whose name contains `adapter`, if given) for `precision`;
-/// with `Backend::Auto`, also why it chose what it chose. The CPU engines take f32 only.
-pub(crate) fn open_backend(
-    backend: Backend,
-    adapter: Option<&str>,
-    precision: Precision,
-) -> Result<(Opened, Option<String>)> {
-    // The CPU engines, with their names and arithmetic for the f16 refusal.
-    let cpu_engine = match backend {
-        Backend::Cpu => Some((Opened::Cpu, "cpu", "f32")),
-        Backend::Reference => Some((Opened::Reference, "reference", "float64")),
-        _ => None,
-    };
-    if let Some((opened, name, arithmetic)) = cpu_engine {
-        if precision != Precision::F32 {
-            return Err(Error::InvalidArgument(format!(
-                "--precision {} is for GPU backends; the {name} backend computes in \
-                 {arithmetic} (use --precision f32)",
-                precision.name(),
-            )));
-        }
-        return Ok((opened, None));
-    }
-    let api = backend.api().expect("GPU backends have an API");
-    let context = GpuContext::open(api, adapter)?;
-    if backend != Backend::Auto {
-        return Ok((Opened::Gpu(Box::new(context)), None));
-    }
-    if adapter.is_none() && precision == Precision::F32 && context.is_software() {
-        let choice = format!(
-            "auto chose the cpu path: the only GPU adapter is software ({})",
-            context.adapter.name
-        );
-        return Ok((Opened::Cpu, Some(choice)));
-    }
-    Ok((
-        Opened::Gpu(Box::new(context)),
-        Some("auto chose the best GPU adapter".to_string()),
-    ))
-}
-
-/// The tokens of one group of images (`batch x tokens x width`, sharing a layout): in host
-/// memory or in a buffer on the compressor's device.
-#[derive(Clone, Copy, Debug)]
-pub enum Tokens<'a> {
-    /// Host memory: uploaded chunk by chunk.
-    Host(HostTokens<'a>),
-    /// A buffer on the device.
-    Gpu(GpuTokens<'a>),
-}
-
-impl Tokens<'_> {
-    /// Images, tokens per image and token width.
-    pub fn shape(&self) -> (usize, usize, usize) {
-        match self {
-            Tokens::Host(tokens) => (tokens.batch(), tokens.tokens(), tokens.width()),
-            Tokens::Gpu(tokens) => (tokens.batch, tokens.tokens, tokens.width),
-        }
-    }
-}
-
-impl<'a> From<&'a Features> for Tokens<'a> {
-    fn from(features: &'a Features) -> Self {
-        Tokens::Host(features.into())
-    }
-}
-
-impl<'a> From<HostTokens<'a>> for Tokens<'a> {
-    fn from(tokens: HostTokens<'a>) -> Self {
-        Tokens::Host(tokens)
-    }
-}
-
-impl<'a> From<GpuTokens<'a>> for Tokens<'a> {
-    fn from(tokens: GpuTokens<'a>) -> Self {
-        Tokens::Gpu(tokens)
     }
 }
 
@@ -912,26 +553,5 @@ impl std::future::Future for CompressFuture {
                 ),
             },
         }
-    }
-}
-
-/// The CPU path's forward pass as one step: its products' flops (in the association it takes)
-/// and the features, weights and tokens it must move.
-fn cpu_step(
-    features: &Features,
-    weights: &PMeta,
-    m: usize,
-    association: Association,
-) -> crate::kernels::Step {
-    let (n, d, c) = (features.tokens(), features.width(), weights.channels());
-    let scores = association
-        .resolve(KernelVariant::Tuned, n, m, d, c)
-        .scores_work(n, m, d, c) as f64;
-    let b = features.batch() as f64;
-    let (n, m, d, c) = (n as f64, m as f64, d as f64, c as f64);
-    crate::kernels::Step {
-        name: "forward",
-        flops: 2.0 * b * (m * d * c + scores + m * n * d),
-        bytes: 4.0 * (b * n * d + 2.0 * d * c + b * m * d),
     }
 }

@@ -1,156 +1,42 @@
 //! The fast CPU path: the forward pass of SPEC section 4 in f32 on all cores, its matrix
-//! products through `matrixmultiply`'s cache-blocked, multi-threaded sgemm, the scores in the
-//! cheaper association for the shape. The float64
-//! reference (`reference.rs`) stays the yardstick it is tested against.
+//! products through `matrixmultiply`'s cache-blocked, multi-threaded sgemm (`host_math`), the
+//! scores in the cheaper association for the shape. The float64 reference (`reference.rs`)
+//! stays the yardstick it is tested against.
 
-use crate::compress::{Association, KernelVariant};
-use crate::kernels::position::{pooled_query_term, project_table, resized_rows, PerLayout};
-use crate::layout::{Layout, Queries, QueryGrid, Scope};
+use crate::host_math::{multiply, pool, scaled_query_weights, ProjectedTable, View};
+use crate::layout::{Layout, Queries, Scope};
+use crate::options::{Association, KernelVariant};
+use crate::profile::Step;
 use crate::tensor::Features;
 use crate::weights::PMeta;
 
-/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * column_stride]`.
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    columns: usize,
-    row_stride: usize,
-    column_stride: usize,
-}
+/// What runs the pass on `--backend cpu`, for people.
+pub(crate) const CPU_DEVICE: &str = "cpu (f32, multi-threaded sgemm)";
 
-impl<'a> View<'a> {
-    pub(crate) fn row_major(data: &'a [f32], rows: usize, columns: usize) -> Self {
-        View {
-            data,
-            rows,
-            columns,
-            row_stride: columns,
-            column_stride: 1,
-        }
-    }
-
-    pub(crate) fn transposed(self) -> Self {
-        View {
-            rows: self.columns,
-            columns: self.rows,
-            row_stride: self.column_stride,
-            column_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    fn last_index(&self) -> usize {
-        (self.rows - 1) * self.row_stride + (self.columns - 1) * self.column_stride
-    }
-}
-
-/// `out = a b` with `out` row-major `a.rows x b.columns` (overwritten).
-pub(crate) fn multiply(a: View, b: View, out: &mut [f32]) {
-    assert_eq!(a.columns, b.rows, "inner sizes differ");
-    assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len());
-    assert_eq!(out.len(), a.rows * b.columns);
-    // SAFETY: every index the kernel touches is inside the slices (checked above), and `out`
-    // is a distinct, exclusively borrowed buffer of exactly `a.rows x b.columns`.
-    unsafe {
-        matrixmultiply::sgemm(
-            a.rows,
-            a.columns,
-            b.columns,
-            1.0,
-            a.data.as_ptr(),
-            a.row_stride as isize,
-            a.column_stride as isize,
-            b.data.as_ptr(),
-            b.row_stride as isize,
-            b.column_stride as isize,
-            0.0,
-            out.as_mut_ptr(),
-            b.columns as isize,
-            1,
-        );
-    }
-}
-
-/// `out = a b` in float64 for row-major `a` (`rows x inner`) and `b` (`inner x columns`, or
-/// with `b_transposed` its transpose `columns x inner`, row-major); `out` row-major
-/// `rows x columns` (overwritten). The fidelity measures' products.
-pub(crate) fn multiply_f64(
-    a: &[f64],
-    inner: usize,
-    b: &[f64],
-    b_transposed: bool,
-    out: &mut [f64],
-) {
-    let rows = a.len() / inner.max(1);
-    let columns = b.len() / inner.max(1);
-    assert!(a.len() == rows * inner && b.len() == columns * inner);
-    assert_eq!(out.len(), rows * columns);
-    if out.is_empty() || inner == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let (b_row_stride, b_column_stride) = if b_transposed {
-        (1, inner as isize)
-    } else {
-        (columns as isize, 1)
-    };
-    // SAFETY: `a` is `rows x inner` and `b` holds `inner x columns` elements read through
-    // the strides above (checked lengths); `out` is a distinct, exclusively borrowed
-    // `rows x columns`.
-    unsafe {
-        matrixmultiply::dgemm(
-            rows,
-            inner,
-            columns,
-            1.0,
-            a.as_ptr(),
-            inner as isize,
-            1,
-            b.as_ptr(),
-            b_row_stride,
-            b_column_stride,
-            0.0,
-            out.as_mut_ptr(),
-            columns as isize,
-            1,
-        );
-    }
-}
-
-/// The position table projected once, as on the GPU: `T w_k` and `T w_q`
-/// (`gh x gw x d_c`, f32), so that the forward pass never forms `Xp = X + E` (resizing and
-/// pooling commute with the projections; see docs/ARCHITECTURE.md).
+/// The weights as the CPU path uses them, prepared once per compressor.
 #[derive(Debug)]
-pub struct ProjectedTable {
-    keys: Vec<f32>,
-    queries: Vec<f32>,
-    height: usize,
-    width: usize,
-    /// `pool(resize(T w_q))` (`m x d_c`) and `resize(T w_k)` (`n x d_c`) for recent layouts.
-    terms: PerLayout<(Vec<f32>, Vec<f32>)>,
+pub(crate) struct CpuWeights {
+    /// `w_q diag(omega) / sqrt(d_c)` (`d x d_c`), so that `pool(X)` times it is `Q'`.
+    w_q_scaled: Vec<f32>,
+    /// The position table projected once, if the weights have one.
+    table: Option<ProjectedTable>,
 }
 
-impl ProjectedTable {
-    /// The projections of `weights`' table, if it has one.
-    pub fn of(weights: &PMeta) -> Option<Self> {
-        let (d, c) = (weights.width(), weights.channels());
-        weights.position().map(|table| ProjectedTable {
-            keys: project_table(&table.values, d, weights.w_k(), c),
-            queries: project_table(&table.values, d, weights.w_q(), c),
-            height: table.height,
-            width: table.width,
-            terms: PerLayout::default(),
-        })
+impl CpuWeights {
+    /// Scales the query weights and projects the table of `weights`.
+    pub fn new(weights: &PMeta) -> Self {
+        let w_q_scaled = scaled_query_weights(weights);
+        let table = ProjectedTable::of(weights, &w_q_scaled);
+        CpuWeights { w_q_scaled, table }
     }
 }
 
 /// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32, the scores in `association`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward(
+pub(crate) fn forward(
     features: &Features,
     weights: &PMeta,
-    table: Option<&ProjectedTable>,
+    prepared: &CpuWeights,
     layout: &Layout,
     queries: &Queries,
     scope: Scope,
@@ -165,15 +51,13 @@ pub fn forward(
     );
     let mut tokens = vec![0.0f32; features.batch() * m * d];
     let mut projection = want_projection.then(|| vec![0.0f32; features.batch() * m * n]);
-    // What the position table adds, the same for every image: pool(E) w_q (m x d_c) and
+    // What the position table adds, the same for every image: pool(E) w_q' (m x d_c) and
     // E w_k (n x d_c).
-    let table_terms = table.map(|t| {
-        t.terms.get(layout, queries, || {
-            (
-                pooled_query_term(layout, queries, &t.queries, t.height, t.width, c),
-                resized_rows(layout, &t.keys, t.height, t.width, c),
-            )
-        })
+    let table_terms = prepared.table.as_ref().map(|table| {
+        (
+            table.query_term(layout, queries),
+            table.key_term(layout, queries),
+        )
     });
     // Buffers reused across images of the batch.
     let mut pooled = vec![0.0f32; m * d];
@@ -201,25 +85,21 @@ pub fn forward(
     let mut table_scores = Vec::new();
     for image in 0..features.batch() {
         let x = features.image(image);
-        // Steps 1, 3 and 4: Q = pool(X) w_q + pool(E) w_q (K below when the association
+        // Steps 1, 3 and 4: Q' = pool(X) w_q' + pool(E) w_q' (K below when the association
         // needs it).
         pool(x, d, queries, &mut pooled);
         multiply(
             View::row_major(&pooled, m, d),
-            View::row_major(weights.w_q(), d, c),
+            View::row_major(&prepared.w_q_scaled, d, c),
             &mut query,
         );
-        if let Some(terms) = &table_terms {
-            let query_term = &terms.0;
-            query.iter_mut().zip(query_term).for_each(|(q, t)| *q += t);
+        if let Some((query_term, _)) = &table_terms {
+            query
+                .iter_mut()
+                .zip(query_term.iter())
+                .for_each(|(q, t)| *q += t);
         }
-        // Step 5: fold omega / sqrt(d_c) into Q, then S over each query's key range.
-        let scale = 1.0 / (c as f32).sqrt();
-        for row in query.chunks_exact_mut(c) {
-            row.iter_mut()
-                .zip(weights.omega())
-                .for_each(|(q, w)| *q *= w * scale);
-        }
+        // Step 5: S over each query's key range (Q' carries omega / sqrt(d_c)).
         if association == Association::Keys {
             // K = X w_k + E w_k, then S = Q' K^T.
             multiply(
@@ -227,9 +107,10 @@ pub fn forward(
                 View::row_major(weights.w_k(), d, c),
                 &mut key,
             );
-            if let Some(terms) = &table_terms {
-                let key_term = &terms.1;
-                key.iter_mut().zip(key_term).for_each(|(k, t)| *k += t);
+            if let Some((_, key_term)) = &table_terms {
+                key.iter_mut()
+                    .zip(key_term.iter())
+                    .for_each(|(k, t)| *k += t);
             }
             scores_in_scope(&query, &key, queries, scope, n, c, &mut scores);
         } else {
@@ -240,8 +121,7 @@ pub fn forward(
                 &mut folded,
             );
             scores_in_scope(&folded, x, queries, scope, n, d, &mut scores);
-            if let Some(terms) = &table_terms {
-                let key_term = &terms.1;
+            if let Some((_, key_term)) = &table_terms {
                 table_scores.resize(m * n, 0.0);
                 scores_in_scope(&query, key_term, queries, scope, n, c, &mut table_scores);
                 scores
@@ -265,29 +145,24 @@ pub fn forward(
     (tokens, projection)
 }
 
-/// Step 3: adaptive average pooling into `pooled` (`m x d`).
-pub(crate) fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) {
-    pooled.fill(0.0);
-    for query_grid in &queries.grids {
-        let grid = query_grid.grid;
-        for i in 0..query_grid.height {
-            let rows = QueryGrid::window(i, grid.height, query_grid.height);
-            for j in 0..query_grid.width {
-                let columns = QueryGrid::window(j, grid.width, query_grid.width);
-                let out =
-                    &mut pooled[(query_grid.query_offset + i * query_grid.width + j) * d..][..d];
-                for row in rows.clone() {
-                    for column in columns.clone() {
-                        let token = grid.offset + row * grid.width + column;
-                        out.iter_mut()
-                            .zip(&xp[token * d..][..d])
-                            .for_each(|(o, v)| *o += v);
-                    }
-                }
-                let inverse = 1.0 / (rows.len() * columns.len()) as f32;
-                out.iter_mut().for_each(|o| *o *= inverse);
-            }
-        }
+/// The CPU path's forward pass as one step: its products' flops (in the association it takes)
+/// and the features, weights and tokens it must move.
+pub(crate) fn forward_step(
+    features: &Features,
+    weights: &PMeta,
+    m: usize,
+    association: Association,
+) -> Step {
+    let (n, d, c) = (features.tokens(), features.width(), weights.channels());
+    let scores = association
+        .resolve(KernelVariant::Tuned, n, m, d, c)
+        .scores_work(n, m, d, c) as f64;
+    let b = features.batch() as f64;
+    let (n, m, d, c) = (n as f64, m as f64, d as f64, c as f64);
+    Step {
+        name: "forward",
+        flops: 2.0 * b * (m * d * c + scores + m * n * d),
+        bytes: 4.0 * (b * n * d + 2.0 * d * c + b * m * d),
     }
 }
 

@@ -9,8 +9,7 @@ use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::layout::{parse_grids_json, Grid};
-use crate::methods::check_attention;
-use crate::tensor::{decode, encode, Dtype, Features};
+use crate::tensor::{check_attention, decode, encode, Dtype, Features};
 use crate::weights::{PMeta, PositionTable};
 
 /// The `format` metadata of a weights file.

@@ -21,33 +21,39 @@
 
 #![warn(missing_docs)]
 
+// The layers, bottom up (docs/ARCHITECTURE.md; `layering.rs` checks that each module imports
+// only from below).
+pub(crate) mod backend;
 pub mod bench;
 pub mod compare;
-pub mod compress;
-pub mod cpu;
+pub(crate) mod compress;
+pub(crate) mod cpu;
 pub mod demo;
-pub mod error;
+pub(crate) mod error;
 pub mod files;
 pub mod gpu;
-pub mod kernels;
-pub mod layout;
+pub(crate) mod host_math;
+pub(crate) mod layout;
 pub mod methods;
+pub(crate) mod options;
 pub mod pictures;
-pub mod profile;
+pub(crate) mod profile;
 pub mod reference;
-pub mod shaders;
-pub mod tensor;
-pub mod weights;
+pub(crate) mod tensor;
+pub(crate) mod weights;
 
-pub use compress::{
-    Association, Backend, CompressFuture, Compressed, Compressor, KernelVariant, Options,
-    Precision, SplitK, Tokens,
-};
+#[cfg(test)]
+mod layering;
+
+pub use compress::{CompressFuture, Compressed, Compressor};
 pub use error::{Error, Result};
 pub use gpu::memory::MemoryCount;
-pub use gpu::resident::{GpuCompressed, GpuTokens};
-pub use gpu::GpuContext;
-pub use layout::{Grid, Keep, Layout, Queries, QueryGrid, Scope};
+pub use gpu::resident::{GpuCompressed, GpuTokens, Tokens};
+pub use gpu::{GpuApi, GpuContext};
+pub use layout::{parse_grid_flags, Grid, Keep, Layout, Queries, QueryGrid, Scope};
+pub use options::{
+    Association, Backend, Elem, KernelVariant, Options, Precision, SplitK, MAX_PIECES,
+};
 pub use profile::{Clock, Profile, StepTime};
 pub use tensor::{Dtype, Features, HostTokens, HostValues};
 pub use weights::{PMeta, PositionTable};

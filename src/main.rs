@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 
 use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
-use metacompress::layout::parse_grid_flags;
 use metacompress::methods::{Method, Request, Runner};
+use metacompress::parse_grid_flags;
 use metacompress::{bench, compare, pictures};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,

@@ -1,6 +1,15 @@
 //! Per-step timings of one forward pass, as `Options::profile` asks for them.
 
-use crate::kernels::Step;
+/// What one recorded pass computes, for profiles: its name and the work its shapes imply.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// What the pass computes, e.g. `keys`.
+    pub name: &'static str,
+    /// Floating-point operations.
+    pub flops: f64,
+    /// The fewest bytes it must read and write.
+    pub bytes: f64,
+}
 
 /// Where the times of a profile come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -321,6 +321,26 @@ pub fn check_each(
     )))
 }
 
+/// Refuses an attention tensor of another size than `shape` (`[n]` or `[b, n]`) or with a
+/// value that is not finite and non-negative, naming its index.
+pub fn check_attention(values: &[f32], shape: &[usize]) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if values.len() != expected {
+        return Err(Error::InvalidTensor(format!(
+            "attention holds {} values; expected one per token, {shape:?} = {expected}",
+            values.len(),
+        )));
+    }
+    check_finite("attention", shape, values)?;
+    check_each(
+        "attention",
+        shape,
+        values,
+        |v| v >= 0.0,
+        "non-negative values",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

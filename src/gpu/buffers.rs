@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::memory::{Ledger, Tracked};
 
 use crate::error::{Error, Result};
-use crate::shaders::Elem;
+use crate::options::Elem;
 use crate::tensor::{decode, encode};
 
 /// Bytes of `values` stored as `elem`.
@@ -59,14 +59,23 @@ pub fn storage_output(
     }
 }
 
-/// A buffer the host can map to read what `source` holds once a copy lands in it.
-pub fn staging_for(ledger: &Arc<Ledger>, device: &wgpu::Device, source: &wgpu::Buffer) -> Tracked {
-    ledger.create(
+/// Records into `encoder` a copy of `source` into a new buffer the host can map, and returns
+/// that buffer: the first half of every read-back (the forward engine's outputs, the methods'
+/// reduction, `read_buffer`); `read_staging` is the second.
+pub fn copy_to_staging(
+    ledger: &Arc<Ledger>,
+    device: &wgpu::Device,
+    encoder: &mut wgpu::CommandEncoder,
+    source: &wgpu::Buffer,
+) -> Tracked {
+    let staging = ledger.create(
         device,
         "read-back",
         source.size(),
         wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-    )
+    );
+    encoder.copy_buffer_to_buffer(source, 0, &staging, 0, None);
+    staging
 }
 
 /// Waits for the GPU and returns the bytes of a mapped-for-reading staging buffer.

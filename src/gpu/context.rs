@@ -3,48 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-
-/// A graphics API through which wgpu can reach a GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuApi {
-    /// Whichever API has the best adapter.
-    Any,
-    /// Vulkan (Linux, Windows, Android; lavapipe in CI).
-    Vulkan,
-    /// Metal (macOS, iOS).
-    Metal,
-    /// Direct3D 12 (Windows).
-    Dx12,
-    /// OpenGL / GLES.
-    Gl,
-    /// Vulkan, Metal or DX12, whichever this platform has.
-    Native,
-}
-
-impl GpuApi {
-    fn backends(self) -> wgpu::Backends {
-        match self {
-            GpuApi::Any => wgpu::Backends::all(),
-            GpuApi::Vulkan => wgpu::Backends::VULKAN,
-            GpuApi::Metal => wgpu::Backends::METAL,
-            GpuApi::Dx12 => wgpu::Backends::DX12,
-            GpuApi::Gl => wgpu::Backends::GL,
-            GpuApi::Native => wgpu::Backends::PRIMARY,
-        }
-    }
-
-    /// The name used on the command line (`--backend`).
-    pub fn name(self) -> &'static str {
-        match self {
-            GpuApi::Any => "auto",
-            GpuApi::Vulkan => "vulkan",
-            GpuApi::Metal => "metal",
-            GpuApi::Dx12 => "dx12",
-            GpuApi::Gl => "gl",
-            GpuApi::Native => "vulkan/metal/dx12",
-        }
-    }
-}
+use crate::options::GpuApi;
 
 /// What an adapter is and offers, as `metacompress devices` prints it.
 #[derive(Clone, Debug)]
@@ -306,7 +265,7 @@ impl GpuContext {
     }
 
     /// The adapter with its API and type, and `precision`, for people.
-    pub fn describe(&self, precision: crate::compress::Precision) -> String {
+    pub fn describe(&self, precision: crate::options::Precision) -> String {
         let adapter = &self.adapter;
         format!(
             "{} ({}, {}, {})",
@@ -318,8 +277,8 @@ impl GpuContext {
     }
 
     /// Refuses f16 storage on a device without `SHADER_F16`.
-    pub fn check_precision(&self, precision: crate::compress::Precision) -> Result<()> {
-        if precision.elem() == crate::shaders::Elem::F16 && !self.has_f16() {
+    pub fn check_precision(&self, precision: crate::options::Precision) -> Result<()> {
+        if precision.elem() == crate::options::Elem::F16 && !self.has_f16() {
             return Err(Error::Unsupported(format!(
                 "--precision f16 needs SHADER_F16, which adapter {} does not offer; \
                  use --precision f32",

@@ -1,12 +1,18 @@
-//! Everything that runs on a GPU through wgpu: the context, buffers and the forward pass.
+//! The GPU runtime: the device (`context`), buffers and their ledger (`memory`, `buffers`),
+//! inputs and outputs that stay on the device (`resident`), the WGSL sources (`shaders`) and
+//! one module per kernel family (`kernels`), the plan of a call (`plan`), the forward engine
+//! (`engine`) and the methods' reduction (`reduction`).
 
-pub mod buffers;
-pub mod context;
-pub mod forward;
-pub mod memory;
-pub mod plan;
-pub mod reduction;
-pub mod resident;
+pub(crate) mod buffers;
+pub(crate) mod context;
+pub(crate) mod engine;
+pub(crate) mod kernels;
+pub(crate) mod memory;
+pub(crate) mod plan;
+pub(crate) mod reduction;
+pub(crate) mod resident;
+pub(crate) mod scope;
+pub(crate) mod shaders;
 
-pub use context::{list_adapters, AdapterReport, GpuApi, GpuContext};
-pub use forward::GpuEngine;
+pub use crate::options::GpuApi;
+pub use context::{list_adapters, AdapterReport, GpuContext};

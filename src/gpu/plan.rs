@@ -3,15 +3,14 @@
 //! cannot fit, and the chunk sizes the recording follows.
 
 use super::buffers::padded_size;
-use super::resident::GpuTokens;
-use crate::compress::SplitK;
-use crate::compress::Tokens;
-use crate::compress::{Association, KernelVariant, Precision};
+use super::resident::{GpuTokens, Tokens};
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{MatmulVariant, Product};
-use crate::kernels::position::Sample;
-use crate::kernels::{ForwardShape, MAX_GROUPS_PER_DIMENSION};
+use crate::gpu::kernels::matmul::{MatmulVariant, Product};
+use crate::gpu::kernels::position::Sample;
+use crate::gpu::kernels::{ForwardShape, MAX_GROUPS_PER_DIMENSION};
 use crate::layout::{Layout, Queries};
+use crate::options::SplitK;
+use crate::options::{Association, KernelVariant, Precision};
 
 /// Images that share one layout: the unit the kernels run on.
 #[derive(Clone, Copy, Debug)]
@@ -348,7 +347,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
                 Some(_) => SplitK::Off,
                 None => wants.split,
             },
-            variant: wants.kernels.matmul(),
+            variant: MatmulVariant::from(wants.kernels),
             precision: device.precision,
             scratch_limit: limit,
         };

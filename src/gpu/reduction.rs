@@ -3,16 +3,18 @@
 
 use std::sync::Arc;
 
-use super::buffers::{elem_bytes, elem_values, padded_size, read_staging, staging_for};
+use super::buffers::copy_to_staging;
+use super::buffers::{elem_bytes, elem_values, padded_size, read_staging};
 use super::buffers::{storage_output, storage_with};
-use super::forward::scoped;
+use super::context::GpuContext;
 use super::memory::Ledger;
-use super::GpuContext;
-use crate::compress::{Options, Precision, SplitK};
+use super::scope::scoped;
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{Matmul, MatmulVariant, Product};
-use crate::kernels::{Passes, Slice, Step};
-use crate::shaders::KernelSources;
+use crate::gpu::kernels::matmul::{Matmul, MatmulVariant, Product};
+use crate::gpu::kernels::{Passes, Slice};
+use crate::gpu::shaders::KernelSources;
+use crate::options::{Options, Precision, SplitK};
+use crate::profile::Step;
 use crate::tensor::Features;
 
 /// The reduction kernel on one device, at one storage precision.
@@ -151,8 +153,7 @@ impl GpuReduction {
                     Slice::whole(&y),
                 );
                 let (mut encoder, _, parameters) = passes.finish();
-                let staging = staging_for(&self.ledger, device, &y);
-                encoder.copy_buffer_to_buffer(&y, 0, &staging, 0, None);
+                let staging = copy_to_staging(&self.ledger, device, &mut encoder, &y);
                 self.context.queue.submit([encoder.finish()]);
                 drop(parameters);
                 staging

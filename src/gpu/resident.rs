@@ -2,7 +2,7 @@
 //! tokens out, nothing through the host.
 
 use crate::layout::Queries;
-use crate::tensor::Dtype;
+use crate::tensor::{Dtype, Features, HostTokens};
 
 /// Image tokens already in a buffer on the compressor's device: `batch x tokens x width`,
 /// row-major, `dtype` elements, starting `offset` bytes into `buffer`.
@@ -77,4 +77,42 @@ pub struct GpuCompressed {
     pub queries: Queries,
     /// The queue submission that computes them.
     pub submission: wgpu::SubmissionIndex,
+}
+
+/// The tokens of one group of images (`batch x tokens x width`, sharing a layout): in host
+/// memory or in a buffer on the compressor's device.
+#[derive(Clone, Copy, Debug)]
+pub enum Tokens<'a> {
+    /// Host memory: uploaded chunk by chunk.
+    Host(HostTokens<'a>),
+    /// A buffer on the device.
+    Gpu(GpuTokens<'a>),
+}
+
+impl Tokens<'_> {
+    /// Images, tokens per image and token width.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        match self {
+            Tokens::Host(tokens) => (tokens.batch(), tokens.tokens(), tokens.width()),
+            Tokens::Gpu(tokens) => (tokens.batch, tokens.tokens, tokens.width),
+        }
+    }
+}
+
+impl<'a> From<&'a Features> for Tokens<'a> {
+    fn from(features: &'a Features) -> Self {
+        Tokens::Host(features.into())
+    }
+}
+
+impl<'a> From<HostTokens<'a>> for Tokens<'a> {
+    fn from(tokens: HostTokens<'a>) -> Self {
+        Tokens::Host(tokens)
+    }
+}
+
+impl<'a> From<GpuTokens<'a>> for Tokens<'a> {
+    fn from(tokens: GpuTokens<'a>) -> Self {
+        Tokens::Gpu(tokens)
+    }
 }

@@ -14,13 +14,18 @@ mod tome;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::compress::{open_backend, Opened, CPU_DEVICE, REFERENCE_DEVICE};
+use crate::backend::{open_backend, Opened, REFERENCE_DEVICE};
+use crate::compress::{Compressed, Compressor};
+use crate::cpu::CPU_DEVICE;
 use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
 use crate::gpu::GpuContext;
 use crate::layout::{Layout, Queries, QueryGrid};
-use crate::tensor::{check_each, check_finite, Features};
-use crate::{reference, Backend, Compressed, Compressor, Options, PMeta, Precision};
+use crate::options::{Backend, Options, Precision};
+use crate::reference;
+pub use crate::tensor::check_attention;
+use crate::tensor::Features;
+use crate::weights::PMeta;
 
 pub use grid::sample_cell;
 
@@ -111,26 +116,6 @@ impl Method {
         }
         Ok(())
     }
-}
-
-/// Refuses an attention tensor of another size than `shape` (`[n]` or `[b, n]`) or with a
-/// value that is not finite and non-negative, naming its index.
-pub fn check_attention(values: &[f32], shape: &[usize]) -> Result<()> {
-    let expected: usize = shape.iter().product();
-    if values.len() != expected {
-        return Err(Error::InvalidTensor(format!(
-            "attention holds {} values; expected one per token, {shape:?} = {expected}",
-            values.len(),
-        )));
-    }
-    check_finite("attention", shape, values)?;
-    check_each(
-        "attention",
-        shape,
-        values,
-        |v| v >= 0.0,
-        "non-negative values",
-    )
 }
 
 /// The rows of one grid under a method that needs no weights.
@@ -251,7 +236,7 @@ impl Reducer {
                     .collect())
             }
             Reducer::Cpu => {
-                use crate::cpu::{multiply, View};
+                use crate::host_math::{multiply, View};
                 let mut tokens = vec![0.0f32; b * m * d];
                 for image in 0..b {
                     multiply(

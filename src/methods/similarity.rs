@@ -1,6 +1,6 @@
 //! Cosine similarity between tokens, through the CPU path's cache-blocked product.
 
-use crate::cpu::{multiply, View};
+use crate::host_math::{multiply, View};
 
 /// `vector / ||vector||` appended to `out` (a zero vector stays zero).
 pub fn push_unit(out: &mut Vec<f32>, vector: &[f32]) {

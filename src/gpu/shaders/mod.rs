@@ -1,34 +1,7 @@
 //! WGSL sources of the kernels, with the element-type prelude the host prepends.
 //! Every variant the host can build is listed here, so tests validate exactly those.
 
-use crate::compress::Precision;
-use crate::tensor::Dtype;
-
-/// Element type a kernel stores in a buffer (arithmetic is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Elem {
-    /// 32-bit float.
-    F32,
-    /// 16-bit float (needs `SHADER_F16`).
-    F16,
-}
-
-impl Elem {
-    /// The same element type as a tensor dtype (for encoding and decoding buffers).
-    pub fn dtype(self) -> Dtype {
-        match self {
-            Elem::F32 => Dtype::F32,
-            Elem::F16 => Dtype::F16,
-        }
-    }
-
-    fn wgsl(self) -> &'static str {
-        match self {
-            Elem::F32 => "f32",
-            Elem::F16 => "f16",
-        }
-    }
-}
+use crate::options::{Elem, Precision};
 
 /// One buildable shader: a label naming the kernel and its variant, and the full WGSL.
 #[derive(Clone, Debug)]
@@ -39,12 +12,12 @@ pub struct ShaderSource {
     pub code: String,
 }
 
-const INGEST: &str = include_str!("../shaders/ingest.wgsl");
-const POSITION: &str = include_str!("../shaders/position.wgsl");
-const POOLING: &str = include_str!("../shaders/pooling.wgsl");
-const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
-const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
-const SPLIT_SUM: &str = include_str!("../shaders/split_sum.wgsl");
+const INGEST: &str = include_str!("../../../shaders/ingest.wgsl");
+const POSITION: &str = include_str!("../../../shaders/position.wgsl");
+const POOLING: &str = include_str!("../../../shaders/pooling.wgsl");
+const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+const SOFTMAX: &str = include_str!("../../../shaders/softmax.wgsl");
+const SPLIT_SUM: &str = include_str!("../../../shaders/split_sum.wgsl");
 
 /// `alias NAME = TYPE;` for each pair, after `enable f16;` when any type is f16.
 fn with_prelude(kernel: &str, body: &str, aliases: &[(&str, Elem)]) -> ShaderSource {
@@ -124,6 +97,7 @@ impl KernelSources {
         }
     }
 
+    #[cfg(test)]
     /// All nine: the ingest copy, the forward pass in spec order, then the split-K sum.
     pub fn all(&self) -> [&ShaderSource; 9] {
         [
@@ -139,3 +113,6 @@ impl KernelSources {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;

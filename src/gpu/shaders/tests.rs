@@ -2,8 +2,9 @@
 //! translates to SPIR-V, MSL, HLSL and GLSL: the cheap check that the kernels can run on
 //! Vulkan, Metal, DX12 and GL, whatever adapter this machine has.
 
-use metacompress::shaders::{KernelSources, ShaderSource};
-use metacompress::Precision;
+use super::{KernelSources, ShaderSource};
+use crate::gpu::kernels::matmul::Kernel;
+use crate::options::Precision;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -110,7 +111,7 @@ fn every_kernel_variant_validates_and_translates_to_every_backend() {
         .iter()
         .map(|e| e.name.as_str())
         .collect();
-    for variant in metacompress::kernels::matmul::Kernel::ALL {
+    for variant in Kernel::ALL {
         assert!(names.contains(&variant.entry_point()), "{names:?}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

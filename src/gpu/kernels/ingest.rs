@@ -1,8 +1,9 @@
 //! Tokens the application holds on the GPU, copied into the compressor's element type:
 //! `shaders/ingest.wgsl`.
 
-use super::{dispatch, linear_groups, pipeline, Passes, Slice, Step, LINEAR_WORKGROUP};
-use crate::shaders::ShaderSource;
+use super::{dispatch, linear_groups, pipeline, Passes, Slice, LINEAR_WORKGROUP};
+use crate::gpu::shaders::ShaderSource;
+use crate::profile::Step;
 use crate::tensor::Dtype;
 
 #[repr(C)]

@@ -1,9 +1,8 @@
 //! `Q_in = pool(Xp)` (SPEC 4, step 3): `shaders/pooling.wgsl`.
 
-use super::{
-    dispatch, linear_groups, pipeline, ForwardShape, Passes, Slice, Step, LINEAR_WORKGROUP,
-};
-use crate::shaders::ShaderSource;
+use super::{dispatch, linear_groups, pipeline, ForwardShape, Passes, Slice, LINEAR_WORKGROUP};
+use crate::gpu::shaders::ShaderSource;
+use crate::profile::Step;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

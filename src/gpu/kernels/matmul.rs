@@ -1,21 +1,12 @@
 //! `C = A B` per image (SPEC 4, steps 4, 5 and 7): `shaders/matmul.wgsl`.
 
 use super::{
-    dispatch, linear_groups, pipeline, pipeline_at, Passes, Slice, Step, LINEAR_WORKGROUP,
+    dispatch, linear_groups, pipeline, pipeline_at, Passes, Slice, LINEAR_WORKGROUP,
     MAX_GROUPS_PER_DIMENSION,
 };
-use crate::compress::SplitK;
-use crate::shaders::ShaderSource;
-
-/// Invocations `SplitK::Auto` cuts a product until it runs (a quarter of what an H100's 132
-/// multiprocessors hold at once; a heuristic, not yet measured on a GPU).
-pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
-
-/// Most pieces a split-K product is cut into.
-pub const MAX_PIECES: u32 = 64;
-
-/// Fewest inner elements a piece gets under `SplitK::Auto`.
-pub const MIN_AUTO_PIECE: u32 = 256;
+use crate::gpu::shaders::ShaderSource;
+use crate::options::{KernelVariant, SplitK, MAX_PIECES, MIN_AUTO_PIECE, SPLIT_TARGET_INVOCATIONS};
+use crate::profile::Step;
 
 /// Pieces are a multiple of this many inner elements (the shared-memory kernel's step, and a
 /// multiple of 4 for the vec4 kernels).
@@ -75,14 +66,17 @@ impl Kernel {
     }
 }
 
-impl MatmulVariant {
-    /// Every variant, for tests and benchmarks.
-    pub const ALL: [MatmulVariant; 3] = [
-        MatmulVariant::Naive,
-        MatmulVariant::Tiled,
-        MatmulVariant::Shared,
-    ];
+impl From<KernelVariant> for MatmulVariant {
+    fn from(kernels: KernelVariant) -> Self {
+        match kernels {
+            KernelVariant::Naive => MatmulVariant::Naive,
+            KernelVariant::Tuned => MatmulVariant::Tiled,
+            KernelVariant::Shared => MatmulVariant::Shared,
+        }
+    }
+}
 
+impl MatmulVariant {
     /// Invocations per workgroup.
     fn invocations(self) -> u64 {
         match self {

@@ -1,8 +1,9 @@
 //! `P = softmax(S)` per row within its key range, in place (SPEC 4, step 6):
 //! `shaders/softmax.wgsl`.
 
-use super::{dispatch, linear_groups, pipeline, ForwardShape, Passes, Slice, Step};
-use crate::shaders::ShaderSource;
+use super::{dispatch, linear_groups, pipeline, ForwardShape, Passes, Slice};
+use crate::gpu::shaders::ShaderSource;
+use crate::profile::Step;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

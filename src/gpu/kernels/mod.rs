@@ -10,8 +10,8 @@ pub mod softmax;
 use std::sync::Arc;
 
 use crate::gpu::memory::{Ledger, Tracked};
-use crate::profile::{Clock, StepTime};
-use crate::shaders::ShaderSource;
+use crate::gpu::shaders::ShaderSource;
+use crate::profile::{Clock, Step, StepTime};
 
 /// The sizes of one forward pass, as the kernels see them (all fit in `u32`: the caller checks).
 #[derive(Clone, Copy, Debug)]
@@ -96,17 +96,6 @@ impl<'a> From<&'a wgpu::Buffer> for Slice<'a> {
     fn from(buffer: &'a wgpu::Buffer) -> Self {
         Slice::whole(buffer)
     }
-}
-
-/// What one recorded pass computes, for profiles: its name and the work its shapes imply.
-#[derive(Clone, Copy, Debug)]
-pub struct Step {
-    /// What the pass computes, e.g. `keys`.
-    pub name: &'static str,
-    /// Floating-point operations.
-    pub flops: f64,
-    /// The fewest bytes it must read and write.
-    pub bytes: f64,
 }
 
 /// How the passes of a run are timed.
@@ -273,11 +262,6 @@ impl<'a> Passes<'a> {
         self.steps.push(step);
     }
 
-    /// The ledger the run's buffers are counted in.
-    pub fn ledger(&self) -> &'a Arc<Ledger> {
-        self.ledger
-    }
-
     /// Ends recording: the encoder to submit, what reads the timings once it has run, and
     /// the parameter buffers (to keep until then).
     pub fn finish(mut self) -> (wgpu::CommandEncoder, PassTimings, Vec<Tracked>) {
@@ -343,8 +327,8 @@ impl PassTimings {
     /// profiled). Reads the timestamps back, so call it after the submission.
     pub fn read(
         self,
-        read: impl FnOnce(&wgpu::Buffer) -> crate::Result<Vec<u8>>,
-    ) -> crate::Result<Option<(Clock, Vec<StepTime>)>> {
+        read: impl FnOnce(&wgpu::Buffer) -> crate::error::Result<Vec<u8>>,
+    ) -> crate::error::Result<Option<(Clock, Vec<StepTime>)>> {
         match self {
             PassTimings::Off => Ok(None),
             PassTimings::Wall(steps) => Ok(Some((Clock::HostPerPass, steps))),

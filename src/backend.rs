@@ -1,0 +1,61 @@
+//! The backend choice: which engine a `Backend` opens (the float64 reference, the CPU path or a
+//! GPU device), and why `Backend::Auto` chose what it chose. The compressor and the methods'
+//! runner both open their engine here.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::options::{Backend, Precision};
+
+/// What runs the pass on `--backend reference`, for people.
+pub(crate) const REFERENCE_DEVICE: &str = "cpu (float64 reference)";
+
+/// Where a backend choice lands: one of the CPU engines, or a device.
+pub(crate) enum Opened {
+    /// The float64 reference.
+    Reference,
+    /// The fast CPU path.
+    Cpu,
+    /// A GPU adapter's device.
+    Gpu(Box<GpuContext>),
+}
+
+/// Opens `backend` (an adapter whose name contains `adapter`, if given) for `precision`;
+/// with `Backend::Auto`, also why it chose what it chose. The CPU engines take f32 only.
+pub(crate) fn open_backend(
+    backend: Backend,
+    adapter: Option<&str>,
+    precision: Precision,
+) -> Result<(Opened, Option<String>)> {
+    // The CPU engines, with their names and arithmetic for the f16 refusal.
+    let cpu_engine = match backend {
+        Backend::Cpu => Some((Opened::Cpu, "cpu", "f32")),
+        Backend::Reference => Some((Opened::Reference, "reference", "float64")),
+        _ => None,
+    };
+    if let Some((opened, name, arithmetic)) = cpu_engine {
+        if precision != Precision::F32 {
+            return Err(Error::InvalidArgument(format!(
+                "--precision {} is for GPU backends; the {name} backend computes in \
+                 {arithmetic} (use --precision f32)",
+                precision.name(),
+            )));
+        }
+        return Ok((opened, None));
+    }
+    let api = backend.api().expect("GPU backends have an API");
+    let context = GpuContext::open(api, adapter)?;
+    if backend != Backend::Auto {
+        return Ok((Opened::Gpu(Box::new(context)), None));
+    }
+    if adapter.is_none() && precision == Precision::F32 && context.is_software() {
+        let choice = format!(
+            "auto chose the cpu path: the only GPU adapter is software ({})",
+            context.adapter.name
+        );
+        return Ok((Opened::Cpu, Some(choice)));
+    }
+    Ok((
+        Opened::Gpu(Box::new(context)),
+        Some("auto chose the best GPU adapter".to_string()),
+    ))
+}
