@@ -125,7 +125,7 @@ pub struct BenchConfig {
     pub runs: usize,
     /// Untimed runs first.
     pub warmup: usize,
-    /// Whether to run the v1 kernels too (GPU only).
+    /// Whether to run the naive kernels too (GPU only).
     pub naive: bool,
     /// Whether to run the shared-memory kernels too (GPU only).
     pub shared: bool,

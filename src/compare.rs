@@ -1,5 +1,5 @@
 //! `metacompress compare`: every applicable method on the same features, with fidelity
-//! measures that need no language model (issue 5). All measures are computed in float64:
+//! measures that need no language model. All measures are computed in float64:
 //!
 //! - **attention error**: for each probe query `q`, the attention output over all tokens,
 //!   `o = softmax(X q / sqrt d)^T X`, against the one over the reduced tokens,

@@ -74,7 +74,7 @@ impl Elem {
 }
 
 /// Invocations `SplitK::Auto` cuts a product until it runs (a quarter of what an H100's 132
-/// multiprocessors hold at once; a heuristic, not yet measured on a GPU).
+/// multiprocessors hold at once; a heuristic).
 pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
 
 /// Most pieces a split-K product is cut into.
@@ -140,7 +140,7 @@ impl Precision {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
     /// A real GPU when there is one; the fast CPU path when the only adapters are software
-    /// ones (such as lavapipe, about 100 times slower than the CPU path), unless f16 or an
+    /// ones (such as lavapipe, far slower than the CPU path), unless f16 or an
     /// adapter by name is asked for.
     #[default]
     Auto,
@@ -185,7 +185,7 @@ pub struct Options {
     /// Testing aid: fill every GPU buffer a kernel writes with NaN before the run, so an
     /// element no kernel writes cannot pass for a right one.
     pub poison: bool,
-    /// Which GPU kernels run: the tuned ones unless a benchmark or test asks for the v1
+    /// Which GPU kernels run: the tuned ones unless a benchmark or test asks for the naive
     /// kernels.
     pub kernels: KernelVariant,
     /// How the scores are multiplied out (chosen by cost unless a test asks; the GPU and
@@ -261,7 +261,7 @@ impl std::str::FromStr for SplitK {
 /// Which GPU kernels a call runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KernelVariant {
-    /// The v1 kernels: one output per invocation; with `Association::Auto`, the scores
+    /// The first kernels: one output per invocation; with `Association::Auto`, the scores
     /// through the keys. Kept as the yardstick benchmarks show the speed-up against.
     Naive,
     /// Register-tiled matrix products; with `Association::Auto`, the cheaper association.

@@ -1,5 +1,5 @@
 //! `compare --png DIR`: pictures of what each method keeps, one pixel block per token of a
-//! grid (issue 5), written through the `png` crate.
+//! grid, written through the `png` crate.
 //!
 //! - `METHOD-grid{G}.png`: each input token coloured by the reduced token it gives most
 //!   weight to (`argmax_i P[i, j]`), one colour per reduced token; tokens no row weighs are

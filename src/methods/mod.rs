@@ -1,4 +1,4 @@
-//! Every token-reduction method as a compression projection `P` (issue 5): MetaCompress and
+//! Every token-reduction method as a compression projection `P`: MetaCompress and
 //! the heuristic baselines it generalises. Each method builds its `P` (`m x n` per image,
 //! with the same query grids, hence the same `m`, as `metacompress` at the same keep) and
 //! the reduced tokens are `Y = P X` through the same reduction kernel, on the GPU or the CPU

@@ -15,7 +15,7 @@ const PIECE_ALIGN: u32 = 16;
 /// Which matrix product kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MatmulVariant {
-    /// One output per invocation (`main`), 32 x 8 outputs per workgroup: the v1 kernel.
+    /// One output per invocation (`main`), 32 x 8 outputs per workgroup: the yardstick.
     Naive,
     /// A 4 x 4 register block per invocation, 32 x 32 outputs per workgroup: with vec4
     /// loads (`main_vec4`, `main_vec4_transposed`) where the shape allows, scalar loads
@@ -185,7 +185,7 @@ impl Product {
     /// dimension gets fewer pieces than asked, or none.
     pub fn split(self, policy: SplitK, variant: MatmulVariant, scratch_limit: u64) -> Product {
         let wanted = match policy {
-            // The v1 kernels stay as they were: the yardstick.
+            // The naive kernels never split: they stay the yardstick.
             _ if variant == MatmulVariant::Naive => 1,
             SplitK::Off => 1,
             SplitK::Pieces(pieces) => pieces,
@@ -440,7 +440,7 @@ mod tests {
                 assert_eq!(product.scratch_elements(), expected);
             }
         }
-        // Off, the v1 kernels, and a scratch limit too small for two pieces: no split.
+        // Off, the naive kernels, and a scratch limit too small for two pieces: no split.
         let product = skinny(64, 576, 4096);
         assert_eq!(product.split(SplitK::Off, tiled, u64::MAX).splits, 1);
         let naive = MatmulVariant::Naive;

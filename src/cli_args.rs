@@ -1,0 +1,209 @@
+//! The command line's flags and subcommands (SPEC section 6), as clap reads them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use metacompress::methods::Method;
+use metacompress::{Backend, Dtype, Precision, Scope, SplitK};
+
+#[derive(Parser)]
+#[command(
+    name = "metacompress",
+    version,
+    about = "Learned visual-token compression (MetaCompress) for vision-language models, on any GPU"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Compress the visual tokens of an input file (P_meta weights, or a baseline method).
+    Compress(CompressArgs),
+    /// Run every applicable method on the same features; print fidelity figures.
+    Compare(CompareArgs),
+    /// Write the paper's training-free initialisation of P_meta.
+    Init(InitArgs),
+    /// List every adapter wgpu sees.
+    Devices,
+    /// Time the forward pass on named workloads, per kernel, tuned against naive.
+    Bench(BenchArgs),
+    /// Run the whole path on built-in data, with no files and no flags.
+    Demo {
+        /// Where to run (by default a real GPU, else the CPU path).
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+        /// Also write the demo's features (with a stand-in attention tensor) and weights
+        /// into DIR, for `compress` and `compare`.
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CompressArgs {
+    /// P_meta weights (safetensors: w_q, w_k, omega, optional pos_embed); needed by
+    /// --method metacompress.
+    #[arg(long)]
+    pub(crate) weights: Option<PathBuf>,
+    /// The reduction method (all produce a P and use the same P X kernels).
+    #[arg(long, value_enum, default_value_t = Method::MetaCompress)]
+    pub(crate) method: Method,
+    /// Seed of --method random.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Input features (safetensors: features, n x d or b x n x d).
+    #[arg(long)]
+    pub(crate) input: PathBuf,
+    /// Output file (safetensors: tokens, and projection with --save-projection).
+    #[arg(long)]
+    pub(crate) output: PathBuf,
+    /// Fraction of tokens to keep, in (0, 1] [default: 0.1].
+    #[arg(long, conflicts_with = "reduction", allow_negative_numbers = true)]
+    pub(crate) keep: Option<f64>,
+    /// Fraction of tokens to remove: keep = 1 - R.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) reduction: Option<f64>,
+    /// A grid of the layout, HxW[@OFFSET] (repeatable); overrides the file's `grids`.
+    #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
+    pub(crate) grids: Vec<String>,
+    /// Which keys each query's softmax runs over.
+    #[arg(long, value_enum, default_value_t = Scope::Image)]
+    pub(crate) scope: Scope,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+    /// Also write the compression projection P (f32).
+    #[arg(long)]
+    pub(crate) save_projection: bool,
+    /// Dtype of the output tokens [default: the input's].
+    #[arg(long, value_enum)]
+    pub(crate) output_dtype: Option<Dtype>,
+}
+
+/// Where and in what precision a command runs.
+#[derive(clap::Args)]
+pub(crate) struct DeviceArgs {
+    /// Storage precision on the GPU.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub(crate) precision: Precision,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub(crate) backend: Backend,
+    /// Use the adapter whose name contains NAME (any case).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) adapter: Option<String>,
+    /// Split-K on the GPU: auto (cut skinny products on hardware adapters, never on
+    /// software ones), off, or a piece count.
+    #[arg(long, default_value = "auto", value_name = "auto|off|N")]
+    pub(crate) split_k: SplitK,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CompareArgs {
+    /// Input features (safetensors: features, optional attention and grids metadata).
+    #[arg(long)]
+    pub(crate) input: PathBuf,
+    /// P_meta weights; without them metacompress is skipped.
+    #[arg(long)]
+    pub(crate) weights: Option<PathBuf>,
+    /// Fraction of tokens to keep, in (0, 1].
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub(crate) keep: f64,
+    /// A grid of the layout, HxW[@OFFSET] (repeatable); overrides the file's `grids`.
+    #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
+    pub(crate) grids: Vec<String>,
+    /// Probe queries (safetensors: probes, q x d) [default: 64 drawn from the features'
+    /// per-channel mean and deviation].
+    #[arg(long, value_name = "Q.safetensors")]
+    pub(crate) probes: Option<PathBuf>,
+    /// Seed of the random method and of the drawn probes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Which keys metacompress's softmax runs over.
+    #[arg(long, value_enum, default_value_t = Scope::Image)]
+    pub(crate) scope: Scope,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+    /// Also write the report as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) json: Option<PathBuf>,
+    /// Write pictures of each method's P (first image) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) png: Option<PathBuf>,
+    /// Pixels per token in the pictures.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) png_scale: u16,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// A workload (llava15-7b, llava15-13b, llava-next-7b, qwen2vl-7b, tiny) or all.
+    #[arg(long, default_value = "llava15-7b", value_name = "NAME|all")]
+    pub(crate) workload: String,
+    /// Fraction of tokens to keep, in (0, 1].
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub(crate) keep: f64,
+    /// Projection width d_c of the weights [default: 256, or d when smaller].
+    #[arg(long)]
+    pub(crate) dc: Option<usize>,
+    /// Storage precision on the GPU.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub(crate) precision: Precision,
+    /// Where to run: auto is the best GPU adapter (software ones included); cpu the CPU path.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub(crate) backend: Backend,
+    /// Use the adapter whose name contains NAME (any case).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) adapter: Option<String>,
+    /// Timed runs per variant.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) runs: usize,
+    /// Untimed runs before them.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup: usize,
+    /// Leave out the naive kernels.
+    #[arg(long)]
+    pub(crate) skip_naive: bool,
+    /// Also time the shared-memory (workgroup-tiled) kernels.
+    #[arg(long)]
+    pub(crate) shared: bool,
+    /// Split-K policies for the tuned and shared kernels, each timed as a variant of its own:
+    /// auto (cut skinny products on hardware adapters, never on software ones), off, or a
+    /// piece count; several separated by commas, e.g. auto,off.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "auto",
+        value_name = "auto|off|N"
+    )]
+    pub(crate) split_k: Vec<SplitK>,
+    /// Images per call (batches past one storage binding run in chunks).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) batch: usize,
+    /// Also write the report as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct InitArgs {
+    /// Token width d.
+    #[arg(long)]
+    pub(crate) dim: usize,
+    /// Projection width d_c (at most d).
+    #[arg(long)]
+    pub(crate) dc: usize,
+    /// Add a 2-D sine-cosine position table of GHxGW cells.
+    #[arg(long, value_name = "GHxGW")]
+    pub(crate) pos: Option<String>,
+    /// Scale of the position table.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub(crate) pos_scale: f32,
+    /// Seed of the random orthonormal projection.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Output weights file.
+    #[arg(long)]
+    pub(crate) output: PathBuf,
+}
