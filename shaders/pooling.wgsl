@@ -24,8 +24,8 @@ struct QueryGrid {
     query_offset: u32, // first query of the grid
     query_height: u32, // hq
     query_width: u32,  // wq
-    unused0: u32,
-    unused1: u32,
+    stride: u32,       // tokens from one row of the grid to the next
+    unused: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -60,7 +60,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         let image_base = image * held;
         for (var row = i * grid.height / grid.query_height; row < row_end; row++) {
             for (var column = j * grid.width / grid.query_width; column < column_end; column++) {
-                let token = grid.offset + row * grid.width + column;
+                let token = grid.offset + row * grid.stride + column;
                 count++;
                 if token >= params.token_start && token < params.token_end {
                     let at = image_base + token - params.token_start;

@@ -1,5 +1,7 @@
-// P[i, :] = softmax(S[i, :]) over query i's key range, computed stably (subtract the row
-// maximum), exactly 0 outside the range (SPEC 4, step 6). In place, one workgroup per row:
+// P[i, :] = softmax(S[i, :]) over query i's keys, computed stably (subtract the row
+// maximum), exactly 0 elsewhere (SPEC 4, step 6). The keys of a query are the tokens j of
+// start..end with (j - start) % stride < width: a whole image, or one grid whose rows may be
+// `stride` tokens apart. In place, one workgroup per row:
 // one read of the row for the largest score and the sum (an online softmax), one to write P.
 
 struct Params {
@@ -9,7 +11,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> key_ranges: array<vec2<u32>>;
+@group(0) @binding(1) var<storage, read> key_ranges: array<vec4<u32>>; // start, end, stride, width
 @group(0) @binding(2) var<storage, read_write> scores: array<f32>;
 
 const workgroup_size = 256u;
@@ -31,14 +33,16 @@ fn main(@builtin(local_invocation_index) lane: u32,
     if row >= params.rows {
         return;
     }
-    let range = key_ranges[row % params.queries];
+    let keys = key_ranges[row % params.queries];
     let base = row * params.tokens;
 
     // One read of the row: each lane's largest score and sum of exponentials, rescaled
     // whenever a larger score turns up. A lane with no scores holds (-3e38, 0).
     var own = vec2<f32>(-3.0e38, 0.0);
-    for (var j = range.x + lane; j < range.y; j += workgroup_size) {
-        own = join(own, vec2<f32>(scores[base + j], 1.0));
+    for (var j = keys.x + lane; j < keys.y; j += workgroup_size) {
+        if (j - keys.x) % keys.z < keys.w {
+            own = join(own, vec2<f32>(scores[base + j], 1.0));
+        }
     }
     partial_largest[lane] = own.x;
     partial_sum[lane] = own.y;
@@ -59,7 +63,7 @@ fn main(@builtin(local_invocation_index) lane: u32,
 
     for (var j = lane; j < params.tokens; j += workgroup_size) {
         var weight = 0.0;
-        if j >= range.x && j < range.y {
+        if j >= keys.x && j < keys.y && (j - keys.x) % keys.z < keys.w {
             weight = exp(scores[base + j] - largest) / sum;
         }
         scores[base + j] = weight;

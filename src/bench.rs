@@ -23,8 +23,8 @@ pub struct Workload {
     pub name: &'static str,
     /// What it stands for.
     pub about: &'static str,
-    /// Grids as `(offset, height, width)`.
-    pub grids: &'static [(usize, usize, usize)],
+    /// Grids as `(offset, height, width, stride)`, in the order the model produces its tokens.
+    pub grids: &'static [(usize, usize, usize, usize)],
     /// Tokens per image `n` (grids and loose tokens).
     pub tokens: usize,
     /// Token width `d`.
@@ -32,32 +32,41 @@ pub struct Workload {
 }
 
 /// The workloads of `--workload all`, as the project's benchmarks name them.
-pub const WORKLOADS: [Workload; 4] = [
+pub const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "llava15-7b",
         about: "LLaVA-1.5-7B: one 24x24 grid",
-        grids: &[(0, 24, 24)],
+        grids: &[(0, 24, 24, 24)],
         tokens: 576,
         width: 4096,
     },
     Workload {
         name: "llava15-13b",
         about: "LLaVA-1.5-13B: one 24x24 grid",
-        grids: &[(0, 24, 24)],
+        grids: &[(0, 24, 24, 24)],
         tokens: 576,
         width: 5120,
     },
     Workload {
         name: "llava-next-7b",
-        about: "LLaVA-NeXT-7B anyres, 2x2 crops: 24x24 base + 48x48 crops + 48 newline tokens",
-        grids: &[(0, 24, 24), (576, 48, 48)],
+        about: "LLaVA-NeXT-7B anyres, a 672x672 image: 24x24 base + 48x48 crops, a newline \
+                token after each crop row (--layout llava-next:672x672)",
+        grids: &[(0, 24, 24, 24), (576, 48, 48, 49)],
         tokens: 2928,
+        width: 4096,
+    },
+    Workload {
+        name: "llava-next-7b-photo",
+        about: "LLaVA-NeXT-7B anyres, a 1000x667 photo: 24x24 base + 32x48 unpadded crops, a \
+                newline token after each crop row (--layout llava-next:1000x667)",
+        grids: &[(0, 24, 24, 24), (576, 32, 48, 49)],
+        tokens: 2144,
         width: 4096,
     },
     Workload {
         name: "qwen2vl-7b",
         about: "Qwen2-VL-7B, 1008x1008 image: one 36x36 grid",
-        grids: &[(0, 36, 36)],
+        grids: &[(0, 36, 36, 36)],
         tokens: 1296,
         width: 3584,
     },
@@ -67,7 +76,7 @@ pub const WORKLOADS: [Workload; 4] = [
 pub const TINY: Workload = Workload {
     name: "tiny",
     about: "smoke test: 7x9 and 5x5 grids with 3 loose tokens",
-    grids: &[(1, 7, 9), (66, 5, 5)],
+    grids: &[(1, 7, 9, 10), (71, 5, 5, 5)],
     tokens: 93,
     width: 75,
 };
@@ -97,11 +106,7 @@ impl Workload {
         let grids = self
             .grids
             .iter()
-            .map(|&(offset, height, width)| Grid {
-                offset,
-                height,
-                width,
-            })
+            .map(|&(offset, height, width, stride)| Grid::strided(offset, height, width, stride))
             .collect();
         Layout::new(self.tokens, grids)
     }

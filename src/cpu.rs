@@ -189,7 +189,9 @@ fn scores_in_scope(
             let mut block = Vec::new();
             for query_grid in &queries.grids {
                 let (first, count) = (query_grid.query_offset, query_grid.len());
-                let keys = query_grid.grid.offset..query_grid.grid.end();
+                // The grid's span: tokens between its rows that are not its own get scores
+                // here and weight 0 in the softmax.
+                let keys = query_grid.grid.keys().span();
                 block.resize(count * keys.len(), 0.0);
                 multiply(
                     View::row_major(&query[first * c..(first + count) * c], count, c),
@@ -204,10 +206,19 @@ fn scores_in_scope(
     }
 }
 
-/// Step 6 in place: the stable softmax of each row over its key range, zeros elsewhere.
+/// Step 6 in place: the stable softmax of each row over its keys, zeros elsewhere.
 fn softmax_rows(scores: &mut [f32], queries: &Queries, scope: Scope, n: usize) {
     for (query, row) in scores.chunks_exact_mut(n).enumerate() {
-        let range = queries.key_range(query, scope, n);
+        let keys = queries.keys(query, scope, n);
+        let range = keys.span();
+        if !keys.is_contiguous() {
+            // Tokens of the span that are not keys: no weight.
+            for (token, s) in row[range.clone()].iter_mut().enumerate() {
+                if !keys.contains(range.start + token) {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
         let largest = row[range.clone()]
             .iter()
             .cloned()

@@ -100,10 +100,10 @@ pub fn scene_on(layout: &Layout, width: usize, seed: u64) -> Scene {
         let mut value = vec![0.0f32; width];
         match layout.grid_of(token) {
             Some(grid) => {
-                let cell = token - grid.offset;
+                let (row, column) = grid.cell_of(token).expect("the grid holds the token");
                 // The cell's centre in SIDE x SIDE scene coordinates.
-                let row = ((cell / grid.width) as f32 + 0.5) * SIDE as f32 / grid.height as f32;
-                let column = ((cell % grid.width) as f32 + 0.5) * SIDE as f32 / grid.width as f32;
+                let row = (row as f32 + 0.5) * SIDE as f32 / grid.height as f32;
+                let column = (column as f32 + 0.5) * SIDE as f32 / grid.width as f32;
                 for (direction, fy, fx, phase) in &waves {
                     let amplitude =
                         ((row - 0.5) * fy + (column - 0.5) * fx + phase).sin() * 0.6 * scale;
@@ -136,20 +136,12 @@ pub fn scene_on(layout: &Layout, width: usize, seed: u64) -> Scene {
     }
 }
 
-/// LLaVA-NeXT's anyres layout: a 24x24 base grid, a 48x48 grid of the four crops, and 48
-/// loose newline tokens after it (n = 2928).
+/// LLaVA-NeXT's anyres layout of a square image, in the model's own order: a 24x24 base grid,
+/// then a 48x48 grid of the four crops with a loose newline token after each row (n = 2928).
 pub fn anyres_layout() -> Layout {
-    let base = Grid {
-        offset: 0,
-        height: SIDE,
-        width: SIDE,
-    };
-    let crops = Grid {
-        offset: SIDE * SIDE,
-        height: 2 * SIDE,
-        width: 2 * SIDE,
-    };
-    Layout::new(crops.end() + 2 * SIDE, vec![base, crops]).expect("a valid layout")
+    let base = Grid::new(0, SIDE, SIDE);
+    let crops = Grid::strided(SIDE * SIDE, 2 * SIDE, 2 * SIDE, 2 * SIDE + 1);
+    Layout::new(crops.end() + 1, vec![base, crops]).expect("a valid layout")
 }
 
 /// A stand-in for the vision tower's [CLS] attention over the scene's tokens (for `visionzip`

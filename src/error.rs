@@ -73,3 +73,14 @@ impl std::error::Error for Error {
 
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `text` as an error message echoes it: in quotes, control characters escaped, cut to about
+/// 80 characters (a bad value may be a 400 KB string).
+pub(crate) fn quoted(text: &str) -> String {
+    const MOST: usize = 80;
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    match escaped.char_indices().nth(MOST) {
+        Some((cut, _)) => format!("\"{}\"... ({} characters)", &escaped[..cut], text.chars().count()),
+        None => format!("\"{escaped}\""),
+    }
+}

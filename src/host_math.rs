@@ -136,7 +136,7 @@ pub(crate) fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) 
                     &mut pooled[(query_grid.query_offset + i * query_grid.width + j) * d..][..d];
                 for row in rows.clone() {
                     for column in columns.clone() {
-                        let token = grid.offset + row * grid.width + column;
+                        let token = grid.token(row, column);
                         out.iter_mut()
                             .zip(&xp[token * d..][..d])
                             .for_each(|(o, v)| *o += v);

@@ -3,7 +3,10 @@
 
 use crate::error::{Error, Result};
 
-/// An `height x width` grid of tokens `offset .. offset + height * width`, row-major.
+/// An `height x width` grid of tokens, row-major, rows `stride` tokens apart: token `(r, c)`
+/// is `offset + r * stride + c` (SPEC section 3). With `stride > width`, the `stride - width`
+/// tokens after each row are not in the grid (LLaVA-NeXT's newline tokens, or rows of
+/// another grid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grid {
     /// First token of the grid.
@@ -12,9 +15,26 @@ pub struct Grid {
     pub height: usize,
     /// Columns of the grid.
     pub width: usize,
+    /// Tokens from the start of one row to the start of the next (`>= width`).
+    pub stride: usize,
 }
 
 impl Grid {
+    /// A contiguous grid: `height * width` tokens from `offset`.
+    pub fn new(offset: usize, height: usize, width: usize) -> Self {
+        Grid::strided(offset, height, width, width)
+    }
+
+    /// A grid whose rows start `stride` tokens apart.
+    pub fn strided(offset: usize, height: usize, width: usize, stride: usize) -> Self {
+        Grid {
+            offset,
+            height,
+            width,
+            stride,
+        }
+    }
+
     /// Number of tokens in the grid.
     pub fn len(&self) -> usize {
         self.height * self.width
@@ -25,9 +45,116 @@ impl Grid {
         self.len() == 0
     }
 
-    /// One past the last token of the grid.
+    /// Whether rows follow each other with no token between them.
+    pub fn is_contiguous(&self) -> bool {
+        self.stride == self.width
+    }
+
+    /// The token at row `row` and column `column`.
+    pub fn token(&self, row: usize, column: usize) -> usize {
+        self.offset + row * self.stride + column
+    }
+
+    /// The token of cell `cell` (row-major: row `cell / width`, column `cell % width`).
+    pub fn token_of_cell(&self, cell: usize) -> usize {
+        self.token(cell / self.width, cell % self.width)
+    }
+
+    /// The grid's tokens, row by row.
+    pub fn tokens(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).map(|cell| self.token_of_cell(cell))
+    }
+
+    /// One past the last token of the grid (its span `offset..end` may hold other tokens
+    /// between rows).
     pub fn end(&self) -> usize {
-        self.offset + self.len()
+        match self.height {
+            0 => self.offset,
+            h => self.offset + (h - 1) * self.stride + self.width,
+        }
+    }
+
+    /// The row and column of `token`, if it is in the grid.
+    pub fn cell_of(&self, token: usize) -> Option<(usize, usize)> {
+        if token < self.offset || token >= self.end() {
+            return None;
+        }
+        let local = token - self.offset;
+        let (row, column) = (local / self.stride, local % self.stride);
+        (column < self.width).then_some((row, column))
+    }
+
+    /// Whether `token` is in the grid.
+    pub fn contains(&self, token: usize) -> bool {
+        self.cell_of(token).is_some()
+    }
+
+    /// The keys of this grid as a `Keys` pattern.
+    pub fn keys(&self) -> Keys {
+        Keys {
+            start: self.offset,
+            end: self.end(),
+            stride: self.stride,
+            width: self.width,
+        }
+    }
+}
+
+impl std::fmt::Display for Grid {
+    /// As a `--grid` flag: `HxW@OFFSET`, with `/STRIDE` when the rows are not contiguous.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}@{}", self.height, self.width, self.offset)?;
+        if !self.is_contiguous() {
+            write!(f, "/{}", self.stride)?;
+        }
+        Ok(())
+    }
+}
+
+/// The keys a query's softmax runs over (SPEC section 4, step 5): the tokens `j` of
+/// `start..end` with `(j - start) % stride < width`; all of `start..end` when
+/// `stride == width`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// First token of the span.
+    pub start: usize,
+    /// One past the last token of the span.
+    pub end: usize,
+    /// Tokens between the starts of two rows of keys.
+    pub stride: usize,
+    /// Keys at the start of each row.
+    pub width: usize,
+}
+
+impl Keys {
+    /// Every token of `0..tokens`.
+    pub fn all(tokens: usize) -> Self {
+        Keys {
+            start: 0,
+            end: tokens,
+            stride: tokens.max(1),
+            width: tokens.max(1),
+        }
+    }
+
+    /// The span `start..end` that holds every key (and, with gaps, other tokens too).
+    pub fn span(&self) -> std::ops::Range<usize> {
+        self.start..self.end
+    }
+
+    /// Whether `token` is a key.
+    pub fn contains(&self, token: usize) -> bool {
+        self.span().contains(&token) && (token - self.start) % self.stride < self.width
+    }
+
+    /// The keys, in token order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.span().filter(|&token| self.contains(token))
+    }
+
+    /// Whether every token of the span is a key.
+    pub fn is_contiguous(&self) -> bool {
+        self.width >= self.stride
     }
 }
 
@@ -55,34 +182,38 @@ impl Layout {
         for grid in &grids {
             if grid.height == 0 || grid.width == 0 {
                 return Err(Error::InvalidArgument(format!(
-                    "grid {}x{}@{} is empty; expected a height and width of at least 1",
-                    grid.height, grid.width, grid.offset
+                    "grid {grid} is empty; expected a height and width of at least 1"
                 )));
             }
-            let end = grid
-                .height
-                .checked_mul(grid.width)
-                .and_then(|len| len.checked_add(grid.offset));
+            if grid.stride < grid.width {
+                return Err(Error::InvalidArgument(format!(
+                    "grid {}x{}@{}/{} has a row stride of {} below its width {}; expected a \
+                     stride of at least the width",
+                    grid.height, grid.width, grid.offset, grid.stride, grid.stride, grid.width
+                )));
+            }
+            let end = (grid.height - 1)
+                .checked_mul(grid.stride)
+                .and_then(|rows| rows.checked_add(grid.width))
+                .and_then(|span| span.checked_add(grid.offset));
             if end.is_none_or(|end| end > tokens) {
                 return Err(Error::InvalidArgument(format!(
-                    "grid {}x{}@{} ends past the last token; expected it inside 0..{tokens}",
-                    grid.height, grid.width, grid.offset
+                    "grid {grid} ends past the last token; expected it inside 0..{tokens}"
                 )));
             }
         }
-        let mut sorted = grids.clone();
-        sorted.sort_by_key(|grid| grid.offset);
-        for pair in sorted.windows(2) {
-            if pair[0].end() > pair[1].offset {
-                return Err(Error::InvalidArgument(format!(
-                    "grids {}x{}@{} and {}x{}@{} overlap; expected disjoint grids",
-                    pair[0].height,
-                    pair[0].width,
-                    pair[0].offset,
-                    pair[1].height,
-                    pair[1].width,
-                    pair[1].offset
-                )));
+        // Token by token: strided grids may interleave their rows without sharing a token.
+        let mut owner: Vec<u32> = vec![u32::MAX; tokens];
+        for (index, grid) in grids.iter().enumerate() {
+            for token in grid.tokens() {
+                if owner[token] != u32::MAX {
+                    let other = grids[owner[token] as usize];
+                    return Err(Error::InvalidArgument(format!(
+                        "grids {other} and {grid} both hold token {token}; expected disjoint \
+                         grids"
+                    )));
+                }
+                owner[token] = index as u32;
             }
         }
         Ok(Layout { tokens, grids })
@@ -100,11 +231,7 @@ impl Layout {
         }
         Layout::new(
             tokens,
-            vec![Grid {
-                offset: 0,
-                height: side,
-                width: side,
-            }],
+            vec![Grid::new(0, side, side)],
         )
     }
 
@@ -131,9 +258,7 @@ impl Layout {
 
     /// The grid that holds `token`, if any (loose tokens have none).
     pub fn grid_of(&self, token: usize) -> Option<&Grid> {
-        self.grids
-            .iter()
-            .find(|grid| (grid.offset..grid.end()).contains(&token))
+        self.grids.iter().find(|grid| grid.contains(token))
     }
 
     /// The query grids for a keep fraction (SPEC section 4, step 2).
@@ -156,9 +281,18 @@ impl Layout {
         }
     }
 
-    /// The layout as the JSON of the `grids` metadata: `[[offset, h, w], ...]`.
+    /// The layout as the JSON of the `grids` metadata: `[[offset, h, w], ...]`, with a fourth
+    /// entry, the stride, for a grid whose rows are not contiguous.
     pub fn to_json(&self) -> String {
-        triples_json(self.grids.iter().map(|g| [g.offset, g.height, g.width]))
+        let items: Vec<String> = self
+            .grids
+            .iter()
+            .map(|g| match g.is_contiguous() {
+                true => format!("[{},{},{}]", g.offset, g.height, g.width),
+                false => format!("[{},{},{},{}]", g.offset, g.height, g.width, g.stride),
+            })
+            .collect();
+        format!("[{}]", items.join(","))
     }
 }
 
@@ -230,17 +364,17 @@ impl Queries {
         )
     }
 
-    /// The key tokens that query `query` may attend to under `scope`, as a range of tokens.
-    pub fn key_range(&self, query: usize, scope: Scope, tokens: usize) -> std::ops::Range<usize> {
+    /// The key tokens that query `query` may attend to under `scope`.
+    pub fn keys(&self, query: usize, scope: Scope, tokens: usize) -> Keys {
         match scope {
-            Scope::Image => 0..tokens,
+            Scope::Image => Keys::all(tokens),
             Scope::Grid => {
                 let grid = self
                     .grids
                     .iter()
                     .find(|g| (g.query_offset..g.query_offset + g.len()).contains(&query))
                     .expect("query index below the query count");
-                grid.grid.offset..grid.grid.end()
+                grid.grid.keys()
             }
         }
     }
@@ -295,23 +429,28 @@ impl Scope {
     }
 }
 
-/// Parses one `--grid HxW[@OFFSET]`; a missing offset starts at `next_offset`.
+/// Parses one `--grid HxW[@OFFSET][/STRIDE]`; a missing offset starts at `next_offset`, a
+/// missing stride is the width.
 pub fn parse_grid_flag(text: &str, next_offset: usize) -> Result<Grid> {
     let bad = || {
         Error::InvalidArgument(format!(
-            "--grid {text:?} is not a grid; expected HxW or HxW@OFFSET, such as 24x24@0"
+            "--grid {} is not a grid; expected HxW, HxW@OFFSET or HxW@OFFSET/STRIDE, such as \
+             24x24@0 or 32x48@576/49",
+            crate::error::quoted(text)
         ))
     };
-    let (shape, offset) = match text.split_once('@') {
-        Some((shape, offset)) => (shape, offset.trim().parse().map_err(|_| bad())?),
-        None => (text, next_offset),
+    let number = |text: &str| text.trim().parse::<usize>().map_err(|_| bad());
+    let (rest, stride) = match text.split_once('/') {
+        Some((rest, stride)) => (rest, Some(number(stride)?)),
+        None => (text, None),
+    };
+    let (shape, offset) = match rest.split_once('@') {
+        Some((shape, offset)) => (shape, number(offset)?),
+        None => (rest, next_offset),
     };
     let (height, width) = shape.split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok(Grid {
-        offset,
-        height: height.trim().parse().map_err(|_| bad())?,
-        width: width.trim().parse().map_err(|_| bad())?,
-    })
+    let (height, width) = (number(height)?, number(width)?);
+    Ok(Grid::strided(offset, height, width, stride.unwrap_or(width)))
 }
 
 /// Parses all `--grid` flags in order, each missing offset following the previous grid.
@@ -324,12 +463,14 @@ pub fn parse_grid_flags(flags: &[String]) -> Result<Vec<Grid>> {
     Ok(grids)
 }
 
-/// Parses the `grids` metadata of an input file: a JSON list of `[offset, h, w]` triples.
+/// Parses the `grids` metadata of an input file: a JSON list of `[offset, h, w]` or
+/// `[offset, h, w, stride]` entries.
 pub fn parse_grids_json(text: &str) -> Result<Vec<Grid>> {
     let bad = |why: &str| {
         Error::Format(format!(
-            "input metadata grids = {text:?} is not valid: {why}; expected a JSON list of \
-             [offset, h, w] triples such as [[0,24,24]]"
+            "input metadata grids = {} is not valid: {why}; expected a JSON list of \
+             [offset, h, w] or [offset, h, w, stride] entries such as [[0,24,24]]",
+            crate::error::quoted(text)
         ))
     };
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
@@ -337,20 +478,26 @@ pub fn parse_grids_json(text: &str) -> Result<Vec<Grid>> {
     items
         .iter()
         .map(|item| {
-            let triple = item
+            let entry = item
                 .as_array()
-                .filter(|t| t.len() == 3)
-                .ok_or_else(|| bad("an entry is not a triple"))?;
+                .filter(|t| t.len() == 3 || t.len() == 4)
+                .ok_or_else(|| bad("an entry is not [offset, h, w] or [offset, h, w, stride]"))?;
             let number = |v: &serde_json::Value| {
                 v.as_u64()
                     .and_then(|v| usize::try_from(v).ok())
                     .ok_or_else(|| bad("an entry holds a value that is not a non-negative integer"))
             };
-            Ok(Grid {
-                offset: number(&triple[0])?,
-                height: number(&triple[1])?,
-                width: number(&triple[2])?,
-            })
+            let width = number(&entry[2])?;
+            let stride = match entry.get(3) {
+                Some(stride) => number(stride)?,
+                None => width,
+            };
+            Ok(Grid::strided(
+                number(&entry[0])?,
+                number(&entry[1])?,
+                width,
+                stride,
+            ))
         })
         .collect()
 }
@@ -360,11 +507,7 @@ mod tests {
     use super::*;
 
     fn grid(offset: usize, height: usize, width: usize) -> Grid {
-        Grid {
-            offset,
-            height,
-            width,
-        }
+        Grid::new(offset, height, width)
     }
 
     #[test]
@@ -398,8 +541,9 @@ mod tests {
         let queries = layout.queries(Keep::new(0.1).unwrap());
         assert_eq!(queries.count, 64 + 225);
         assert_eq!(queries.to_json(), "[[0,8,8],[64,15,15]]");
-        assert_eq!(queries.key_range(70, Scope::Grid, 2928), 576..2880);
-        assert_eq!(queries.key_range(70, Scope::Image, 2928), 0..2928);
+        assert_eq!(queries.keys(70, Scope::Grid, 2928).span(), 576..2880);
+        assert!(queries.keys(70, Scope::Grid, 2928).is_contiguous());
+        assert_eq!(queries.keys(70, Scope::Image, 2928).span(), 0..2928);
     }
 
     #[test]

@@ -80,10 +80,10 @@ pub fn heat_colour(value: f32) -> [u8; 3] {
 /// Colour of a token no row of `P` weighs.
 pub const UNUSED: [u8; 3] = [40, 40, 40];
 
-/// For each token of `grid`, the reduced token that weighs it most (`None` when none does),
-/// from one image's `P` (`m x n`).
+/// For each token of `grid` (row-major), the reduced token that weighs it most (`None` when
+/// none does), from one image's `P` (`m x n`).
 pub fn assignment(p: &[f32], n: usize, grid: &Grid) -> Vec<Option<usize>> {
-    (grid.offset..grid.end())
+    grid.tokens()
         .map(|token| {
             let mut best: Option<(usize, f32)> = None;
             for (row, weights) in p.chunks_exact(n).enumerate() {
@@ -131,10 +131,10 @@ pub fn write_pictures(
         save(format!("{}-grid{index}.png", method.name()), picture)?;
         if method == Method::MetaCompress {
             for query in sample_rows(query_grid.query_offset, query_grid.len()) {
-                let weights = &p[query * n + grid.offset..][..grid.len()];
-                let largest = weights.iter().cloned().fold(0.0f32, f32::max);
+                let weights = &p[query * n..][..n];
+                let largest = grid.tokens().map(|t| weights[t]).fold(0.0f32, f32::max);
                 let picture = Picture::of_grid(&grid, scale, |row, column| {
-                    let w = weights[row * grid.width + column];
+                    let w = weights[grid.token(row, column)];
                     heat_colour(if largest > 0.0 { w / largest } else { 0.0 })
                 });
                 save(format!("metacompress-grid{index}-row{query}.png"), picture)?;

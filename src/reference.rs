@@ -67,7 +67,7 @@ pub fn position_samples(
                 (bottom, left, down * (1.0 - across)),
                 (bottom, right, down * across),
             ];
-            (grid.offset + local, corners)
+            (grid.token_of_cell(local), corners)
         })
     })
 }
@@ -112,7 +112,7 @@ pub fn pool(positioned: &[f64], d: usize, queries: &Queries) -> Vec<f64> {
                 let out = &mut pooled[query * d..][..d];
                 for row in rows.clone() {
                     for column in columns.clone() {
-                        let token = grid.offset + row * grid.width + column;
+                        let token = grid.token(row, column);
                         for (o, v) in out.iter_mut().zip(&positioned[token * d..][..d]) {
                             *o += v;
                         }
@@ -156,7 +156,7 @@ pub fn scores(
     let mut out = vec![f64::NEG_INFINITY; queries.count * n];
     for i in 0..queries.count {
         let q = &query[i * c..][..c];
-        for j in queries.key_range(i, scope, n) {
+        for j in queries.keys(i, scope, n).iter() {
             let k = &key[j * c..][..c];
             let dot: f64 = (0..c).map(|ch| q[ch] * omega[ch] as f64 * k[ch]).sum();
             out[i * n + j] = dot * scale;
@@ -217,11 +217,7 @@ mod tests {
         // one 2x3 grid of 1-wide tokens after a loose token, pooled to 1x2 at keep 1/3
         let layout = Layout::new(
             7,
-            vec![Grid {
-                offset: 1,
-                height: 2,
-                width: 3,
-            }],
+            vec![Grid::new(1, 2, 3)],
         )
         .unwrap();
         let queries = layout.queries(Keep::new(0.25).unwrap());

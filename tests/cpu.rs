@@ -93,10 +93,10 @@ fn grid_scope_on_the_cpu_path_has_exact_zeros_outside_each_grid() {
     let out = compressor.compress(&features, &layout, &options).unwrap();
     let m = out.queries.count;
     for (row_index, row) in out.projection.unwrap().chunks_exact(40).enumerate() {
-        let range = out.queries.key_range(row_index % m, Scope::Grid, 40);
+        let keys = out.queries.keys(row_index % m, Scope::Grid, 40);
         for (j, p) in row.iter().enumerate() {
             assert_eq!(
-                range.contains(&j),
+                keys.contains(j),
                 *p != 0.0,
                 "seed {seed}: row {row_index} column {j}: {p}"
             );

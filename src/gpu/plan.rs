@@ -335,7 +335,7 @@ pub fn plan(groups: &[Group], device: &Device, wants: &Wants) -> Result<CallPlan
                 bytes += padded(n * c, e);
             }
         }
-        bytes += padded(group.layout.grids().len() * 8, 4) + padded(m * 2, 4);
+        bytes += padded(group.layout.grids().len() * 8, 4) + padded(m * 4, 4);
         bytes += padded(k * m * d, e) + padded(k * m * c, 4) + padded(k * m * n, 4);
         bytes += match association {
             Association::Keys => padded(k * n * c, e),
@@ -470,7 +470,7 @@ fn split_image(
     }
     // Bytes per query of each block bound: rows of S and P, of Y, of the queries, of the
     // key ranges.
-    let per_query = (n * 4).max(d * e).max(c * 4).max(8) as u64;
+    let per_query = (n * 4).max(d * e).max(c * 4).max(16) as u64;
     let queries = ((limit / per_query) as usize / align * align).min(m.next_multiple_of(align));
     if queries == 0 {
         return Err(refuse(

@@ -21,7 +21,7 @@ use crate::layout::QueryGrid;
 /// The grid's tokens, the most attended first (ties: the lower token).
 fn by_attention(query_grid: &QueryGrid, attention: &[f32]) -> Vec<usize> {
     let grid = query_grid.grid;
-    let mut tokens: Vec<usize> = (grid.offset..grid.end()).collect();
+    let mut tokens: Vec<usize> = grid.tokens().collect();
     tokens.sort_by(|&a, &b| attention[b].total_cmp(&attention[a]).then(a.cmp(&b)));
     tokens
 }
@@ -112,8 +112,8 @@ fn quantile(values: &[f32], p: f64) -> f64 {
 fn prumerge_kept(attention: &[f32], query_grid: &QueryGrid) -> Vec<usize> {
     let grid = query_grid.grid;
     let rows = query_grid.len();
-    let values = &attention[grid.offset..grid.end()];
-    let (q1, q3) = (quantile(values, 0.25), quantile(values, 0.75));
+    let values: Vec<f32> = grid.tokens().map(|t| attention[t]).collect();
+    let (q1, q3) = (quantile(&values, 0.25), quantile(&values, 0.75));
     let fence = q3 + 1.5 * (q3 - q1);
     let ranked = by_attention(query_grid, attention);
     let mut kept: Vec<usize> = ranked
@@ -141,7 +141,8 @@ fn prumerge_kept(attention: &[f32], query_grid: &QueryGrid) -> Vec<usize> {
 pub fn prumerge(x: &[f32], width: usize, attention: &[f32], query_grid: &QueryGrid) -> Vec<Row> {
     let grid = query_grid.grid;
     let kept = prumerge_kept(attention, query_grid);
-    let pruned: Vec<usize> = (grid.offset..grid.end())
+    let pruned: Vec<usize> = grid
+        .tokens()
         .filter(|t| kept.binary_search(t).is_err())
         .collect();
     let mut groups: Vec<Vec<usize>> = kept.iter().map(|&t| vec![t]).collect();

@@ -11,7 +11,7 @@ use crate::layout::QueryGrid;
 pub fn divprune(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
     let grid = query_grid.grid;
     let count = grid.len();
-    let unit = unit_rows(x, width, grid.offset..grid.end());
+    let unit = unit_rows(x, width, grid.tokens());
     let similarity = cosines(&unit, &unit, width);
     let distance = |i: usize, j: usize| 1.0 - similarity[i * count + j];
     let first = if count == 1 {
@@ -38,6 +38,6 @@ pub fn divprune(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
     }
     kept.sort_unstable();
     kept.into_iter()
-        .map(|cell| vec![(grid.offset + cell, 1.0)])
+        .map(|cell| vec![(grid.token_of_cell(cell), 1.0)])
         .collect()
 }

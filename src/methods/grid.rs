@@ -20,7 +20,7 @@ pub fn pool(query_grid: &QueryGrid) -> Vec<Row> {
             let row = window_rows
                 .clone()
                 .flat_map(|r| window_columns.clone().map(move |c| (r, c)))
-                .map(|(r, c)| (grid.offset + r * grid.width + c, weight))
+                .map(|(r, c)| (grid.token(r, c), weight))
                 .collect();
             rows.push(row);
         }
@@ -35,7 +35,7 @@ pub fn sample_cell(query_grid: &QueryGrid, i: usize, j: usize) -> usize {
     // floor((i + 0.5) * h / hq) == floor((2i + 1) * h / (2 hq)), in exact integers.
     let row = (2 * i + 1) * grid.height / (2 * query_grid.height);
     let column = (2 * j + 1) * grid.width / (2 * query_grid.width);
-    grid.offset + row * grid.width + column
+    grid.token(row, column)
 }
 
 /// Equidistant sampling: one-hot rows at `sample_cell`.
@@ -53,6 +53,6 @@ pub fn random(query_grid: &QueryGrid, rng: &mut ChaCha8Rng) -> Vec<Row> {
     chosen.sort_unstable();
     chosen
         .into_iter()
-        .map(|cell| vec![(grid.offset + cell, 1.0)])
+        .map(|cell| vec![(grid.token_of_cell(cell), 1.0)])
         .collect()
 }

@@ -20,7 +20,8 @@ struct Merged {
 /// The rows of `P` for one grid of `x` (`n x width`).
 pub fn tome(x: &[f32], width: usize, query_grid: &QueryGrid) -> Vec<Row> {
     let grid = query_grid.grid;
-    let mut tokens: Vec<Merged> = (grid.offset..grid.end())
+    let mut tokens: Vec<Merged> = grid
+        .tokens()
         .map(|token| Merged {
             members: vec![token],
             sum: x[token * width..][..width].to_vec(),

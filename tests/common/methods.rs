@@ -63,7 +63,7 @@ pub fn pool(queries: &Queries, n: usize) -> Vec<f64> {
                 let mut row = Vec::new();
                 for r in r0..r1 {
                     for c in c0..c1 {
-                        row.push((g.offset + r * g.width + c, w));
+                        row.push((at(&g, r, c), w));
                     }
                 }
                 rows.push(row);
@@ -78,7 +78,7 @@ pub fn sample_cell(q: &QueryGrid, i: usize, j: usize) -> usize {
     let g = q.grid;
     let r = ((i as f64 + 0.5) * g.height as f64 / q.height as f64).floor() as usize;
     let c = ((j as f64 + 0.5) * g.width as f64 / q.width as f64).floor() as usize;
-    g.offset + r * g.width + c
+    at(&g, r, c)
 }
 
 pub fn sample(queries: &Queries, n: usize) -> Vec<f64> {
@@ -97,7 +97,7 @@ pub fn tome(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
         let g = q.grid;
         // (members, sum of features)
-        let mut tokens: Vec<(Vec<usize>, Vec<f64>)> = (g.offset..g.offset + g.len())
+        let mut tokens: Vec<(Vec<usize>, Vec<f64>)> = cells(&g).into_iter()
             .map(|t| (vec![t], token(x, d, t)))
             .collect();
         while tokens.len() > q.len() {
@@ -152,7 +152,8 @@ pub fn divprune(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
         let g = q.grid;
         let count = g.len();
-        let vectors: Vec<Vec<f64>> = (0..count).map(|i| token(x, d, g.offset + i)).collect();
+        let tokens = cells(&g);
+        let vectors: Vec<Vec<f64>> = (0..count).map(|i| token(x, d, tokens[i])).collect();
         let dist = |i: usize, j: usize| 1.0 - cosine(&vectors[i], &vectors[j]);
         let first = if count == 1 {
             0
@@ -184,7 +185,7 @@ pub fn divprune(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
         }
         kept.sort();
         kept.into_iter()
-            .map(|i| vec![(g.offset + i, 1.0)])
+            .map(|i| vec![(cells(&g)[i], 1.0)])
             .collect()
     })
 }
@@ -192,7 +193,7 @@ pub fn divprune(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
 /// The grid's tokens, most attended first (ties: lower token).
 fn ranked(q: &QueryGrid, attention: &[f32]) -> Vec<usize> {
     let g = q.grid;
-    let mut tokens: Vec<usize> = (g.offset..g.offset + g.len()).collect();
+    let mut tokens: Vec<usize> = cells(&g).into_iter().collect();
     tokens.sort_by(|&a, &b| {
         (attention[b] as f64)
             .partial_cmp(&(attention[a] as f64))
@@ -249,7 +250,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 pub fn prumerge(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
         let g = q.grid;
-        let values: Vec<f64> = (g.offset..g.offset + g.len())
+        let values: Vec<f64> = cells(&g).into_iter()
             .map(|t| attention[t] as f64)
             .collect();
         let (q1, q3) = (percentile(&values, 0.25), percentile(&values, 0.75));
@@ -275,7 +276,7 @@ pub fn prumerge(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: us
         }
         kept.sort();
         let mut groups: Vec<Vec<usize>> = kept.iter().map(|&t| vec![t]).collect();
-        for t in (g.offset..g.offset + g.len()).filter(|t| !kept.contains(t)) {
+        for t in cells(&g).into_iter().filter(|t| !kept.contains(t)) {
             groups[nearest_target(x, d, t, &kept)].push(t);
         }
         groups
@@ -296,4 +297,17 @@ pub fn prumerge(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: us
             })
             .collect()
     })
+}
+
+/// Token `(r, c)` of a grid whose rows are `stride` tokens apart (SPEC section 3), written here
+/// from the spec rather than taken from the library.
+fn at(g: &metacompress::Grid, r: usize, c: usize) -> usize {
+    g.offset + r * g.stride + c
+}
+
+/// The tokens of a grid, row by row.
+fn cells(g: &metacompress::Grid) -> Vec<usize> {
+    (0..g.height)
+        .flat_map(|r| (0..g.width).map(move |c| at(g, r, c)))
+        .collect()
 }

@@ -69,11 +69,7 @@ pub fn weights(
 }
 
 pub fn grid(offset: usize, height: usize, width: usize) -> Grid {
-    Grid {
-        offset,
-        height,
-        width,
-    }
+    Grid::new(offset, height, width)
 }
 
 /// `||out - ref|| / ||ref||` (relative Frobenius error).

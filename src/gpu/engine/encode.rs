@@ -357,7 +357,7 @@ impl GpuEngine {
                 passes,
                 step,
                 &shape(n, count),
-                range_of(&buffers.key_ranges, first_query * 8, count * 8),
+                range_of(&buffers.key_ranges, first_query * 16, count * 16),
                 scores,
             );
             let tokens_out = range_of(&buffers.tokens, first_query * d * e, count * d * e);

@@ -234,15 +234,15 @@ impl GpuEngine {
                     q.query_offset as u32,
                     q.height as u32,
                     q.width as u32,
-                    0,
+                    q.grid.stride as u32,
                     0,
                 ]
             })
             .collect();
         let key_ranges: Vec<u32> = (0..m)
             .flat_map(|i| {
-                let range = queries.key_range(i, options.scope, n);
-                [range.start as u32, range.end as u32]
+                let keys = queries.keys(i, options.scope, n);
+                [keys.start, keys.end, keys.stride, keys.width].map(|v| v as u32)
             })
             .collect();
         GroupBuffers {
