@@ -75,9 +75,10 @@ pub const WORKLOADS: [Workload; 5] = [
 /// A small shape for smoke tests of the harness (not part of `all`).
 pub const TINY: Workload = Workload {
     name: "tiny",
-    about: "smoke test: 7x9 and 5x5 grids with 3 loose tokens",
+    about: "smoke test: a 7x9 grid with a loose token after each row and 5x5 grid, 9 loose \
+            tokens",
     grids: &[(1, 7, 9, 10), (71, 5, 5, 5)],
-    tokens: 93,
+    tokens: 97,
     width: 75,
 };
 

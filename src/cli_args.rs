@@ -29,6 +29,19 @@ pub(crate) enum Command {
     Devices,
     /// Time the forward pass on named workloads, per kernel, tuned against naive.
     Bench(BenchArgs),
+    /// Print the grids of a layout preset (as --grid flags, or JSON) and its token count.
+    Layout {
+        /// llava-1.5, llava-next:WIDTHxHEIGHT (the image's pixels) or qwen2-vl:TxHxW
+        /// (grid_thw).
+        preset: String,
+        /// LLaVA-NeXT's image_grid_pinpoints, a JSON list of [height, width] pairs
+        /// [default: [[336,672],[672,336],[672,672],[1008,336],[336,1008]]].
+        #[arg(long, value_name = "JSON")]
+        pinpoints: Option<String>,
+        /// Print exactly {"n": N, "grids": [[offset, h, w, stride], ...]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole path on built-in data, with no files and no flags.
     Demo {
         /// Where to run (by default a real GPU, else the CPU path).
@@ -65,9 +78,8 @@ pub(crate) struct CompressArgs {
     /// Fraction of tokens to remove: keep = 1 - R.
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) reduction: Option<f64>,
-    /// A grid of the layout, HxW[@OFFSET] (repeatable); overrides the file's `grids`.
-    #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
-    pub(crate) grids: Vec<String>,
+    #[command(flatten)]
+    pub(crate) layout: LayoutArgs,
     /// Which keys each query's softmax runs over.
     #[arg(long, value_enum, default_value_t = Scope::Image)]
     pub(crate) scope: Scope,
@@ -110,9 +122,8 @@ pub(crate) struct CompareArgs {
     /// Fraction of tokens to keep, in (0, 1].
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub(crate) keep: f64,
-    /// A grid of the layout, HxW[@OFFSET] (repeatable); overrides the file's `grids`.
-    #[arg(long = "grid", value_name = "HxW[@OFFSET]")]
-    pub(crate) grids: Vec<String>,
+    #[command(flatten)]
+    pub(crate) layout: LayoutArgs,
     /// Probe queries (safetensors: probes, q x d) [default: 64 drawn from the features'
     /// per-channel mean and deviation].
     #[arg(long, value_name = "Q.safetensors")]
@@ -206,4 +217,22 @@ pub(crate) struct InitArgs {
     /// Output weights file.
     #[arg(long)]
     pub(crate) output: PathBuf,
+}
+
+/// Where the grids are: `--grid` flags, a `--layout` preset, or the input's `grids`
+/// metadata (else one square grid).
+#[derive(clap::Args)]
+pub(crate) struct LayoutArgs {
+    /// A grid of the layout, HxW[@OFFSET][/STRIDE] (repeatable); overrides the file's
+    /// `grids`. A missing offset follows the previous grid; a missing stride is W.
+    #[arg(long = "grid", value_name = "HxW[@OFFSET][/STRIDE]")]
+    pub(crate) grids: Vec<String>,
+    /// A layout preset computed as the model does: llava-1.5, llava-next:WIDTHxHEIGHT (the
+    /// image's pixels) or qwen2-vl:TxHxW (grid_thw); overrides the file's `grids`.
+    #[arg(long, value_name = "PRESET", conflicts_with = "grids")]
+    pub(crate) layout: Option<String>,
+    /// With --layout llava-next: the model's image_grid_pinpoints, a JSON list of
+    /// [height, width] pairs.
+    #[arg(long, value_name = "JSON", requires = "layout")]
+    pub(crate) pinpoints: Option<String>,
 }

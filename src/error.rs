@@ -80,7 +80,11 @@ pub(crate) fn quoted(text: &str) -> String {
     const MOST: usize = 80;
     let escaped: String = text.chars().flat_map(char::escape_debug).collect();
     match escaped.char_indices().nth(MOST) {
-        Some((cut, _)) => format!("\"{}\"... ({} characters)", &escaped[..cut], text.chars().count()),
+        Some((cut, _)) => format!(
+            "\"{}\"... ({} characters)",
+            &escaped[..cut],
+            text.chars().count()
+        ),
         None => format!("\"{escaped}\""),
     }
 }

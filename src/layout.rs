@@ -209,7 +209,7 @@ impl Layout {
                 if owner[token] != u32::MAX {
                     let other = grids[owner[token] as usize];
                     return Err(Error::InvalidArgument(format!(
-                        "grids {other} and {grid} both hold token {token}; expected disjoint \
+                        "grids {other} and {grid} overlap at token {token}; expected disjoint \
                          grids"
                     )));
                 }
@@ -229,10 +229,7 @@ impl Layout {
                  pass one with --grid HxW[@OFFSET] or a `grids` metadata entry in the input"
             )));
         }
-        Layout::new(
-            tokens,
-            vec![Grid::new(0, side, side)],
-        )
+        Layout::new(tokens, vec![Grid::new(0, side, side)])
     }
 
     /// Number of tokens `n`.
@@ -450,7 +447,12 @@ pub fn parse_grid_flag(text: &str, next_offset: usize) -> Result<Grid> {
     };
     let (height, width) = shape.split_once(['x', 'X']).ok_or_else(bad)?;
     let (height, width) = (number(height)?, number(width)?);
-    Ok(Grid::strided(offset, height, width, stride.unwrap_or(width)))
+    Ok(Grid::strided(
+        offset,
+        height,
+        width,
+        stride.unwrap_or(width),
+    ))
 }
 
 /// Parses all `--grid` flags in order, each missing offset following the previous grid.

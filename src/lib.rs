@@ -37,6 +37,7 @@ pub(crate) mod layout;
 pub mod methods;
 pub(crate) mod options;
 pub mod pictures;
+pub(crate) mod presets;
 pub(crate) mod profile;
 pub mod reference;
 pub(crate) mod tensor;
@@ -50,10 +51,11 @@ pub use error::{Error, Result};
 pub use gpu::memory::MemoryCount;
 pub use gpu::resident::{GpuCompressed, GpuTokens, Tokens};
 pub use gpu::{GpuApi, GpuContext};
-pub use layout::{parse_grid_flags, Grid, Keep, Layout, Queries, QueryGrid, Scope};
+pub use layout::{parse_grid_flags, Grid, Keep, Keys, Layout, Queries, QueryGrid, Scope};
 pub use options::{
     Association, Backend, Elem, KernelVariant, Options, Precision, SplitK, MAX_PIECES,
 };
+pub use presets::{parse_pinpoints, LLAVA_NEXT_PINPOINTS};
 pub use profile::{Clock, Profile, StepTime};
 pub use tensor::{Dtype, Features, HostTokens, HostValues};
 pub use weights::{PMeta, PositionTable};

@@ -8,16 +8,16 @@ use std::time::Instant;
 use clap::Parser;
 
 mod cli_args;
-use cli_args::{BenchArgs, Cli, Command, CompareArgs, CompressArgs, InitArgs};
+use cli_args::{BenchArgs, Cli, Command, CompareArgs, CompressArgs, InitArgs, LayoutArgs};
 
 use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Request, Runner};
-use metacompress::parse_grid_flags;
 use metacompress::{bench, compare, pictures};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
 };
+use metacompress::{parse_grid_flags, parse_pinpoints};
 
 /// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
 macro_rules! say {
@@ -60,6 +60,11 @@ fn main() -> ExitCode {
         Command::Init(args) => init(args),
         Command::Bench(args) => bench(args),
         Command::Devices => devices(),
+        Command::Layout {
+            preset,
+            pinpoints,
+            json,
+        } => print_layout(&preset, pinpoints.as_deref(), json),
         Command::Demo { backend, save } => run_demo(backend, save.as_deref()),
     };
     match result {
@@ -88,9 +93,19 @@ fn keep_of(keep: Option<f64>, reduction: Option<f64>) -> Result<Keep> {
 }
 
 /// The layout: `--grid` flags, else the file's `grids`, else one square grid.
-fn layout_of(input: &files::Input, flags: &[String]) -> Result<Layout> {
-    let flag_grids = parse_grid_flags(flags)?;
+fn layout_of(input: &files::Input, args: &LayoutArgs) -> Result<Layout> {
     let tokens = input.features.tokens();
+    if let Some(preset) = &args.layout {
+        let layout = preset_of(preset, args.pinpoints.as_deref())?;
+        if layout.tokens() != tokens {
+            return Err(Error::InvalidArgument(format!(
+                "--layout {preset} describes n = {} tokens; the features hold n = {tokens}",
+                layout.tokens()
+            )));
+        }
+        return Ok(layout);
+    }
+    let flag_grids = parse_grid_flags(&args.grids)?;
     if !flag_grids.is_empty() {
         Layout::new(tokens, flag_grids)
     } else if let Some(grids) = input.grids.clone() {
@@ -98,6 +113,45 @@ fn layout_of(input: &files::Input, flags: &[String]) -> Result<Layout> {
     } else {
         Layout::square(tokens)
     }
+}
+
+/// The layout of a `--layout` preset, with `--pinpoints` if given.
+fn preset_of(preset: &str, pinpoints: Option<&str>) -> Result<Layout> {
+    let pinpoints = pinpoints.map(parse_pinpoints).transpose()?;
+    Layout::preset(preset, pinpoints.as_deref())
+}
+
+/// `metacompress layout`: the grids of a preset as `--grid` flags (or JSON) and `n`.
+fn print_layout(preset: &str, pinpoints: Option<&str>, json: bool) -> Result<()> {
+    let layout = preset_of(preset, pinpoints)?;
+    if json {
+        let grids: Vec<String> = layout
+            .grids()
+            .iter()
+            .map(|g| format!("[{}, {}, {}, {}]", g.offset, g.height, g.width, g.stride))
+            .collect();
+        say!(
+            "{{\"n\": {}, \"grids\": [{}]}}",
+            layout.tokens(),
+            grids.join(", ")
+        );
+        return Ok(());
+    }
+    let flags: Vec<String> = layout
+        .grids()
+        .iter()
+        .map(|g| format!("--grid {g}"))
+        .collect();
+    say!("{}", flags.join(" "));
+    let grid_tokens: usize = layout.grids().iter().map(|g| g.len()).sum();
+    say!(
+        "n = {} tokens: {} in {} grid(s), {} loose",
+        layout.tokens(),
+        grid_tokens,
+        layout.grids().len(),
+        layout.tokens() - grid_tokens
+    );
+    Ok(())
 }
 
 /// The weights of `--weights`, checked against the features' width.
@@ -128,7 +182,7 @@ fn compress(args: CompressArgs) -> Result<()> {
     // A missing --weights is a usage error, found before any file is read.
     method.check_inputs(args.weights.is_some(), true)?;
     let input = files::read_input(&args.input)?;
-    let layout = layout_of(&input, &args.grids)?;
+    let layout = layout_of(&input, &args.layout)?;
     let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
     let features = &input.features;
     let request = Request {
@@ -214,7 +268,7 @@ fn compress(args: CompressArgs) -> Result<()> {
 fn compare(args: CompareArgs) -> Result<()> {
     let keep = Keep::new(args.keep)?;
     let input = files::read_input(&args.input)?;
-    let layout = layout_of(&input, &args.grids)?;
+    let layout = layout_of(&input, &args.layout)?;
     let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
     let features = &input.features;
     let (probes, source) = match &args.probes {

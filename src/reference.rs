@@ -215,11 +215,7 @@ mod tests {
     #[test]
     fn pooling_averages_the_window() {
         // one 2x3 grid of 1-wide tokens after a loose token, pooled to 1x2 at keep 1/3
-        let layout = Layout::new(
-            7,
-            vec![Grid::new(1, 2, 3)],
-        )
-        .unwrap();
+        let layout = Layout::new(7, vec![Grid::new(1, 2, 3)]).unwrap();
         let queries = layout.queries(Keep::new(0.25).unwrap());
         assert_eq!((queries.grids[0].height, queries.grids[0].width), (1, 2));
         let x = [100.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];

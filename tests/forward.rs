@@ -488,10 +488,10 @@ fn grid_scope_puts_exact_zeros_outside_the_query_grid() {
     let m = out.queries.count;
     for image in 0..case.batch {
         for query in 0..m {
-            let range = out.queries.key_range(query, Scope::Grid, tokens);
+            let keys = out.queries.keys(query, Scope::Grid, tokens);
             let row = &projection[(image * m + query) * tokens..][..tokens];
             for (j, p) in row.iter().enumerate() {
-                if range.contains(&j) {
+                if keys.contains(j) {
                     assert!(
                         *p > 0.0,
                         "seed {seed}: P[{query}, {j}] = {p} inside its grid"

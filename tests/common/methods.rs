@@ -97,7 +97,8 @@ pub fn tome(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
         let g = q.grid;
         // (members, sum of features)
-        let mut tokens: Vec<(Vec<usize>, Vec<f64>)> = cells(&g).into_iter()
+        let mut tokens: Vec<(Vec<usize>, Vec<f64>)> = cells(&g)
+            .into_iter()
             .map(|t| (vec![t], token(x, d, t)))
             .collect();
         while tokens.len() > q.len() {
@@ -250,9 +251,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 pub fn prumerge(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
         let g = q.grid;
-        let values: Vec<f64> = cells(&g).into_iter()
-            .map(|t| attention[t] as f64)
-            .collect();
+        let values: Vec<f64> = cells(&g).into_iter().map(|t| attention[t] as f64).collect();
         let (q1, q3) = (percentile(&values, 0.25), percentile(&values, 0.75));
         let fence = q3 + 1.5 * (q3 - q1);
         let order = ranked(q, attention);
