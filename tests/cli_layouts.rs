@@ -1,0 +1,262 @@
+//! The command line with real models' token orders: `metacompress layout`, a LLaVA-NeXT
+//! feature file in the model's own order compressed with only `--layout llava-next:WxH` on
+//! every backend (against the float64 reference on hand-written grids), and bad layouts
+//! refused in one line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{features, gpu, relative_error, seeded};
+use metacompress::files::{self, TensorOut};
+use metacompress::{reference, Dtype, Grid, Keep, Layout, Scope};
+use safetensors::SafeTensors;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_metacompress"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn folder(test: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn layout_prints_grids_as_flags_and_exact_json() {
+    let (code, stdout, stderr) = run(&["layout", "llava-next:1000x667", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        r#"{"n": 2144, "grids": [[0, 24, 24, 24], [576, 32, 48, 49]]}"#
+    );
+    let (code, stdout, _) = run(&["layout", "llava-next:672x672"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("--grid 24x24@0 --grid 48x48@576/49"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("n = 2928"), "{stdout}");
+    let (code, stdout, _) = run(&["layout", "qwen2-vl:2x28x42", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        r#"{"n": 588, "grids": [[0, 14, 21, 21], [294, 14, 21, 21]]}"#
+    );
+    // Other pinpoints (a LLaVA-NeXT-34B / OneVision-style list).
+    let (code, stdout, stderr) = run(&[
+        "layout",
+        "llava-next:1000x667",
+        "--pinpoints",
+        "[[336,336],[336,1008],[1008,1008]]",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let expected = Layout::llava_next(1000, 667, &[[336, 336], [336, 1008], [1008, 1008]]).unwrap();
+    assert_eq!(value["n"], expected.tokens());
+}
+
+#[test]
+fn a_llava_next_file_in_the_models_order_compresses_with_only_its_preset() {
+    let dir = folder("llava_next_preset");
+    let (seed, mut rng) = seeded("a_llava_next_file_in_the_models_order");
+    // A 1000x667 photo: base 24x24, crops 32x48 with a newline token after each row, written
+    // here from the model's arithmetic (see tests/presets.rs), not taken from the library.
+    let grids = vec![Grid::new(0, 24, 24), Grid::strided(576, 32, 48, 49)];
+    let layout = Layout::new(576 + 32 * 49, grids).unwrap();
+    let d = 19;
+    let weights = dir.join("weights.safetensors");
+    let (code, _, stderr) = run(&[
+        "init",
+        "--dim",
+        "19",
+        "--dc",
+        "7",
+        "--pos",
+        "5x5",
+        "--seed",
+        "3",
+        "--output",
+        path(&weights),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let features = features(&mut rng, 1, layout.tokens(), d);
+    let input = dir.join("features.safetensors");
+    files::write_tensors(
+        &input,
+        &[TensorOut {
+            name: "features",
+            shape: vec![layout.tokens(), d],
+            values: features.values(),
+            dtype: Dtype::F32,
+        }],
+        &[],
+    )
+    .unwrap();
+    let pmeta = files::read_weights(&weights).unwrap();
+    let mut backends = vec!["cpu", "reference"];
+    if gpu().is_some() {
+        backends.push("vulkan");
+    }
+    for scope in [Scope::Image, Scope::Grid] {
+        let queries = layout.queries(Keep::new(0.1).unwrap());
+        let expected = reference::forward(&features, &pmeta, &layout, &queries, scope);
+        for backend in &backends {
+            let output = dir.join(format!("out-{backend}-{}.safetensors", scope.name()));
+            let (code, _, stderr) = run(&[
+                "compress",
+                "--weights",
+                path(&weights),
+                "--input",
+                path(&input),
+                "--output",
+                path(&output),
+                "--layout",
+                "llava-next:1000x667",
+                "--scope",
+                scope.name(),
+                "--backend",
+                backend,
+                "--save-projection",
+            ]);
+            assert_eq!(code, 0, "seed {seed}: {backend}: {stderr}");
+            let bytes = std::fs::read(&output).unwrap();
+            let file = SafeTensors::deserialize(&bytes).unwrap();
+            let values = |name: &str| -> Vec<f32> {
+                let tensor = file.tensor(name).unwrap();
+                assert_eq!(tensor.dtype(), safetensors::Dtype::F32);
+                tensor
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            };
+            let tokens_error = relative_error(&values("tokens"), &expected.tokens);
+            let projection_error = relative_error(&values("projection"), &expected.projection);
+            assert!(
+                tokens_error <= 1e-4 && projection_error <= 1e-4,
+                "seed {seed}: {backend} {scope:?}: tokens {tokens_error:e}, P {projection_error:e}"
+            );
+            let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+            let metadata = header.metadata().clone().unwrap_or_default();
+            assert_eq!(metadata.get("n").map(String::as_str), Some("2144"));
+        }
+    }
+}
+
+#[test]
+fn bad_layouts_are_refused_in_one_line() {
+    let dir = folder("bad_layouts");
+    let (_, mut rng) = seeded("bad_layouts");
+    let input = dir.join("features.safetensors");
+    let features = features(&mut rng, 1, 30, 13);
+    files::write_input(&input, &features, false, Dtype::F32, None, None).unwrap();
+    let weights = dir.join("weights.safetensors");
+    let (code, _, _) = run(&[
+        "init",
+        "--dim",
+        "13",
+        "--dc",
+        "5",
+        "--output",
+        path(&weights),
+    ]);
+    assert_eq!(code, 0);
+    let output = dir.join("out.safetensors");
+    std::fs::write(&output, b"earlier").unwrap();
+    let compress = |extra: &[&str]| {
+        let mut args = vec![
+            "compress",
+            "--weights",
+            path(&weights),
+            "--input",
+            path(&input),
+            "--output",
+            path(&output),
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let cases: Vec<(&str, Vec<&str>, &[&str])> = vec![
+        (
+            "stride below the width",
+            vec!["--grid", "3x4@0/3"],
+            &["3x4@0/3", "stride"],
+        ),
+        ("zero stride", vec!["--grid", "3x4@0/0"], &["stride"]),
+        (
+            "a token in two grids",
+            vec!["--grid", "3x2@0/5", "--grid", "3x2@1/5"],
+            &["overlap", "token 1"],
+        ),
+        (
+            "a row past n",
+            vec!["--grid", "5x4@10/5"],
+            &["5x4@10/5", "0..30"],
+        ),
+        (
+            "not a stride",
+            vec!["--grid", "3x4@0/x"],
+            &["3x4@0/x", "STRIDE"],
+        ),
+        (
+            "a preset that makes no image",
+            vec!["--layout", "llava-next:0x667"],
+            &["width 0"],
+        ),
+        (
+            "an odd qwen2-vl side",
+            vec!["--layout", "qwen2-vl:1x5x6"],
+            &["h = 5", "even"],
+        ),
+        (
+            "an unknown preset",
+            vec!["--layout", "llava-9"],
+            &["llava-9", "preset"],
+        ),
+        (
+            "a preset of another n",
+            vec!["--layout", "llava-1.5"],
+            &["n = 576", "n = 30"],
+        ),
+        (
+            "bad pinpoints",
+            vec!["--layout", "llava-next:10x10", "--pinpoints", "[[300,336]]"],
+            &["[300, 336]", "336"],
+        ),
+    ];
+    for (what, extra, says) in cases {
+        let (code, _, stderr) = compress(&extra);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(code, 2, "{what}: exit {code}: {stderr}");
+        assert_eq!(lines.len(), 1, "{what}: {stderr}");
+        for word in says {
+            assert!(
+                lines[0].contains(word),
+                "{what}: {:?} lacks {word:?}",
+                lines[0]
+            );
+        }
+        assert_eq!(std::fs::read(&output).unwrap(), b"earlier", "{what}");
+    }
+    // `layout` itself refuses the same way.
+    let (code, _, stderr) = run(&["layout", "qwen2-vl:1x28"]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+}
