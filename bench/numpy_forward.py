@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-LLAVA_NEXT_GRIDS = [[0, 24, 24], [576, 48, 48]]  # then 48 loose newline tokens
+# The model's own order: a newline token after each of the 48 crop rows.
+LLAVA_NEXT_GRIDS = [[0, 24, 24, 24], [576, 48, 48, 49]]
 LLAVA_NEXT_TOKENS = 2928
 WIDTH = 4096
 
@@ -70,6 +71,15 @@ def query_shape(h, w, keep):
     return min(max(rnd(h * keep), 1), h), 1
 
 
+def grid_tokens(grid):
+    """offset, h, w and the token indices of a grid [offset, h, w] or [offset, h, w, stride]
+    (token (r, c) at offset + r * stride + c)."""
+    offset, h, w = grid[:3]
+    stride = grid[3] if len(grid) > 3 else w
+    tokens = offset + np.arange(h)[:, None] * stride + np.arange(w)[None, :]
+    return offset, h, w, tokens.reshape(-1)
+
+
 def forward(x, w_q, w_k, omega, pos, grids, keep, keys_product=np.matmul,
             reduction_product=np.matmul):
     """Y for features `x` (n x d); `keys_product` and `reduction_product` compute `Xp w_k`
@@ -78,17 +88,19 @@ def forward(x, w_q, w_k, omega, pos, grids, keep, keys_product=np.matmul,
     xp = x.copy() if pos is not None else x
     if pos is not None:
         gh, gw, _ = pos.shape
-        for offset, h, w in grids:
+        for grid in grids:
+            offset, h, w, tokens = grid_tokens(grid)
             r0, r1, rw = resize_axis(h, gh)
             c0, c1, cw = resize_axis(w, gw)
             top = pos[r0][:, c0] * (1 - cw)[None, :, None] + pos[r0][:, c1] * cw[None, :, None]
             bottom = pos[r1][:, c0] * (1 - cw)[None, :, None] + pos[r1][:, c1] * cw[None, :, None]
             table = top * (1 - rw)[:, None, None] + bottom * rw[:, None, None]
-            xp[offset : offset + h * w] += table.reshape(h * w, d)
+            xp[tokens] += table.reshape(h * w, d)
     pooled = []
-    for offset, h, w in grids:
+    for grid in grids:
+        offset, h, w, tokens = grid_tokens(grid)
         hq, wq = query_shape(h, w, keep)
-        grid = xp[offset : offset + h * w].reshape(h, w, d)
+        grid = xp[tokens].reshape(h, w, d)
         for i in range(hq):
             rows = slice(i * h // hq, -(-(i + 1) * h // hq))
             for j in range(wq):

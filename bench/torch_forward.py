@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 WORKLOADS = {
-    # name: (grids [(offset, h, w)], n, d)
-    "llava15-7b": ([(0, 24, 24)], 576, 4096),
-    "llava15-13b": ([(0, 24, 24)], 576, 5120),
-    "llava-next-7b": ([(0, 24, 24), (576, 48, 48)], 2928, 4096),
-    "qwen2vl-7b": ([(0, 36, 36)], 1296, 3584),
+    # name: (grids [(offset, h, w, stride)], n, d), in the models' own token order
+    "llava15-7b": ([(0, 24, 24, 24)], 576, 4096),
+    "llava15-13b": ([(0, 24, 24, 24)], 576, 5120),
+    "llava-next-7b": ([(0, 24, 24, 24), (576, 48, 48, 49)], 2928, 4096),
+    "llava-next-7b-photo": ([(0, 24, 24, 24), (576, 32, 48, 49)], 2144, 4096),
+    "qwen2vl-7b": ([(0, 36, 36, 36)], 1296, 3584),
 }
 
 
@@ -46,14 +47,17 @@ def forward(x, w_q, w_k, omega, pos, grids, keep):
     c = w_q.shape[1]
     xp = x.clone()
     pooled = []
-    for offset, h, w in grids:
-        grid = x[offset:offset + h * w]
+    for offset, h, w, stride in grids:
+        # Token (r, c) at offset + r * stride + c.
+        tokens = (offset + torch.arange(h)[:, None] * stride + torch.arange(w)[None, :])
+        tokens = tokens.reshape(-1).to(x.device)
+        grid = x[tokens]
         if pos is not None:
             # Bilinear, half-pixel centres, clamped at 0: PyTorch's align_corners=False.
             table = F.interpolate(pos.permute(2, 0, 1)[None].float(), size=(h, w),
                                   mode="bilinear", align_corners=False)[0]
             grid = grid + table.permute(1, 2, 0).reshape(h * w, d).to(x.dtype)
-            xp[offset:offset + h * w] = grid
+            xp[tokens] = grid
         hq, wq = query_shape(h, w, keep)
         # adaptive_avg_pool2d's windows are SPEC step 3's floor/ceil windows.
         q_in = F.adaptive_avg_pool2d(grid.reshape(h, w, d).permute(2, 0, 1)[None], (hq, wq))
