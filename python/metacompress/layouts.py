@@ -1,0 +1,127 @@
+"""Where the 2-D grids lie among an image's tokens (SPEC section 3), and the layouts of real
+models' visual tokens, computed as the models do (the same arithmetic as the Rust runtime's
+`--layout` presets; `tests/test_layouts.py` checks the two against each other).
+
+A grid is `(offset, h, w)` or `(offset, h, w, stride)`: token `(r, c)` at
+`offset + r * stride + c`. Tokens in no grid are loose (keys, but no query).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+# LLaVA-NeXT's default image_grid_pinpoints, [height, width] pairs.
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+class Grid(NamedTuple):
+    offset: int
+    height: int
+    width: int
+    stride: int
+
+    @classmethod
+    def of(cls, grid: Sequence[int]) -> "Grid":
+        """A grid from `(offset, h, w)` or `(offset, h, w, stride)`."""
+        if len(grid) not in (3, 4):
+            raise ValueError(f"grid {list(grid)!r}: expected (offset, h, w) or (offset, h, w, stride)")
+        offset, height, width = (int(v) for v in grid[:3])
+        stride = int(grid[3]) if len(grid) == 4 else width
+        return cls(offset, height, width, stride)
+
+    def tokens(self) -> list[int]:
+        """The grid's tokens, row by row."""
+        return [self.offset + r * self.stride + c for r in range(self.height) for c in range(self.width)]
+
+    def end(self) -> int:
+        return self.offset + (self.height - 1) * self.stride + self.width
+
+
+def check_layout(n: int, grids: Sequence[Sequence[int]]) -> list[Grid]:
+    """The grids, checked as the runtime checks them: non-empty, `stride >= w`, inside
+    `0..n`, no token in two grids."""
+    grids = [Grid.of(g) for g in grids]
+    if not grids:
+        raise ValueError("the layout has no grid; expected at least one")
+    owner = {}
+    for grid in grids:
+        if grid.height < 1 or grid.width < 1 or grid.offset < 0:
+            raise ValueError(f"grid {tuple(grid)} is empty; expected h and w of at least 1")
+        if grid.stride < grid.width:
+            raise ValueError(f"grid {tuple(grid)}: stride {grid.stride} is below the width {grid.width}")
+        if grid.end() > n:
+            raise ValueError(f"grid {tuple(grid)} ends past the last token; expected it inside 0..{n}")
+        for token in grid.tokens():
+            if token in owner:
+                raise ValueError(f"grids {tuple(owner[token])} and {tuple(grid)} overlap at token {token}")
+            owner[token] = grid
+    return grids
+
+
+def round_half_away(x: float) -> int:
+    """`round` of SPEC section 4, step 2 (half away from zero), exact for doubles."""
+    lower = math.floor(x)
+    return int(lower + 1 if x - lower >= 0.5 else lower)
+
+
+def query_shape(height: int, width: int, keep: float) -> tuple[int, int]:
+    """`hq x wq` for an `h x w` grid at keep `k` (SPEC section 4, step 2)."""
+    scale = lambda side, factor: min(max(round_half_away(side * factor), 1), side)
+    if height > 1 and width > 1:
+        return scale(height, math.sqrt(keep)), scale(width, math.sqrt(keep))
+    if height == 1:
+        return 1, scale(width, keep)
+    return scale(height, keep), 1
+
+
+def llava15(side: int = 24) -> tuple[int, list[Grid]]:
+    """LLaVA-1.5: one `side x side` grid (24 for CLIP ViT-L/14-336)."""
+    return side * side, [Grid(0, side, side, side)]
+
+
+def _best_resolution(width: int, height: int, pinpoints) -> tuple[int, int]:
+    """transformers' `select_best_resolution`: (height, width) of the chosen pinpoint."""
+    best, most_effective, least_wasted = None, 0, float("inf")
+    for pin_height, pin_width in pinpoints:
+        scale = min(pin_width / width, pin_height / height)
+        scaled_width, scaled_height = int(width * scale), int(height * scale)
+        effective = min(scaled_width * scaled_height, width * height)
+        wasted = pin_width * pin_height - effective
+        if effective > most_effective or (effective == most_effective and wasted < least_wasted):
+            best, most_effective, least_wasted = (pin_height, pin_width), effective, wasted
+    return best
+
+
+def llava_next(width: int, height: int, pinpoints=None, tile: int = 336, patch: int = 14):
+    """LLaVA-NeXT (anyres) for an image of `width x height` pixels, in the order
+    `pack_image_features` produces: the base `side x side` grid, then the crops unpadded to the
+    image's aspect ratio, `H' x W'` with a newline token after each row (stride `W' + 1`).
+    `tile` and `patch` are the vision tower's image and patch sizes. Returns `(n, grids)`."""
+    if width < 1 or height < 1:
+        raise ValueError(f"llava-next image {width}x{height}: expected at least 1x1 pixels")
+    pinpoints = pinpoints if pinpoints is not None else LLAVA_NEXT_PINPOINTS
+    side = tile // patch
+    best_height, best_width = _best_resolution(width, height, pinpoints)
+    rows, columns = best_height // tile * side, best_width // tile * side
+    # unpad_image(tensor, original_size=(height, width))
+    if width / height > columns / rows:
+        new_rows = int(round(height * (columns / width), 7))
+        padding = (rows - new_rows) // 2
+        rows -= 2 * padding
+    else:
+        new_columns = int(round(width * (rows / height), 7))
+        padding = (columns - new_columns) // 2
+        columns -= 2 * padding
+    grids = [Grid(0, side, side, side)]
+    if rows > 0 and columns > 0:
+        grids.append(Grid(side * side, rows, columns, columns + 1))
+    return side * side + rows * (columns + 1), grids
+
+
+def qwen2_vl(t: int, h: int, w: int, merge: int = 2) -> tuple[int, list[Grid]]:
+    """Qwen2-VL for `grid_thw = (t, h, w)`: one `h/merge x w/merge` grid per temporal index."""
+    if t < 1 or h < merge or w < merge or h % merge or w % merge:
+        raise ValueError(f"qwen2-vl grid_thw {t}x{h}x{w}: expected t >= 1 and h, w multiples of {merge}")
+    rows, columns = h // merge, w // merge
+    per_frame = rows * columns
+    return t * per_frame, [Grid(frame * per_frame, rows, columns, columns) for frame in range(t)]
