@@ -1,0 +1,160 @@
+"""Training samples: one image and a multi-turn conversation as token ids, with the answer
+tokens of every turn marked; batches padded on the right. Samples come from LLaVA-format
+conversation files (with the model's processor and chat template) or, for the tiny models,
+from synthetic conversations."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .adapters import Pixels
+
+
+@dataclass
+class Sample:
+    """One conversation: `input_ids` (its image's placeholder run at full length), `answer`
+    (True at the tokens of every turn's answer) and the processed image."""
+    input_ids: torch.Tensor
+    answer: torch.Tensor
+    pixel_values: torch.Tensor
+    image_size: torch.Tensor | None = None   # LLaVA-NeXT: (height, width)
+    grid_thw: torch.Tensor | None = None     # Qwen2-VL: (t, h, w)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # b x L, right-padded
+    attention_mask: torch.Tensor  # b x L
+    answer: torch.Tensor          # b x L (bool)
+    pixels: Pixels
+
+    def to(self, device):
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.answer.to(device), self.pixels.to(device))
+
+
+def pad(rows: list[torch.Tensor], value) -> torch.Tensor:
+    """Right-pads 1-D tensors to one length."""
+    length = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r, r.new_full((length - len(r),), value)]) for r in rows])
+
+
+def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
+    ids = pad([s.input_ids for s in samples], pad_id)
+    mask = pad([torch.ones_like(s.input_ids) for s in samples], 0)
+    answer = pad([s.answer for s in samples], False)
+    if samples[0].grid_thw is not None:
+        pixels = Pixels(torch.cat([s.pixel_values for s in samples]),
+                        image_grid_thw=torch.stack([s.grid_thw for s in samples]))
+    elif samples[0].image_size is not None:
+        # Anyres crops: as many patches per image as its grid needs, zero-padded to the most.
+        most = max(s.pixel_values.shape[0] for s in samples)
+        values = [torch.cat([s.pixel_values, s.pixel_values.new_zeros(most - s.pixel_values.shape[0],
+                                                                      *s.pixel_values.shape[1:])])
+                  for s in samples]
+        pixels = Pixels(torch.stack(values), image_sizes=torch.stack([s.image_size for s in samples]))
+    else:
+        pixels = Pixels(torch.stack([s.pixel_values for s in samples]))
+    return Batch(ids, mask, answer, pixels)
+
+
+def process_image(image_processor, image: Image.Image) -> dict:
+    """The processor's tensors for one image: `pixel_values` and, by family, `image_size` or
+    `grid_thw`."""
+    out = image_processor(images=[image], return_tensors="pt")
+    values = {"pixel_values": out["pixel_values"][0]}
+    if "image_grid_thw" in out:
+        values = {"pixel_values": out["pixel_values"], "grid_thw": out["image_grid_thw"][0]}
+    elif "image_sizes" in out:
+        values["image_size"] = out["image_sizes"][0]
+    return values
+
+
+# --- synthetic conversations (tiny models) ---------------------------------------------------
+
+def synthetic_image(rng: random.Random) -> Image.Image:
+    """A random image of random size with a few coloured blocks on noise."""
+    width, height = rng.randint(40, 130), rng.randint(40, 130)
+    array = np.full((height, width, 3), rng.randint(0, 255), dtype=np.uint8)
+    for _ in range(rng.randint(2, 5)):
+        x0, y0 = rng.randint(0, width - 8), rng.randint(0, height - 8)
+        array[y0:y0 + rng.randint(4, 30), x0:x0 + rng.randint(4, 30)] = [rng.randint(0, 255) for _ in range(3)]
+    noise = np.array([rng.randint(-20, 20) for _ in range(width * height * 3)]).reshape(height, width, 3)
+    return Image.fromarray(np.clip(array + noise, 0, 255).astype(np.uint8))
+
+
+def synthetic_sample(adapter, image_processor, rng: random.Random, turns: int = 3,
+                     vocabulary: int = 300) -> Sample:
+    """A synthetic `turns`-turn conversation about a random image: `bos`, the image run, then
+    per turn a question and an answer of random words (the answers marked)."""
+    values = process_image(image_processor, synthetic_image(rng))
+    empty = torch.zeros(1, dtype=torch.long)
+    pixels = collate([Sample(empty, empty.bool(), **values)]).pixels
+    n, _ = adapter.layout(pixels, 0)
+    words = lambda count: [rng.randint(3, vocabulary - 30) for _ in range(count)]
+    ids, answer = [1] + [adapter.image_token_id] * n, [False] * (1 + n)
+    for _ in range(turns):
+        question, reply = words(rng.randint(3, 7)), words(rng.randint(2, 5)) + [2]
+        ids += question + reply
+        answer += [False] * len(question) + [True] * len(reply)
+    return Sample(torch.tensor(ids), torch.tensor(answer), **values)
+
+
+# --- LLaVA-format conversation files ---------------------------------------------------------
+
+def llava_messages(conversations: list[dict]) -> list[dict]:
+    """LLaVA JSON turns (`from: human|gpt`, `value`, `<image>` in the first) as chat messages
+    with the image as a content part."""
+    messages = []
+    for turn in conversations:
+        role = {"human": "user", "gpt": "assistant"}.get(turn["from"])
+        if role is None:
+            raise ValueError(f"conversation turn from {turn['from']!r}: expected human or gpt")
+        text = turn["value"]
+        content = [{"type": "text", "text": text.replace("<image>", "").strip()}]
+        if "<image>" in text:
+            content.insert(0, {"type": "image"})
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def conversation_sample(processor, image: Image.Image, conversations: list[dict]) -> Sample:
+    """A sample from a model's processor (with a chat template): the whole conversation, with
+    the tokens each assistant turn adds marked as its answer (found by rendering the
+    conversation up to each turn, with and without that turn's answer)."""
+    messages = llava_messages(conversations)
+    encode = lambda text: processor(images=[image], text=[text], return_tensors="pt")
+    full = encode(processor.apply_chat_template(messages, tokenize=False))
+    ids = full["input_ids"][0]
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = processor.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+        through = processor.apply_chat_template(messages[:index + 1], tokenize=False)
+        start = encode(before)["input_ids"].shape[1]
+        end = encode(through)["input_ids"].shape[1]
+        if not torch.equal(encode(through)["input_ids"][0], ids[:end]):
+            raise ValueError("the chat template does not render a conversation as a prefix of itself")
+        answer[start:end] = True
+    values = {"pixel_values": full["pixel_values"][0]}
+    if "image_grid_thw" in full:
+        values = {"pixel_values": full["pixel_values"], "grid_thw": full["image_grid_thw"][0]}
+    elif "image_sizes" in full:
+        values["image_size"] = full["image_sizes"][0]
+    return Sample(ids, answer, **values)
+
+
+def llava_json_samples(processor, path, images, limit: int | None = None):
+    """Samples from a LLaVA-format file: a JSON list of `{"image": FILE, "conversations":
+    [...]}`, images under the folder `images`."""
+    records = json.loads(Path(path).read_text())
+    for record in records[:limit]:
+        image = Image.open(Path(images) / record["image"]).convert("RGB")
+        yield conversation_sample(processor, image, record["conversations"])

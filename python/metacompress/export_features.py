@@ -1,0 +1,58 @@
+"""Writes a model's visual tokens for one image as the runtime's input file: tensor
+`features` (`n x d`, float32) in the model's own token order, and its `grids` metadata, so
+that `metacompress compress` / `compare` run on real model features.
+
+    python -m metacompress.export_features --model llava-hf/llava-v1.6-vicuna-7b-hf \\
+        --image photo.jpg --output features.safetensors
+    python -m metacompress.export_features --model tiny-llava-next --synthetic-image 3 \\
+        --output features.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from .adapters import Adapter
+from .data import collate, process_image, synthetic_image, Sample
+from .train import load_model
+
+
+def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]:
+    model, processor = load_model(model_name, bf16=False)
+    adapter = Adapter(model)
+    image_processor = getattr(processor, "image_processor", processor)
+    values = process_image(image_processor, image)
+    empty = torch.zeros(1, dtype=torch.long)
+    pixels = collate([Sample(empty, empty.bool(), **values)]).pixels
+    tokens = adapter.features(pixels)[0]
+    n, grids = adapter.layout(pixels, 0)
+    if tokens.shape[0] != n:
+        raise SystemExit(f"the model made {tokens.shape[0]} visual tokens; the layout describes {n}")
+    grid_json = json.dumps([list(g) for g in grids])
+    save_file({"features": tokens.float().contiguous()}, output, metadata={"grids": grid_json})
+    return n, grids
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m metacompress.export_features")
+    parser.add_argument("--model", required=True, help="a local path or hub id, or a tiny model")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="the image file")
+    source.add_argument("--synthetic-image", type=int, metavar="SEED", help="a random test image")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    if args.image:
+        image = Image.open(args.image).convert("RGB")
+    else:
+        image = synthetic_image(random.Random(args.synthetic_image))
+    n, grids = export(args.model, image, args.output)
+    print(f"wrote {n} visual tokens, grids {[list(g) for g in grids]}, to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

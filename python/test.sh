@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The Python side's tests: creates python/.venv (git-ignored) with the pinned versions of
+# python/requirements.txt on first use (torch from the package index is a CUDA build of a few
+# GB; it runs on the CPU here), installs the package from the checkout, then runs pytest
+# against the release binary (built by `cargo test --release` before, or here if missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.txt; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -r requirements.txt
+    cp requirements.txt .venv/requirements.txt
+fi
+.venv/bin/pip install -q --no-deps -e .
+if [ ! -x ../target/release/metacompress ]; then
+    (cd .. && cargo build --release --bin metacompress)
+fi
+METACOMPRESS_BIN="$PWD/../target/release/metacompress" .venv/bin/python -m pytest -q "$@"
