@@ -297,6 +297,9 @@ fn open(config: &BenchConfig) -> Result<Option<GpuContext>> {
     }
 }
 
+/// Most timed (or warm-up) runs one variant may take.
+pub const MOST_RUNS: usize = 100_000;
+
 /// Runs `config` over `workloads`, calling `progress` with a line before each timed batch.
 pub fn run(
     config: &BenchConfig,
@@ -308,10 +311,24 @@ pub fn run(
             "--batch 0 compresses nothing; expected at least 1".to_string(),
         ));
     }
-    if config.runs == 0 {
-        return Err(Error::InvalidArgument(
-            "--runs 0 times nothing; expected at least 1 (20 or more for a report)".to_string(),
-        ));
+    if config.runs == 0 || config.runs > MOST_RUNS {
+        return Err(Error::InvalidArgument(format!(
+            "--runs {} is out of range; expected 1 to {MOST_RUNS} (20 or more for a report)",
+            config.runs
+        )));
+    }
+    if config.warmup > MOST_RUNS {
+        return Err(Error::InvalidArgument(format!(
+            "--warmup {} is out of range; expected 0 to {MOST_RUNS}",
+            config.warmup
+        )));
+    }
+    for workload in workloads {
+        crate::tensor::host_bytes(
+            &format!("--batch {} of workload {}", config.batch, workload.name),
+            &[config.batch, workload.tokens, workload.width],
+            4,
+        )?;
     }
     let context = open(config)?;
     let mut reports = Vec::new();

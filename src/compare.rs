@@ -328,7 +328,12 @@ pub fn compare(
             continue;
         }
         let started = Instant::now();
-        let result = runner.run(method, request, options)?;
+        // The measures read every method's P.
+        let with_projection = Options {
+            save_projection: true,
+            ..*options
+        };
+        let result = runner.run(method, request, &with_projection)?;
         seconds.push(started.elapsed().as_secs_f64());
         results.push((method, result));
     }

@@ -14,7 +14,7 @@ use crate::layout::{Layout, Queries};
 use crate::options::{Backend, Elem, Options, Precision};
 use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
-use crate::tensor::Features;
+use crate::tensor::{check_computed, check_fits_f16, host_bytes, Features};
 use crate::weights::PMeta;
 
 /// The result of one call.
@@ -180,13 +180,18 @@ impl Compressor {
         match &self.engine {
             Engine::Gpu(engine) => {
                 let plan_groups = plan_groups(groups, &queries);
+                if self.precision.elem() == Elem::F16 {
+                    for (tokens, _) in groups {
+                        if let Tokens::Host(host) = tokens {
+                            check_fits_f16(
+                                "--precision f16: features",
+                                &host.to_features().values(),
+                            )?;
+                        }
+                    }
+                }
                 let outputs = engine.run(&plan_groups, options)?;
-                Ok(finish(
-                    group_shapes(groups, queries),
-                    outputs,
-                    options,
-                    started,
-                ))
+                finish(group_shapes(groups, queries), outputs, options, started)
             }
             _ => groups
                 .iter()
@@ -402,6 +407,10 @@ impl Compressor {
         let started = std::time::Instant::now();
         let (tokens, projection, timings) = match &self.engine {
             Engine::Reference => {
+                // Per image: S and P (m x n) and Xp (n x d) in float64.
+                let (n, d) = (features.tokens(), features.width());
+                host_bytes("the float64 reference's scores", &[queries.count, n], 16)?;
+                host_bytes("the float64 reference's tokens", &[n, d], 8)?;
                 let result =
                     reference::forward(features, &self.weights, layout, &queries, options.scope);
                 let narrow = |values: Vec<f64>| values.into_iter().map(|v| v as f32).collect();
@@ -421,7 +430,7 @@ impl Compressor {
                     options.scope,
                     options.association,
                     options.save_projection,
-                );
+                )?;
                 let seconds = started.elapsed().as_secs_f64();
                 let step =
                     cpu::forward_step(features, &self.weights, queries.count, options.association);
@@ -433,6 +442,10 @@ impl Compressor {
             }
             Engine::Gpu(_) => return self.compress_tokens(features.into(), layout, options),
         };
+        check_computed("the reduced tokens", &tokens)?;
+        if let Some(projection) = &projection {
+            check_computed("P", projection)?;
+        }
         let call_seconds = started.elapsed().as_secs_f64();
         Ok(Compressed {
             tokens,
@@ -497,19 +510,25 @@ fn finish(
     outputs: Vec<GpuOutput>,
     options: &Options,
     started: std::time::Instant,
-) -> Vec<Compressed> {
+) -> Result<Vec<Compressed>> {
     let call_seconds = started.elapsed().as_secs_f64();
     shapes
         .into_iter()
         .zip(outputs)
-        .map(|((batch, n, d, queries), output)| Compressed {
-            tokens: output.tokens,
-            projection: output.projection,
-            batch,
-            input_tokens: n,
-            width: d,
-            queries,
-            profile: profile_of(output.timings, options, call_seconds),
+        .map(|((batch, n, d, queries), output)| {
+            check_computed("the reduced tokens", &output.tokens)?;
+            if let Some(projection) = &output.projection {
+                check_computed("P", projection)?;
+            }
+            Ok(Compressed {
+                tokens: output.tokens,
+                projection: output.projection,
+                batch,
+                input_tokens: n,
+                width: d,
+                queries,
+                profile: profile_of(output.timings, options, call_seconds),
+            })
         })
         .collect()
 }
@@ -547,10 +566,11 @@ impl std::future::Future for CompressFuture {
                 started,
             } => match std::pin::Pin::new(pending.as_mut()).poll(cx) {
                 std::task::Poll::Pending => std::task::Poll::Pending,
-                std::task::Poll::Ready(outputs) => std::task::Poll::Ready(
-                    outputs
-                        .map(|outputs| finish(std::mem::take(shapes), outputs, options, *started)),
-                ),
+                std::task::Poll::Ready(outputs) => {
+                    std::task::Poll::Ready(outputs.and_then(|outputs| {
+                        finish(std::mem::take(shapes), outputs, options, *started)
+                    }))
+                }
             },
         }
     }

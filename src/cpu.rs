@@ -3,10 +3,12 @@
 //! scores in the cheaper association for the shape. The float64 reference (`reference.rs`)
 //! stays the yardstick it is tested against.
 
+use crate::error::Result;
 use crate::host_math::{multiply, pool, scaled_query_weights, ProjectedTable, View};
 use crate::layout::{Layout, Queries, Scope};
 use crate::options::{Association, KernelVariant};
 use crate::profile::Step;
+use crate::tensor::host_bytes;
 use crate::tensor::Features;
 use crate::weights::PMeta;
 
@@ -31,7 +33,12 @@ impl CpuWeights {
     }
 }
 
+/// Most bytes one block of score rows takes (64 MiB): the CPU path computes `S` and `P` a
+/// block of query rows at a time, so its memory is bounded by this, never by `m x n`.
+pub(crate) const SCORE_BLOCK_BYTES: usize = 64 << 20;
+
 /// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32, the scores in `association`.
+/// Fails only when the whole `P` asked for passes the host budget.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     features: &Features,
@@ -42,15 +49,20 @@ pub(crate) fn forward(
     scope: Scope,
     association: Association,
     want_projection: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
-    let (n, d, c, m) = (
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let (b, n, d, c, m) = (
+        features.batch(),
         features.tokens(),
         features.width(),
         weights.channels(),
         queries.count,
     );
-    let mut tokens = vec![0.0f32; features.batch() * m * d];
-    let mut projection = want_projection.then(|| vec![0.0f32; features.batch() * m * n]);
+    host_bytes("the reduced tokens", &[b, m, d], 4)?;
+    if want_projection {
+        host_bytes("--save-projection's P", &[b, m, n], 4)?;
+    }
+    let mut tokens = vec![0.0f32; b * m * d];
+    let mut projection = want_projection.then(|| vec![0.0f32; b * m * n]);
     // What the position table adds, the same for every image: pool(E) w_q' (m x d_c) and
     // E w_k (n x d_c).
     let table_terms = prepared.table.as_ref().map(|table| {
@@ -59,12 +71,13 @@ pub(crate) fn forward(
             table.key_term(layout, queries),
         )
     });
-    // Buffers reused across images of the batch.
-    let mut pooled = vec![0.0f32; m * d];
-    let mut query = vec![0.0f32; m * c];
     // The order of the scores: through K = Xp w_k, or through the folded queries
     // Q'' = Q' w_k^T (`Auto` takes the cheaper, as on the GPU).
     let association = association.resolve(KernelVariant::Tuned, n, m, d, c);
+    let block_rows = (SCORE_BLOCK_BYTES / (4 * n.max(d))).clamp(1, m.max(1));
+    // Buffers reused across images and blocks.
+    let mut pooled = vec![0.0f32; m * d];
+    let mut query = vec![0.0f32; m * c];
     let mut key = vec![
         0.0f32;
         if association == Association::Keys {
@@ -73,17 +86,10 @@ pub(crate) fn forward(
             0
         }
     ];
-    let mut folded = vec![
-        0.0f32;
-        if association == Association::Keys {
-            0
-        } else {
-            m * d
-        }
-    ];
-    let mut scores = vec![0.0f32; m * n];
+    let mut folded = Vec::new();
+    let mut scores = Vec::new();
     let mut table_scores = Vec::new();
-    for image in 0..features.batch() {
+    for image in 0..b {
         let x = features.image(image);
         // Steps 1, 3 and 4: Q' = pool(X) w_q' + pool(E) w_q' (K below when the association
         // needs it).
@@ -99,9 +105,8 @@ pub(crate) fn forward(
                 .zip(query_term.iter())
                 .for_each(|(q, t)| *q += t);
         }
-        // Step 5: S over each query's key range (Q' carries omega / sqrt(d_c)).
         if association == Association::Keys {
-            // K = X w_k + E w_k, then S = Q' K^T.
+            // K = X w_k + E w_k.
             multiply(
                 View::row_major(x, n, d),
                 View::row_major(weights.w_k(), d, c),
@@ -112,37 +117,65 @@ pub(crate) fn forward(
                     .zip(key_term.iter())
                     .for_each(|(k, t)| *k += t);
             }
-            scores_in_scope(&query, &key, queries, scope, n, c, &mut scores);
-        } else {
-            // Q'' = Q' w_k^T, then S = Q'' X^T + Q' (E w_k)^T.
+        }
+        for first in (0..m).step_by(block_rows) {
+            let rows = first..(first + block_rows).min(m);
+            let count = rows.len();
+            let block_query = &query[rows.start * c..rows.end * c];
+            scores.resize(count * n, 0.0);
+            // Step 5: S over each query's keys (Q' carries omega / sqrt(d_c)).
+            if association == Association::Keys {
+                scores_in_scope(
+                    block_query,
+                    &key,
+                    queries,
+                    rows.clone(),
+                    scope,
+                    n,
+                    c,
+                    &mut scores,
+                );
+            } else {
+                // Q'' = Q' w_k^T, then S = Q'' X^T + Q' (E w_k)^T.
+                folded.resize(count * d, 0.0);
+                multiply(
+                    View::row_major(block_query, count, c),
+                    View::row_major(weights.w_k(), d, c).transposed(),
+                    &mut folded,
+                );
+                scores_in_scope(&folded, x, queries, rows.clone(), scope, n, d, &mut scores);
+                if let Some((_, key_term)) = &table_terms {
+                    table_scores.resize(count * n, 0.0);
+                    scores_in_scope(
+                        block_query,
+                        key_term,
+                        queries,
+                        rows.clone(),
+                        scope,
+                        n,
+                        c,
+                        &mut table_scores,
+                    );
+                    scores
+                        .iter_mut()
+                        .zip(&table_scores)
+                        .for_each(|(s, t)| *s += t);
+                }
+            }
+            // Step 6.
+            softmax_rows(&mut scores, queries, rows.start, scope, n);
+            // Step 7: Y = P X for the block's rows.
             multiply(
-                View::row_major(&query, m, c),
-                View::row_major(weights.w_k(), d, c).transposed(),
-                &mut folded,
+                View::row_major(&scores, count, n),
+                View::row_major(x, n, d),
+                &mut tokens[(image * m + rows.start) * d..][..count * d],
             );
-            scores_in_scope(&folded, x, queries, scope, n, d, &mut scores);
-            if let Some((_, key_term)) = &table_terms {
-                table_scores.resize(m * n, 0.0);
-                scores_in_scope(&query, key_term, queries, scope, n, c, &mut table_scores);
-                scores
-                    .iter_mut()
-                    .zip(&table_scores)
-                    .for_each(|(s, t)| *s += t);
+            if let Some(projection) = &mut projection {
+                projection[(image * m + rows.start) * n..][..count * n].copy_from_slice(&scores);
             }
         }
-        // Step 6.
-        softmax_rows(&mut scores, queries, scope, n);
-        // Step 7: Y = P X.
-        multiply(
-            View::row_major(&scores, m, n),
-            View::row_major(x, n, d),
-            &mut tokens[image * m * d..][..m * d],
-        );
-        if let Some(projection) = &mut projection {
-            projection[image * m * n..][..m * n].copy_from_slice(&scores);
-        }
     }
-    (tokens, projection)
+    Ok((tokens, projection))
 }
 
 /// The CPU path's forward pass as one step: its products' flops (in the association it takes)
@@ -166,29 +199,36 @@ pub(crate) fn forward_step(
     }
 }
 
-/// Step 5: `S = A B^T` for `A` (`m x c`, the scaled queries, or the folded ones with
-/// `c = d`) and `B` (`n x c`, the keys, or `Xp`), one product per block of queries that share
-/// a key range.
+/// Step 5: `S = A B^T` for the query rows `rows` (`A`: their scaled queries, `count x c`, or
+/// the folded ones with `c = d`) against `B` (`n x c`, the keys, or `Xp`), one product per
+/// run of queries that share their keys; `scores` is `count x n`.
+#[allow(clippy::too_many_arguments)]
 fn scores_in_scope(
     query: &[f32],
     key: &[f32],
     queries: &Queries,
+    rows: std::ops::Range<usize>,
     scope: Scope,
     n: usize,
     c: usize,
     scores: &mut [f32],
 ) {
-    let m = queries.count;
     match scope {
         Scope::Image => multiply(
-            View::row_major(query, m, c),
+            View::row_major(query, rows.len(), c),
             View::row_major(key, n, c).transposed(),
             scores,
         ),
         Scope::Grid => {
             let mut block = Vec::new();
             for query_grid in &queries.grids {
-                let (first, count) = (query_grid.query_offset, query_grid.len());
+                // The grid's queries inside `rows`, relative to `rows.start`.
+                let first = query_grid.query_offset.max(rows.start);
+                let last = (query_grid.query_offset + query_grid.len()).min(rows.end);
+                if first >= last {
+                    continue;
+                }
+                let (first, count) = (first - rows.start, last - first);
                 // The grid's span: tokens between its rows that are not its own get scores
                 // here and weight 0 in the softmax.
                 let keys = query_grid.grid.keys().span();
@@ -206,10 +246,11 @@ fn scores_in_scope(
     }
 }
 
-/// Step 6 in place: the stable softmax of each row over its keys, zeros elsewhere.
-fn softmax_rows(scores: &mut [f32], queries: &Queries, scope: Scope, n: usize) {
-    for (query, row) in scores.chunks_exact_mut(n).enumerate() {
-        let keys = queries.keys(query, scope, n);
+/// Step 6 in place: the stable softmax of each row (queries from `first`) over its keys,
+/// zeros elsewhere.
+fn softmax_rows(scores: &mut [f32], queries: &Queries, first: usize, scope: Scope, n: usize) {
+    for (row_index, row) in scores.chunks_exact_mut(n).enumerate() {
+        let keys = queries.keys(first + row_index, scope, n);
         let range = keys.span();
         if !keys.is_contiguous() {
             // Tokens of the span that are not keys: no weight.

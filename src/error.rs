@@ -30,6 +30,10 @@ pub enum Error {
     TooLarge(String),
     /// The device was lost (driver reset, unplugged, destroyed); build a new compressor.
     DeviceLost(String),
+    /// Finite inputs made a value past the range of the type it is computed or stored in
+    /// (f32 scores of huge features, f16 storage of values past 65504): refused rather than
+    /// handed back as NaN or infinity.
+    Overflow(String),
 }
 
 impl Error {
@@ -56,7 +60,8 @@ impl fmt::Display for Error {
             | Error::Unsupported(message)
             | Error::Gpu(message)
             | Error::TooLarge(message)
-            | Error::DeviceLost(message) => f.write_str(message),
+            | Error::DeviceLost(message)
+            | Error::Overflow(message) => f.write_str(message),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }

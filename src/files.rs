@@ -3,7 +3,8 @@
 //! target and are renamed into place, so a failed run never changes an existing file.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
@@ -30,13 +31,53 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(bytes).map_err(|e| {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| {
         Error::Format(format!(
             "{} is not a valid safetensors file ({e}); expected a safetensors file whose header \
              matches its size",
             path.display()
         ))
-    })
+    })?;
+    // The parser keeps the last of two entries of one name; a file that names a tensor
+    // twice is ambiguous, so it is refused. The header parsed above fits the file.
+    let length = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    if let Some(name) = duplicate_key(&bytes[8..8 + length]) {
+        return Err(Error::Format(format!(
+            "{}: the header names tensor {} twice; expected each name once",
+            path.display(),
+            crate::error::quoted(&name)
+        )));
+    }
+    Ok(file)
+}
+
+/// The first key that a JSON object's top level holds twice, if any.
+fn duplicate_key(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
 }
 
 /// A tensor read from a file, widened to f32.
@@ -100,8 +141,12 @@ pub struct Input {
 
 /// Reads an input file (tensor `features`, `n x d` or `b x n x d`).
 pub fn read_input(path: &Path) -> Result<Input> {
-    let bytes = read_file(path)?;
-    let file = parse(path, &bytes)?;
+    input_from_bytes(path, &read_file(path)?)
+}
+
+/// An input file already in memory (`path` names it in errors).
+pub fn input_from_bytes(path: &Path, bytes: &[u8]) -> Result<Input> {
+    let file = parse(path, bytes)?;
     let FileTensor {
         shape,
         values,
@@ -174,8 +219,12 @@ pub fn read_probes(path: &Path, width: usize) -> Result<Vec<f32>> {
 
 /// Reads a weights file (`w_q`, `w_k`, `omega`, optional `pos_embed`).
 pub fn read_weights(path: &Path) -> Result<PMeta> {
-    let bytes = read_file(path)?;
-    let file = parse(path, &bytes)?;
+    weights_from_bytes(path, &read_file(path)?)
+}
+
+/// A weights file already in memory (`path` names it in errors).
+pub fn weights_from_bytes(path: &Path, bytes: &[u8]) -> Result<PMeta> {
+    let file = parse(path, bytes)?;
     let bad = |message: String| Error::InvalidTensor(format!("{}: {message}", path.display()));
     let w_q = required(path, &file, "w_q")?;
     let w_k = required(path, &file, "w_k")?;
@@ -199,15 +248,18 @@ pub fn read_weights(path: &Path) -> Result<PMeta> {
     let position = match tensor_values(path, &file, "pos_embed")? {
         None => None,
         Some(FileTensor { shape, values, .. }) => match shape[..] {
-            [height, table_width, d] if d == width => Some(PositionTable {
-                height,
-                width: table_width,
-                values,
-            }),
+            [height, table_width, d] if d == width && height > 0 && table_width > 0 => {
+                Some(PositionTable {
+                    height,
+                    width: table_width,
+                    values,
+                })
+            }
             _ => {
                 return Err(bad(format!(
-                    "tensor pos_embed has shape {shape:?}; expected [gh, gw, {width}]"
-                )))
+                "tensor pos_embed has shape {shape:?}; expected [gh, gw, {width}] with gh and gw \
+                     at least 1"
+            )))
             }
         },
     };
@@ -267,8 +319,53 @@ pub fn write_tensors(
     write_atomically(path, &bytes)
 }
 
-/// Writes `bytes` to a temporary file in `path`'s folder, then renames it over `path`.
+/// Temporary files being written now, removed by `remove_temporary_files` (the CLI calls it
+/// when SIGINT or SIGTERM arrives).
+static TEMPORARY: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes every temporary output file still being written (for a signal handler's thread).
+pub fn remove_temporary_files() {
+    let paths = match TEMPORARY.lock() {
+        Ok(paths) => paths.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Refuses an output path that exists and is not a regular file (a device, a FIFO, a
+/// folder), or that is the same file as one of `inputs` (which writing would destroy).
+pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(existing) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if !existing.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "output {} exists and is not a regular file; expected a new file or a regular file \
+             to replace",
+            path.display()
+        )));
+    }
+    let output = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|input| input == output) {
+            return Err(Error::InvalidArgument(format!(
+                "output {} is the same file as the input {}; expected another path",
+                path.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: into a temporary file created exclusively, with an
+/// unpredictable name, in `path`'s folder (never through a link or a file someone planted),
+/// synced to disk, then renamed over `path`. On failure the temporary file is removed and
+/// `path` is untouched.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_output(path, &[])?;
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -276,17 +373,30 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().ok_or_else(|| {
         Error::InvalidArgument(format!("output path {} names no file", path.display()))
     })?;
-    let temporary = folder.join(format!(
-        ".{}.{}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = std::fs::write(&temporary, bytes)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|e| Error::io(path, e));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
+    let mut temporary = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".partial")
+        .tempfile_in(folder)
+        .map_err(|e| Error::io(path, e))?;
+    let registered = temporary.path().to_path_buf();
+    TEMPORARY
+        .lock()
+        .map(|mut paths| paths.push(registered.clone()))
+        .ok();
+    let result = temporary
+        .write_all(bytes)
+        .and_then(|()| temporary.as_file().sync_all())
+        .map_err(|e| Error::io(path, e))
+        .and_then(|()| {
+            temporary
+                .persist(path)
+                .map(drop)
+                .map_err(|e| Error::io(path, e.error))
+        });
+    TEMPORARY
+        .lock()
+        .map(|mut paths| paths.retain(|p| *p != registered))
+        .ok();
     result
 }
 
@@ -366,4 +476,27 @@ pub fn write_input(
         });
     }
     write_tensors(path, &tensors, &metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_files_being_written_are_removed_on_request() {
+        let folder =
+            std::env::temp_dir().join(format!("metacompress-temporary-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let file = tempfile::Builder::new()
+            .suffix(".partial")
+            .tempfile_in(&folder)
+            .unwrap();
+        let path = file.path().to_path_buf();
+        TEMPORARY.lock().unwrap().push(path.clone());
+        remove_temporary_files();
+        assert!(!path.exists(), "what a signal handler removes is gone");
+        TEMPORARY.lock().unwrap().retain(|p| *p != path);
+        drop(file);
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
 }

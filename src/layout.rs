@@ -388,7 +388,8 @@ impl Keep {
             Ok(Keep(keep))
         } else {
             Err(Error::InvalidArgument(format!(
-                "keep {keep} is out of range; expected a fraction in (0, 1]"
+                "keep {} is out of range; expected a fraction in (0, 1]",
+                short_number(keep)
             )))
         }
     }
@@ -396,6 +397,25 @@ impl Keep {
     /// The fraction as a number.
     pub fn value(self) -> f64 {
         self.0
+    }
+}
+
+impl std::fmt::Display for Keep {
+    /// The fraction as given, in the shortest form that reads back to it; with an exponent
+    /// when the plain form would be long (`1e-300`, not 300 zeros).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&short_number(self.0))
+    }
+}
+
+/// `value` in the shortest form that reads back to it; with an exponent when the plain form
+/// would be long.
+pub(crate) fn short_number(value: f64) -> String {
+    let plain = value.to_string();
+    if plain.len() > 20 {
+        format!("{value:e}")
+    } else {
+        plain
     }
 }
 

@@ -51,13 +51,15 @@ pub use error::{Error, Result};
 pub use gpu::memory::MemoryCount;
 pub use gpu::resident::{GpuCompressed, GpuTokens, Tokens};
 pub use gpu::{GpuApi, GpuContext};
-pub use layout::{parse_grid_flags, Grid, Keep, Keys, Layout, Queries, QueryGrid, Scope};
+pub use layout::{
+    parse_grid_flags, parse_grids_json, Grid, Keep, Keys, Layout, Queries, QueryGrid, Scope,
+};
 pub use options::{
     Association, Backend, Elem, KernelVariant, Options, Precision, SplitK, MAX_PIECES,
 };
 pub use presets::{parse_pinpoints, LLAVA_NEXT_PINPOINTS};
 pub use profile::{Clock, Profile, StepTime};
-pub use tensor::{Dtype, Features, HostTokens, HostValues};
+pub use tensor::{check_fits_f16, Dtype, Features, HostTokens, HostValues};
 pub use weights::{PMeta, PositionTable};
 
 // The README's examples compile and run as doc tests.

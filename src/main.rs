@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 mod cli_args;
 use cli_args::{BenchArgs, Cli, Command, CompareArgs, CompressArgs, InitArgs, LayoutArgs};
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
+    remove_temporary_files_on_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -44,12 +45,40 @@ fn main() -> ExitCode {
                 let _ = error.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: clap's first, without its "error: " prefix and usage block.
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+            ) {
+                // No subcommand: the usage and the subcommands, in one line.
+                let command = Cli::command();
+                let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+                eprintln!(
+                    "metacompress: a subcommand is needed; usage: metacompress <COMMAND> with \
+                     COMMAND one of {} (see metacompress --help)",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            // One line: clap's message with the lines that name what it is about (the missing
+            // arguments, say), without its "error: " prefix, tips and usage block.
             let text = error.to_string();
-            let line = text.lines().next().unwrap_or("invalid command line");
+            let mut parts = Vec::new();
+            for line in text.lines() {
+                let line = line.trim();
+                if line.starts_with("Usage:")
+                    || line.starts_with("tip:")
+                    || line.starts_with("For more")
+                {
+                    break;
+                }
+                if !line.is_empty() {
+                    parts.push(line.trim_start_matches("error: "));
+                }
+            }
+            let message = parts.join(" ");
             eprintln!(
                 "metacompress: {} (see metacompress --help)",
-                line.trim_start_matches("error: ")
+                one_line(&message)
             );
             return ExitCode::from(2);
         }
@@ -70,8 +99,46 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("metacompress: {error}");
+            eprintln!("metacompress: {}", one_line(&error.to_string()));
             ExitCode::from(if error.is_usage() { 2 } else { 1 })
+        }
+    }
+}
+
+/// `text` as one line a terminal shows as it is: control characters escaped, and any run of
+/// more than 100 characters without a space (a value echoed back) cut short.
+fn one_line(text: &str) -> String {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| match c {
+            '\n' | '\r' | '\t' => vec![' '],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect();
+    escaped
+        .split(' ')
+        .map(|word| match word.char_indices().nth(100) {
+            Some((cut, _)) => format!("{}...({} characters)", &word[..cut], word.chars().count()),
+            None => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// On SIGINT or SIGTERM, removes the temporary output file being written (if any) and exits
+/// with 128 + the signal's number, as the shell does for a killed program.
+fn remove_temporary_files_on_signals() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            std::thread::spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    files::remove_temporary_files();
+                    std::process::exit(128 + signal);
+                }
+            });
         }
     }
 }
@@ -181,6 +248,9 @@ fn compress(args: CompressArgs) -> Result<()> {
     let (precision, scope, method) = (args.device.precision, args.scope, args.method);
     // A missing --weights is a usage error, found before any file is read.
     method.check_inputs(args.weights.is_some(), true)?;
+    let mut sources = vec![args.input.as_path()];
+    sources.extend(args.weights.as_deref());
+    files::check_output(&args.output, &sources)?;
     let input = files::read_input(&args.input)?;
     let layout = layout_of(&input, &args.layout)?;
     let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
@@ -227,6 +297,9 @@ fn compress(args: CompressArgs) -> Result<()> {
         }
     };
     let dtype = args.output_dtype.unwrap_or(input.dtype);
+    if dtype == Dtype::F16 {
+        metacompress::check_fits_f16("tokens for an f16 output", &reduced.tokens)?;
+    }
     let mut tensors = vec![TensorOut {
         name: "tokens",
         shape: shape(m, d),
@@ -243,7 +316,7 @@ fn compress(args: CompressArgs) -> Result<()> {
     }
     let metadata = [
         ("method", method.name().to_string()),
-        ("keep", keep.value().to_string()),
+        ("keep", keep.to_string()),
         ("scope", scope.name().to_string()),
         ("n", n.to_string()),
         ("m", m.to_string()),
@@ -256,7 +329,7 @@ fn compress(args: CompressArgs) -> Result<()> {
     say!(
         "compressed {b} x {n} -> {m} tokens of width {d} ({}, keep {}, scope {}) on {} in {:.1} ms; wrote {}",
         method.name(),
-        keep.value(),
+        keep,
         scope.name(),
         runner.device(),
         elapsed.as_secs_f64() * 1e3,
@@ -336,6 +409,7 @@ fn compare(args: CompareArgs) -> Result<()> {
 }
 
 fn init(args: InitArgs) -> Result<()> {
+    files::check_output(&args.output, &[])?;
     let position = match &args.pos {
         None => None,
         Some(text) => {
@@ -382,7 +456,13 @@ fn bench(args: BenchArgs) -> Result<()> {
         split_k: args.split_k,
         batch: args.batch,
     };
-    let report = bench::run(&config, &workloads, |line| eprintln!("bench: {line}"))?;
+    // Progress goes to a terminal only: piped or captured, stderr holds the one error line.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = bench::run(&config, &workloads, |line| {
+        if terminal {
+            eprintln!("bench: {line}");
+        }
+    })?;
     say!("{}", report.to_table());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.to_json())
@@ -457,7 +537,7 @@ fn run_demo(backend: Backend, save: Option<&Path>) -> Result<()> {
     let (n, m) = (reduced.input_tokens, reduced.queries.count);
     say!(
         "compressed {n} -> {m} tokens (keep {}, {:.0}% fewer) in {:.1} ms (one call, data in and out included)",
-        options.keep.value(),
+        options.keep,
         100.0 * (1.0 - m as f64 / n as f64),
         elapsed.as_secs_f64() * 1e3
     );

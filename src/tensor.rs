@@ -290,6 +290,58 @@ fn check_shape(batch: usize, tokens: usize, width: usize, count: usize) -> Resul
     Ok(())
 }
 
+/// Most bytes of host memory one buffer the library allocates may take (4 GiB): a number on
+/// the command line or in a file header past it is refused before anything is allocated.
+pub const HOST_BUDGET: u64 = 4 << 30;
+
+/// Bytes of `count` elements of `size` bytes each (`count` a product of `dims`), checked for
+/// overflow and against `HOST_BUDGET`; `what` names the buffer in the error.
+pub fn host_bytes(what: &str, dims: &[usize], size: usize) -> Result<usize> {
+    let bytes = dims
+        .iter()
+        .try_fold(size as u64, |bytes, &dim| bytes.checked_mul(dim as u64));
+    match bytes {
+        Some(bytes) if bytes <= HOST_BUDGET => Ok(bytes as usize),
+        _ => {
+            let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            Err(Error::TooLarge(format!(
+                "{what} of {} elements would take {}; the limit is {} GiB",
+                shape.join(" x "),
+                match bytes {
+                    Some(bytes) => format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64),
+                    None => "more bytes than a 64-bit count holds".to_string(),
+                },
+                HOST_BUDGET >> 30
+            )))
+        }
+    }
+}
+
+/// Refuses computed values (`what`, from finite inputs) with a NaN or infinity among them:
+/// the arithmetic overflowed its type somewhere on the way.
+pub fn check_computed(what: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::Overflow(format!(
+            "{what} overflowed: element {index} is {} although every input is finite; the \
+             features or weights are too large for f32 arithmetic (largest about 3.4e38, and \
+             the scores grow with the square of the features); scale them down",
+            values[index]
+        ))),
+    }
+}
+
+/// Refuses values past f16's largest finite value (65504), naming the tensor and the index.
+pub fn check_fits_f16(name: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| v.abs() > 65504.0) {
+        None => Ok(()),
+        Some(index) => Err(Error::Overflow(format!(
+            "{name} element {index} is {}, past f16's largest finite value 65504; use f32",
+            values[index]
+        ))),
+    }
+}
+
 /// Refuses a NaN or infinity, naming the tensor and the index of the first one.
 pub fn check_finite(name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
     check_each(name, shape, values, |v| v.is_finite(), "finite values")

@@ -192,6 +192,7 @@ fn metacompress_runs_through_the_runner_as_the_forward_pass() {
     let options = Options {
         keep: Keep::new(0.3).unwrap(),
         poison: true,
+        save_projection: true,
         ..Options::default()
     };
     let queries = layout.queries(options.keep);
@@ -510,6 +511,7 @@ fn pictures_decode_at_the_grids_size_and_show_the_kept_cells() {
         };
         let options = Options {
             keep: Keep::new(0.3).unwrap(),
+            save_projection: true,
             ..Options::default()
         };
         let result = runner

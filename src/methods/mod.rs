@@ -24,7 +24,7 @@ use crate::layout::{Layout, Queries, QueryGrid};
 use crate::options::{Backend, Options, Precision};
 use crate::reference;
 pub use crate::tensor::check_attention;
-use crate::tensor::Features;
+use crate::tensor::{check_computed, host_bytes, Features};
 use crate::weights::PMeta;
 
 pub use grid::sample_cell;
@@ -134,6 +134,18 @@ fn grid_rows(
                 .expect_err("the method needs attention")
         })
     };
+    if matches!(
+        method,
+        Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge
+    ) {
+        // The similarities these methods compare are at most (grid tokens)^2.
+        let tokens = query_grid.grid.len();
+        host_bytes(
+            &format!("{}'s token similarities", method.name()),
+            &[tokens, tokens],
+            4,
+        )?;
+    }
     Ok(match method {
         Method::MetaCompress => {
             return Err(Error::InvalidArgument(
@@ -162,6 +174,7 @@ pub fn projection(
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<f32>> {
     let n = image.len() / width;
+    host_bytes(&format!("{}'s P", method.name()), &[queries.count, n], 4)?;
     let mut p = vec![0.0f32; queries.count * n];
     for query_grid in &queries.grids {
         let rows = grid_rows(method, image, width, attention, query_grid, rng)?;
@@ -339,7 +352,8 @@ impl Runner {
         method.check_inputs(self.compressor.is_some(), request.attention.is_some())
     }
 
-    /// Runs `method` on every image of `request`: `Y` and `P` (always) and the queries.
+    /// Runs `method` on every image of `request`: `Y`, the queries and `P` (always for the
+    /// other methods; for `metacompress` only with `options.save_projection`).
     /// `options` gives the keep, `poison` and `max_binding_bytes`, and for `metacompress`
     /// the scope and kernels.
     pub fn run(&self, method: Method, request: &Request, options: &Options) -> Result<Compressed> {
@@ -351,14 +365,12 @@ impl Runner {
             check_attention(attention, &[b, n])?;
         }
         if method == Method::MetaCompress {
+            // P only when asked for: the forward pass never holds the whole of it otherwise.
             let compressor = self.compressor.as_ref().expect("checked above");
-            let options = Options {
-                save_projection: true,
-                ..*options
-            };
-            return compressor.compress(features, request.layout, &options);
+            return compressor.compress(features, request.layout, options);
         }
         let queries = request.layout.queries(options.keep);
+        host_bytes(&format!("{}'s P", method.name()), &[b, queries.count, n], 4)?;
         let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
         let mut p = Vec::with_capacity(b * queries.count * n);
         for image in 0..b {
@@ -373,6 +385,7 @@ impl Runner {
             )?);
         }
         let tokens = self.reducer.reduce(features, &p, options)?;
+        check_computed("the reduced tokens", &tokens)?;
         Ok(Compressed {
             tokens,
             projection: Some(p),
