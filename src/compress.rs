@@ -185,7 +185,7 @@ impl Compressor {
                         if let Tokens::Host(host) = tokens {
                             check_fits_f16(
                                 "--precision f16: features",
-                                &host.to_features().values(),
+                                host.to_features().values(),
                             )?;
                         }
                     }

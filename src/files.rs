@@ -164,7 +164,7 @@ pub fn input_from_bytes(path: &Path, bytes: &[u8]) -> Result<Input> {
     };
     let features = Features::new(batch, tokens, width, values)
         .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
-    let grids = match file_metadata(path, &bytes)?.get("grids") {
+    let grids = match file_metadata(path, bytes)?.get("grids") {
         Some(text) => Some(parse_grids_json(text)?),
         None => None,
     };
