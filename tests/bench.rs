@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{features, gpu, grid, relative_error, seeded, weights};
 use metacompress::{
     reference, Association, Clock, Compressor, Keep, KernelVariant, Layout, Options, Precision,
@@ -16,7 +14,7 @@ fn bench_json(extra: &[&str]) -> Value {
     let folder = std::env::temp_dir().join(format!("metacompress-bench-{}", std::process::id()));
     std::fs::create_dir_all(&folder).unwrap();
     let path = folder.join(format!("report-{}.json", extra.join("-")));
-    let output = Command::new(env!("CARGO_BIN_EXE_metacompress"))
+    let output = common::binary()
         .args([
             "bench",
             "--workload",
@@ -170,11 +168,7 @@ fn bench_refuses_bad_flags_in_one_line() {
             "\"65\"",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_metacompress"))
-            .arg("bench")
-            .args(flags)
-            .output()
-            .unwrap();
+        let output = common::binary().arg("bench").args(flags).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr
             .lines()

@@ -4,24 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{features, gpu, grid, relative_error, seeded};
+use common::{binary, features, folder, gpu, grid, relative_error, seeded};
 use metacompress::files::{self, TensorOut};
 use metacompress::{reference, Dtype, Keep, Layout, Scope};
 use safetensors::SafeTensors;
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_metacompress"))
-}
-
-/// A fresh folder under the target directory for one test.
-fn folder(test: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
-}
 
 struct Outcome {
     code: i32,

@@ -5,31 +5,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{features, gpu, relative_error, seeded};
+use common::{binary, features, folder, gpu, relative_error, seeded};
 use metacompress::files::{self, TensorOut};
 use metacompress::{reference, Dtype, Grid, Keep, Layout, Scope};
 use safetensors::SafeTensors;
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_metacompress"))
-        .args(args)
-        .output()
-        .unwrap();
+    let output = binary().args(args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-fn folder(test: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
 }
 
 fn path(p: &Path) -> &str {

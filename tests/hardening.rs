@@ -10,20 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{features, gpu, seeded};
+use common::{binary, features, folder, gpu, seeded};
 use metacompress::files::{self, TensorOut};
 use metacompress::Dtype;
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_metacompress"))
-}
-
-fn folder(test: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
-}
 
 fn text(path: &Path) -> String {
     path.to_str().unwrap().to_string()
@@ -502,16 +491,14 @@ fn messages_name_what_is_wrong_in_one_short_line() {
     );
 }
 
-#[test]
-fn the_cpu_path_and_the_methods_bound_their_memory() {
-    // 20000 tokens of width 1 on one 1 x 20000 grid at keep 1: m = n = 20000, a 1.6 GB P.
-    let dir = folder("bounded_memory");
-    let n = 20_000;
-    let (_, mut rng) = seeded("bounded_memory");
+/// A folder with `n` standard-normal tokens of width 1 and `init` weights for them.
+fn tall_inputs(test: &str, n: usize) -> (PathBuf, PathBuf, PathBuf, rand_chacha::ChaCha8Rng) {
+    let dir = folder(test);
+    let (_, mut rng) = seeded(test);
     let input = dir.join("tall.safetensors");
     features_file(&input, n, 1, features(&mut rng, 1, n, 1).values());
     let weights = dir.join("w.safetensors");
-    let (code, _, _) = run(&strings(&[
+    let init = [
         "init",
         "--dim",
         "1",
@@ -519,8 +506,17 @@ fn the_cpu_path_and_the_methods_bound_their_memory() {
         "1",
         "--output",
         &text(&weights),
-    ]));
-    assert_eq!(code, 0);
+    ];
+    let (code, _, stderr) = run(&strings(&init));
+    assert_eq!(code, 0, "{stderr}");
+    (dir, weights, input, rng)
+}
+
+#[test]
+fn the_cpu_path_and_the_methods_bound_their_memory() {
+    // 20000 tokens of width 1 on one 1 x 20000 grid at keep 1: m = n = 20000, a 1.6 GB P.
+    let n = 20_000;
+    let (dir, weights, input, mut rng) = tall_inputs("bounded_memory", n);
     let output = dir.join("out.safetensors");
     let grid = format!("1x{n}");
     let (code, _, stderr) = run(&compress(
@@ -578,22 +574,8 @@ fn the_cpu_path_and_the_methods_bound_their_memory() {
 #[cfg(unix)]
 #[test]
 fn a_signal_mid_run_leaves_no_temporary_file() {
-    let dir = folder("signal");
     let n = 25_000;
-    let (_, mut rng) = seeded("signal");
-    let input = dir.join("tall.safetensors");
-    features_file(&input, n, 1, features(&mut rng, 1, n, 1).values());
-    let weights = dir.join("w.safetensors");
-    let (code, _, _) = run(&strings(&[
-        "init",
-        "--dim",
-        "1",
-        "--dc",
-        "1",
-        "--output",
-        &text(&weights),
-    ]));
-    assert_eq!(code, 0);
+    let (dir, weights, input, _) = tall_inputs("signal", n);
     let output = dir.join("out.safetensors");
     let grid = format!("1x{n}");
     let mut child = binary()

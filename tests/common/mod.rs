@@ -102,3 +102,16 @@ pub fn gpu() -> Option<GpuContext> {
         }
     }
 }
+
+/// The release binary under test.
+pub fn binary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_metacompress"))
+}
+
+/// A fresh folder under the target directory for one test.
+pub fn folder(test: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
