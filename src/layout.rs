@@ -35,9 +35,9 @@ impl Grid {
         }
     }
 
-    /// Number of tokens in the grid.
+    /// Number of tokens in the grid (saturating: an unchecked grid never overflows).
     pub fn len(&self) -> usize {
-        self.height * self.width
+        self.height.saturating_mul(self.width)
     }
 
     /// Whether the grid holds no token (never true for a validated layout).
@@ -67,10 +67,15 @@ impl Grid {
 
     /// One past the last token of the grid (its span `offset..end` may hold other tokens
     /// between rows).
+    /// Saturating: a grid that would end past `usize::MAX` (only an unchecked one, as parsed
+    /// from a flag) ends there, and `Layout::new` refuses it.
     pub fn end(&self) -> usize {
         match self.height {
             0 => self.offset,
-            h => self.offset + (h - 1) * self.stride + self.width,
+            h => self
+                .offset
+                .saturating_add((h - 1).saturating_mul(self.stride))
+                .saturating_add(self.width),
         }
     }
 
@@ -586,6 +591,12 @@ mod tests {
             vec![grid(0, 24, 24), grid(576, 32, 48), grid(4000, 2, 2)]
         );
         assert!(parse_grid_flag("24by24", 0).is_err());
+        // Found by the fuzzer: a grid too large for any layout, then one that follows it.
+        let huge = ["2222222222222222223x24".to_string(), "5".into()];
+        assert!(
+            parse_grid_flags(&huge).is_err()
+                || Layout::new(10, parse_grid_flags(&huge).unwrap()).is_err()
+        );
         assert!(parse_grid_flag("24x", 0).is_err());
         assert_eq!(
             parse_grids_json("[[0,24,24],[576,32,48]]").unwrap(),
