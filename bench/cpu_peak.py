@@ -2,7 +2,7 @@
 """The machine's f32 (and bf16) matrix-product rate through the libraries a user would reach
 for, for the CPU path's side-by-side (issue 16): OpenBLAS via numpy and MKL/oneDNN via
 PyTorch on a 4096 x 4096 product, and on the llava-next-7b forward's own skinny shapes.
-Prints GFLOP/s, best of --runs. Usage: python3 bench/cpu_peak.py [--runs N] [--size S]
+Prints GFLOP/s, best of --runs. Usage: python3 bench/cpu_peak.py [--runs N] [--size S] [--bf16]
 (numpy and torch from python/.venv: `python/.venv/bin/python bench/cpu_peak.py`)."""
 import argparse
 import time
@@ -22,6 +22,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also bf16 (fast only with AVX512-BF16/AMX; minutes without)")
     args = parser.parse_args()
     s = args.size
     shapes = [(s, s, s), (2928, 4096, 256), (289, 2928, 4096)]  # m, k, n
@@ -32,7 +34,7 @@ def main():
         rate = best_rate(lambda: a @ b, 2 * m * k * n, args.runs)
         print(f"numpy (OpenBLAS) f32 {m}x{k}x{n}: {rate:.1f} GFLOP/s")
     import torch
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16) if args.bf16 else (torch.float32,):
         for m, k, n in shapes:
             a = torch.randn(m, k).to(dtype)
             b = torch.randn(k, n).to(dtype)
