@@ -55,8 +55,9 @@ const LAYERS: &[(&str, u32)] = &[
     // Tools on top (the CLI, `src/main.rs`, is a crate of its own above all of them).
     ("compare", 30),
     ("pictures", 31),
-    ("bench", 32),
-    ("demo", 33),
+    ("bench::workloads", 32),
+    ("bench", 33),
+    ("demo", 34),
 ];
 
 /// Files that are no module of a layer: the crate root (its re-exports are the public face)
