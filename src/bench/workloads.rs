@@ -100,4 +100,3 @@ impl Workload {
         Layout::new(self.tokens, grids)
     }
 }
-
