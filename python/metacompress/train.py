@@ -115,7 +115,8 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     model, processor = load_model(args.model, args.bf16)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; the old name still works there, with a warning.
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     adapter = Adapter(model.to(accelerator.device))
     pmeta = initial_weights(args, adapter.width)
     if pmeta.pos_embed is not None and not args.train_pos:

@@ -94,3 +94,12 @@ def test_trained_weights_compress_the_models_features_in_the_rust_runtime(binary
     y, p = PMeta.load(weights).double()(x.double(), grids, keep=0.25)
     assert torch.allclose(y, rust["tokens"].double(), rtol=1e-4, atol=1e-5)
     assert torch.allclose(p, rust["projection"].double(), rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_and_gradient_checkpointing_train(tmp_path):
+    output = tmp_path / "pmeta.safetensors"
+    train_main(["--model", "tiny-qwen2-vl", "--steps", "2", "--bf16", "--gradient-checkpointing",
+                "--output", str(output)] + ARGS)
+    weights = PMeta.load(output)
+    assert all(torch.isfinite(p).all() for p in weights.parameters())
+    assert json.loads(output.with_suffix(".json").read_text())["steps"] == 2
