@@ -5,7 +5,7 @@
 mod common;
 
 use common::methods as reference_methods;
-use common::{features, gpu, grid, relative_error, seeded, weights};
+use common::{features, gpu, grid, relative_error, runners, seeded, weights};
 use metacompress::compare::{fidelity, sizes};
 use metacompress::methods::{check_attention, projection, Method, Request, Runner};
 use metacompress::pictures::{write_pictures, UNUSED};
@@ -58,26 +58,6 @@ fn reference_projection(
         Method::PruMerge => reference_methods::prumerge(x, d, attention, queries, n),
         Method::MetaCompress | Method::Random => return None,
     })
-}
-
-fn runners() -> Vec<(&'static str, Runner)> {
-    let mut runners = vec![
-        (
-            "cpu",
-            Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap(),
-        ),
-        (
-            "reference",
-            Runner::new(None, Backend::Reference, None, Precision::F32).unwrap(),
-        ),
-    ];
-    if let Some(context) = gpu() {
-        runners.push((
-            "gpu",
-            Runner::on_context(None, context, Precision::F32).unwrap(),
-        ));
-    }
-    runners
 }
 
 #[test]

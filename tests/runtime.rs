@@ -8,12 +8,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{features, gpu, grid, relative_error, seeded, weights};
+use common::{assert_reference, features, gpu, grid, relative_error, seeded, weights};
 use half::{bf16, f16};
 use metacompress::gpu::GpuContext;
 use metacompress::{
-    reference, Compressed, Compressor, Dtype, Error, Features, GpuTokens, HostTokens, Keep, Layout,
-    Options, PMeta, Precision, Scope, SplitK, Tokens,
+    Compressed, Compressor, Dtype, Error, Features, GpuTokens, HostTokens, Keep, Layout, Options,
+    PMeta, Precision, Scope, SplitK, Tokens,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -55,25 +55,6 @@ fn assert_same(a: &Compressed, b: &Compressed, what: &str) {
 }
 
 /// Checks `out` against the float64 reference on `features`.
-fn assert_reference(
-    out: &Compressed,
-    features: &Features,
-    weights: &PMeta,
-    layout: &Layout,
-    options: &Options,
-    tolerance: f64,
-    what: &str,
-) {
-    let queries = layout.queries(options.keep);
-    let expected = reference::forward(features, weights, layout, &queries, options.scope);
-    let error = relative_error(&out.tokens, &expected.tokens);
-    assert!(error < tolerance, "{what}: tokens off by {error:e}");
-    if let Some(projection) = &out.projection {
-        let error = relative_error(projection, &expected.projection);
-        assert!(error < tolerance, "{what}: P off by {error:e}");
-    }
-}
-
 fn odd(rng: &mut ChaCha8Rng, range: std::ops::Range<usize>) -> usize {
     rng.random_range(range) | 1
 }

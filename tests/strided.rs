@@ -7,11 +7,11 @@
 mod common;
 
 use common::methods as reference_methods;
-use common::{features, gpu, relative_error, seeded, weights};
-use metacompress::methods::{Method, Request, Runner};
+use common::{assert_reference, features, gpu, relative_error, runners, seeded, weights};
+use metacompress::methods::{Method, Request};
 use metacompress::{
     reference, Association, Backend, Compressed, Compressor, Features, Grid, Keep, KernelVariant,
-    Layout, Options, PMeta, Precision, Scope,
+    Layout, Options, Precision, Scope,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -86,36 +86,6 @@ fn checked(keep: f64, scope: Scope) -> Options {
         save_projection: true,
         poison: true,
         ..Options::default()
-    }
-}
-
-/// `out` against the float64 reference within `tolerance`.
-fn assert_reference(
-    out: &Compressed,
-    features: &Features,
-    weights: &PMeta,
-    layout: &Layout,
-    options: &Options,
-    tolerance: f64,
-    what: &str,
-) {
-    let queries = layout.queries(options.keep);
-    let expected = reference::forward(features, weights, layout, &queries, options.scope);
-    let tokens = relative_error(&out.tokens, &expected.tokens);
-    assert!(tokens <= tolerance, "{what}: tokens error {tokens:e}");
-    if let Some(projection) = &out.projection {
-        let error = relative_error(projection, &expected.projection);
-        assert!(error <= tolerance, "{what}: projection error {error:e}");
-        // Exactly 0 outside each query's keys.
-        let (n, m) = (layout.tokens(), queries.count);
-        for (row, values) in projection.chunks_exact(n).enumerate() {
-            let keys = queries.keys(row % m, options.scope, n);
-            for (j, p) in values.iter().enumerate() {
-                if !keys.contains(j) {
-                    assert_eq!(*p, 0.0, "{what}: P[{row}, {j}] outside its keys");
-                }
-            }
-        }
     }
 }
 
@@ -256,22 +226,7 @@ fn an_image_cut_into_token_ranges_honours_strided_grids() {
 #[test]
 fn every_baseline_method_follows_strided_grids() {
     let (seed, mut rng) = seeded("every_baseline_method_follows_strided_grids");
-    let mut runners = vec![
-        (
-            "cpu",
-            Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap(),
-        ),
-        (
-            "reference",
-            Runner::new(None, Backend::Reference, None, Precision::F32).unwrap(),
-        ),
-    ];
-    if let Some(context) = gpu() {
-        runners.push((
-            "gpu",
-            Runner::on_context(None, context, Precision::F32).unwrap(),
-        ));
-    }
+    let runners = runners();
     for case in 0..3 {
         let layout = strided_layout(&mut rng);
         let n = layout.tokens();

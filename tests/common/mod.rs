@@ -115,3 +115,58 @@ pub fn folder(test: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&path).unwrap();
     path
 }
+
+/// `out` against the float64 reference within `tolerance`.
+pub fn assert_reference(
+    out: &metacompress::Compressed,
+    features: &Features,
+    weights: &PMeta,
+    layout: &metacompress::Layout,
+    options: &metacompress::Options,
+    tolerance: f64,
+    what: &str,
+) {
+    let queries = layout.queries(options.keep);
+    let expected =
+        metacompress::reference::forward(features, weights, layout, &queries, options.scope);
+    let tokens = relative_error(&out.tokens, &expected.tokens);
+    assert!(tokens <= tolerance, "{what}: tokens error {tokens:e}");
+    if let Some(projection) = &out.projection {
+        let error = relative_error(projection, &expected.projection);
+        assert!(error <= tolerance, "{what}: projection error {error:e}");
+        // Exactly 0 outside each query's keys.
+        let (n, m) = (layout.tokens(), queries.count);
+        for (row, values) in projection.chunks_exact(n).enumerate() {
+            let keys = queries.keys(row % m, options.scope, n);
+            for (j, p) in values.iter().enumerate() {
+                if !keys.contains(j) {
+                    assert_eq!(*p, 0.0, "{what}: P[{row}, {j}] outside its keys");
+                }
+            }
+        }
+    }
+}
+
+/// The method runners of every backend this machine has: the CPU path, the float64 reference
+/// and, when there is an adapter, the GPU.
+pub fn runners() -> Vec<(&'static str, metacompress::methods::Runner)> {
+    use metacompress::methods::Runner;
+    use metacompress::{Backend, Precision};
+    let mut runners = vec![
+        (
+            "cpu",
+            Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap(),
+        ),
+        (
+            "reference",
+            Runner::new(None, Backend::Reference, None, Precision::F32).unwrap(),
+        ),
+    ];
+    if let Some(context) = gpu() {
+        runners.push((
+            "gpu",
+            Runner::on_context(None, context, Precision::F32).unwrap(),
+        ));
+    }
+    runners
+}
