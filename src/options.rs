@@ -153,7 +153,7 @@ pub enum Backend {
     Dx12,
     /// OpenGL / GLES.
     Gl,
-    /// The fast CPU path: f32, all cores, cache-blocked products.
+    /// The fast CPU path: f32, cache-blocked products on up to 4 threads (`MATMUL_NUM_THREADS`).
     Cpu,
     /// The float64 reference of SPEC section 4: slow, for checking results.
     Reference,

@@ -197,7 +197,7 @@ fn orthonormal_columns(rows: usize, columns: usize, seed: u64) -> Vec<f32> {
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
     // Block Gram-Schmidt, twice ("twice is enough", Kahan): each block of columns loses its
-    // components along every earlier column through two matrix products (dgemm, all cores),
+    // components along every earlier column through two matrix products (dgemm, threaded),
     // then its own columns are orthonormalised one by one. The same basis as column-by-column
     // Gram-Schmidt up to rounding, far faster for d_c in the thousands.
     const BLOCK: usize = 64;
