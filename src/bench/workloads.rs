@@ -20,7 +20,7 @@ pub struct Workload {
 }
 
 /// The workloads of `--workload all`, as the project's benchmarks name them.
-pub const WORKLOADS: [Workload; 5] = [
+pub const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "llava15-7b",
         about: "LLaVA-1.5-7B: one 24x24 grid",
@@ -53,9 +53,26 @@ pub const WORKLOADS: [Workload; 5] = [
     },
     Workload {
         name: "qwen2vl-7b",
-        about: "Qwen2-VL-7B, 1008x1008 image: one 36x36 grid",
+        about: "Qwen2-VL-7B, 1008x1008 image: one 36x36 grid (--layout qwen2-vl:1x72x72)",
         grids: &[(0, 36, 36, 36)],
         tokens: 1296,
+        width: 3584,
+    },
+    Workload {
+        name: "qwen2vl-7b-video",
+        about: "Qwen2-VL-7B, 16 frames of 1008x1008 video: one 36x36 grid per temporal patch, \
+                8 of them (--layout qwen2-vl:8x72x72)",
+        grids: &[
+            (0, 36, 36, 36),
+            (1296, 36, 36, 36),
+            (2592, 36, 36, 36),
+            (3888, 36, 36, 36),
+            (5184, 36, 36, 36),
+            (6480, 36, 36, 36),
+            (7776, 36, 36, 36),
+            (9072, 36, 36, 36),
+        ],
+        tokens: 10368,
         width: 3584,
     },
 ];
@@ -98,5 +115,25 @@ impl Workload {
             .map(|&(offset, height, width, stride)| Grid::strided(offset, height, width, stride))
             .collect();
         Layout::new(self.tokens, grids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets::LLAVA_NEXT_PINPOINTS;
+
+    #[test]
+    fn the_workloads_are_the_models_own_layouts() {
+        let layout = |name: &str| workloads(name).unwrap()[0].layout().unwrap();
+        let next = |w, h| Layout::llava_next(w, h, &LLAVA_NEXT_PINPOINTS).unwrap();
+        assert_eq!(layout("llava15-7b"), Layout::llava15());
+        assert_eq!(layout("llava-next-7b"), next(672, 672));
+        assert_eq!(layout("llava-next-7b-photo"), next(1000, 667));
+        assert_eq!(layout("qwen2vl-7b"), Layout::qwen2_vl(1, 72, 72).unwrap());
+        assert_eq!(
+            layout("qwen2vl-7b-video"),
+            Layout::qwen2_vl(8, 72, 72).unwrap()
+        );
     }
 }
