@@ -15,6 +15,10 @@ use metacompress::{Backend, Dtype, Precision, Scope, SplitK};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Threads of the CPU path's matrix products, 1 to 4 [default: one per physical core, at
+    /// most 4] (the same as MATMUL_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    pub(crate) threads: Option<usize>,
 }
 
 #[derive(Subcommand)]

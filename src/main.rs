@@ -83,6 +83,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(threads) = cli.threads {
+        if !(1..=4).contains(&threads) {
+            eprintln!(
+                "metacompress: --threads {threads} is out of range; expected 1 to 4 (the CPU \
+                 path's matrix products use at most 4 threads)"
+            );
+            return ExitCode::from(2);
+        }
+        // Read once, by matrixmultiply's first product; nothing has run one yet.
+        std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+    }
     let result = match cli.command {
         Command::Compress(args) => compress(args),
         Command::Compare(args) => compare(args),
