@@ -14,7 +14,7 @@ use crate::layout::{Layout, Queries};
 use crate::options::{Backend, Elem, Options, Precision};
 use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
-use crate::tensor::{check_computed, check_fits_f16, host_bytes, Features};
+use crate::tensor::{check_computed, host_bytes, Features};
 use crate::weights::PMeta;
 
 /// The result of one call.
@@ -183,10 +183,7 @@ impl Compressor {
                 if self.precision.elem() == Elem::F16 {
                     for (tokens, _) in groups {
                         if let Tokens::Host(host) = tokens {
-                            check_fits_f16(
-                                "--precision f16: features",
-                                host.to_features().values(),
-                            )?;
+                            host.values().check_fits_f16("--precision f16: features")?;
                         }
                     }
                 }

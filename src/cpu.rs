@@ -1,7 +1,7 @@
-//! The fast CPU path: the forward pass of SPEC section 4 in f32 on up to 4 threads (the most
-//! `matrixmultiply` uses: its physical-core count, capped at 4; `MATMUL_NUM_THREADS` sets it), its matrix
-//! products through `matrixmultiply`'s cache-blocked, multi-threaded sgemm (`host_math`), the
-//! scores in the cheaper association for the shape. The float64 reference (`reference.rs`)
+//! The fast CPU path: the forward pass of SPEC section 4 in f32, its matrix products through
+//! `matrixmultiply`'s cache-blocked, multi-threaded sgemm (`host_math`; one thread per
+//! physical core, at most 4, fewer with `MATMUL_NUM_THREADS`), the scores in the cheaper
+//! association for the shape. The float64 reference (`reference.rs`)
 //! stays the yardstick it is tested against.
 
 use crate::error::Result;

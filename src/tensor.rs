@@ -146,6 +146,16 @@ impl HostValues<'_> {
         }
     }
 
+    /// Refuses values past f16's largest finite value (an f16 input always fits), without
+    /// widening a copy of them.
+    pub fn check_fits_f16(&self, name: &str) -> Result<()> {
+        match self {
+            HostValues::F32(values) => fits_f16(name, values.iter().copied()),
+            HostValues::F16(_) => Ok(()),
+            HostValues::BF16(values) => fits_f16(name, values.iter().map(|v| v.to_f32())),
+        }
+    }
+
     /// Values `range`, widened to f32 (exact for all three types).
     pub fn widened(&self, range: std::ops::Range<usize>) -> Vec<f32> {
         match self {
@@ -333,11 +343,15 @@ pub fn check_computed(what: &str, values: &[f32]) -> Result<()> {
 
 /// Refuses values past f16's largest finite value (65504), naming the tensor and the index.
 pub fn check_fits_f16(name: &str, values: &[f32]) -> Result<()> {
-    match values.iter().position(|v| v.abs() > 65504.0) {
+    fits_f16(name, values.iter().copied())
+}
+
+/// `check_fits_f16` over values as they are widened, one at a time.
+fn fits_f16(name: &str, values: impl Iterator<Item = f32>) -> Result<()> {
+    match values.enumerate().find(|(_, v)| v.abs() > 65504.0) {
         None => Ok(()),
-        Some(index) => Err(Error::Overflow(format!(
-            "{name} element {index} is {}, past f16's largest finite value 65504; use f32",
-            values[index]
+        Some((index, value)) => Err(Error::Overflow(format!(
+            "{name} element {index} is {value}, past f16's largest finite value 65504; use f32"
         ))),
     }
 }
