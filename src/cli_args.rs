@@ -153,7 +153,8 @@ pub(crate) struct CompareArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
-    /// A workload (llava15-7b, llava15-13b, llava-next-7b, qwen2vl-7b, tiny) or all.
+    /// A workload (llava15-7b, llava15-13b, llava-next-7b, llava-next-7b-photo, qwen2vl-7b,
+    /// qwen2vl-7b-video, tiny) or all.
     #[arg(long, default_value = "llava15-7b", value_name = "NAME|all")]
     pub(crate) workload: String,
     /// Fraction of tokens to keep, in (0, 1].

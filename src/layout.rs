@@ -246,7 +246,7 @@ impl Layout {
     pub fn check_tokens(&self, n: usize) -> Result<()> {
         if self.tokens != n {
             return Err(Error::InvalidArgument(format!(
-                "the layout describes {} tokens; the features hold n = {n}",
+                "the layout describes n = {} tokens; the features hold n = {n}",
                 self.tokens
             )));
         }

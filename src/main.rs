@@ -175,12 +175,9 @@ fn layout_of(input: &files::Input, args: &LayoutArgs) -> Result<Layout> {
     let tokens = input.features.tokens();
     if let Some(preset) = &args.layout {
         let layout = preset_of(preset, args.pinpoints.as_deref())?;
-        if layout.tokens() != tokens {
-            return Err(Error::InvalidArgument(format!(
-                "--layout {preset} describes n = {} tokens; the features hold n = {tokens}",
-                layout.tokens()
-            )));
-        }
+        layout
+            .check_tokens(tokens)
+            .map_err(|e| Error::InvalidArgument(format!("--layout {preset}: {e}")))?;
         return Ok(layout);
     }
     let flag_grids = parse_grid_flags(&args.grids)?;
