@@ -94,6 +94,11 @@ fn partial_files(dir: &Path) -> usize {
 
 /// Small valid weights (d 13) and features (9 x 13) in `dir`.
 fn inputs(dir: &Path, seed_name: &str) -> (PathBuf, PathBuf) {
+    inputs_of(dir, seed_name, 9)
+}
+
+/// Small valid weights (d 13) and features (`tokens` x 13) in `dir`.
+fn inputs_of(dir: &Path, seed_name: &str, tokens: usize) -> (PathBuf, PathBuf) {
     let weights = dir.join("weights.safetensors");
     let (code, _, stderr) = run(&strings(&[
         "init",
@@ -109,7 +114,7 @@ fn inputs(dir: &Path, seed_name: &str) -> (PathBuf, PathBuf) {
     let input = dir.join("features.safetensors");
     files::write_input(
         &input,
-        &features(&mut rng, 1, 9, 13),
+        &features(&mut rng, 1, tokens, 13),
         false,
         Dtype::F32,
         None,
@@ -606,4 +611,73 @@ fn a_signal_mid_run_leaves_no_temporary_file() {
     assert_eq!(status.code(), Some(143), "{status:?}");
     assert_eq!(partial_files(&dir), 0);
     assert!(!output.exists());
+}
+
+#[test]
+fn bad_layouts_are_refused_in_one_line() {
+    // 30 tokens of width 13.
+    let dir = folder("bad_layouts");
+    let (weights, input) = inputs_of(&dir, "bad_layouts", 30);
+    let output = dir.join("out.safetensors");
+    std::fs::write(&output, b"earlier").unwrap();
+    let cases: Vec<(&str, Vec<&str>, &[&str])> = vec![
+        (
+            "stride below the width",
+            vec!["--grid", "3x4@0/3"],
+            &["3x4@0/3", "stride"],
+        ),
+        ("zero stride", vec!["--grid", "3x4@0/0"], &["stride"]),
+        (
+            "a token in two grids",
+            vec!["--grid", "3x2@0/5", "--grid", "3x2@1/5"],
+            &["overlap", "token 1"],
+        ),
+        (
+            "a row past n",
+            vec!["--grid", "5x4@10/5"],
+            &["5x4@10/5", "0..30"],
+        ),
+        (
+            "not a stride",
+            vec!["--grid", "3x4@0/x"],
+            &["3x4@0/x", "STRIDE"],
+        ),
+        (
+            "a preset that makes no image",
+            vec!["--layout", "llava-next:0x667"],
+            &["width 0"],
+        ),
+        (
+            "an odd qwen2-vl side",
+            vec!["--layout", "qwen2-vl:1x5x6"],
+            &["h = 5", "even"],
+        ),
+        (
+            "an unknown preset",
+            vec!["--layout", "llava-9"],
+            &["llava-9", "preset"],
+        ),
+        (
+            "a preset of another n",
+            vec!["--layout", "llava-1.5"],
+            &["n = 576", "n = 30"],
+        ),
+        (
+            "bad pinpoints",
+            vec!["--layout", "llava-next:10x10", "--pinpoints", "[[300,336]]"],
+            &["[300, 336]", "336"],
+        ),
+    ];
+    for (what, extra, says) in cases {
+        let args = compress(&weights, &input, &output, &extra);
+        eprintln!("{what}");
+        refused(&args, 2, says, &output);
+    }
+    // `layout` itself refuses the same way.
+    refused(
+        &strings(&["layout", "qwen2-vl:1x28"]),
+        2,
+        &["qwen2-vl:1x28"],
+        &output,
+    );
 }
