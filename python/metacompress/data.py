@@ -64,16 +64,26 @@ def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
     return Batch(ids, mask, answer, pixels)
 
 
-def process_image(image_processor, image: Image.Image) -> dict:
-    """The processor's tensors for one image: `pixel_values` and, by family, `image_size` or
-    `grid_thw`."""
-    out = image_processor(images=[image], return_tensors="pt")
-    values = {"pixel_values": out["pixel_values"][0]}
+def image_values(out) -> dict:
+    """One image's tensors from a processor's output (`pixel_values` and, by family,
+    `image_size` or `grid_thw`), as `Sample` takes them."""
     if "image_grid_thw" in out:
-        values = {"pixel_values": out["pixel_values"], "grid_thw": out["image_grid_thw"][0]}
-    elif "image_sizes" in out:
+        return {"pixel_values": out["pixel_values"], "grid_thw": out["image_grid_thw"][0]}
+    values = {"pixel_values": out["pixel_values"][0]}
+    if "image_sizes" in out:
         values["image_size"] = out["image_sizes"][0]
     return values
+
+
+def process_image(image_processor, image: Image.Image) -> dict:
+    """The image processor's tensors for one image (see `image_values`)."""
+    return image_values(image_processor(images=[image], return_tensors="pt"))
+
+
+def pixels_of(values: dict) -> Pixels:
+    """The `Pixels` of one processed image, as a batch of one."""
+    empty = torch.zeros(1, dtype=torch.long)
+    return collate([Sample(empty, empty.bool(), **values)]).pixels
 
 
 # --- synthetic conversations (tiny models) ---------------------------------------------------
@@ -94,8 +104,7 @@ def synthetic_sample(adapter, image_processor, rng: random.Random, turns: int = 
     """A synthetic `turns`-turn conversation about a random image: `bos`, the image run, then
     per turn a question and an answer of random words (the answers marked)."""
     values = process_image(image_processor, synthetic_image(rng))
-    empty = torch.zeros(1, dtype=torch.long)
-    pixels = collate([Sample(empty, empty.bool(), **values)]).pixels
+    pixels = pixels_of(values)
     n, _ = adapter.layout(pixels, 0)
     words = lambda count: [rng.randint(3, vocabulary - 30) for _ in range(count)]
     ids, answer = [1] + [adapter.image_token_id] * n, [False] * (1 + n)
@@ -143,12 +152,7 @@ def conversation_sample(processor, image: Image.Image, conversations: list[dict]
         if not torch.equal(encode(through)["input_ids"][0], ids[:end]):
             raise ValueError("the chat template does not render a conversation as a prefix of itself")
         answer[start:end] = True
-    values = {"pixel_values": full["pixel_values"][0]}
-    if "image_grid_thw" in full:
-        values = {"pixel_values": full["pixel_values"], "grid_thw": full["image_grid_thw"][0]}
-    elif "image_sizes" in full:
-        values["image_size"] = full["image_sizes"][0]
-    return Sample(ids, answer, **values)
+    return Sample(ids, answer, **image_values(full))
 
 
 def llava_json_samples(processor, path, images, limit: int | None = None):

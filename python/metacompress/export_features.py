@@ -13,12 +13,11 @@ import argparse
 import json
 import random
 
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 from .adapters import Adapter
-from .data import collate, process_image, synthetic_image, Sample
+from .data import pixels_of, process_image, synthetic_image
 from .train import load_model
 
 
@@ -26,9 +25,7 @@ def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]
     model, processor = load_model(model_name, bf16=False)
     adapter = Adapter(model)
     image_processor = getattr(processor, "image_processor", processor)
-    values = process_image(image_processor, image)
-    empty = torch.zeros(1, dtype=torch.long)
-    pixels = collate([Sample(empty, empty.bool(), **values)]).pixels
+    pixels = pixels_of(process_image(image_processor, image))
     tokens = adapter.features(pixels)[0]
     n, grids = adapter.layout(pixels, 0)
     if tokens.shape[0] != n:

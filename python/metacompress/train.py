@@ -183,9 +183,8 @@ def train(args) -> dict:
 
 def main(argv=None):
     args = arguments(argv)
-    for name, value in [("--keep", args.keep)]:
-        if not 0.0 < value <= 1.0:
-            raise SystemExit(f"{name} {value}: expected a fraction in (0, 1]")
+    if not 0.0 < args.keep <= 1.0:
+        raise SystemExit(f"--keep {args.keep}: expected a fraction in (0, 1]")
     result = train(args)
     if result["first"]:
         print(f"trained {len(result['history'])} steps: loss {result['first']['total']:.4f} -> "
