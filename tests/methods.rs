@@ -40,26 +40,6 @@ fn attention(rng: &mut ChaCha8Rng, count: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The float64 `P` of a baseline, or `None` for the two without a deterministic reference.
-fn reference_projection(
-    method: Method,
-    x: &[f32],
-    d: usize,
-    attention: &[f32],
-    queries: &Queries,
-    n: usize,
-) -> Option<Vec<f64>> {
-    Some(match method {
-        Method::Pool => reference_methods::pool(queries, n),
-        Method::Sample => reference_methods::sample(queries, n),
-        Method::Tome => reference_methods::tome(x, d, queries, n),
-        Method::DivPrune => reference_methods::divprune(x, d, queries, n),
-        Method::VisionZip => reference_methods::visionzip(x, d, attention, queries, n),
-        Method::PruMerge => reference_methods::prumerge(x, d, attention, queries, n),
-        Method::MetaCompress | Method::Random => return None,
-    })
-}
-
 #[test]
 fn every_baseline_matches_its_float64_reference_on_every_backend() {
     let (seed, mut rng) = seeded("every_baseline_matches_its_float64_reference");
@@ -108,7 +88,7 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
                         let xi = x.image(image);
                         let ai = &attention[image * n..][..n];
                         let p_image = &p[image * m * n..][..m * n];
-                        let p_ref = reference_projection(method, xi, d, ai, &queries, n)
+                        let p_ref = reference_methods::projection(method, xi, d, ai, &queries, n)
                             .unwrap_or_else(|| p_image.iter().map(|&v| v as f64).collect());
                         let worst = p_image
                             .iter()

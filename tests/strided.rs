@@ -250,25 +250,18 @@ fn every_baseline_method_follows_strided_grids() {
         };
         let (xi, ai) = (x.image(0), attention.as_slice());
         for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
-            let expected = match method {
-                Method::Pool => reference_methods::pool(&queries, n),
-                Method::Sample => reference_methods::sample(&queries, n),
-                Method::Tome => reference_methods::tome(xi, d, &queries, n),
-                Method::DivPrune => reference_methods::divprune(xi, d, &queries, n),
-                Method::VisionZip => reference_methods::visionzip(xi, d, ai, &queries, n),
-                Method::PruMerge => reference_methods::prumerge(xi, d, ai, &queries, n),
-                _ => {
-                    // random: every row one-hot on a token of its own grid.
-                    let out = runners[0].1.run(method, &request, &options).unwrap();
-                    let p = out.projection.unwrap();
-                    for (row, values) in p.chunks_exact(n).enumerate() {
-                        let keys = queries.keys(row, Scope::Grid, n);
-                        for (j, v) in values.iter().enumerate() {
-                            assert!(*v == 0.0 || keys.contains(j), "seed {seed}: {method:?}");
-                        }
+            let Some(expected) = reference_methods::projection(method, xi, d, ai, &queries, n)
+            else {
+                // random: every row one-hot on a token of its own grid.
+                let out = runners[0].1.run(method, &request, &options).unwrap();
+                let p = out.projection.unwrap();
+                for (row, values) in p.chunks_exact(n).enumerate() {
+                    let keys = queries.keys(row, Scope::Grid, n);
+                    for (j, v) in values.iter().enumerate() {
+                        assert!(*v == 0.0 || keys.contains(j), "seed {seed}: {method:?}");
                     }
-                    continue;
                 }
+                continue;
             };
             let expected_tokens = reference::reduce(&expected, xi, n, d);
             for (name, runner) in &runners {

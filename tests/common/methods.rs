@@ -4,6 +4,27 @@
 
 use metacompress::{Queries, QueryGrid};
 
+/// The float64 `P` of a baseline, or `None` for the two without a deterministic reference.
+pub fn projection(
+    method: metacompress::methods::Method,
+    x: &[f32],
+    d: usize,
+    attention: &[f32],
+    queries: &Queries,
+    n: usize,
+) -> Option<Vec<f64>> {
+    use metacompress::methods::Method;
+    Some(match method {
+        Method::Pool => pool(queries, n),
+        Method::Sample => sample(queries, n),
+        Method::Tome => tome(x, d, queries, n),
+        Method::DivPrune => divprune(x, d, queries, n),
+        Method::VisionZip => visionzip(x, d, attention, queries, n),
+        Method::PruMerge => prumerge(x, d, attention, queries, n),
+        Method::MetaCompress | Method::Random => return None,
+    })
+}
+
 fn cosine(u: &[f64], v: &[f64]) -> f64 {
     let dot: f64 = u.iter().zip(v).map(|(a, b)| a * b).sum();
     let nu = u.iter().map(|a| a * a).sum::<f64>().sqrt();
