@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::options::{Backend, Precision};
+use crate::products::Kernels;
 
 /// What runs the pass on `--backend reference`, for people.
 pub(crate) const REFERENCE_DEVICE: &str = "cpu (float64 reference)";
@@ -20,27 +21,43 @@ pub(crate) enum Opened {
 }
 
 /// Opens `backend` (an adapter whose name contains `adapter`, if given) for `precision`;
-/// with `Backend::Auto`, also why it chose what it chose. The CPU engines take f32 only.
+/// with `Backend::Auto`, also why it chose what it chose. The CPU path takes f32 and bf16,
+/// the reference f32.
 pub(crate) fn open_backend(
     backend: Backend,
     adapter: Option<&str>,
     precision: Precision,
 ) -> Result<(Opened, Option<String>)> {
-    // The CPU engines, with their names and arithmetic for the f16 refusal.
+    // The CPU engines, with the precisions they take.
     let cpu_engine = match backend {
-        Backend::Cpu => Some((Opened::Cpu, "cpu", "f32")),
-        Backend::Reference => Some((Opened::Reference, "reference", "float64")),
+        Backend::Cpu => Some((Opened::Cpu, "cpu", "f32 or bf16")),
+        Backend::Reference => Some((
+            Opened::Reference,
+            "reference",
+            "f32 (it computes in float64)",
+        )),
         _ => None,
     };
-    if let Some((opened, name, arithmetic)) = cpu_engine {
-        if precision != Precision::F32 {
+    if let Some((opened, name, takes)) = cpu_engine {
+        let taken = match opened {
+            Opened::Cpu => matches!(precision, Precision::F32 | Precision::Bf16),
+            _ => precision == Precision::F32,
+        };
+        if !taken {
             return Err(Error::InvalidArgument(format!(
-                "--precision {} is for GPU backends; the {name} backend computes in \
-                 {arithmetic} (use --precision f32)",
+                "--precision {} is not for the {name} backend; expected {takes}",
                 precision.name(),
             )));
         }
+        if let Opened::Cpu = opened {
+            Kernels::chosen()?;
+        }
         return Ok((opened, None));
+    }
+    if backend == Backend::Auto && precision == Precision::Bf16 {
+        Kernels::chosen()?;
+        let choice = "auto chose the cpu path: --precision bf16 runs on the CPU only".to_string();
+        return Ok((Opened::Cpu, Some(choice)));
     }
     let api = backend.api().expect("GPU backends have an API");
     let context = GpuContext::open(api, adapter)?;

@@ -15,8 +15,8 @@ use metacompress::{Backend, Dtype, Precision, Scope, SplitK};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
-    /// Threads of the CPU path's matrix products, 1 to 4 [default: one per physical core, at
-    /// most 4] (the same as MATMUL_NUM_THREADS).
+    /// Threads of the CPU path, 1 to 1024 [default: one per logical CPU] (the same as
+    /// RAYON_NUM_THREADS).
     #[arg(long, global = true, value_name = "N")]
     pub(crate) threads: Option<usize>,
 }

@@ -20,9 +20,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::compress::Compressed;
 use crate::error::Result;
-use crate::host_math::multiply_f64;
 use crate::methods::{Method, Request, Runner};
 use crate::options::Options;
+use crate::products::{product, View};
 use crate::tensor::Features;
 
 /// The fidelity of one method's reduced tokens.
@@ -91,6 +91,19 @@ pub fn sizes(p: &[f32], n: usize) -> Vec<f64> {
 
 fn widen(values: &[f32]) -> Vec<f64> {
     values.iter().map(|&v| v as f64).collect()
+}
+
+/// `out = a b` in float64 for row-major `a` (`rows x inner`) and `b` (`inner x columns`, or
+/// with `b_transposed` its transpose `columns x inner`); `out` row-major `rows x columns`.
+fn multiply_f64(a: &[f64], inner: usize, b: &[f64], b_transposed: bool, out: &mut [f64]) {
+    let rows = a.len() / inner.max(1);
+    let columns = b.len() / inner.max(1);
+    let b = if b_transposed {
+        View::row_major(b, columns, inner).transposed()
+    } else {
+        View::row_major(b, inner, columns)
+    };
+    product(View::row_major(a, rows, inner), b, out);
 }
 
 /// `softmax(logits + bias)` over each column of `logits` (`rows x probes`), then the

@@ -1,7 +1,7 @@
 //! The compressor: weights checked once, a backend chosen once, any number of calls.
 
 use crate::backend::{open_backend, Opened, REFERENCE_DEVICE};
-use crate::cpu::{self, CpuWeights, CPU_DEVICE};
+use crate::cpu::{self, cpu_device, CpuWeights};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::elem_values;
 use crate::gpu::context::GpuContext;
@@ -14,7 +14,7 @@ use crate::layout::{Layout, Queries};
 use crate::options::{Backend, Elem, Options, Precision};
 use crate::profile::{Clock, Profile, StepTime};
 use crate::reference;
-use crate::tensor::{check_computed, host_bytes, Features};
+use crate::tensor::{check_computed, host_bytes, Features, HostTokens};
 use crate::weights::PMeta;
 
 /// The result of one call.
@@ -63,7 +63,7 @@ impl Compressor {
         let (opened, choice) = open_backend(backend, adapter, precision)?;
         let engine = match opened {
             Opened::Reference => Engine::Reference,
-            Opened::Cpu => Engine::Cpu(CpuWeights::new(&weights)),
+            Opened::Cpu => Engine::Cpu(CpuWeights::new(&weights, precision)),
             Opened::Gpu(context) => {
                 let mut compressor = Compressor::on_context(weights, *context, precision)?;
                 compressor.choice = choice;
@@ -99,7 +99,7 @@ impl Compressor {
     pub fn device(&self) -> String {
         match &self.engine {
             Engine::Reference => REFERENCE_DEVICE.to_string(),
-            Engine::Cpu(_) => CPU_DEVICE.to_string(),
+            Engine::Cpu(_) => cpu_device(self.precision),
             Engine::Gpu(engine) => engine.context().describe(self.precision),
         }
     }
@@ -139,7 +139,7 @@ impl Compressor {
             _ => {
                 let queries = self.check_groups(&[(features.into(), layout)], options)?;
                 let queries = queries.into_iter().next().expect("one group");
-                self.compress_on_cpu(features, layout, queries, options)
+                self.compress_on_cpu(features.into(), layout, queries, options)
             }
         }
     }
@@ -194,9 +194,7 @@ impl Compressor {
                 .iter()
                 .zip(queries)
                 .map(|((tokens, layout), queries)| match tokens {
-                    Tokens::Host(host) => {
-                        self.compress_on_cpu(&host.to_features(), layout, queries, options)
-                    }
+                    Tokens::Host(host) => self.compress_on_cpu(*host, layout, queries, options),
                     Tokens::Gpu(_) => Err(self.needs_gpu()),
                 })
                 .collect(),
@@ -396,7 +394,7 @@ impl Compressor {
     /// One group on a CPU backend.
     fn compress_on_cpu(
         &self,
-        features: &Features,
+        features: HostTokens,
         layout: &Layout,
         queries: Queries,
         options: &Options,
@@ -408,8 +406,13 @@ impl Compressor {
                 let (n, d) = (features.tokens(), features.width());
                 host_bytes("the float64 reference's scores", &[queries.count, n], 16)?;
                 host_bytes("the float64 reference's tokens", &[n, d], 8)?;
-                let result =
-                    reference::forward(features, &self.weights, layout, &queries, options.scope);
+                let result = reference::forward(
+                    &features.to_features(),
+                    &self.weights,
+                    layout,
+                    &queries,
+                    options.scope,
+                );
                 let narrow = |values: Vec<f64>| values.into_iter().map(|v| v as f32).collect();
                 (
                     narrow(result.tokens),
@@ -437,7 +440,7 @@ impl Compressor {
                     Some((Clock::HostPerCall, vec![StepTime::of(&step, seconds)])),
                 )
             }
-            Engine::Gpu(_) => return self.compress_tokens(features.into(), layout, options),
+            Engine::Gpu(_) => return self.compress_tokens(Tokens::Host(features), layout, options),
         };
         check_computed("the reduced tokens", &tokens)?;
         if let Some(projection) = &projection {

@@ -1,36 +1,91 @@
-//! The fast CPU path: the forward pass of SPEC section 4 in f32, its matrix products through
-//! `matrixmultiply`'s cache-blocked, multi-threaded sgemm (`host_math`; one thread per
-//! physical core, at most 4, fewer with `MATMUL_NUM_THREADS`), the scores in the cheaper
-//! association for the shape. The float64 reference (`reference.rs`)
-//! stays the yardstick it is tested against.
+//! The fast CPU path: the forward pass of SPEC section 4, its matrix products through the
+//! `gemm` crate (`products`: kernels for the CPU found at run time, all cores), the scores in
+//! the cheaper association for the shape, in blocks of query rows so that memory follows the
+//! input. Tokens are read where they lie: f32 in place; f16 and bf16 (and anything under
+//! `--precision bf16`) widened to f32 a block of token rows at a time, so no f32 copy of `X`
+//! is ever made. The float64 reference (`reference.rs`) stays the yardstick it is tested
+//! against.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host_math::{multiply, pool, scaled_query_weights, ProjectedTable, View};
+use crate::host_math::{pool_rows, scaled_query_weights, ProjectedTable};
 use crate::layout::{Layout, Queries, Scope};
-use crate::options::{Association, KernelVariant};
+use crate::options::{Association, KernelVariant, Precision};
+use crate::products::{multiply, product, Kernels, Update, View, ViewMut};
 use crate::profile::Step;
-use crate::tensor::host_bytes;
-use crate::tensor::Features;
+use crate::tensor::{host_bytes, HostTokens, HostValues};
 use crate::weights::PMeta;
 
 /// What runs the pass on `--backend cpu`, for people.
-pub(crate) const CPU_DEVICE: &str = "cpu (f32, multi-threaded sgemm)";
+pub(crate) fn cpu_device(precision: Precision) -> String {
+    let kernels = Kernels::chosen().unwrap_or(Kernels::Simd);
+    format!("cpu ({}, {})", precision.name(), kernels.describe())
+}
+
+/// How the CPU path stores tokens, weights, queries and keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Storage {
+    F32,
+    Bf16,
+}
+
+impl Storage {
+    /// `values` as stored: unchanged in f32, rounded to the nearest bf16 in bf16.
+    fn round(self, values: &mut [f32]) {
+        if self == Storage::Bf16 {
+            values
+                .par_chunks_mut(1 << 14)
+                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = to_bf16(*v)));
+        }
+    }
+}
+
+fn to_bf16(value: f32) -> f32 {
+    half::bf16::from_f32(value).to_f32()
+}
 
 /// The weights as the CPU path uses them, prepared once per compressor.
 #[derive(Debug)]
 pub(crate) struct CpuWeights {
+    storage: Storage,
     /// `w_q diag(omega) / sqrt(d_c)` (`d x d_c`), so that `pool(X)` times it is `Q'`.
     w_q_scaled: Vec<f32>,
-    /// The position table projected once, if the weights have one.
+    /// `w_k` as stored, when that differs from the file's (bf16).
+    w_k_rounded: Option<Vec<f32>>,
+    /// The position table projected once (in f32), if the weights have one.
     table: Option<ProjectedTable>,
 }
 
 impl CpuWeights {
-    /// Scales the query weights and projects the table of `weights`.
-    pub fn new(weights: &PMeta) -> Self {
+    /// Scales the query weights and projects the table of `weights`, stored at `precision`
+    /// (`F32` or `Bf16`).
+    pub fn new(weights: &PMeta, precision: Precision) -> Self {
+        let storage = match precision {
+            Precision::Bf16 => Storage::Bf16,
+            _ => Storage::F32,
+        };
         let w_q_scaled = scaled_query_weights(weights);
         let table = ProjectedTable::of(weights, &w_q_scaled);
-        CpuWeights { w_q_scaled, table }
+        let mut w_q_scaled = w_q_scaled;
+        storage.round(&mut w_q_scaled);
+        let w_k_rounded = (storage == Storage::Bf16).then(|| {
+            let mut w_k = weights.w_k().to_vec();
+            storage.round(&mut w_k);
+            w_k
+        });
+        CpuWeights {
+            storage,
+            w_q_scaled,
+            w_k_rounded,
+            table,
+        }
+    }
+
+    fn w_k<'a>(&'a self, weights: &'a PMeta) -> &'a [f32] {
+        self.w_k_rounded.as_deref().unwrap_or(weights.w_k())
     }
 }
 
@@ -38,11 +93,82 @@ impl CpuWeights {
 /// block of query rows at a time, so its memory is bounded by this, never by `m x n`.
 pub(crate) const SCORE_BLOCK_BYTES: usize = 64 << 20;
 
-/// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), in f32, the scores in `association`.
+/// Most bytes of token rows widened at a time (4 MiB: a few hundred rows of a wide model,
+/// enough for the products to run at full speed, small enough to stay in cache).
+const WIDEN_BLOCK_BYTES: usize = 4 << 20;
+
+/// The `n x d` token rows of one image as the products read them.
+struct ImageRows<'a> {
+    values: HostValues<'a>,
+    n: usize,
+    d: usize,
+    storage: Storage,
+}
+
+impl<'a> ImageRows<'a> {
+    /// The f32 values themselves, when they need neither widening nor rounding.
+    fn in_place(&self) -> Option<&'a [f32]> {
+        match (self.values, self.storage) {
+            (HostValues::F32(values), Storage::F32) => Some(values),
+            _ => None,
+        }
+    }
+
+    /// Calls `visit(block, rows)` for consecutive blocks of token rows covering `0..n`, `rows`
+    /// being the block's `block.len() x d` values in f32: the input itself when it is f32,
+    /// else widened (and rounded) into `scratch`.
+    fn for_each_block(&self, scratch: &mut Vec<f32>, mut visit: impl FnMut(Range<usize>, &[f32])) {
+        if let Some(values) = self.in_place() {
+            return visit(0..self.n, values);
+        }
+        let block_rows = (WIDEN_BLOCK_BYTES / (4 * self.d)).clamp(1, self.n);
+        for first in (0..self.n).step_by(block_rows) {
+            let block = first..(first + block_rows).min(self.n);
+            scratch.resize(block.len() * self.d, 0.0);
+            self.widen(block.start, scratch);
+            visit(block, scratch);
+        }
+    }
+
+    /// Rows from `first` widened (and rounded) into `out`, in parallel.
+    fn widen(&self, first: usize, out: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        let start = first * self.d;
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(index, chunk)| {
+                self.values.widen_into(start + index * CHUNK, chunk);
+                if self.storage == Storage::Bf16 {
+                    chunk.iter_mut().for_each(|v| *v = to_bf16(*v));
+                }
+            });
+    }
+
+    /// Adds token `token`'s row to `out` (pooling).
+    fn add_row(&self, token: usize, out: &mut [f32], row: &mut Vec<f32>) {
+        if let Some(values) = self.in_place() {
+            out.iter_mut()
+                .zip(&values[token * self.d..][..self.d])
+                .for_each(|(o, v)| *o += v);
+            return;
+        }
+        row.resize(self.d, 0.0);
+        self.values.widen_into(token * self.d, row);
+        for (o, v) in out.iter_mut().zip(row.iter()) {
+            *o += if self.storage == Storage::Bf16 {
+                to_bf16(*v)
+            } else {
+                *v
+            };
+        }
+    }
+}
+
+/// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), the scores in `association`.
 /// Fails only when the whole `P` asked for passes the host budget.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
-    features: &Features,
+    features: HostTokens,
     weights: &PMeta,
     prepared: &CpuWeights,
     layout: &Layout,
@@ -62,6 +188,8 @@ pub(crate) fn forward(
     if want_projection {
         host_bytes("--save-projection's P", &[b, m, n], 4)?;
     }
+    let storage = prepared.storage;
+    let w_k = prepared.w_k(weights);
     let mut tokens = vec![0.0f32; b * m * d];
     let mut projection = want_projection.then(|| vec![0.0f32; b * m * n]);
     // What the position table adds, the same for every image: pool(E) w_q' (m x d_c) and
@@ -87,15 +215,23 @@ pub(crate) fn forward(
             0
         }
     ];
+    let (mut widened, mut row) = (Vec::new(), Vec::new());
     let mut folded = Vec::new();
     let mut scores = Vec::new();
     let mut table_scores = Vec::new();
     for image in 0..b {
-        let x = features.image(image);
+        let x = ImageRows {
+            values: features.values().slice(image * n * d..(image + 1) * n * d),
+            n,
+            d,
+            storage,
+        };
         // Steps 1, 3 and 4: Q' = pool(X) w_q' + pool(E) w_q' (K below when the association
         // needs it).
-        pool(x, d, queries, &mut pooled);
-        multiply(
+        pool_rows(d, queries, &mut pooled, |token, out| {
+            x.add_row(token, out, &mut row)
+        });
+        product(
             View::row_major(&pooled, m, d),
             View::row_major(&prepared.w_q_scaled, d, c),
             &mut query,
@@ -106,18 +242,22 @@ pub(crate) fn forward(
                 .zip(query_term.iter())
                 .for_each(|(q, t)| *q += t);
         }
+        storage.round(&mut query);
         if association == Association::Keys {
-            // K = X w_k + E w_k.
-            multiply(
-                View::row_major(x, n, d),
-                View::row_major(weights.w_k(), d, c),
-                &mut key,
-            );
+            // K = X w_k + E w_k, a block of token rows at a time.
+            x.for_each_block(&mut widened, |block, rows| {
+                product(
+                    View::row_major(rows, block.len(), d),
+                    View::row_major(w_k, d, c),
+                    &mut key[block.start * c..block.end * c],
+                );
+            });
             if let Some((_, key_term)) = &table_terms {
                 key.iter_mut()
                     .zip(key_term.iter())
                     .for_each(|(k, t)| *k += t);
             }
+            storage.round(&mut key);
         }
         for first in (0..m).step_by(block_rows) {
             let rows = first..(first + block_rows).min(m);
@@ -125,38 +265,29 @@ pub(crate) fn forward(
             let block_query = &query[rows.start * c..rows.end * c];
             scores.resize(count * n, 0.0);
             // Step 5: S over each query's keys (Q' carries omega / sqrt(d_c)).
+            let block_scores = BlockScores {
+                queries,
+                rows: rows.clone(),
+                scope,
+                n,
+            };
             if association == Association::Keys {
-                scores_in_scope(
-                    block_query,
-                    &key,
-                    queries,
-                    rows.clone(),
-                    scope,
-                    n,
-                    c,
-                    &mut scores,
-                );
+                block_scores.fill(block_query, c, &key, 0..n, &mut scores);
             } else {
                 // Q'' = Q' w_k^T, then S = Q'' X^T + Q' (E w_k)^T.
                 folded.resize(count * d, 0.0);
-                multiply(
+                product(
                     View::row_major(block_query, count, c),
-                    View::row_major(weights.w_k(), d, c).transposed(),
+                    View::row_major(w_k, d, c).transposed(),
                     &mut folded,
                 );
-                scores_in_scope(&folded, x, queries, rows.clone(), scope, n, d, &mut scores);
+                storage.round(&mut folded);
+                x.for_each_block(&mut widened, |block, keys| {
+                    block_scores.fill(&folded, d, keys, block, &mut scores)
+                });
                 if let Some((_, key_term)) = &table_terms {
                     table_scores.resize(count * n, 0.0);
-                    scores_in_scope(
-                        block_query,
-                        key_term,
-                        queries,
-                        rows.clone(),
-                        scope,
-                        n,
-                        c,
-                        &mut table_scores,
-                    );
+                    block_scores.fill(block_query, c, key_term, 0..n, &mut table_scores);
                     scores
                         .iter_mut()
                         .zip(&table_scores)
@@ -165,12 +296,21 @@ pub(crate) fn forward(
             }
             // Step 6.
             softmax_rows(&mut scores, queries, rows.start, scope, n);
-            // Step 7: Y = P X for the block's rows.
-            multiply(
-                View::row_major(&scores, count, n),
-                View::row_major(x, n, d),
-                &mut tokens[(image * m + rows.start) * d..][..count * d],
-            );
+            // Step 7: Y = P X for the block's rows, summed over blocks of tokens.
+            let out = &mut tokens[(image * m + rows.start) * d..][..count * d];
+            x.for_each_block(&mut widened, |block, values| {
+                let update = if block.start == 0 {
+                    Update::Overwrite
+                } else {
+                    Update::Add(1.0)
+                };
+                multiply(
+                    View::strided(&scores[block.start..], count, block.len(), n, 1),
+                    View::row_major(values, block.len(), d),
+                    ViewMut::row_major(out, count, d),
+                    update,
+                );
+            });
             if let Some(projection) = &mut projection {
                 projection[(image * m + rows.start) * n..][..count * n].copy_from_slice(&scores);
             }
@@ -182,7 +322,7 @@ pub(crate) fn forward(
 /// The CPU path's forward pass as one step: its products' flops (in the association it takes)
 /// and the features, weights and tokens it must move.
 pub(crate) fn forward_step(
-    features: &Features,
+    features: HostTokens,
     weights: &PMeta,
     m: usize,
     association: Association,
@@ -192,57 +332,84 @@ pub(crate) fn forward_step(
         .resolve(KernelVariant::Tuned, n, m, d, c)
         .scores_work(n, m, d, c) as f64;
     let b = features.batch() as f64;
+    let element = features.values().dtype().size() as f64;
     let (n, m, d, c) = (n as f64, m as f64, d as f64, c as f64);
     Step {
         name: "forward",
         flops: 2.0 * b * (m * d * c + scores + m * n * d),
-        bytes: 4.0 * (b * n * d + 2.0 * d * c + b * m * d),
+        bytes: element * b * n * d + 4.0 * (2.0 * d * c + b * m * d),
     }
 }
 
-/// Step 5: `S = A B^T` for the query rows `rows` (`A`: their scaled queries, `count x c`, or
-/// the folded ones with `c = d`) against `B` (`n x c`, the keys, or `Xp`), one product per
-/// run of queries that share their keys; `scores` is `count x n`.
-#[allow(clippy::too_many_arguments)]
-fn scores_in_scope(
-    query: &[f32],
-    key: &[f32],
-    queries: &Queries,
-    rows: std::ops::Range<usize>,
+/// Step 5 for the query rows `rows`: each query's scores against the keys it may see
+/// (its image's tokens, or its grid's span), a block of key rows at a time.
+struct BlockScores<'a> {
+    queries: &'a Queries,
+    rows: Range<usize>,
     scope: Scope,
     n: usize,
-    c: usize,
-    scores: &mut [f32],
-) {
-    match scope {
-        Scope::Image => multiply(
-            View::row_major(query, rows.len(), c),
-            View::row_major(key, n, c).transposed(),
-            scores,
-        ),
-        Scope::Grid => {
-            let mut block = Vec::new();
-            for query_grid in &queries.grids {
-                // The grid's queries inside `rows`, relative to `rows.start`.
-                let first = query_grid.query_offset.max(rows.start);
-                let last = (query_grid.query_offset + query_grid.len()).min(rows.end);
-                if first >= last {
-                    continue;
-                }
-                let (first, count) = (first - rows.start, last - first);
-                // The grid's span: tokens between its rows that are not its own get scores
-                // here and weight 0 in the softmax.
-                let keys = query_grid.grid.keys().span();
-                block.resize(count * keys.len(), 0.0);
-                multiply(
-                    View::row_major(&query[first * c..(first + count) * c], count, c),
-                    View::row_major(&key[keys.start * c..keys.end * c], keys.len(), c).transposed(),
-                    &mut block,
-                );
-                for (row, values) in block.chunks_exact(keys.len()).enumerate() {
-                    scores[(first + row) * n + keys.start..][..keys.len()].copy_from_slice(values);
-                }
+}
+
+impl BlockScores<'_> {
+    /// `S = A B^T` for the tokens of `block`: `A` (`query`, `rows.len() x width`) holds the
+    /// rows' scaled queries, or the folded ones (`width = d`); `B` (`keys`, `block.len() x
+    /// width`) the block's keys, or its tokens. One product per run of queries that share
+    /// their keys, written in place into `scores` (`rows.len() x n`). Entries outside a
+    /// query's span are left for the softmax to clear.
+    fn fill(
+        &self,
+        query: &[f32],
+        width: usize,
+        keys: &[f32],
+        block: Range<usize>,
+        scores: &mut [f32],
+    ) {
+        let (n, rows) = (self.n, &self.rows);
+        // The runs: (first query row relative to `rows`, count, the tokens they see).
+        let runs: Vec<(usize, usize, Range<usize>)> = match self.scope {
+            Scope::Image => vec![(0, rows.len(), 0..n)],
+            Scope::Grid => self
+                .queries
+                .grids
+                .iter()
+                .filter_map(|query_grid| {
+                    let first = query_grid.query_offset.max(rows.start);
+                    let last = (query_grid.query_offset + query_grid.len()).min(rows.end);
+                    // The grid's span: tokens between its rows that are not its own get
+                    // scores here and weight 0 in the softmax.
+                    (first < last).then(|| {
+                        (
+                            first - rows.start,
+                            last - first,
+                            query_grid.grid.keys().span(),
+                        )
+                    })
+                })
+                .collect(),
+        };
+        for (first, count, span) in runs {
+            let tokens = span.start.max(block.start)..span.end.min(block.end);
+            if tokens.is_empty() {
+                continue;
             }
+            let key_rows = tokens.start - block.start..tokens.end - block.start;
+            multiply(
+                View::row_major(&query[first * width..(first + count) * width], count, width),
+                View::row_major(
+                    &keys[key_rows.start * width..key_rows.end * width],
+                    key_rows.len(),
+                    width,
+                )
+                .transposed(),
+                ViewMut::strided(
+                    &mut scores[first * n + tokens.start..],
+                    count,
+                    tokens.len(),
+                    n,
+                    1,
+                ),
+                Update::Overwrite,
+            );
         }
     }
 }

@@ -1,6 +1,5 @@
-//! Host-side f32 math that the CPU path and the GPU engine's host-side terms share: matrix
-//! products (`matrixmultiply`'s cache-blocked sgemm/dgemm), adaptive average pooling, and the
-//! position table projected once (`ProjectedTable`) with its per-layout terms.
+//! Host-side f32 math that the CPU path and the GPU engine's host-side terms share: adaptive
+//! average pooling, the query weights' scaling, and the position table projected once (`ProjectedTable`) with its per-layout terms.
 //!
 //! Resizing (`E = resize(T)`) and pooling mix tokens linearly while the projections mix
 //! channels, so `Xp w_k = X w_k + resize(T w_k)` and
@@ -11,120 +10,27 @@
 use std::sync::{Arc, Mutex};
 
 use crate::layout::{Layout, Queries, QueryGrid};
+use crate::products::{product, View};
 use crate::reference::position_samples;
 use crate::weights::PMeta;
 
-/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * column_stride]`.
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    columns: usize,
-    row_stride: usize,
-    column_stride: usize,
-}
-
-impl<'a> View<'a> {
-    pub(crate) fn row_major(data: &'a [f32], rows: usize, columns: usize) -> Self {
-        View {
-            data,
-            rows,
-            columns,
-            row_stride: columns,
-            column_stride: 1,
-        }
-    }
-
-    pub(crate) fn transposed(self) -> Self {
-        View {
-            rows: self.columns,
-            columns: self.rows,
-            row_stride: self.column_stride,
-            column_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    fn last_index(&self) -> usize {
-        (self.rows - 1) * self.row_stride + (self.columns - 1) * self.column_stride
-    }
-}
-
-/// `out = a b` with `out` row-major `a.rows x b.columns` (overwritten).
-pub(crate) fn multiply(a: View, b: View, out: &mut [f32]) {
-    assert_eq!(a.columns, b.rows, "inner sizes differ");
-    assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len());
-    assert_eq!(out.len(), a.rows * b.columns);
-    // SAFETY: every index the kernel touches is inside the slices (checked above), and `out`
-    // is a distinct, exclusively borrowed buffer of exactly `a.rows x b.columns`.
-    unsafe {
-        matrixmultiply::sgemm(
-            a.rows,
-            a.columns,
-            b.columns,
-            1.0,
-            a.data.as_ptr(),
-            a.row_stride as isize,
-            a.column_stride as isize,
-            b.data.as_ptr(),
-            b.row_stride as isize,
-            b.column_stride as isize,
-            0.0,
-            out.as_mut_ptr(),
-            b.columns as isize,
-            1,
-        );
-    }
-}
-
-/// `out = a b` in float64 for row-major `a` (`rows x inner`) and `b` (`inner x columns`, or
-/// with `b_transposed` its transpose `columns x inner`, row-major); `out` row-major
-/// `rows x columns` (overwritten). The fidelity measures' products.
-pub(crate) fn multiply_f64(
-    a: &[f64],
-    inner: usize,
-    b: &[f64],
-    b_transposed: bool,
-    out: &mut [f64],
-) {
-    let rows = a.len() / inner.max(1);
-    let columns = b.len() / inner.max(1);
-    assert!(a.len() == rows * inner && b.len() == columns * inner);
-    assert_eq!(out.len(), rows * columns);
-    if out.is_empty() || inner == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let (b_row_stride, b_column_stride) = if b_transposed {
-        (1, inner as isize)
-    } else {
-        (columns as isize, 1)
-    };
-    // SAFETY: `a` is `rows x inner` and `b` holds `inner x columns` elements read through
-    // the strides above (checked lengths); `out` is a distinct, exclusively borrowed
-    // `rows x columns`.
-    unsafe {
-        matrixmultiply::dgemm(
-            rows,
-            inner,
-            columns,
-            1.0,
-            a.as_ptr(),
-            inner as isize,
-            1,
-            b.as_ptr(),
-            b_row_stride,
-            b_column_stride,
-            0.0,
-            out.as_mut_ptr(),
-            columns as isize,
-            1,
-        );
-    }
-}
-
 /// Step 3: adaptive average pooling into `pooled` (`m x d`).
 pub(crate) fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) {
+    pool_rows(d, queries, pooled, |token, out| {
+        out.iter_mut()
+            .zip(&xp[token * d..][..d])
+            .for_each(|(o, v)| *o += v);
+    });
+}
+
+/// Step 3 over tokens read by `add_row(token, out)`, which adds token `token`'s `d` values
+/// to `out`: pooling of tokens stored in any type.
+pub(crate) fn pool_rows(
+    d: usize,
+    queries: &Queries,
+    pooled: &mut [f32],
+    mut add_row: impl FnMut(usize, &mut [f32]),
+) {
     pooled.fill(0.0);
     for query_grid in &queries.grids {
         let grid = query_grid.grid;
@@ -136,10 +42,7 @@ pub(crate) fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) 
                     &mut pooled[(query_grid.query_offset + i * query_grid.width + j) * d..][..d];
                 for row in rows.clone() {
                     for column in columns.clone() {
-                        let token = grid.token(row, column);
-                        out.iter_mut()
-                            .zip(&xp[token * d..][..d])
-                            .for_each(|(o, v)| *o += v);
+                        add_row(grid.token(row, column), out);
                     }
                 }
                 let inverse = 1.0 / (rows.len() * columns.len()) as f32;
@@ -225,7 +128,7 @@ impl ProjectedTable {
 fn project_table(table: &[f32], width: usize, w: &[f32], channels: usize) -> Vec<f32> {
     let cells = table.len() / width;
     let mut out = vec![0.0; cells * channels];
-    multiply(
+    product(
         View::row_major(table, cells, width),
         View::row_major(w, width, channels),
         &mut out,

@@ -38,6 +38,7 @@ pub mod methods;
 pub(crate) mod options;
 pub mod pictures;
 pub(crate) mod presets;
+pub(crate) mod products;
 pub(crate) mod profile;
 pub mod reference;
 pub(crate) mod tensor;

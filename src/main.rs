@@ -27,6 +27,9 @@ macro_rules! say {
     }};
 }
 
+/// Most threads `--threads` takes.
+const MAX_THREADS: usize = 1024;
+
 fn main() -> ExitCode {
     // Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset.
     // Compute needs no display, so point it somewhere harmless before any thread starts.
@@ -84,15 +87,21 @@ fn main() -> ExitCode {
         }
     };
     if let Some(threads) = cli.threads {
-        if !(1..=4).contains(&threads) {
+        if !(1..=MAX_THREADS).contains(&threads) {
             eprintln!(
-                "metacompress: --threads {threads} is out of range; expected 1 to 4 (the CPU \
-                 path's matrix products use at most 4 threads)"
+                "metacompress: --threads {threads} is out of range; expected 1 to {MAX_THREADS}"
             );
             return ExitCode::from(2);
         }
-        // Read once, by matrixmultiply's first product; nothing has run one yet.
-        std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+        // The CPU path's products and conversions run on rayon's global pool; nothing has
+        // used it yet.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
+            eprintln!("metacompress: --threads {threads}: {e}");
+            return ExitCode::from(1);
+        }
     }
     let result = match cli.command {
         Command::Compress(args) => compress(args),

@@ -83,8 +83,8 @@ pub const MAX_PIECES: u32 = 64;
 /// Fewest inner elements a piece gets under `SplitK::Auto`.
 pub const MIN_AUTO_PIECE: u32 = 256;
 
-/// Storage precision of the GPU path. Arithmetic and the softmax are f32, except where
-/// `F16Acc` says.
+/// Storage precision. Arithmetic and the softmax are f32, except where `F16Acc` says. The GPU
+/// backends take `F32`, `F16` and `F16Acc`; the CPU path takes `F32` and `BF16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// f32 storage.
@@ -99,13 +99,18 @@ pub enum Precision {
     /// omega multiplies whatever error the keys carry into the scores, and a large omega
     /// would overflow f16 in the queries.
     F16Acc,
+    /// bf16 storage of tokens, weights, queries and keys on the CPU path: products read bf16
+    /// values (exact in f32) and sum in f32; the scores, the softmax, `P` and `Y` are f32.
+    /// Tokens stored as f32 or f16 are rounded to bf16 as they are read.
+    Bf16,
 }
 
 impl Precision {
     /// The element type kernels store.
     pub fn elem(self) -> Elem {
         match self {
-            Precision::F32 => Elem::F32,
+            // The GPU backends refuse bf16 before they store anything.
+            Precision::F32 | Precision::Bf16 => Elem::F32,
             Precision::F16 | Precision::F16Acc => Elem::F16,
         }
     }
@@ -113,7 +118,7 @@ impl Precision {
     /// The type the reduction sums in.
     pub fn accumulate(self) -> Elem {
         match self {
-            Precision::F32 | Precision::F16 => Elem::F32,
+            Precision::F32 | Precision::F16 | Precision::Bf16 => Elem::F32,
             Precision::F16Acc => Elem::F16,
         }
     }
@@ -122,7 +127,7 @@ impl Precision {
     pub fn size(self) -> usize {
         match self {
             Precision::F32 => 4,
-            Precision::F16 | Precision::F16Acc => 2,
+            Precision::F16 | Precision::F16Acc | Precision::Bf16 => 2,
         }
     }
 
@@ -132,6 +137,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::F16Acc => "f16-acc",
+            Precision::Bf16 => "bf16",
         }
     }
 }

@@ -128,7 +128,7 @@ pub enum HostValues<'a> {
     BF16(&'a [half::bf16]),
 }
 
-impl HostValues<'_> {
+impl<'a> HostValues<'a> {
     fn len(&self) -> usize {
         match self {
             HostValues::F32(values) => values.len(),
@@ -153,6 +153,26 @@ impl HostValues<'_> {
             HostValues::F32(values) => fits_f16(name, values.iter().copied()),
             HostValues::F16(_) => Ok(()),
             HostValues::BF16(values) => fits_f16(name, values.iter().map(|v| v.to_f32())),
+        }
+    }
+
+    /// Values `range` (same type, no copy).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> HostValues<'a> {
+        match self {
+            HostValues::F32(values) => HostValues::F32(&values[range]),
+            HostValues::F16(values) => HostValues::F16(&values[range]),
+            HostValues::BF16(values) => HostValues::BF16(&values[range]),
+        }
+    }
+
+    /// Values `first..first + out.len()` widened to f32 into `out` (exact for all three types).
+    pub fn widen_into(&self, first: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let range = first..first + out.len();
+        match self {
+            HostValues::F32(values) => out.copy_from_slice(&values[range]),
+            HostValues::F16(values) => values[range].convert_to_f32_slice(out),
+            HostValues::BF16(values) => values[range].convert_to_f32_slice(out),
         }
     }
 

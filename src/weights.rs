@@ -5,6 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
+use crate::products::{multiply, product, Update, View, ViewMut};
 use crate::tensor::check_finite;
 
 /// A learned absolute 2-D position table `pos_embed`, `height x width x d`, row-major.
@@ -197,7 +198,7 @@ fn orthonormal_columns(rows: usize, columns: usize, seed: u64) -> Vec<f32> {
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
     // Block Gram-Schmidt, twice ("twice is enough", Kahan): each block of columns loses its
-    // components along every earlier column through two matrix products (dgemm, threaded),
+    // components along every earlier column through two matrix products (threaded),
     // then its own columns are orthonormalised one by one. The same basis as column-by-column
     // Gram-Schmidt up to rounding, far faster for d_c in the thousands.
     const BLOCK: usize = 64;
@@ -210,43 +211,20 @@ fn orthonormal_columns(rows: usize, columns: usize, seed: u64) -> Vec<f32> {
             if start > 0 {
                 // C = Q^T B (start x width), then B -= Q C.
                 coefficients.resize(start * width, 0.0);
-                // SAFETY: Q is `rows x start` column-major in `done`, B `rows x width`
-                // column-major in `block`, C `start x width` row-major in `coefficients`; the
-                // strides below address exactly those, and `block` is distinct from `done`.
-                unsafe {
-                    matrixmultiply::dgemm(
-                        start,
-                        rows,
-                        width,
-                        1.0,
-                        done.as_ptr(),
-                        rows as isize,
-                        1,
-                        block.as_ptr(),
-                        1,
-                        rows as isize,
-                        0.0,
-                        coefficients.as_mut_ptr(),
-                        width as isize,
-                        1,
-                    );
-                    matrixmultiply::dgemm(
-                        rows,
-                        start,
-                        width,
-                        -1.0,
-                        done.as_ptr(),
-                        1,
-                        rows as isize,
-                        coefficients.as_ptr(),
-                        width as isize,
-                        1,
-                        1.0,
-                        block.as_mut_ptr(),
-                        1,
-                        rows as isize,
-                    );
-                }
+                // Q is `rows x start` column-major in `done`, B `rows x width` column-major
+                // in `block`, C `start x width` row-major in `coefficients`.
+                let q = View::strided(&*done, rows, start, 1, rows);
+                product(
+                    q.transposed(),
+                    View::strided(block, rows, width, 1, rows),
+                    &mut coefficients,
+                );
+                multiply(
+                    q,
+                    View::row_major(&coefficients, start, width),
+                    ViewMut::strided(block, rows, width, 1, rows),
+                    Update::Add(-1.0),
+                );
             }
             for c in 0..width {
                 let (previous, current) = block.split_at_mut(c * rows);

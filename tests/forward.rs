@@ -28,7 +28,7 @@ impl Case {
     fn tolerance(&self) -> f64 {
         match self.precision {
             Precision::F32 => 1e-4,
-            Precision::F16 | Precision::F16Acc => 1e-2,
+            Precision::F16 | Precision::F16Acc | Precision::Bf16 => 1e-2,
         }
     }
 }

@@ -13,11 +13,12 @@ pub use workloads::{workloads, Workload, TINY, WORKLOADS};
 
 use crate::compress::Compressor;
 use crate::error::{Error, Result};
+use crate::gpu::resident::Tokens;
 use crate::gpu::{AdapterReport, GpuContext};
 use crate::layout::Keep;
 use crate::options::{Backend, KernelVariant, Options, Precision, SplitK};
 use crate::profile::Profile;
-use crate::tensor::Features;
+use crate::tensor::{Features, HostTokens};
 use crate::weights::PMeta;
 
 /// What to run.
@@ -184,11 +185,11 @@ pub struct BenchReport {
 fn open(config: &BenchConfig) -> Result<Option<GpuContext>> {
     match config.backend {
         Backend::Cpu => {
-            if config.precision != Precision::F32 {
-                return Err(Error::InvalidArgument(
-                    "--precision f16 is for GPU backends; the cpu backend computes in f32"
-                        .to_string(),
-                ));
+            if !matches!(config.precision, Precision::F32 | Precision::Bf16) {
+                return Err(Error::InvalidArgument(format!(
+                    "--precision {} is not for the cpu backend; expected f32 or bf16",
+                    config.precision.name()
+                )));
             }
             Ok(None)
         }
@@ -239,7 +240,7 @@ pub fn run(
     }
     let context = open(config)?;
     let mut reports = Vec::new();
-    let mut device = String::from(crate::cpu::CPU_DEVICE);
+    let mut device = crate::cpu::cpu_device(config.precision);
     for workload in workloads {
         let layout = workload.layout()?;
         let channels = config.channels.unwrap_or(256.min(workload.width));
@@ -263,9 +264,19 @@ pub fn run(
         )?;
         let compressor = match &context {
             Some(context) => Compressor::on_context(weights, context.clone(), config.precision)?,
-            None => Compressor::new(weights, Backend::Cpu, None, Precision::F32)?,
+            None => Compressor::new(weights, Backend::Cpu, None, config.precision)?,
         };
         device = compressor.device();
+        // Under --precision bf16 the tokens arrive as bf16, as a model's vision tower hands
+        // them over.
+        let bf16_features: Option<Vec<half::bf16>> =
+            (context.is_none() && config.precision == Precision::Bf16).then(|| {
+                features
+                    .values()
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v))
+                    .collect()
+            });
         let m = layout.queries(config.keep).count;
         // The naive kernels exist on the GPU only.
         let policies = match &context {
@@ -308,7 +319,18 @@ pub fn run(
             };
             let mut profiles = Vec::new();
             for run in 0..config.warmup + config.runs {
-                let out = compressor.compress(&features, &layout, &options)?;
+                let out = match &bf16_features {
+                    Some(values) => {
+                        let tokens = HostTokens::new(
+                            values.as_slice(),
+                            config.batch,
+                            workload.tokens,
+                            workload.width,
+                        )?;
+                        compressor.compress_tokens(Tokens::Host(tokens), &layout, &options)?
+                    }
+                    None => compressor.compress(&features, &layout, &options)?,
+                };
                 if run >= config.warmup {
                     let profile = out.profile.ok_or_else(|| {
                         Error::Unsupported("this backend does not report timings".to_string())

@@ -276,8 +276,16 @@ impl GpuContext {
         )
     }
 
-    /// Refuses f16 storage on a device without `SHADER_F16`.
+    /// Refuses bf16 (WGSL has no bf16 type), and f16 storage on a device without
+    /// `SHADER_F16`.
     pub fn check_precision(&self, precision: crate::options::Precision) -> Result<()> {
+        if precision == crate::options::Precision::Bf16 {
+            return Err(Error::Unsupported(format!(
+                "--precision bf16 is for the cpu backend (WGSL has no bf16 type); on adapter {} \
+                 use --precision f32 or f16",
+                self.adapter.name
+            )));
+        }
         if precision.elem() == crate::options::Elem::F16 && !self.has_f16() {
             return Err(Error::Unsupported(format!(
                 "--precision f16 needs SHADER_F16, which adapter {} does not offer; \

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::backend::{open_backend, Opened, REFERENCE_DEVICE};
 use crate::compress::{Compressed, Compressor};
-use crate::cpu::CPU_DEVICE;
+use crate::cpu::cpu_device;
 use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
 use crate::gpu::GpuContext;
@@ -249,10 +249,10 @@ impl Reducer {
                     .collect())
             }
             Reducer::Cpu => {
-                use crate::host_math::{multiply, View};
+                use crate::products::{product, View};
                 let mut tokens = vec![0.0f32; b * m * d];
                 for image in 0..b {
-                    multiply(
+                    product(
                         View::row_major(&projection[image * m * n..][..m * n], m, n),
                         View::row_major(features.image(image), n, d),
                         &mut tokens[image * m * d..][..m * d],
@@ -343,7 +343,7 @@ impl Runner {
             (Some(compressor), _) => compressor.device(),
             (None, Reducer::Gpu(gpu)) => gpu.context().describe(gpu.precision()),
             (None, Reducer::Reference) => REFERENCE_DEVICE.to_string(),
-            (None, Reducer::Cpu) => CPU_DEVICE.to_string(),
+            (None, Reducer::Cpu) => cpu_device(crate::options::Precision::F32),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Cosine similarity between tokens, through the CPU path's cache-blocked product.
 
-use crate::host_math::{multiply, View};
+use crate::products::{product, View};
 
 /// `vector / ||vector||` appended to `out` (a zero vector stays zero).
 pub fn push_unit(out: &mut Vec<f32>, vector: &[f32]) {
@@ -24,7 +24,7 @@ pub fn cosines(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
     let (rows_a, rows_b) = (a.len() / width, b.len() / width);
     let mut out = vec![0.0; rows_a * rows_b];
     if rows_a > 0 && rows_b > 0 {
-        multiply(
+        product(
             View::row_major(a, rows_a, width),
             View::row_major(b, rows_b, width).transposed(),
             &mut out,

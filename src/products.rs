@@ -1,0 +1,358 @@
+//! The host's matrix products: one entry point (`multiply`) over the `gemm` crate, whose
+//! kernels are chosen at run time for the CPU it finds (AVX-512F, AVX2+FMA, NEON, or scalar),
+//! run on rayon's current thread pool (all cores unless the caller or `--threads` says
+//! otherwise).
+//!
+//! `METACOMPRESS_CPU_KERNELS=portable` forces a plain product with no SIMD kernel at all, the
+//! same on every CPU: the tests use it to check the path a CPU without those units takes, and
+//! a user can use it to rule out a kernel fault. `gemm` does not expose its own choice, so the
+//! forced level is ours (a dozen lines, correct and slow, never chosen by default).
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+/// The environment variable that forces the product kernels.
+pub const KERNELS_VARIABLE: &str = "METACOMPRESS_CPU_KERNELS";
+
+/// Which product kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// `gemm`'s kernels for this CPU (the default).
+    Simd,
+    /// A plain row-by-row product, no SIMD kernel (forced by `METACOMPRESS_CPU_KERNELS`).
+    Portable,
+}
+
+impl Kernels {
+    /// The kernels `METACOMPRESS_CPU_KERNELS` asks for (read once per process): unset, empty
+    /// or `auto` for `Simd`, `portable` for `Portable`; any other value is refused.
+    pub fn chosen() -> Result<Kernels> {
+        static CHOSEN: OnceLock<std::result::Result<Kernels, String>> = OnceLock::new();
+        CHOSEN
+            .get_or_init(|| {
+                let value = std::env::var(KERNELS_VARIABLE).unwrap_or_default();
+                match value.trim() {
+                    "" | "auto" => Ok(Kernels::Simd),
+                    "portable" => Ok(Kernels::Portable),
+                    other => Err(format!(
+                        "{KERNELS_VARIABLE}={} is not a kernel level; expected auto or portable",
+                        crate::error::quoted(other)
+                    )),
+                }
+            })
+            .clone()
+            .map_err(Error::InvalidArgument)
+    }
+
+    /// What runs the products, for people: the instruction set of the kernels and the threads.
+    pub fn describe(self) -> String {
+        let threads = rayon::current_num_threads();
+        match self {
+            Kernels::Simd => format!("{} kernels, {threads} threads", simd_level()),
+            Kernels::Portable => "portable kernels (forced, no SIMD), 1 thread".to_string(),
+        }
+    }
+}
+
+/// The instruction set `gemm` picks on this CPU (the order of its own run-time checks).
+pub fn simd_level() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "AVX-512F"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "AVX2+FMA"
+        } else {
+            "scalar"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+/// The element types products take.
+pub trait Element:
+    Copy + Send + Sync + 'static + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+    /// Zero.
+    const ZERO: Self;
+    /// One.
+    const ONE: Self;
+}
+
+impl Element for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+}
+
+impl Element for f64 {
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+}
+
+/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * column_stride]`.
+#[derive(Clone, Copy)]
+pub struct View<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    columns: usize,
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a, T> View<'a, T> {
+    /// `data` as a row-major `rows x columns` matrix.
+    pub fn row_major(data: &'a [T], rows: usize, columns: usize) -> Self {
+        View::strided(data, rows, columns, columns, 1)
+    }
+
+    /// `data` with the given strides.
+    pub fn strided(
+        data: &'a [T],
+        rows: usize,
+        columns: usize,
+        row_stride: usize,
+        column_stride: usize,
+    ) -> Self {
+        View {
+            data,
+            rows,
+            columns,
+            row_stride,
+            column_stride,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn transposed(self) -> Self {
+        View {
+            rows: self.columns,
+            columns: self.rows,
+            row_stride: self.column_stride,
+            column_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        fits(
+            self.data.len(),
+            self.rows,
+            self.columns,
+            self.row_stride,
+            self.column_stride,
+        )
+    }
+}
+
+/// A matrix view to write: element `(r, c)` is `data[r * row_stride + c * column_stride]`.
+pub struct ViewMut<'a, T> {
+    data: &'a mut [T],
+    rows: usize,
+    columns: usize,
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a, T> ViewMut<'a, T> {
+    /// `data` as a row-major `rows x columns` matrix.
+    pub fn row_major(data: &'a mut [T], rows: usize, columns: usize) -> Self {
+        ViewMut::strided(data, rows, columns, columns, 1)
+    }
+
+    /// `data` with the given strides (rows `row_stride` apart: a block of a wider matrix).
+    pub fn strided(
+        data: &'a mut [T],
+        rows: usize,
+        columns: usize,
+        row_stride: usize,
+        column_stride: usize,
+    ) -> Self {
+        ViewMut {
+            data,
+            rows,
+            columns,
+            row_stride,
+            column_stride,
+        }
+    }
+}
+
+/// Whether every element of a `rows x columns` view with these strides lies in `len` values.
+fn fits(len: usize, rows: usize, columns: usize, row_stride: usize, column_stride: usize) -> bool {
+    if rows == 0 || columns == 0 {
+        return true;
+    }
+    (rows - 1)
+        .checked_mul(row_stride)
+        .zip((columns - 1).checked_mul(column_stride))
+        .and_then(|(r, c)| r.checked_add(c))
+        .is_some_and(|last| last < len)
+}
+
+/// What a product does to its output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Update<T> {
+    /// `out = a b`.
+    Overwrite,
+    /// `out += scale * a b`.
+    Add(T),
+}
+
+/// `out = a b` or `out += scale * a b` (`update`).
+pub fn multiply<T: Element>(a: View<T>, b: View<T>, out: ViewMut<T>, update: Update<T>) {
+    assert_eq!(a.columns, b.rows, "inner sizes differ");
+    assert!(
+        a.rows == out.rows && b.columns == out.columns,
+        "output size differs"
+    );
+    assert!(a.fits() && b.fits(), "a view reaches past its data");
+    assert!(
+        fits(
+            out.data.len(),
+            out.rows,
+            out.columns,
+            out.row_stride,
+            out.column_stride
+        ),
+        "the output reaches past its data"
+    );
+    let (rows, inner, columns) = (out.rows, a.columns, out.columns);
+    if rows == 0 || columns == 0 {
+        return;
+    }
+    if out.rows > 1 && out.columns > 1 {
+        // Distinct elements of the output must not share memory.
+        assert!(
+            out.row_stride != out.column_stride
+                && (out.row_stride >= columns * out.column_stride
+                    || out.column_stride >= rows * out.row_stride),
+            "the output's elements overlap"
+        );
+    }
+    let (read_out, scale) = match update {
+        Update::Overwrite => (false, T::ONE),
+        Update::Add(scale) => (true, scale),
+    };
+    if inner == 0 {
+        if !read_out {
+            for r in 0..rows {
+                for c in 0..columns {
+                    out.data[r * out.row_stride + c * out.column_stride] = T::ZERO;
+                }
+            }
+        }
+        return;
+    }
+    // The level was checked when the backend opened; an unreadable one means Simd here.
+    match Kernels::chosen().unwrap_or(Kernels::Simd) {
+        Kernels::Simd => {
+            let threads = rayon::current_num_threads();
+            let parallelism = if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: every element each view addresses lies inside its slice (checked above),
+            // distinct output elements do not overlap (checked above), and `out` is an
+            // exclusive borrow, so it aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    columns,
+                    inner,
+                    out.data.as_mut_ptr(),
+                    out.column_stride as isize,
+                    out.row_stride as isize,
+                    read_out,
+                    a.data.as_ptr(),
+                    a.column_stride as isize,
+                    a.row_stride as isize,
+                    b.data.as_ptr(),
+                    b.column_stride as isize,
+                    b.row_stride as isize,
+                    T::ONE,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        Kernels::Portable => {
+            for r in 0..rows {
+                for c in 0..columns {
+                    let mut sum = T::ZERO;
+                    for k in 0..inner {
+                        sum = sum
+                            + a.data[r * a.row_stride + k * a.column_stride]
+                                * b.data[k * b.row_stride + c * b.column_stride];
+                    }
+                    let slot = &mut out.data[r * out.row_stride + c * out.column_stride];
+                    *slot = if read_out { *slot + scale * sum } else { sum };
+                }
+            }
+        }
+    }
+}
+
+/// `out = a b` into a row-major `out` of exactly `a.rows x b.columns`.
+pub fn product<T: Element>(a: View<T>, b: View<T>, out: &mut [T]) {
+    assert_eq!(out.len(), a.rows * b.columns, "output size differs");
+    let (rows, columns) = (a.rows, b.columns);
+    multiply(
+        a,
+        b,
+        ViewMut::row_major(out, rows, columns),
+        Update::Overwrite,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A product of strided views against the textbook sum, both updates.
+    #[test]
+    fn strided_products_match_the_sum() {
+        let (rows, inner, columns) = (7, 5, 3);
+        let a: Vec<f64> = (0..rows * inner).map(|i| (i as f64 * 0.37).sin()).collect();
+        // b stored transposed (columns x inner).
+        let b: Vec<f64> = (0..columns * inner)
+            .map(|i| (i as f64 * 0.91).cos())
+            .collect();
+        // The output is a block of a wider matrix (row stride 4, one spare column).
+        let mut out = vec![9.0f64; rows * 4];
+        multiply(
+            View::row_major(&a, rows, inner),
+            View::row_major(&b, columns, inner).transposed(),
+            ViewMut::strided(&mut out, rows, columns, 4, 1),
+            Update::Overwrite,
+        );
+        let mut doubled = out.clone();
+        multiply(
+            View::row_major(&a, rows, inner),
+            View::row_major(&b, columns, inner).transposed(),
+            ViewMut::strided(&mut doubled, rows, columns, 4, 1),
+            Update::Add(-2.0),
+        );
+        for r in 0..rows {
+            for c in 0..columns {
+                let sum: f64 = (0..inner)
+                    .map(|k| a[r * inner + k] * b[c * inner + k])
+                    .sum();
+                assert!((out[r * 4 + c] - sum).abs() < 1e-12);
+                assert!((doubled[r * 4 + c] + sum).abs() < 1e-12);
+            }
+            assert_eq!(out[r * 4 + 3], 9.0, "the spare column is untouched");
+        }
+    }
+}
