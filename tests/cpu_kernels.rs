@@ -1,0 +1,201 @@
+//! The CPU path's kernel levels and bf16 storage through the real binary: the default kernels
+//! (`gemm`'s, chosen for this CPU) and the forced SIMD-free fallback
+//! (`METACOMPRESS_CPU_KERNELS=portable`, what a CPU without AVX2/AVX-512 can always run), at
+//! f32 and bf16, on f32 and bf16 input files with a strided layout, loose tokens, a batch and
+//! both scopes, against the float64 reference; and the refusals that go with them.
+
+mod common;
+
+use std::path::Path;
+
+use common::{binary, features, folder, relative_error, seeded, weights};
+use metacompress::files;
+use metacompress::{reference, Dtype, Features, Grid, Keep, Layout, Scope};
+use safetensors::SafeTensors;
+
+/// Runs the binary with `METACOMPRESS_CPU_KERNELS` set to `kernels` (unset for `None`).
+fn run(args: &[&str], kernels: Option<&str>) -> (i32, String) {
+    let mut command = binary();
+    command.args(args).env_remove("METACOMPRESS_CPU_KERNELS");
+    if let Some(kernels) = kernels {
+        command.env("METACOMPRESS_CPU_KERNELS", kernels);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn f32_values(file: &SafeTensors, name: &str) -> Vec<f32> {
+    let tensor = file.tensor(name).unwrap();
+    assert_eq!(tensor.dtype(), safetensors::Dtype::F32, "{name}");
+    tensor
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn every_kernel_level_and_precision_matches_the_reference() {
+    let dir = folder("cpu_kernels");
+    let (seed, mut rng) = seeded("every_kernel_level_and_precision");
+    // Two loose tokens, a 5 x 7 grid, a 3 x 4 grid with rows 6 apart, one loose token.
+    let grids = vec![Grid::new(2, 5, 7), Grid::strided(37, 3, 4, 6)];
+    let (n, d, batch) = (37 + 3 * 6 + 1, 29, 2);
+    let layout = Layout::new(n, grids).unwrap();
+    let pmeta = weights(&mut rng, d, 7, Some((4, 3)));
+    let weights_file = dir.join("weights.safetensors");
+    files::write_weights(&weights_file, &pmeta).unwrap();
+    let grids_json = r#"[[2,5,7],[37,3,4,6]]"#;
+    let f32_features = features(&mut rng, batch, n, d);
+    // The bf16 file's values, widened exactly: what the reference sees for it.
+    let bf16_features = Features::new(
+        batch,
+        n,
+        d,
+        f32_features
+            .values()
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect(),
+    )
+    .unwrap();
+    let keep = Keep::new(0.3).unwrap();
+    let queries = layout.queries(keep);
+    for (dtype, values) in [(Dtype::F32, &f32_features), (Dtype::BF16, &bf16_features)] {
+        let input = dir.join(format!("features-{}.safetensors", dtype.name()));
+        files::write_input(&input, values, true, dtype, Some(grids_json), None).unwrap();
+        for scope in [Scope::Image, Scope::Grid] {
+            let expected = reference::forward(values, &pmeta, &layout, &queries, scope);
+            for kernels in [None, Some("portable")] {
+                for (precision, bound) in [("f32", 1e-4), ("bf16", 1e-2)] {
+                    let what = format!(
+                        "seed {seed}: {} input, {scope:?}, kernels {kernels:?}, {precision}",
+                        dtype.name()
+                    );
+                    let output = dir.join("out.safetensors");
+                    let (code, stderr) = run(
+                        &[
+                            "compress",
+                            "--weights",
+                            path(&weights_file),
+                            "--input",
+                            path(&input),
+                            "--output",
+                            path(&output),
+                            "--keep",
+                            "0.3",
+                            "--scope",
+                            scope.name(),
+                            "--backend",
+                            "cpu",
+                            "--precision",
+                            precision,
+                            "--output-dtype",
+                            "f32",
+                            "--save-projection",
+                        ],
+                        kernels,
+                    );
+                    assert_eq!(code, 0, "{what}: {stderr}");
+                    let bytes = std::fs::read(&output).unwrap();
+                    let file = SafeTensors::deserialize(&bytes).unwrap();
+                    let tokens = relative_error(&f32_values(&file, "tokens"), &expected.tokens);
+                    let projection = f32_values(&file, "projection");
+                    let projection_error = relative_error(&projection, &expected.projection);
+                    assert!(
+                        tokens <= bound && projection_error <= bound,
+                        "{what}: errors {tokens:e} {projection_error:e}"
+                    );
+                    for (row, values) in projection.chunks_exact(n).enumerate() {
+                        let keys = queries.keys(row % queries.count, scope, n);
+                        for (j, p) in values.iter().enumerate() {
+                            if !keys.contains(j) {
+                                assert_eq!(*p, 0.0, "{what}: P[{row}, {j}] outside its keys");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
+    let dir = folder("cpu_kernels_refusals");
+    let (_, mut rng) = seeded("cpu_kernels_refusals");
+    let weights_file = dir.join("weights.safetensors");
+    files::write_weights(&weights_file, &weights(&mut rng, 9, 3, None)).unwrap();
+    let input = dir.join("features.safetensors");
+    files::write_input(
+        &input,
+        &features(&mut rng, 1, 16, 9),
+        false,
+        Dtype::F32,
+        None,
+        None,
+    )
+    .unwrap();
+    let output = dir.join("out.safetensors");
+    let compress = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "compress",
+            "--weights",
+            path(&weights_file),
+            "--input",
+            path(&input),
+            "--output",
+            path(&output),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let cases: [(&[&str], Option<&str>, &[&str]); 3] = [
+        (
+            &["--backend", "cpu"],
+            Some("avx9"),
+            &["METACOMPRESS_CPU_KERNELS", "avx9", "auto or portable"],
+        ),
+        (
+            &["--backend", "reference", "--precision", "bf16"],
+            None,
+            &["bf16", "reference", "expected f32"],
+        ),
+        (
+            &["--backend", "cpu", "--precision", "f16"],
+            None,
+            &["f16", "cpu", "expected f32 or bf16"],
+        ),
+    ];
+    for (extra, kernels, says) in cases {
+        let args = compress(extra);
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (code, stderr) = run(&args, kernels);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        for word in says {
+            assert!(stderr.contains(word), "{args:?}: {stderr:?} lacks {word:?}");
+        }
+        assert!(!output.exists(), "{args:?}: an output was written");
+    }
+    // bf16 with the automatic backend runs on the CPU.
+    let (code, stderr) = run(
+        &compress(&["--precision", "bf16"])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("cpu") || stderr.is_empty(), "{stderr}");
+}
