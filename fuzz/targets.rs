@@ -14,9 +14,9 @@ use metacompress::{
 pub fn file_readers(data: &[u8]) {
     let name = Path::new("fuzzed.safetensors");
     if let Ok(input) = files::input_from_bytes(name, data) {
-        assert!(input.features.values().iter().all(|v| v.is_finite()));
-        if let Some(grids) = input.grids {
-            let _ = Layout::new(input.features.tokens(), grids);
+        assert!(input.features().values().iter().all(|v| v.is_finite()));
+        if let Some(grids) = input.grids.clone() {
+            let _ = Layout::new(input.token_count(), grids);
         }
     }
     if let Ok(weights) = files::weights_from_bytes(name, data) {

@@ -330,7 +330,7 @@ pub fn compare(
     probes: &[f32],
     probe_source: &str,
 ) -> Result<(CompareReport, Vec<(Method, Compressed)>)> {
-    let features = request.features;
+    let features = &request.features.to_features();
     let mut methods = Vec::new();
     let mut skipped = Vec::new();
     let mut results = Vec::new();

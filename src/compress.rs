@@ -160,11 +160,11 @@ impl Compressor {
     /// layout of its `grids` metadata, or one square grid without it.
     pub fn compress_file(&self, path: &std::path::Path, options: &Options) -> Result<Compressed> {
         let input = crate::files::read_input(path)?;
-        let layout = match input.grids {
-            Some(grids) => Layout::new(input.features.tokens(), grids)?,
-            None => Layout::square(input.features.tokens())?,
+        let layout = match &input.grids {
+            Some(grids) => Layout::new(input.token_count(), grids.clone())?,
+            None => Layout::square(input.token_count())?,
         };
-        self.compress(&input.features, &layout, options)
+        self.compress_tokens(Tokens::Host(input.tokens()), &layout, options)
     }
 
     /// Compresses several groups of images, each with its own layout (anyres grids of

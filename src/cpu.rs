@@ -256,7 +256,6 @@ fn forward_in_blocks(
     let association = association.resolve(KernelVariant::Tuned, n, m, d, c);
     let block_rows = (blocks.scores / (4 * n.max(d))).clamp(1, m.max(1));
     // Buffers reused across images and blocks.
-    let mut pooled = vec![0.0f32; m * d];
     let mut query = vec![0.0f32; m * c];
     let mut key = vec![
         0.0f32;
@@ -279,7 +278,8 @@ fn forward_in_blocks(
             block_bytes: blocks.widen,
         };
         // Steps 1, 3 and 4: Q' = pool(X) w_q' + pool(E) w_q' (K below when the association
-        // needs it).
+        // needs it). pool(X) is let go before the scores, the largest moment of the call.
+        let mut pooled = vec![0.0f32; m * d];
         pool_rows(d, queries, &mut pooled, |token, out| {
             x.add_row(token, out, &mut row)
         });
@@ -288,6 +288,7 @@ fn forward_in_blocks(
             View::row_major(&prepared.w_q_scaled, d, c),
             &mut query,
         );
+        drop(pooled);
         if let Some((query_term, _)) = &table_terms {
             query
                 .iter_mut()

@@ -10,16 +10,37 @@ use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::layout::{parse_grids_json, Grid};
-use crate::tensor::{check_attention, decode, encode, Dtype, Features};
+use crate::tensor::{check_attention, decode, encode, Dtype, Features, HostTokens, HostValues};
 use crate::weights::{PMeta, PositionTable};
 
 /// The `format` metadata of a weights file.
 pub const WEIGHTS_FORMAT: &str = "metacompress.pmeta";
 
-/// Reads a whole safetensors file. The size comes from the file system, never from the header,
-/// and the safetensors parser checks every tensor's extent against it before anything else is
-/// allocated.
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+/// A file's bytes: memory-mapped (read-only) where the system allows, else read into memory.
+pub(crate) enum FileBytes {
+    /// Mapped: pages come from the page cache as they are touched, and are never copied.
+    Mapped(memmap2::Mmap),
+    /// Read (a system or file that cannot be mapped, an empty file, bytes from a caller).
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(map) => map,
+            FileBytes::Read(bytes) => bytes,
+        }
+    }
+}
+
+/// Opens a whole safetensors file. The size comes from the file system, never from the
+/// header, and the safetensors parser checks every tensor's extent against it before anything
+/// else is allocated. A regular file is memory-mapped: the runtime only reads it, and a file
+/// changed by another program while it runs is that program's race (as with any reader);
+/// `METACOMPRESS_NO_MMAP=1` reads it into memory instead.
+fn read_file(path: &Path) -> Result<FileBytes> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::Format(format!(
@@ -27,7 +48,17 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
             path.display()
         )));
     }
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > 0 && std::env::var_os("METACOMPRESS_NO_MMAP").is_none() {
+        // SAFETY: the map is read-only and private to this process; the program never
+        // writes through it, and its lifetime is that of the `FileBytes` that owns it.
+        if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+            return Ok(FileBytes::Mapped(map));
+        }
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| Error::io(path, e))?;
+    Ok(FileBytes::Read(bytes))
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
@@ -84,7 +115,6 @@ fn duplicate_key(header: &[u8]) -> Option<String> {
 struct FileTensor {
     shape: Vec<usize>,
     values: Vec<f32>,
-    dtype: Dtype,
 }
 
 /// A tensor's values widened to f32, with its shape; F32, F16 and BF16 only.
@@ -94,40 +124,49 @@ fn tensor_values(path: &Path, file: &SafeTensors, name: &str) -> Result<Option<F
         Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
         Err(e) => return Err(Error::Format(format!("{}: {e}", path.display()))),
     };
-    let dtype = match view.dtype() {
-        FileDtype::F32 => Dtype::F32,
-        FileDtype::F16 => Dtype::F16,
-        FileDtype::BF16 => Dtype::BF16,
-        other => {
-            return Err(Error::InvalidTensor(format!(
-                "{}: tensor {name} has dtype {other:?}; expected F32, F16 or BF16",
-                path.display()
-            )))
-        }
-    };
+    let dtype = dtype_of(path, name, view.dtype())?;
     let values = decode(view.data(), dtype);
     Ok(Some(FileTensor {
         shape: view.shape().to_vec(),
         values,
-        dtype,
     }))
 }
 
-fn required(path: &Path, file: &SafeTensors, name: &str) -> Result<FileTensor> {
-    tensor_values(path, file, name)?.ok_or_else(|| {
-        let names = file.names().join(", ");
-        Error::InvalidTensor(format!(
-            "{}: tensor {name} is missing; the file holds [{names}]",
+/// The dtype of tensor `name`: F32, F16 or BF16.
+fn dtype_of(path: &Path, name: &str, dtype: FileDtype) -> Result<Dtype> {
+    match dtype {
+        FileDtype::F32 => Ok(Dtype::F32),
+        FileDtype::F16 => Ok(Dtype::F16),
+        FileDtype::BF16 => Ok(Dtype::BF16),
+        other => Err(Error::InvalidTensor(format!(
+            "{}: tensor {name} has dtype {other:?}; expected F32, F16 or BF16",
             path.display()
-        ))
-    })
+        ))),
+    }
 }
 
-/// An input file: the features, their dtype, and the layout from its `grids` metadata.
-#[derive(Clone, Debug)]
+fn required(path: &Path, file: &SafeTensors, name: &str) -> Result<FileTensor> {
+    tensor_values(path, file, name)?.ok_or_else(|| missing(path, file, name))
+}
+
+/// The error for a missing tensor `name`.
+fn missing(path: &Path, file: &SafeTensors, name: &str) -> Error {
+    let names = file.names().join(", ");
+    Error::InvalidTensor(format!(
+        "{}: tensor {name} is missing; the file holds [{names}]",
+        path.display()
+    ))
+}
+
+/// An input file: the features (read where they lie in the file when they can be), their
+/// dtype, and the layout from its `grids` metadata.
 pub struct Input {
-    /// The features, widened to f32.
-    pub features: Features,
+    bytes: FileBytes,
+    /// Where the features are.
+    values: InputValues,
+    batch: usize,
+    tokens: usize,
+    width: usize,
     /// The dtype they were stored in (the output's default dtype).
     pub dtype: Dtype,
     /// Whether the tensor was `b x n x d` (else `n x d`); the output keeps the same rank.
@@ -139,19 +178,93 @@ pub struct Input {
     pub attention: Option<Vec<f32>>,
 }
 
-/// Reads an input file (tensor `features`, `n x d` or `b x n x d`).
+/// Where an input's features are.
+enum InputValues {
+    /// In the file's bytes (this byte range), in the file's dtype: aligned, little-endian.
+    InPlace(std::ops::Range<usize>),
+    /// Widened to f32 (the file's bytes are not aligned for the dtype, or the machine is not
+    /// little-endian).
+    Widened(Vec<f32>),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("shape", &[self.batch, self.tokens, self.width])
+            .field("dtype", &self.dtype)
+            .field("batched", &self.batched)
+            .field("grids", &self.grids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Input {
+    /// The features, borrowed (from the mapped file where they lie in it).
+    pub fn tokens(&self) -> HostTokens<'_> {
+        let values = match &self.values {
+            InputValues::Widened(values) => HostValues::F32(values),
+            InputValues::InPlace(range) => {
+                typed_values(&self.bytes[range.clone()], self.dtype).expect("checked when read")
+            }
+        };
+        HostTokens::checked_already(values, self.batch, self.tokens, self.width)
+    }
+
+    /// The features widened to owned f32 values (a copy).
+    pub fn features(&self) -> Features {
+        self.tokens().to_features()
+    }
+
+    /// Number of images `b`.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens per image `n`.
+    pub fn token_count(&self) -> usize {
+        self.tokens
+    }
+
+    /// Token width `d`.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+}
+
+/// `bytes` as values of `dtype`, without a copy: `None` when they are not aligned for it or
+/// the machine is not little-endian (the file's order).
+fn typed_values(bytes: &[u8], dtype: Dtype) -> Option<HostValues<'_>> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    match dtype {
+        Dtype::F32 => bytemuck::try_cast_slice(bytes).ok().map(HostValues::F32),
+        Dtype::F16 => bytemuck::try_cast_slice(bytes).ok().map(HostValues::F16),
+        Dtype::BF16 => bytemuck::try_cast_slice(bytes).ok().map(HostValues::BF16),
+    }
+}
+
+/// Reads an input file (tensor `features`, `n x d` or `b x n x d`), memory-mapped.
 pub fn read_input(path: &Path) -> Result<Input> {
-    input_from_bytes(path, &read_file(path)?)
+    input_of(path, read_file(path)?)
 }
 
 /// An input file already in memory (`path` names it in errors).
 pub fn input_from_bytes(path: &Path, bytes: &[u8]) -> Result<Input> {
-    let file = parse(path, bytes)?;
-    let FileTensor {
-        shape,
-        values,
-        dtype,
-    } = required(path, &file, "features")?;
+    input_of(path, FileBytes::Read(bytes.to_vec()))
+}
+
+fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
+    let file = parse(path, &bytes)?;
+    let view = match file.tensor("features") {
+        Ok(view) => view,
+        Err(safetensors::SafeTensorError::TensorNotFound(_)) => {
+            return Err(missing(path, &file, "features"))
+        }
+        Err(e) => return Err(Error::Format(format!("{}: {e}", path.display()))),
+    };
+    let dtype = dtype_of(path, "features", view.dtype())?;
+    let shape = view.shape().to_vec();
     let (batch, tokens, width, batched) = match shape[..] {
         [tokens, width] => (1, tokens, width, false),
         [batch, tokens, width] => (batch, tokens, width, true),
@@ -162,9 +275,23 @@ pub fn input_from_bytes(path: &Path, bytes: &[u8]) -> Result<Input> {
             )))
         }
     };
-    let features = Features::new(batch, tokens, width, values)
-        .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
-    let grids = match file_metadata(path, bytes)?.get("grids") {
+    let data = view.data();
+    let start = data.as_ptr() as usize - bytes.as_ptr() as usize;
+    let range = start..start + data.len();
+    let values = match typed_values(data, dtype) {
+        Some(_) => InputValues::InPlace(range),
+        None => InputValues::Widened(decode(data, dtype)),
+    };
+    // Shape and finite values, checked once here.
+    {
+        let host = match &values {
+            InputValues::InPlace(_) => typed_values(data, dtype).expect("typed above"),
+            InputValues::Widened(values) => HostValues::F32(values),
+        };
+        HostTokens::new(host, batch, tokens, width)
+            .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
+    }
+    let grids = match file_metadata(path, &bytes)?.get("grids") {
         Some(text) => Some(parse_grids_json(text)?),
         None => None,
     };
@@ -184,8 +311,13 @@ pub fn input_from_bytes(path: &Path, bytes: &[u8]) -> Result<Input> {
             Some(values)
         }
     };
+    drop(file);
     Ok(Input {
-        features,
+        bytes,
+        values,
+        batch,
+        tokens,
+        width,
         dtype,
         batched,
         grids,

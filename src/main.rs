@@ -181,7 +181,7 @@ fn keep_of(keep: Option<f64>, reduction: Option<f64>) -> Result<Keep> {
 
 /// The layout: `--grid` flags, else the file's `grids`, else one square grid.
 fn layout_of(input: &files::Input, args: &LayoutArgs) -> Result<Layout> {
-    let tokens = input.features.tokens();
+    let tokens = input.token_count();
     if let Some(preset) = &args.layout {
         let layout = preset_of(preset, args.pinpoints.as_deref())?;
         layout
@@ -240,15 +240,15 @@ fn print_layout(preset: &str, pinpoints: Option<&str>, json: bool) -> Result<()>
 
 /// The weights of `--weights`, checked against the features' width.
 fn weights_for(
+    weights: Option<PMeta>,
     path: Option<&Path>,
     input: &files::Input,
     input_path: &Path,
 ) -> Result<Option<PMeta>> {
-    let Some(path) = path else {
+    let (Some(weights), Some(path)) = (weights, path) else {
         return Ok(None);
     };
-    let weights = files::read_weights(path)?;
-    let width = input.features.width();
+    let width = input.width();
     if width != weights.width() {
         return Err(Error::InvalidTensor(format!(
             "{}: features have width d = {width}; the weights in {} expect d = {}",
@@ -268,12 +268,17 @@ fn compress(args: CompressArgs) -> Result<()> {
     let mut sources = vec![args.input.as_path()];
     sources.extend(args.weights.as_deref());
     files::check_output(&args.output, &sources)?;
+    // The weights first: their file's bytes are let go before the input is mapped.
+    let weights = args
+        .weights
+        .as_deref()
+        .map(files::read_weights)
+        .transpose()?;
     let input = files::read_input(&args.input)?;
     let layout = layout_of(&input, &args.layout)?;
-    let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
-    let features = &input.features;
+    let weights = weights_for(weights, args.weights.as_deref(), &input, &args.input)?;
     let request = Request {
-        features,
+        features: input.tokens(),
         layout: &layout,
         attention: input.attention.as_deref(),
         seed: args.seed,
@@ -357,10 +362,15 @@ fn compress(args: CompressArgs) -> Result<()> {
 
 fn compare(args: CompareArgs) -> Result<()> {
     let keep = Keep::new(args.keep)?;
+    let weights = args
+        .weights
+        .as_deref()
+        .map(files::read_weights)
+        .transpose()?;
     let input = files::read_input(&args.input)?;
     let layout = layout_of(&input, &args.layout)?;
-    let weights = weights_for(args.weights.as_deref(), &input, &args.input)?;
-    let features = &input.features;
+    let weights = weights_for(weights, args.weights.as_deref(), &input, &args.input)?;
+    let features = &input.features();
     let (probes, source) = match &args.probes {
         Some(path) => (
             files::read_probes(path, features.width())?,
@@ -381,7 +391,7 @@ fn compare(args: CompareArgs) -> Result<()> {
         args.device.precision,
     )?;
     let request = Request {
-        features,
+        features: features.into(),
         layout: &layout,
         attention: input.attention.as_deref(),
         seed: args.seed,

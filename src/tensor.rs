@@ -240,16 +240,20 @@ impl<'a> HostTokens<'a> {
         if let HostValues::F32(values) = values {
             check_finite("features", &[batch, tokens, width], values)?;
         } else {
-            // f16 and bf16 widen exactly; one image at a time keeps the copy small.
-            let size = tokens * width;
-            for image in 0..batch {
-                let widened = values.widened(image * size..(image + 1) * size);
-                if let Some(first) = widened.iter().position(|v| !v.is_finite()) {
+            // f16 and bf16 widen exactly; a chunk at a time keeps the copy small.
+            const CHUNK: usize = 1 << 14;
+            let mut widened = vec![0.0f32; CHUNK.min(values.len())];
+            for first in (0..values.len()).step_by(CHUNK) {
+                let chunk = &mut widened[..CHUNK.min(values.len() - first)];
+                values.widen_into(first, chunk);
+                if let Some(offset) = chunk.iter().position(|v| !v.is_finite()) {
+                    let index = first + offset;
+                    let (image, token) = (index / (tokens * width), index % (tokens * width));
                     return Err(Error::InvalidTensor(format!(
                         "features[{image}, {}, {}] is {}; expected finite values",
-                        first / width,
-                        first % width,
-                        widened[first]
+                        token / width,
+                        token % width,
+                        chunk[offset]
                     )));
                 }
             }
@@ -260,6 +264,22 @@ impl<'a> HostTokens<'a> {
             tokens,
             width,
         })
+    }
+
+    /// Tokens that `new` already accepted with these sizes (no second pass over them).
+    pub(crate) fn checked_already(
+        values: HostValues<'a>,
+        batch: usize,
+        tokens: usize,
+        width: usize,
+    ) -> Self {
+        debug_assert_eq!(values.len(), batch * tokens * width);
+        HostTokens {
+            values,
+            batch,
+            tokens,
+            width,
+        }
     }
 
     /// The values.

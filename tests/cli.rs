@@ -92,7 +92,7 @@ fn compress_a_bf16_batch_with_loose_tokens_matches_the_reference() {
     assert_eq!(weights.w_q(), weights.w_k());
     let keep = Keep::new(0.5).unwrap();
     let expected = reference::forward(
-        &read.features,
+        &read.features(),
         &weights,
         &layout,
         &layout.queries(keep),

@@ -86,7 +86,7 @@ fn features_round_trip_in_every_dtype_with_their_layout() {
             assert_eq!(read.dtype, dtype);
             assert_eq!(read.batched, batched);
             assert_eq!(read.grids.as_deref(), Some(layout.grids()));
-            assert_eq!(read.features.batch(), image.batch());
+            assert_eq!(read.batch(), image.batch());
             let expected: Vec<f32> = match dtype {
                 Dtype::F32 => image.values().to_vec(),
                 Dtype::F16 => image
@@ -101,7 +101,7 @@ fn features_round_trip_in_every_dtype_with_their_layout() {
                     .collect(),
             };
             assert_eq!(
-                read.features.values(),
+                read.features().values(),
                 &expected[..],
                 "seed {seed}: {dtype:?}"
             );

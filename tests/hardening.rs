@@ -307,7 +307,7 @@ fn finite_inputs_that_overflow_are_refused_not_written_as_nan() {
     let (weights, input) = inputs(&dir, "overflow");
     let base = files::read_input(&input)
         .unwrap()
-        .features
+        .features()
         .values()
         .to_vec();
     let output = dir.join("out.safetensors");
@@ -537,7 +537,7 @@ fn the_cpu_path_and_the_methods_bound_their_memory() {
         &["--grid", &grid, "--keep", "1"],
     ));
     assert_eq!(code, 0, "{stderr}");
-    let tokens = files::read_input(&input).unwrap().features;
+    let tokens = files::read_input(&input).unwrap().features();
     assert_eq!(tokens.tokens(), n);
     // The methods that would hold (grid tokens)^2 similarities, or P, past the budget, refuse.
     let big = dir.join("big.safetensors");

@@ -70,7 +70,7 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
             ..Options::default()
         };
         let request = Request {
-            features: &x,
+            features: (&x).into(),
             layout: &layout,
             attention: Some(&attention),
             seed: 7,
@@ -164,7 +164,7 @@ fn metacompress_runs_through_the_runner_as_the_forward_pass() {
     }
     for runner in backends {
         let request = Request {
-            features: &x,
+            features: (&x).into(),
             layout: &layout,
             attention: None,
             seed: 0,
@@ -293,7 +293,7 @@ fn pool_equals_the_pooling_windows_of_the_forward_pass() {
         ..Options::default()
     };
     let request = Request {
-        features: &x,
+        features: (&x).into(),
         layout: &layout,
         attention: None,
         seed: 0,
@@ -324,7 +324,7 @@ fn a_method_without_its_input_says_what_to_provide() {
     let x = features(&mut rng, 1, 16, 5);
     let layout = Layout::square(16).unwrap();
     let request = Request {
-        features: &x,
+        features: (&x).into(),
         layout: &layout,
         attention: None,
         seed: 0,
@@ -464,7 +464,7 @@ fn pictures_decode_at_the_grids_size_and_show_the_kept_cells() {
         let runner = Runner::new(Some(w), Backend::Cpu, None, Precision::F32).unwrap();
         let x = features(&mut rng, 1, n, 5);
         let request = Request {
-            features: &x,
+            features: (&x).into(),
             layout: &layout,
             attention: None,
             seed: 0,
@@ -522,7 +522,7 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
     let (b, n, d) = (5, layout.tokens(), 2 * rng.random_range(8..24) + 1);
     let x = features(&mut rng, b, n, d);
     let request = Request {
-        features: &x,
+        features: (&x).into(),
         layout: &layout,
         attention: None,
         seed: 1,

@@ -243,7 +243,7 @@ fn every_baseline_method_follows_strided_grids() {
             ..Options::default()
         };
         let request = Request {
-            features: &x,
+            features: (&x).into(),
             layout: &layout,
             attention: Some(&attention),
             seed: 7,

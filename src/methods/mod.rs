@@ -19,12 +19,13 @@ use crate::compress::{Compressed, Compressor};
 use crate::cpu::cpu_device;
 use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
+use crate::gpu::resident::Tokens;
 use crate::gpu::GpuContext;
 use crate::layout::{Layout, Queries, QueryGrid};
 use crate::options::{Backend, Options, Precision};
 use crate::reference;
 pub use crate::tensor::check_attention;
-use crate::tensor::{check_computed, host_bytes, Features};
+use crate::tensor::{check_computed, host_bytes, Features, HostTokens};
 use crate::weights::PMeta;
 
 pub use grid::sample_cell;
@@ -267,8 +268,8 @@ impl Reducer {
 /// The inputs of a method run: features sharing one layout, and what some methods read.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    /// The images, `b x n x d`.
-    pub features: &'a Features,
+    /// The images, `b x n x d` (f32, f16 or bf16, borrowed).
+    pub features: HostTokens<'a>,
     /// Their layout.
     pub layout: &'a Layout,
     /// The vision tower's attention over the tokens, `b x n` (checked by `check_attention`).
@@ -367,10 +368,12 @@ impl Runner {
         if method == Method::MetaCompress {
             // P only when asked for: the forward pass never holds the whole of it otherwise.
             let compressor = self.compressor.as_ref().expect("checked above");
-            return compressor.compress(features, request.layout, options);
+            return compressor.compress_tokens(Tokens::Host(features), request.layout, options);
         }
         let queries = request.layout.queries(options.keep);
         host_bytes(&format!("{}'s P", method.name()), &[b, queries.count, n], 4)?;
+        // The other methods compute on an f32 copy.
+        let features = &features.to_features();
         let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
         let mut p = Vec::with_capacity(b * queries.count * n);
         for image in 0..b {
