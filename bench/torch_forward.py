@@ -141,6 +141,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json")
+    parser.add_argument("--dtypes", default="f32,f32-tf32,bf16",
+                        help="comma-separated subset of f32, f32-tf32, bf16")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = False
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
@@ -160,6 +162,8 @@ def main():
         for label, dtype, tf32 in [("f32", torch.float32, False),
                                    ("f32-tf32", torch.float32, True),
                                    ("bf16", torch.bfloat16, False)]:
+            if label not in args.dtypes.split(","):
+                continue
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.inference_mode():
                 result = time_forward(name, args.dc, args.keep, args.device, dtype,

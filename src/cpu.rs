@@ -145,15 +145,21 @@ impl<'a> ImageRows<'a> {
         }
     }
 
+    /// Whether values read must be rounded to the storage (bf16 storage of f32 or f16).
+    fn rounds(&self) -> bool {
+        self.storage == Storage::Bf16 && !matches!(self.values, HostValues::BF16(_))
+    }
+
     /// Rows from `first` widened (and rounded) into `out`, in parallel.
     fn widen(&self, first: usize, out: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         let start = first * self.d;
+        let rounds = self.rounds();
         out.par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(index, chunk)| {
                 self.values.widen_into(start + index * CHUNK, chunk);
-                if self.storage == Storage::Bf16 {
+                if rounds {
                     chunk.iter_mut().for_each(|v| *v = to_bf16(*v));
                 }
             });
@@ -169,13 +175,10 @@ impl<'a> ImageRows<'a> {
         }
         row.resize(self.d, 0.0);
         self.values.widen_into(token * self.d, row);
-        for (o, v) in out.iter_mut().zip(row.iter()) {
-            *o += if self.storage == Storage::Bf16 {
-                to_bf16(*v)
-            } else {
-                *v
-            };
+        if self.rounds() {
+            row.iter_mut().for_each(|v| *v = to_bf16(*v));
         }
+        out.iter_mut().zip(row.iter()).for_each(|(o, v)| *o += v);
     }
 }
 
@@ -470,31 +473,34 @@ impl BlockScores<'_> {
 /// Step 6 in place: the stable softmax of each row (queries from `first`) over its keys,
 /// zeros elsewhere.
 fn softmax_rows(scores: &mut [f32], queries: &Queries, first: usize, scope: Scope, n: usize) {
-    for (row_index, row) in scores.chunks_exact_mut(n).enumerate() {
-        let keys = queries.keys(first + row_index, scope, n);
-        let range = keys.span();
-        if !keys.is_contiguous() {
-            // Tokens of the span that are not keys: no weight.
-            for (token, s) in row[range.clone()].iter_mut().enumerate() {
-                if !keys.contains(range.start + token) {
-                    *s = f32::NEG_INFINITY;
+    scores
+        .par_chunks_exact_mut(n)
+        .enumerate()
+        .for_each(|(row_index, row)| {
+            let keys = queries.keys(first + row_index, scope, n);
+            let range = keys.span();
+            if !keys.is_contiguous() {
+                // Tokens of the span that are not keys: no weight.
+                for (token, s) in row[range.clone()].iter_mut().enumerate() {
+                    if !keys.contains(range.start + token) {
+                        *s = f32::NEG_INFINITY;
+                    }
                 }
             }
-        }
-        let largest = row[range.clone()]
-            .iter()
-            .cloned()
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f64;
-        for s in &mut row[range.clone()] {
-            *s = (*s - largest).exp();
-            sum += *s as f64;
-        }
-        let inverse = (1.0 / sum) as f32;
-        row[range.clone()].iter_mut().for_each(|s| *s *= inverse);
-        row[..range.start].fill(0.0);
-        row[range.end..].fill(0.0);
-    }
+            let largest = row[range.clone()]
+                .iter()
+                .cloned()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f64;
+            for s in &mut row[range.clone()] {
+                *s = (*s - largest).exp();
+                sum += *s as f64;
+            }
+            let inverse = (1.0 / sum) as f32;
+            row[range.clone()].iter_mut().for_each(|s| *s *= inverse);
+            row[..range.start].fill(0.0);
+            row[range.end..].fill(0.0);
+        });
 }
 
 #[cfg(test)]

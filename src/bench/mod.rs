@@ -179,6 +179,40 @@ pub struct BenchReport {
     pub unix_time: u64,
     /// One entry per workload.
     pub workloads: Vec<WorkloadReport>,
+    /// On the CPU path: the rate of this library's f32 product on a square product, the
+    /// better of a measure before and one after the workloads (GFLOP/s).
+    pub cpu_peak: Option<f64>,
+}
+
+/// Side of the square product `cpu_peak` times.
+pub const PEAK_SIZE: usize = 2048;
+
+/// The best rate (GFLOP/s) of three `PEAK_SIZE`-square f32 products through the CPU path's
+/// product (after one untimed), on random values.
+pub fn cpu_peak() -> f64 {
+    use crate::products::{product, View};
+    let size = PEAK_SIZE;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let a: Vec<f32> = (0..size * size)
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
+    let b: Vec<f32> = (0..size * size)
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
+    let mut out = vec![0.0f32; size * size];
+    let mut best = f64::INFINITY;
+    for run in 0..4 {
+        let started = std::time::Instant::now();
+        product(
+            View::row_major(&a, size, size),
+            View::row_major(&b, size, size),
+            &mut out,
+        );
+        if run > 0 {
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (size as f64).powi(3) / best / 1e9
 }
 
 /// Opens the device `config` names (the CPU path for `Backend::Cpu`): the context, if any.
@@ -239,6 +273,10 @@ pub fn run(
         )?;
     }
     let context = open(config)?;
+    let peak_before = context.is_none().then(|| {
+        progress("measuring the CPU's f32 product rate");
+        cpu_peak()
+    });
     let mut reports = Vec::new();
     let mut device = crate::cpu::cpu_device(config.precision);
     for workload in workloads {
@@ -372,6 +410,7 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         workloads: reports,
+        cpu_peak: peak_before.map(|before| before.max(cpu_peak())),
     })
 }
 
@@ -484,6 +523,8 @@ impl BenchReport {
             "batch": self.config.batch,
             "warmup": self.config.warmup,
             "workloads": workloads,
+            "cpu_peak_gflops_per_s": self.cpu_peak,
+            "cpu_peak_size": self.cpu_peak.map(|_| PEAK_SIZE),
         })
     }
 
@@ -501,6 +542,12 @@ impl BenchReport {
                 if a.timestamps { "yes" } else { "no" }
             )),
             None => text.push_str(&format!("device: {}\n", self.device)),
+        }
+        if let Some(peak) = self.cpu_peak {
+            text.push_str(&format!(
+                "peak: {peak:.1} GFLOP/s, this path's f32 product on {PEAK_SIZE}^3 (better of \
+                 before and after the workloads)\n"
+            ));
         }
         for w in &self.workloads {
             text.push_str(&format!(
@@ -555,6 +602,13 @@ impl BenchReport {
                     v.call.min * 1e3,
                     v.call.max * 1e3
                 ));
+                if let Some(peak) = self.cpu_peak {
+                    text.push_str(&format!(
+                        "    forward at {:.2} of the peak (median), {:.2} (best run)\n",
+                        v.total.gflops() / peak,
+                        v.total.flops / v.total.time.min / 1e9 / peak
+                    ));
+                }
             }
             if let Some(speedup) = w.speedup() {
                 text.push_str(&format!(
