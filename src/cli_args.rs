@@ -154,7 +154,7 @@ pub(crate) struct CompareArgs {
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
     /// A workload (llava15-7b, llava15-13b, llava-next-7b, llava-next-7b-photo, qwen2vl-7b,
-    /// qwen2vl-7b-video, tiny) or all.
+    /// qwen2vl-7b-video, qwen2vl-7b-video-8f, qwen2vl-7b-video-12f, tiny) or all.
     #[arg(long, default_value = "llava15-7b", value_name = "NAME|all")]
     pub(crate) workload: String,
     /// Fraction of tokens to keep, in (0, 1].

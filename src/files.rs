@@ -614,6 +614,44 @@ pub fn write_input(
 mod tests {
     use super::*;
 
+    /// A file's features are read where they lie when aligned for their dtype, and from a
+    /// widened copy when not (a header whose length puts the data off alignment); the values
+    /// are the same either way, and both ways happen across the four paddings.
+    #[test]
+    fn features_are_read_in_place_when_aligned_and_from_a_copy_otherwise() {
+        let (n, d) = (6, 5);
+        let values: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (mut in_place, mut copied) = (0, 0);
+        for padding in 0..4 {
+            let mut header = format!(
+                r#"{{"features":{{"dtype":"F32","shape":[{n},{d}],"data_offsets":[0,{}]}}}}"#,
+                data.len()
+            )
+            .into_bytes();
+            header.resize(header.len().next_multiple_of(8) + padding, b' ');
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend(&header);
+            bytes.extend(&data);
+            let input = input_from_bytes(Path::new("padded.safetensors"), &bytes).unwrap();
+            let aligned = (input.bytes.as_ptr() as usize + 8 + header.len()) % 4 == 0;
+            match (&input.values, aligned) {
+                (InputValues::InPlace(_), true) => in_place += 1,
+                (InputValues::Widened(_), false) => copied += 1,
+                _ => panic!("padding {padding}: aligned {aligned}, read the other way"),
+            }
+            assert_eq!(input.features().values(), &values[..], "padding {padding}");
+            assert_eq!(
+                (input.batch(), input.token_count(), input.width()),
+                (1, n, d)
+            );
+        }
+        assert!(
+            in_place > 0 && copied > 0,
+            "{in_place} in place, {copied} copied"
+        );
+    }
+
     #[test]
     fn temporary_files_being_written_are_removed_on_request() {
         let folder =

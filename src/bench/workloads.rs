@@ -20,7 +20,7 @@ pub struct Workload {
 }
 
 /// The workloads of `--workload all`, as the project's benchmarks name them.
-pub const WORKLOADS: [Workload; 6] = [
+pub const WORKLOADS: [Workload; 8] = [
     Workload {
         name: "llava15-7b",
         about: "LLaVA-1.5-7B: one 24x24 grid",
@@ -73,6 +73,36 @@ pub const WORKLOADS: [Workload; 6] = [
             (9072, 36, 36, 36),
         ],
         tokens: 10368,
+        width: 3584,
+    },
+    // Two shorter clips, for the CPU path's time against n between the image workloads and
+    // the 16-frame one.
+    Workload {
+        name: "qwen2vl-7b-video-8f",
+        about: "Qwen2-VL-7B, 8 frames of 1008x1008 video: 4 grids of 36x36 \
+                (--layout qwen2-vl:4x72x72)",
+        grids: &[
+            (0, 36, 36, 36),
+            (1296, 36, 36, 36),
+            (2592, 36, 36, 36),
+            (3888, 36, 36, 36),
+        ],
+        tokens: 5184,
+        width: 3584,
+    },
+    Workload {
+        name: "qwen2vl-7b-video-12f",
+        about: "Qwen2-VL-7B, 12 frames of 1008x1008 video: 6 grids of 36x36 \
+                (--layout qwen2-vl:6x72x72)",
+        grids: &[
+            (0, 36, 36, 36),
+            (1296, 36, 36, 36),
+            (2592, 36, 36, 36),
+            (3888, 36, 36, 36),
+            (5184, 36, 36, 36),
+            (6480, 36, 36, 36),
+        ],
+        tokens: 7776,
         width: 3584,
     },
 ];
@@ -134,6 +164,14 @@ mod tests {
         assert_eq!(
             layout("qwen2vl-7b-video"),
             Layout::qwen2_vl(8, 72, 72).unwrap()
+        );
+        assert_eq!(
+            layout("qwen2vl-7b-video-8f"),
+            Layout::qwen2_vl(4, 72, 72).unwrap()
+        );
+        assert_eq!(
+            layout("qwen2vl-7b-video-12f"),
+            Layout::qwen2_vl(6, 72, 72).unwrap()
         );
     }
 }
