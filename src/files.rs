@@ -634,7 +634,7 @@ mod tests {
             bytes.extend(&header);
             bytes.extend(&data);
             let input = input_from_bytes(Path::new("padded.safetensors"), &bytes).unwrap();
-            let aligned = (input.bytes.as_ptr() as usize + 8 + header.len()) % 4 == 0;
+            let aligned = (input.bytes.as_ptr() as usize + 8 + header.len()).is_multiple_of(4);
             match (&input.values, aligned) {
                 (InputValues::InPlace(_), true) => in_place += 1,
                 (InputValues::Widened(_), false) => copied += 1,
