@@ -407,12 +407,24 @@ pub fn check_each(
     name: &str,
     shape: &[usize],
     values: &[f32],
-    valid: impl Fn(f32) -> bool,
+    valid: impl Fn(f32) -> bool + Sync,
     expected: &str,
 ) -> Result<()> {
-    let Some(position) = values.iter().position(|v| !valid(*v)) else {
+    use rayon::prelude::*;
+    // Chunks in parallel, each tested without an early exit (so the test vectorises), then
+    // the first bad value of the first bad chunk.
+    const CHUNK: usize = 1 << 15;
+    let Some(chunk) = values
+        .par_chunks(CHUNK)
+        .position_first(|chunk| !chunk.iter().fold(true, |ok, v| ok & valid(*v)))
+    else {
         return Ok(());
     };
+    let position = chunk * CHUNK
+        + values[chunk * CHUNK..]
+            .iter()
+            .position(|v| !valid(*v))
+            .expect("the chunk holds a bad value");
     let mut index = vec![0; shape.len()];
     let mut rest = position;
     for (slot, size) in index.iter_mut().zip(shape).rev() {
