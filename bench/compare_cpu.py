@@ -83,6 +83,7 @@ def bench(precision, runs, work):
     report = json.load(open(path))
     total = report["workloads"][0]["variants"][0]["total"]
     return {"median_ms": total["time"]["median_ms"], "gflops": total["gflops_per_s"],
+            "best_gflops": total["flops"] / total["time"]["min_ms"] / 1e6,
             "flops": total["flops"], "device": report["device_summary"]}
 
 
@@ -152,6 +153,8 @@ def main():
           f"{peak['torch_bf16']:.1f}")
     print(f"\n{WORKLOAD}, {flops / 1e9:.2f} GFLOP per forward; in-process forward, median:")
     for name, ms, rate in [("metacompress f32", ours["f32"]["median_ms"], ours["f32"]["gflops"]),
+                           ("  best run", flops / ours["f32"]["best_gflops"] / 1e6,
+                            ours["f32"]["best_gflops"]),
                            ("metacompress bf16", ours["bf16"]["median_ms"],
                             ours["bf16"]["gflops"]),
                            ("torch f32 (cpu)", theirs["f32"], torch_rate["f32"]),
@@ -166,6 +169,7 @@ def main():
     best_f32 = max(peak["numpy_f32"], peak["torch_f32"])
     ratios = [
         ("f32 forward / best f32 GEMM peak", ours["f32"]["gflops"] / best_f32, ">= 0.75"),
+        ("  the same, best forward run", ours["f32"]["best_gflops"] / best_f32, ">= 0.75"),
         ("bf16 forward / torch bf16 peak", ours["bf16"]["gflops"] / peak["torch_bf16"],
          ">= 0.75"),
         ("bf16 forward / f32 forward", ours["bf16"]["gflops"] / ours["f32"]["gflops"], ">= 1.5"),

@@ -2,12 +2,14 @@
 # The CPU path side by side in one run (bench/compare_cpu.py says what it measures): builds the
 # release binary, then runs the comparison with python/.venv's interpreter (numpy, torch,
 # safetensors; `bash python/test.sh` creates it) or, without it, python3.
-# Usage: bash bench/compare_cpu.sh [RUNS] [--bf16-size S]
+# Usage: [FEATURES=openblas] bash bench/compare_cpu.sh [RUNS] [--bf16-size S]
+# (with FEATURES=openblas the binary's products go through the system's OpenBLAS;
+# METACOMPRESS_CPU_KERNELS=gemm in the environment still picks the gemm crate at run time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
 shift || true
-cargo build --release -q
+cargo build --release -q ${FEATURES:+--features "$FEATURES"}
 python=python3
 [ -x python/.venv/bin/python ] && python=python/.venv/bin/python
 exec "$python" -u bench/compare_cpu.py --runs "$runs" "$@"

@@ -1,12 +1,14 @@
 //! The host's matrix products: one entry point (`multiply`) over the `gemm` crate, whose
 //! kernels are chosen at run time for the CPU it finds (AVX-512F, AVX2+FMA, NEON, or scalar),
 //! run on rayon's current thread pool (all cores unless the caller or `--threads` says
-//! otherwise).
+//! otherwise). Built with the `openblas` feature, the products go to the system's OpenBLAS
+//! instead (its own run-time kernels and threads), where the strides allow.
 //!
-//! `METACOMPRESS_CPU_KERNELS=portable` forces a plain product with no SIMD kernel at all, the
-//! same on every CPU: the tests use it to check the path a CPU without those units takes, and
-//! a user can use it to rule out a kernel fault. `gemm` does not expose its own choice, so the
-//! forced level is ours (a dozen lines, correct and slow, never chosen by default).
+//! `METACOMPRESS_CPU_KERNELS` picks the kernels: `auto` (OpenBLAS when built in, else `gemm`),
+//! `gemm`, `openblas`, or `portable`: a plain product with no SIMD kernel at all, the same on
+//! every CPU. The tests force `portable` to check the path a CPU without those units takes,
+//! and a user can use it to rule out a kernel fault. `gemm` does not expose its own choice,
+//! so the forced level is ours (a dozen lines, correct and slow, never chosen by default).
 
 use std::sync::OnceLock;
 
@@ -18,25 +20,36 @@ pub const KERNELS_VARIABLE: &str = "METACOMPRESS_CPU_KERNELS";
 /// Which product kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
-    /// `gemm`'s kernels for this CPU (the default).
+    /// `gemm`'s kernels for this CPU (the default without the `openblas` feature).
     Simd,
+    /// The system's OpenBLAS (the default with the `openblas` feature).
+    OpenBlas,
     /// A plain row-by-row product, no SIMD kernel (forced by `METACOMPRESS_CPU_KERNELS`).
     Portable,
 }
 
 impl Kernels {
     /// The kernels `METACOMPRESS_CPU_KERNELS` asks for (read once per process): unset, empty
-    /// or `auto` for `Simd`, `portable` for `Portable`; any other value is refused.
+    /// or `auto` for the build's default, `gemm`, `openblas` (when built in) or `portable`;
+    /// any other value is refused.
     pub fn chosen() -> Result<Kernels> {
         static CHOSEN: OnceLock<std::result::Result<Kernels, String>> = OnceLock::new();
         CHOSEN
             .get_or_init(|| {
                 let value = std::env::var(KERNELS_VARIABLE).unwrap_or_default();
+                let built_in = if cfg!(feature = "openblas") {
+                    "auto, gemm, openblas or portable"
+                } else {
+                    "auto, gemm or portable (openblas needs the openblas feature)"
+                };
                 match value.trim() {
-                    "" | "auto" => Ok(Kernels::Simd),
+                    "" | "auto" if cfg!(feature = "openblas") => Ok(Kernels::OpenBlas),
+                    "" | "auto" | "gemm" => Ok(Kernels::Simd),
+                    "openblas" if cfg!(feature = "openblas") => Ok(Kernels::OpenBlas),
                     "portable" => Ok(Kernels::Portable),
                     other => Err(format!(
-                        "{KERNELS_VARIABLE}={} is not a kernel level; expected auto or portable",
+                        "{KERNELS_VARIABLE}={} is not a kernel level of this build; expected \
+                         {built_in}",
                         crate::error::quoted(other)
                     )),
                 }
@@ -49,7 +62,8 @@ impl Kernels {
     pub fn describe(self) -> String {
         let threads = rayon::current_num_threads();
         match self {
-            Kernels::Simd => format!("{} kernels, {threads} threads", simd_level()),
+            Kernels::Simd => format!("gemm {} kernels, {threads} threads", simd_level()),
+            Kernels::OpenBlas => format!("OpenBLAS, {threads} threads"),
             Kernels::Portable => "portable kernels (forced, no SIMD), 1 thread".to_string(),
         }
     }
@@ -252,8 +266,16 @@ pub fn multiply<T: Element>(a: View<T>, b: View<T>, out: ViewMut<T>, update: Upd
         return;
     }
     // The level was checked when the backend opened; an unreadable one means Simd here.
-    match Kernels::chosen().unwrap_or(Kernels::Simd) {
-        Kernels::Simd => {
+    let kernels = Kernels::chosen().unwrap_or(Kernels::Simd);
+    #[cfg(feature = "openblas")]
+    let mut out = out;
+    #[cfg(feature = "openblas")]
+    if kernels == Kernels::OpenBlas && blas::multiply(&a, &b, &mut out, read_out, scale) {
+        return;
+    }
+    match kernels {
+        // OpenBLAS takes what its strides can express; gemm the rest.
+        Kernels::Simd | Kernels::OpenBlas => {
             let threads = rayon::current_num_threads();
             let parallelism = if threads > 1 {
                 gemm::Parallelism::Rayon(threads)
@@ -301,6 +323,148 @@ pub fn multiply<T: Element>(a: View<T>, b: View<T>, out: ViewMut<T>, update: Upd
                 }
             }
         }
+    }
+}
+
+#[cfg(feature = "openblas")]
+mod blas {
+    //! The products through the system's OpenBLAS (CBLAS), for the `openblas` feature.
+
+    use crate::products::{Element, View, ViewMut};
+    use std::any::TypeId;
+    use std::os::raw::c_int;
+
+    const ROW_MAJOR: c_int = 101;
+    const NO_TRANS: c_int = 111;
+    const TRANS: c_int = 112;
+
+    #[link(name = "openblas")]
+    extern "C" {
+        fn cblas_sgemm(
+            order: c_int,
+            trans_a: c_int,
+            trans_b: c_int,
+            m: c_int,
+            n: c_int,
+            k: c_int,
+            alpha: f32,
+            a: *const f32,
+            lda: c_int,
+            b: *const f32,
+            ldb: c_int,
+            beta: f32,
+            c: *mut f32,
+            ldc: c_int,
+        );
+        fn cblas_dgemm(
+            order: c_int,
+            trans_a: c_int,
+            trans_b: c_int,
+            m: c_int,
+            n: c_int,
+            k: c_int,
+            alpha: f64,
+            a: *const f64,
+            lda: c_int,
+            b: *const f64,
+            ldb: c_int,
+            beta: f64,
+            c: *mut f64,
+            ldc: c_int,
+        );
+        fn openblas_set_num_threads(threads: c_int);
+    }
+
+    /// A row-major CBLAS operand for a view: (transpose flag, leading dimension), if its
+    /// strides can be said so.
+    fn operand<T>(view: &View<T>) -> Option<(c_int, c_int)> {
+        let fits = |v: usize| c_int::try_from(v).ok();
+        if view.column_stride == 1 && view.row_stride >= view.columns.max(1) {
+            Some((NO_TRANS, fits(view.row_stride)?))
+        } else if view.row_stride == 1 && view.column_stride >= view.rows.max(1) {
+            Some((TRANS, fits(view.column_stride)?))
+        } else {
+            None
+        }
+    }
+
+    /// `out (+)= scale a b` through CBLAS; `false` (nothing done) when a stride or size has no
+    /// CBLAS form, for the caller to compute otherwise.
+    pub(super) fn multiply<T: Element>(
+        a: &View<T>,
+        b: &View<T>,
+        out: &mut ViewMut<T>,
+        read_out: bool,
+        scale: T,
+    ) -> bool {
+        if out.column_stride != 1 || out.row_stride < out.columns {
+            return false;
+        }
+        let (Some((trans_a, lda)), Some((trans_b, ldb))) = (operand(a), operand(b)) else {
+            return false;
+        };
+        let sizes = (
+            c_int::try_from(out.rows),
+            c_int::try_from(out.columns),
+            c_int::try_from(a.columns),
+            c_int::try_from(out.row_stride),
+        );
+        let (Ok(m), Ok(n), Ok(k), Ok(ldc)) = sizes else {
+            return false;
+        };
+        static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let threads = rayon::current_num_threads();
+        if THREADS.swap(threads, std::sync::atomic::Ordering::Relaxed) != threads {
+            // SAFETY: a plain setter of the library's thread count.
+            unsafe { openblas_set_num_threads(threads as c_int) };
+        }
+        // SAFETY: the caller checked that every element each view addresses lies in its slice
+        // and that the output's elements do not overlap; the operand forms above describe
+        // exactly those elements to CBLAS (leading dimensions at least the row lengths).
+        unsafe {
+            if TypeId::of::<T>() == TypeId::of::<f32>() {
+                let beta = if read_out { 1.0 } else { 0.0 };
+                let scale = *(&scale as *const T as *const f32);
+                cblas_sgemm(
+                    ROW_MAJOR,
+                    trans_a,
+                    trans_b,
+                    m,
+                    n,
+                    k,
+                    scale,
+                    a.data.as_ptr() as *const f32,
+                    lda,
+                    b.data.as_ptr() as *const f32,
+                    ldb,
+                    beta,
+                    out.data.as_mut_ptr() as *mut f32,
+                    ldc,
+                );
+            } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+                let beta = if read_out { 1.0 } else { 0.0 };
+                let scale = *(&scale as *const T as *const f64);
+                cblas_dgemm(
+                    ROW_MAJOR,
+                    trans_a,
+                    trans_b,
+                    m,
+                    n,
+                    k,
+                    scale,
+                    a.data.as_ptr() as *const f64,
+                    lda,
+                    b.data.as_ptr() as *const f64,
+                    ldb,
+                    beta,
+                    out.data.as_mut_ptr() as *mut f64,
+                    ldc,
+                );
+            } else {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -13,7 +13,8 @@ use metacompress::files;
 use metacompress::{reference, Dtype, Features, Grid, Keep, Layout, Scope};
 use safetensors::SafeTensors;
 
-/// Runs the binary with `METACOMPRESS_CPU_KERNELS` set to `kernels` (unset for `None`).
+/// Runs the binary with `METACOMPRESS_CPU_KERNELS` set to `kernels` (unset for `None`);
+/// the exit code and what it printed (stdout, then stderr).
 fn run(args: &[&str], kernels: Option<&str>) -> (i32, String) {
     let mut command = binary();
     command.args(args).env_remove("METACOMPRESS_CPU_KERNELS");
@@ -23,8 +24,27 @@ fn run(args: &[&str], kernels: Option<&str>) -> (i32, String) {
     let output = command.output().unwrap();
     (
         output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
     )
+}
+
+/// Every kernel level of this build, and the name the device line gives it.
+fn levels() -> Vec<(Option<&'static str>, &'static str)> {
+    let default = if cfg!(feature = "openblas") {
+        "OpenBLAS"
+    } else {
+        "gemm"
+    };
+    let mut levels = vec![
+        (None, default),
+        (Some("gemm"), "gemm"),
+        (Some("portable"), "portable"),
+    ];
+    if cfg!(feature = "openblas") {
+        levels.push((Some("openblas"), "OpenBLAS"));
+    }
+    levels
 }
 
 fn path(p: &Path) -> &str {
@@ -73,7 +93,7 @@ fn every_kernel_level_and_precision_matches_the_reference() {
         files::write_input(&input, values, true, dtype, Some(grids_json), None).unwrap();
         for scope in [Scope::Image, Scope::Grid] {
             let expected = reference::forward(values, &pmeta, &layout, &queries, scope);
-            for kernels in [None, Some("portable")] {
+            for (kernels, name) in levels() {
                 for (precision, bound) in [("f32", 1e-4), ("bf16", 1e-2)] {
                     let what = format!(
                         "seed {seed}: {} input, {scope:?}, kernels {kernels:?}, {precision}",
@@ -104,6 +124,7 @@ fn every_kernel_level_and_precision_matches_the_reference() {
                         kernels,
                     );
                     assert_eq!(code, 0, "{what}: {stderr}");
+                    assert!(stderr.contains(name), "{what}: ran on {stderr}");
                     let bytes = std::fs::read(&output).unwrap();
                     let file = SafeTensors::deserialize(&bytes).unwrap();
                     let tokens = relative_error(&f32_values(&file, "tokens"), &expected.tokens);
@@ -164,7 +185,7 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
         (
             &["--backend", "cpu"],
             Some("avx9"),
-            &["METACOMPRESS_CPU_KERNELS", "avx9", "auto or portable"],
+            &["METACOMPRESS_CPU_KERNELS", "avx9", "auto", "portable"],
         ),
         (
             &["--backend", "reference", "--precision", "bf16"],
@@ -183,6 +204,7 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
         let (code, stderr) = run(&args, kernels);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("metacompress: "), "{args:?}: {stderr}");
         for word in says {
             assert!(stderr.contains(word), "{args:?}: {stderr:?} lacks {word:?}");
         }
