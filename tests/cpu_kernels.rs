@@ -181,7 +181,7 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    let cases: [(&[&str], Option<&str>, &[&str]); 3] = [
+    let mut cases: Vec<(&[&str], Option<&str>, &[&str])> = vec![
         (
             &["--backend", "cpu"],
             Some("avx9"),
@@ -198,6 +198,13 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
             &["f16", "cpu", "expected f32 or bf16"],
         ),
     ];
+    if common::gpu().is_some() {
+        cases.push((
+            &["--backend", "vulkan", "--precision", "bf16"],
+            None,
+            &["bf16", "cpu backend", "f32 or f16"],
+        ));
+    }
     for (extra, kernels, says) in cases {
         let args = compress(extra);
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();

@@ -280,7 +280,7 @@ impl GpuContext {
     /// `SHADER_F16`.
     pub fn check_precision(&self, precision: crate::options::Precision) -> Result<()> {
         if precision == crate::options::Precision::Bf16 {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::InvalidArgument(format!(
                 "--precision bf16 is for the cpu backend (WGSL has no bf16 type); on adapter {} \
                  use --precision f32 or f16",
                 self.adapter.name
