@@ -29,18 +29,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BINARY = os.path.join(ROOT, "target", "release", "metacompress")
+sys.path.insert(0, HERE)
+from cpu_peak import best_rate  # noqa: E402 (bench/ is not a package)
 WORKLOAD = "llava-next-7b"
 GRIDS = [[0, 24, 24], [576, 48, 48, 49]]
-
-
-def best_rate(multiply, flops, runs):
-    multiply()
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        multiply()
-        best = min(best, time.perf_counter() - started)
-    return flops / best / 1e9
 
 
 def peaks(bf16_size, runs):

@@ -421,16 +421,15 @@ impl Compressor {
                 )
             }
             Engine::Cpu(prepared) => {
-                let (tokens, projection) = cpu::forward(
-                    features,
-                    &self.weights,
+                let call = cpu::Call {
+                    weights: &self.weights,
                     prepared,
                     layout,
-                    &queries,
-                    options.scope,
-                    options.association,
-                    options.save_projection,
-                )?;
+                    queries: &queries,
+                    scope: options.scope,
+                    association: options.association,
+                };
+                let (tokens, projection) = cpu::forward(features, &call, options.save_projection)?;
                 let seconds = started.elapsed().as_secs_f64();
                 let step =
                     cpu::forward_step(features, &self.weights, queries.count, options.association);

@@ -182,38 +182,24 @@ impl<'a> ImageRows<'a> {
     }
 }
 
-/// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), the scores in `association`.
-/// Fails only when the whole `P` asked for passes the host budget.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(
-    features: HostTokens,
-    weights: &PMeta,
-    prepared: &CpuWeights,
-    layout: &Layout,
-    queries: &Queries,
-    scope: Scope,
-    association: Association,
-    want_projection: bool,
-) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    let call = Call {
-        weights,
-        prepared,
-        layout,
-        queries,
-        scope,
-        association,
-    };
-    forward_in_blocks(features, &call, want_projection, BLOCKS)
+/// What a pass computes on, but for the tokens.
+pub(crate) struct Call<'a> {
+    pub weights: &'a PMeta,
+    pub prepared: &'a CpuWeights,
+    pub layout: &'a Layout,
+    pub queries: &'a Queries,
+    pub scope: Scope,
+    pub association: Association,
 }
 
-/// What a pass computes on, but for the tokens.
-struct Call<'a> {
-    weights: &'a PMeta,
-    prepared: &'a CpuWeights,
-    layout: &'a Layout,
-    queries: &'a Queries,
-    scope: Scope,
-    association: Association,
+/// `Y` (`b x m x d`) and, when asked, `P` (`b x m x n`), the scores in the call's
+/// association. Fails only when the whole `P` asked for passes the host budget.
+pub(crate) fn forward(
+    features: HostTokens,
+    call: &Call,
+    want_projection: bool,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    forward_in_blocks(features, call, want_projection, BLOCKS)
 }
 
 /// `forward` with the given block sizes.

@@ -338,6 +338,24 @@ mod blas {
     const NO_TRANS: c_int = 111;
     const TRANS: c_int = 112;
 
+    /// `cblas_sgemm` or `cblas_dgemm`.
+    type Gemm<E> = unsafe extern "C" fn(
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        E,
+        *const E,
+        c_int,
+        *const E,
+        c_int,
+        E,
+        *mut E,
+        c_int,
+    );
+
     #[link(name = "openblas")]
     extern "C" {
         fn cblas_sgemm(
@@ -420,46 +438,45 @@ mod blas {
         }
         // SAFETY: the caller checked that every element each view addresses lies in its slice
         // and that the output's elements do not overlap; the operand forms above describe
-        // exactly those elements to CBLAS (leading dimensions at least the row lengths).
+        // exactly those elements to CBLAS (leading dimensions at least the row lengths), and
+        // `cast` reinterprets only between a type and itself (checked by `TypeId`).
         unsafe {
-            if TypeId::of::<T>() == TypeId::of::<f32>() {
-                let beta = if read_out { 1.0 } else { 0.0 };
-                let scale = *(&scale as *const T as *const f32);
-                cblas_sgemm(
+            fn cast<T: 'static, U: 'static>(pointer: *const T) -> Option<*const U> {
+                (TypeId::of::<T>() == TypeId::of::<U>()).then_some(pointer as *const U)
+            }
+            /// One CBLAS call of either type: `scalars` is `[alpha, beta]`.
+            unsafe fn call<E: Copy>(
+                gemm: Gemm<E>,
+                shape: [c_int; 8],
+                scalars: *const E,
+                operands: (*const E, *const E, *mut E),
+            ) {
+                let [trans_a, trans_b, m, n, k, lda, ldb, ldc] = shape;
+                let (a, b, out) = operands;
+                gemm(
                     ROW_MAJOR,
                     trans_a,
                     trans_b,
                     m,
                     n,
                     k,
-                    scale,
-                    a.data.as_ptr() as *const f32,
+                    *scalars,
+                    a,
                     lda,
-                    b.data.as_ptr() as *const f32,
+                    b,
                     ldb,
-                    beta,
-                    out.data.as_mut_ptr() as *mut f32,
+                    *scalars.add(1),
+                    out,
                     ldc,
                 );
-            } else if TypeId::of::<T>() == TypeId::of::<f64>() {
-                let beta = if read_out { 1.0 } else { 0.0 };
-                let scale = *(&scale as *const T as *const f64);
-                cblas_dgemm(
-                    ROW_MAJOR,
-                    trans_a,
-                    trans_b,
-                    m,
-                    n,
-                    k,
-                    scale,
-                    a.data.as_ptr() as *const f64,
-                    lda,
-                    b.data.as_ptr() as *const f64,
-                    ldb,
-                    beta,
-                    out.data.as_mut_ptr() as *mut f64,
-                    ldc,
-                );
+            }
+            let shape = [trans_a, trans_b, m, n, k, lda, ldb, ldc];
+            let scalars = [scale, if read_out { T::ONE } else { T::ZERO }];
+            let (a, b, out) = (a.data.as_ptr(), b.data.as_ptr(), out.data.as_mut_ptr());
+            if let Some(s) = cast::<T, f32>(scalars.as_ptr()) {
+                call(cblas_sgemm, shape, s, (a as _, b as _, out as _));
+            } else if let Some(s) = cast::<T, f64>(scalars.as_ptr()) {
+                call(cblas_dgemm, shape, s, (a as _, b as _, out as _));
             } else {
                 return false;
             }

@@ -405,23 +405,8 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
     )
     .unwrap();
 
-    let compress = |input: &Path, weights: &Path, extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "compress",
-            "--weights",
-            path(weights),
-            "--input",
-            path(input),
-            "--output",
-            path(&output),
-            "--backend",
-            "cpu",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+    let compress = |input: &Path, weights: &Path, extra: &[&str]| {
+        common::compress_args(weights, input, &output, extra)
     };
     let cases = [
         Bad {
@@ -775,11 +760,11 @@ fn compress_runs_every_method_and_compare_prints_the_table_json_and_pictures() {
         assert_eq!(metadata["method"], method.name());
         assert_eq!(metadata["m"], "11");
         // The tokens are P X for the P in the file (seed {seed}).
-        let p: Vec<f64> = files_values(&file, "projection")
+        let p: Vec<f64> = common::f32_tensor(&file, "projection")
             .iter()
             .map(|&v| v as f64)
             .collect();
-        let tokens = files_values(&file, "tokens");
+        let tokens = common::f32_tensor(&file, "tokens");
         for image in 0..2 {
             let expected =
                 reference::reduce(&p[image * 11 * 39..][..11 * 39], x.image(image), 39, 13);
@@ -850,15 +835,6 @@ fn compress_runs_every_method_and_compare_prints_the_table_json_and_pictures() {
         let line = out.stdout.lines().find(|l| l.starts_with(skipped)).unwrap();
         assert!(line.contains("skipped"), "{line}");
     }
-}
-
-fn files_values(file: &SafeTensors, name: &str) -> Vec<f32> {
-    let view = file.tensor(name).unwrap();
-    assert_eq!(view.dtype(), safetensors::Dtype::F32);
-    view.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 #[test]

@@ -126,15 +126,7 @@ fn a_llava_next_file_in_the_models_order_compresses_with_only_its_preset() {
             assert_eq!(code, 0, "seed {seed}: {backend}: {stderr}");
             let bytes = std::fs::read(&output).unwrap();
             let file = SafeTensors::deserialize(&bytes).unwrap();
-            let values = |name: &str| -> Vec<f32> {
-                let tensor = file.tensor(name).unwrap();
-                assert_eq!(tensor.dtype(), safetensors::Dtype::F32);
-                tensor
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            };
+            let values = |name: &str| common::f32_tensor(&file, name);
             let tokens_error = relative_error(&values("tokens"), &expected.tokens);
             let projection_error = relative_error(&values("projection"), &expected.projection);
             assert!(

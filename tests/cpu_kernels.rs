@@ -6,16 +6,17 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{binary, features, folder, relative_error, seeded, weights};
+use common::{
+    binary, compress_args as compress, f32_tensor, features, folder, relative_error, seeded,
+    weights,
+};
 use metacompress::files;
 use metacompress::{reference, Dtype, Features, Grid, Keep, Layout, Scope};
 use safetensors::SafeTensors;
 
 /// Runs the binary with `METACOMPRESS_CPU_KERNELS` set to `kernels` (unset for `None`);
 /// the exit code and what it printed (stdout, then stderr).
-fn run(args: &[&str], kernels: Option<&str>) -> (i32, String) {
+fn run(args: &[String], kernels: Option<&str>) -> (i32, String) {
     let mut command = binary();
     command.args(args).env_remove("METACOMPRESS_CPU_KERNELS");
     if let Some(kernels) = kernels {
@@ -45,20 +46,6 @@ fn levels() -> Vec<(Option<&'static str>, &'static str)> {
         levels.push((Some("openblas"), "OpenBLAS"));
     }
     levels
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn f32_values(file: &SafeTensors, name: &str) -> Vec<f32> {
-    let tensor = file.tensor(name).unwrap();
-    assert_eq!(tensor.dtype(), safetensors::Dtype::F32, "{name}");
-    tensor
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 #[test]
@@ -100,15 +87,11 @@ fn every_kernel_level_and_precision_matches_the_reference() {
                         dtype.name()
                     );
                     let output = dir.join("out.safetensors");
-                    let (code, stderr) = run(
+                    let args = compress(
+                        &weights_file,
+                        &input,
+                        &output,
                         &[
-                            "compress",
-                            "--weights",
-                            path(&weights_file),
-                            "--input",
-                            path(&input),
-                            "--output",
-                            path(&output),
                             "--keep",
                             "0.3",
                             "--scope",
@@ -121,14 +104,14 @@ fn every_kernel_level_and_precision_matches_the_reference() {
                             "f32",
                             "--save-projection",
                         ],
-                        kernels,
                     );
+                    let (code, stderr) = run(&args, kernels);
                     assert_eq!(code, 0, "{what}: {stderr}");
                     assert!(stderr.contains(name), "{what}: ran on {stderr}");
                     let bytes = std::fs::read(&output).unwrap();
                     let file = SafeTensors::deserialize(&bytes).unwrap();
-                    let tokens = relative_error(&f32_values(&file, "tokens"), &expected.tokens);
-                    let projection = f32_values(&file, "projection");
+                    let tokens = relative_error(&f32_tensor(&file, "tokens"), &expected.tokens);
+                    let projection = f32_tensor(&file, "projection");
                     let projection_error = relative_error(&projection, &expected.projection);
                     assert!(
                         tokens <= bound && projection_error <= bound,
@@ -165,22 +148,6 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
     )
     .unwrap();
     let output = dir.join("out.safetensors");
-    let compress = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "compress",
-            "--weights",
-            path(&weights_file),
-            "--input",
-            path(&input),
-            "--output",
-            path(&output),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
     let mut cases: Vec<(&[&str], Option<&str>, &[&str])> = vec![
         (
             &["--backend", "cpu"],
@@ -206,8 +173,7 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
         ));
     }
     for (extra, kernels, says) in cases {
-        let args = compress(extra);
-        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let args = compress(&weights_file, &input, &output, extra);
         let (code, stderr) = run(&args, kernels);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
@@ -218,13 +184,13 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
         assert!(!output.exists(), "{args:?}: an output was written");
     }
     // bf16 with the automatic backend runs on the CPU.
-    let (code, stderr) = run(
-        &compress(&["--precision", "bf16"])
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-        None,
+    let args = compress(
+        &weights_file,
+        &input,
+        &output,
+        &["--backend", "auto", "--precision", "bf16"],
     );
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("cpu") || stderr.is_empty(), "{stderr}");
+    let (code, printed) = run(&args, None);
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.contains("auto chose the cpu path"), "{printed}");
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::compress_args as compress;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,22 +124,6 @@ fn inputs_of(dir: &Path, seed_name: &str, tokens: usize) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     (weights, input)
-}
-
-fn compress(weights: &Path, input: &Path, output: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = strings(&["compress", "--weights"]);
-    args.extend([
-        text(weights),
-        "--input".into(),
-        text(input),
-        "--output".into(),
-        text(output),
-    ]);
-    if !extra.contains(&"--backend") {
-        args.extend(strings(&["--backend", "cpu"]));
-    }
-    args.extend(strings(extra));
-    args
 }
 
 #[cfg(unix)]

@@ -170,3 +170,35 @@ pub fn runners() -> Vec<(&'static str, metacompress::methods::Runner)> {
     }
     runners
 }
+
+/// Tensor `name` of a safetensors file, which must be F32.
+pub fn f32_tensor(file: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    let view = file.tensor(name).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The arguments of `metacompress compress` with these files and `extra` flags; on the CPU
+/// path unless `extra` names a `--backend`.
+pub fn compress_args(
+    weights: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec!["compress".into(), "--weights".into()];
+    for (flag, path) in [("", weights), ("--input", input), ("--output", output)] {
+        if !flag.is_empty() {
+            args.push(flag.into());
+        }
+        args.push(path.to_str().expect("a UTF-8 path").into());
+    }
+    if !extra.contains(&"--backend") {
+        args.extend(["--backend".into(), "cpu".into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
