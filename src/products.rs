@@ -91,6 +91,12 @@ pub fn simd_level() -> &'static str {
     }
 }
 
+/// Most output rows of a product cut into bands of columns, one per thread.
+const SKINNY_ROWS: usize = 96;
+
+/// Fewest columns a band gets.
+const MIN_BAND_COLUMNS: usize = 256;
+
 /// The element types products take.
 pub trait Element:
     Copy + Send + Sync + 'static + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
@@ -221,7 +227,7 @@ pub enum Update<T> {
 }
 
 /// `out = a b` or `out += scale * a b` (`update`).
-pub fn multiply<T: Element>(a: View<T>, b: View<T>, out: ViewMut<T>, update: Update<T>) {
+pub fn multiply<T: Element>(a: View<T>, b: View<T>, mut out: ViewMut<T>, update: Update<T>) {
     assert_eq!(a.columns, b.rows, "inner sizes differ");
     assert!(
         a.rows == out.rows && b.columns == out.columns,
@@ -268,46 +274,22 @@ pub fn multiply<T: Element>(a: View<T>, b: View<T>, out: ViewMut<T>, update: Upd
     // The level was checked when the backend opened; an unreadable one means Simd here.
     let kernels = Kernels::chosen().unwrap_or(Kernels::Simd);
     #[cfg(feature = "openblas")]
-    let mut out = out;
-    #[cfg(feature = "openblas")]
     if kernels == Kernels::OpenBlas && blas::multiply(&a, &b, &mut out, read_out, scale) {
         return;
     }
     match kernels {
         // OpenBLAS takes what its strides can express; gemm the rest.
         Kernels::Simd | Kernels::OpenBlas => {
+            // gemm threads a product across its output's long side; a product with few rows
+            // (the short queries of a small image: 64 x 576 x 4096) runs faster as one
+            // single-threaded product per thread on a band of columns (1.3-1.5x measured).
             let threads = rayon::current_num_threads();
-            let parallelism = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
+            let bands = if rows <= SKINNY_ROWS && columns >= threads * MIN_BAND_COLUMNS {
+                threads
             } else {
-                gemm::Parallelism::None
+                1
             };
-            // SAFETY: every element each view addresses lies inside its slice (checked above),
-            // distinct output elements do not overlap (checked above), and `out` is an
-            // exclusive borrow, so it aliases neither input.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    columns,
-                    inner,
-                    out.data.as_mut_ptr(),
-                    out.column_stride as isize,
-                    out.row_stride as isize,
-                    read_out,
-                    a.data.as_ptr(),
-                    a.column_stride as isize,
-                    a.row_stride as isize,
-                    b.data.as_ptr(),
-                    b.column_stride as isize,
-                    b.row_stride as isize,
-                    T::ONE,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
+            multiply_in_bands(&a, &b, &mut out, read_out, scale, bands);
         }
         Kernels::Portable => {
             for r in 0..rows {
@@ -323,6 +305,69 @@ pub fn multiply<T: Element>(a: View<T>, b: View<T>, out: ViewMut<T>, update: Upd
                 }
             }
         }
+    }
+}
+
+/// `out (+)= scale a b` through `gemm`, as `bands` single-threaded products on bands of
+/// columns run in parallel, or with one band, one product threaded by `gemm`. The views
+/// were checked by `multiply`.
+fn multiply_in_bands<T: Element>(
+    a: &View<T>,
+    b: &View<T>,
+    out: &mut ViewMut<T>,
+    read_out: bool,
+    scale: T,
+    bands: usize,
+) {
+    let (rows, inner, columns) = (out.rows, a.columns, out.columns);
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && bands == 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // Raw pointers as addresses, so that the bands can cross threads.
+    let (a_at, b_at, out_at) = (
+        a.data.as_ptr() as usize,
+        b.data.as_ptr() as usize,
+        out.data.as_mut_ptr() as usize,
+    );
+    let band = |index: usize| {
+        let first = columns * index / bands;
+        let count = columns * (index + 1) / bands - first;
+        // SAFETY: every element each view addresses lies inside its slice and distinct output
+        // elements do not overlap (both checked by `multiply`), so the bands' outputs are
+        // disjoint; `out` is an exclusive borrow held until every band is done, so it aliases
+        // neither input.
+        unsafe {
+            gemm::gemm(
+                rows,
+                count,
+                inner,
+                (out_at as *mut T).add(first * out.column_stride),
+                out.column_stride as isize,
+                out.row_stride as isize,
+                read_out,
+                a_at as *const T,
+                a.column_stride as isize,
+                a.row_stride as isize,
+                (b_at as *const T).add(first * b.column_stride),
+                b.column_stride as isize,
+                b.row_stride as isize,
+                T::ONE,
+                scale,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    if bands <= 1 {
+        band(0);
+    } else {
+        use rayon::prelude::*;
+        (0..bands).into_par_iter().for_each(band);
     }
 }
 
@@ -500,6 +545,41 @@ pub fn product<T: Element>(a: View<T>, b: View<T>, out: &mut [T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Products cut into bands of columns (more bands than columns included) against the
+    /// textbook sum: overwrite and accumulate, a transposed operand, a strided output.
+    #[test]
+    fn products_in_bands_match_the_sum() {
+        let (rows, inner, columns, stride) = (5, 7, 11, 13);
+        let a: Vec<f32> = (0..rows * inner).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..columns * inner)
+            .map(|i| (i as f32 * 0.91).cos())
+            .collect();
+        for bands in [1, 2, 3, 4, 11] {
+            let mut out = vec![0.5f32; rows * stride];
+            let (a_view, b_view) = (
+                View::row_major(&a, rows, inner),
+                View::row_major(&b, columns, inner).transposed(),
+            );
+            let mut target = ViewMut::strided(&mut out, rows, columns, stride, 1);
+            multiply_in_bands(&a_view, &b_view, &mut target, true, 2.0, bands);
+            for r in 0..rows {
+                for c in 0..columns {
+                    let sum: f32 = (0..inner)
+                        .map(|k| a[r * inner + k] * b[c * inner + k])
+                        .sum();
+                    let got = out[r * stride + c];
+                    assert!(
+                        (got - (0.5 + 2.0 * sum)).abs() < 1e-5,
+                        "{bands} bands: ({r}, {c})"
+                    );
+                }
+                assert!(out[r * stride + columns..(r + 1) * stride]
+                    .iter()
+                    .all(|&v| v == 0.5));
+            }
+        }
+    }
 
     /// A product of strided views against the textbook sum, both updates.
     #[test]
