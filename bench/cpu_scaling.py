@@ -6,6 +6,7 @@ f32 peak measured in the same report) and, with --png and matplotlib importable,
 time against GFLOP. Only the standard library otherwise.
 
     python3 bench/cpu_scaling.py [--runs N] [--json OUT.json] [--png OUT.png]
+    python3 bench/cpu_scaling.py --from OUT.json [--png OUT.png]   # table and plot again
 
 Build first: cargo build --release.
 """
@@ -44,9 +45,13 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json")
     parser.add_argument("--png")
+    parser.add_argument("--from", dest="source", help="a --json file of an earlier run")
     args = parser.parse_args()
-    work = tempfile.mkdtemp()
-    rows = [measure(w, b, args.runs, work) for w, b in POINTS]
+    if args.source:
+        rows = json.load(open(args.source))
+    else:
+        work = tempfile.mkdtemp()
+        rows = [measure(w, b, args.runs, work) for w, b in POINTS]
     print(f"device: {rows[0]['device']}\n")
     print("| workload | n | d | m | batch | GFLOP | median ms | best ms | GFLOP/s (median) "
           "| ms per GFLOP | peak GFLOP/s | median / peak |")
@@ -56,7 +61,7 @@ def main():
         print(f"| {r['workload']} | {r['n']} | {r['d']} | {r['m']} | {r['batch']} | "
               f"{r['gflop']:.3f} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {rate:.1f} | "
               f"{r['median_ms'] / r['gflop']:.2f} | {r['peak']:.1f} | {rate / r['peak']:.2f} |")
-    if args.json:
+    if args.json and not args.source:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     if args.png:
