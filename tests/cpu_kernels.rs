@@ -12,6 +12,7 @@ use common::{
 };
 use metacompress::files;
 use metacompress::{reference, Dtype, Features, Grid, Keep, Layout, Scope};
+use rand::Rng;
 use safetensors::SafeTensors;
 
 /// Runs the binary with `METACOMPRESS_CPU_KERNELS` set to `kernels` (unset for `None`);
@@ -52,14 +53,37 @@ fn levels() -> Vec<(Option<&'static str>, &'static str)> {
 fn every_kernel_level_and_precision_matches_the_reference() {
     let dir = folder("cpu_kernels");
     let (seed, mut rng) = seeded("every_kernel_level_and_precision");
-    // Two loose tokens, a 5 x 7 grid, a 3 x 4 grid with rows 6 apart, one loose token.
-    let grids = vec![Grid::new(2, 5, 7), Grid::strided(37, 3, 4, 6)];
-    let (n, d, batch) = (37 + 3 * 6 + 1, 29, 2);
-    let layout = Layout::new(n, grids).unwrap();
-    let pmeta = weights(&mut rng, d, 7, Some((4, 3)));
+    // A fresh layout each run: loose tokens, a grid, loose tokens, a grid whose rows are
+    // further apart than its width (other tokens between them), loose tokens; odd width d.
+    let first = Grid::new(
+        rng.random_range(0..3),
+        rng.random_range(2..7),
+        rng.random_range(2..8),
+    );
+    let (rows, width) = (rng.random_range(2..5), rng.random_range(2..6));
+    let second = Grid::strided(
+        first.end() + rng.random_range(0..3),
+        rows,
+        width,
+        width + rng.random_range(1..3),
+    );
+    let n = second.end() + rng.random_range(0..3);
+    let (d, batch) = (rng.random_range(9..41) | 1, 2);
+    let layout = Layout::new(n, vec![first, second]).unwrap();
+    let grids_json = format!(
+        "[[{},{},{}],[{},{},{},{}]]",
+        first.offset,
+        first.height,
+        first.width,
+        second.offset,
+        second.height,
+        second.width,
+        second.stride
+    );
+    let channels = rng.random_range(1..8);
+    let pmeta = weights(&mut rng, d, channels, Some((4, 3)));
     let weights_file = dir.join("weights.safetensors");
     files::write_weights(&weights_file, &pmeta).unwrap();
-    let grids_json = r#"[[2,5,7],[37,3,4,6]]"#;
     let f32_features = features(&mut rng, batch, n, d);
     // The bf16 file's values, widened exactly: what the reference sees for it.
     let bf16_features = Features::new(
@@ -77,13 +101,14 @@ fn every_kernel_level_and_precision_matches_the_reference() {
     let queries = layout.queries(keep);
     for (dtype, values) in [(Dtype::F32, &f32_features), (Dtype::BF16, &bf16_features)] {
         let input = dir.join(format!("features-{}.safetensors", dtype.name()));
-        files::write_input(&input, values, true, dtype, Some(grids_json), None).unwrap();
+        files::write_input(&input, values, true, dtype, Some(&grids_json), None).unwrap();
         for scope in [Scope::Image, Scope::Grid] {
             let expected = reference::forward(values, &pmeta, &layout, &queries, scope);
             for (kernels, name) in levels() {
                 for (precision, bound) in [("f32", 1e-4), ("bf16", 1e-2)] {
                     let what = format!(
-                        "seed {seed}: {} input, {scope:?}, kernels {kernels:?}, {precision}",
+                        "seed {seed}: n {n} d {d} grids {grids_json}: {} input, {scope:?}, \
+                         kernels {kernels:?}, {precision}",
                         dtype.name()
                     );
                     let output = dir.join("out.safetensors");
