@@ -159,7 +159,8 @@ pub enum Backend {
     Dx12,
     /// OpenGL / GLES.
     Gl,
-    /// The fast CPU path: f32, cache-blocked products on up to 4 threads (`MATMUL_NUM_THREADS`).
+    /// The fast CPU path: f32 or bf16 storage, products through the `gemm` crate (or OpenBLAS
+    /// with the `openblas` feature) on all cores (`--threads`, `RAYON_NUM_THREADS`).
     Cpu,
     /// The float64 reference of SPEC section 4: slow, for checking results.
     Reference,
