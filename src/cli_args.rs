@@ -100,7 +100,7 @@ pub(crate) struct CompressArgs {
 /// Where and in what precision a command runs.
 #[derive(clap::Args)]
 pub(crate) struct DeviceArgs {
-    /// Storage precision on the GPU.
+    /// Storage precision: f32, f16 or f16-acc on a GPU; f32 or bf16 on the CPU path.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
     /// Where to run.
@@ -163,7 +163,7 @@ pub(crate) struct BenchArgs {
     /// Projection width d_c of the weights [default: 256, or d when smaller].
     #[arg(long)]
     pub(crate) dc: Option<usize>,
-    /// Storage precision on the GPU.
+    /// Storage precision: f32, f16 or f16-acc on a GPU; f32 or bf16 on the CPU path.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
     /// Where to run: auto is the best GPU adapter (software ones included); cpu the CPU path.
