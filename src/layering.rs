@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
     ("products", 1),
+    ("products::openblas", 1),
     ("tensor", 2),
     ("layout", 3),
     ("presets", 4),
