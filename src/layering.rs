@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("presets", 4),
     ("weights", 5),
     ("files", 6),
+    ("files::input", 6),
     ("profile", 7),
     ("options", 8),
     // Host math.
