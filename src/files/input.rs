@@ -40,6 +40,18 @@ enum InputValues {
     Widened(Vec<f32>),
 }
 
+impl InputValues {
+    /// The values, in `bytes` (the file's) or the widened copy.
+    fn values<'a>(&'a self, bytes: &'a [u8], dtype: Dtype) -> HostValues<'a> {
+        match self {
+            InputValues::Widened(values) => HostValues::F32(values),
+            InputValues::InPlace(range) => {
+                typed_values(&bytes[range.clone()], dtype).expect("typed when read")
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.debug_struct("Input")
@@ -54,12 +66,7 @@ impl std::fmt::Debug for Input {
 impl Input {
     /// The features, borrowed (from the mapped file where they lie in it).
     pub fn tokens(&self) -> HostTokens<'_> {
-        let values = match &self.values {
-            InputValues::Widened(values) => HostValues::F32(values),
-            InputValues::InPlace(range) => {
-                typed_values(&self.bytes[range.clone()], self.dtype).expect("checked when read")
-            }
-        };
+        let values = self.values.values(&self.bytes, self.dtype);
         HostTokens::checked_already(values, self.batch, self.tokens, self.width)
     }
 
@@ -136,14 +143,8 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
         None => InputValues::Widened(decode(data, dtype)),
     };
     // Shape and finite values, checked once here.
-    {
-        let host = match &values {
-            InputValues::InPlace(_) => typed_values(data, dtype).expect("typed above"),
-            InputValues::Widened(values) => HostValues::F32(values),
-        };
-        HostTokens::new(host, batch, tokens, width)
-            .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
-    }
+    HostTokens::new(values.values(&bytes, dtype), batch, tokens, width)
+        .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
     let grids = match file_metadata(path, &bytes)?.get("grids") {
         Some(text) => Some(parse_grids_json(text)?),
         None => None,
