@@ -11,6 +11,7 @@ mod workloads;
 
 pub use workloads::{workloads, Workload, TINY, WORKLOADS};
 
+use crate::backend::open_backend;
 use crate::compress::Compressor;
 use crate::error::{Error, Result};
 use crate::gpu::resident::Tokens;
@@ -219,12 +220,8 @@ pub fn cpu_peak() -> f64 {
 fn open(config: &BenchConfig) -> Result<Option<GpuContext>> {
     match config.backend {
         Backend::Cpu => {
-            if !matches!(config.precision, Precision::F32 | Precision::Bf16) {
-                return Err(Error::InvalidArgument(format!(
-                    "--precision {} is not for the cpu backend; expected f32 or bf16",
-                    config.precision.name()
-                )));
-            }
+            // The CPU path's own checks (precision, kernel level), before any timing.
+            open_backend(Backend::Cpu, None, config.precision)?;
             Ok(None)
         }
         Backend::Reference => Err(Error::InvalidArgument(
@@ -315,6 +312,10 @@ pub fn run(
                     .map(|&v| half::bf16::from_f32(v))
                     .collect()
             });
+        let bf16_tokens = bf16_features
+            .as_deref()
+            .map(|values| HostTokens::new(values, config.batch, workload.tokens, workload.width))
+            .transpose()?;
         let m = layout.queries(config.keep).count;
         // The naive kernels exist on the GPU only.
         let policies = match &context {
@@ -357,14 +358,8 @@ pub fn run(
             };
             let mut profiles = Vec::new();
             for run in 0..config.warmup + config.runs {
-                let out = match &bf16_features {
-                    Some(values) => {
-                        let tokens = HostTokens::new(
-                            values.as_slice(),
-                            config.batch,
-                            workload.tokens,
-                            workload.width,
-                        )?;
+                let out = match bf16_tokens {
+                    Some(tokens) => {
                         compressor.compress_tokens(Tokens::Host(tokens), &layout, &options)?
                     }
                     None => compressor.compress(&features, &layout, &options)?,
