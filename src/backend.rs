@@ -22,40 +22,51 @@ pub(crate) enum Opened {
 
 /// Opens `backend` (an adapter whose name contains `adapter`, if given) for `precision`;
 /// with `Backend::Auto`, also why it chose what it chose. The CPU path takes f32 and bf16,
-/// the reference f32.
+/// the reference f32. Whenever the CPU path is opened, its kernel level
+/// (`METACOMPRESS_CPU_KERNELS`) is checked too.
 pub(crate) fn open_backend(
     backend: Backend,
     adapter: Option<&str>,
     precision: Precision,
 ) -> Result<(Opened, Option<String>)> {
-    // The CPU engines, with the precisions they take.
-    let cpu_engine = match backend {
-        Backend::Cpu => Some((Opened::Cpu, "cpu", "f32 or bf16")),
+    let opened = choose_backend(backend, adapter, precision)?;
+    if let (Opened::Cpu, _) = opened {
+        Kernels::chosen()?;
+    }
+    Ok(opened)
+}
+
+fn choose_backend(
+    backend: Backend,
+    adapter: Option<&str>,
+    precision: Precision,
+) -> Result<(Opened, Option<String>)> {
+    // The host engines: name, the precisions they take, whether `precision` is one.
+    let host_engine = match backend {
+        Backend::Cpu => Some((
+            Opened::Cpu,
+            "cpu",
+            "f32 or bf16",
+            matches!(precision, Precision::F32 | Precision::Bf16),
+        )),
         Backend::Reference => Some((
             Opened::Reference,
             "reference",
             "f32 (it computes in float64)",
+            precision == Precision::F32,
         )),
         _ => None,
     };
-    if let Some((opened, name, takes)) = cpu_engine {
-        let taken = match opened {
-            Opened::Cpu => matches!(precision, Precision::F32 | Precision::Bf16),
-            _ => precision == Precision::F32,
-        };
+    if let Some((opened, name, takes, taken)) = host_engine {
         if !taken {
             return Err(Error::InvalidArgument(format!(
                 "--precision {} is not for the {name} backend; expected {takes}",
                 precision.name(),
             )));
         }
-        if let Opened::Cpu = opened {
-            Kernels::chosen()?;
-        }
         return Ok((opened, None));
     }
     if backend == Backend::Auto && precision == Precision::Bf16 {
-        Kernels::chosen()?;
         let choice = "auto chose the cpu path: --precision bf16 runs on the CPU only".to_string();
         return Ok((Opened::Cpu, Some(choice)));
     }
