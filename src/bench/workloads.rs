@@ -19,6 +19,19 @@ pub struct Workload {
     pub width: usize,
 }
 
+/// Qwen2-VL's grids for 16 frames of 1008x1008 video: one 36x36 grid per temporal patch
+/// (two frames), one after the other; shorter clips take the first ones.
+const VIDEO_GRIDS: [(usize, usize, usize, usize); 8] = [
+    (0, 36, 36, 36),
+    (1296, 36, 36, 36),
+    (2592, 36, 36, 36),
+    (3888, 36, 36, 36),
+    (5184, 36, 36, 36),
+    (6480, 36, 36, 36),
+    (7776, 36, 36, 36),
+    (9072, 36, 36, 36),
+];
+
 /// The workloads of `--workload all`, as the project's benchmarks name them.
 pub const WORKLOADS: [Workload; 8] = [
     Workload {
@@ -62,16 +75,7 @@ pub const WORKLOADS: [Workload; 8] = [
         name: "qwen2vl-7b-video",
         about: "Qwen2-VL-7B, 16 frames of 1008x1008 video: one 36x36 grid per temporal patch, \
                 8 of them (--layout qwen2-vl:8x72x72)",
-        grids: &[
-            (0, 36, 36, 36),
-            (1296, 36, 36, 36),
-            (2592, 36, 36, 36),
-            (3888, 36, 36, 36),
-            (5184, 36, 36, 36),
-            (6480, 36, 36, 36),
-            (7776, 36, 36, 36),
-            (9072, 36, 36, 36),
-        ],
+        grids: &VIDEO_GRIDS,
         tokens: 10368,
         width: 3584,
     },
@@ -81,12 +85,7 @@ pub const WORKLOADS: [Workload; 8] = [
         name: "qwen2vl-7b-video-8f",
         about: "Qwen2-VL-7B, 8 frames of 1008x1008 video: 4 grids of 36x36 \
                 (--layout qwen2-vl:4x72x72)",
-        grids: &[
-            (0, 36, 36, 36),
-            (1296, 36, 36, 36),
-            (2592, 36, 36, 36),
-            (3888, 36, 36, 36),
-        ],
+        grids: VIDEO_GRIDS.split_at(4).0,
         tokens: 5184,
         width: 3584,
     },
@@ -94,14 +93,7 @@ pub const WORKLOADS: [Workload; 8] = [
         name: "qwen2vl-7b-video-12f",
         about: "Qwen2-VL-7B, 12 frames of 1008x1008 video: 6 grids of 36x36 \
                 (--layout qwen2-vl:6x72x72)",
-        grids: &[
-            (0, 36, 36, 36),
-            (1296, 36, 36, 36),
-            (2592, 36, 36, 36),
-            (3888, 36, 36, 36),
-            (5184, 36, 36, 36),
-            (6480, 36, 36, 36),
-        ],
+        grids: VIDEO_GRIDS.split_at(6).0,
         tokens: 7776,
         width: 3584,
     },
