@@ -186,11 +186,9 @@ impl<'a> HostValues<'a> {
 
     /// Values `range`, widened to f32 (exact for all three types).
     pub fn widened(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        match self {
-            HostValues::F32(values) => values[range].to_vec(),
-            HostValues::F16(values) => values[range].iter().map(|v| v.to_f32()).collect(),
-            HostValues::BF16(values) => values[range].iter().map(|v| v.to_f32()).collect(),
-        }
+        let mut out = vec![0.0; range.len()];
+        self.widen_into(range.start, &mut out);
+        out
     }
 
     /// Little-endian bytes of values `range` stored as `dtype` (no conversion when the types
