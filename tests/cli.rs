@@ -16,7 +16,7 @@ struct Outcome {
     stderr: String,
 }
 
-fn run(args: &[&str]) -> Outcome {
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Outcome {
     let output = binary().args(args).output().unwrap();
     Outcome {
         code: output.status.code().unwrap_or(-1),
@@ -734,22 +734,18 @@ fn compress_runs_every_method_and_compare_prints_the_table_json_and_pictures() {
     assert_eq!(read.attention.as_deref(), Some(&attention[..]));
     for method in metacompress::methods::Method::ALL {
         let output = dir.join(format!("{}.safetensors", method.name()));
-        let out = run(&[
-            "compress",
-            "--weights",
-            path(&weights),
-            "--input",
-            path(&input),
-            "--output",
-            path(&output),
-            "--keep",
-            "0.3",
-            "--method",
-            method.name(),
-            "--save-projection",
-            "--backend",
-            "cpu",
-        ]);
+        let out = run(&common::compress_args(
+            &weights,
+            &input,
+            &output,
+            &[
+                "--keep",
+                "0.3",
+                "--method",
+                method.name(),
+                "--save-projection",
+            ],
+        ));
         assert_eq!(out.code, 0, "{}: {}", method.name(), out.stderr);
         let bytes = std::fs::read(&output).unwrap();
         let file = SafeTensors::deserialize(&bytes).unwrap();

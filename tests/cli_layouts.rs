@@ -12,7 +12,7 @@ use metacompress::files::{self, TensorOut};
 use metacompress::{reference, Dtype, Grid, Keep, Layout, Scope};
 use safetensors::SafeTensors;
 
-fn run(args: &[&str]) -> (i32, String, String) {
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let output = binary().args(args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
@@ -107,22 +107,20 @@ fn a_llava_next_file_in_the_models_order_compresses_with_only_its_preset() {
         let expected = reference::forward(&features, &pmeta, &layout, &queries, scope);
         for backend in &backends {
             let output = dir.join(format!("out-{backend}-{}.safetensors", scope.name()));
-            let (code, _, stderr) = run(&[
-                "compress",
-                "--weights",
-                path(&weights),
-                "--input",
-                path(&input),
-                "--output",
-                path(&output),
-                "--layout",
-                "llava-next:1000x667",
-                "--scope",
-                scope.name(),
-                "--backend",
-                backend,
-                "--save-projection",
-            ]);
+            let (code, _, stderr) = run(&common::compress_args(
+                &weights,
+                &input,
+                &output,
+                &[
+                    "--layout",
+                    "llava-next:1000x667",
+                    "--scope",
+                    scope.name(),
+                    "--backend",
+                    backend,
+                    "--save-projection",
+                ],
+            ));
             assert_eq!(code, 0, "seed {seed}: {backend}: {stderr}");
             let bytes = std::fs::read(&output).unwrap();
             let file = SafeTensors::deserialize(&bytes).unwrap();
