@@ -103,11 +103,13 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
                         expected_p.extend(p_ref);
                     }
                 }
-                // Every backend builds the same P and reduces within SPEC section 7.
-                let p_error = relative_error(p, &expected_p);
-                assert!(p_error <= 1e-6, "{what} on {name}: P error {p_error}");
-                let error = relative_error(&result.tokens, &expected_tokens);
-                assert!(error <= 1e-4, "{what} on {name}: tokens error {error}");
+                reference_methods::assert_matches(
+                    p,
+                    &result.tokens,
+                    &expected_p,
+                    &expected_tokens,
+                    &format!("{what} on {name}"),
+                );
             }
         }
     }

@@ -331,3 +331,18 @@ fn cells(g: &metacompress::Grid) -> Vec<usize> {
         .flat_map(|r| (0..g.width).map(move |c| at(g, r, c)))
         .collect()
 }
+
+/// A method's `P` and tokens against their float64 references: every backend builds the same
+/// `P` (1e-6) and reduces within SPEC section 7 (1e-4).
+pub fn assert_matches(
+    projection: &[f32],
+    tokens: &[f32],
+    expected_p: &[f64],
+    expected_tokens: &[f64],
+    what: &str,
+) {
+    let p_error = super::relative_error(projection, expected_p);
+    assert!(p_error <= 1e-6, "{what}: P error {p_error}");
+    let error = super::relative_error(tokens, expected_tokens);
+    assert!(error <= 1e-4, "{what}: tokens error {error}");
+}
