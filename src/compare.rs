@@ -20,7 +20,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::compress::Compressed;
 use crate::error::Result;
-use crate::methods::{Method, Request, Runner};
+use crate::methods::{check_footprint, footprint, Method, Request, Runner};
 use crate::options::Options;
 use crate::products::{product, View};
 use crate::tensor::Features;
@@ -330,16 +330,26 @@ pub fn compare(
     probes: &[f32],
     probe_source: &str,
 ) -> Result<(CompareReport, Vec<(Method, Compressed)>)> {
-    let features = &request.features.to_features();
     let mut methods = Vec::new();
     let mut skipped = Vec::new();
     let mut results = Vec::new();
     let mut seconds = Vec::new();
-    for method in Method::ALL {
-        if let Err(reason) = runner.check(method, request) {
-            skipped.push((method, reason.to_string()));
-            continue;
-        }
+    let runnable: Vec<Method> = Method::ALL
+        .into_iter()
+        .filter(|&method| match runner.check(method, request) {
+            Ok(()) => true,
+            Err(reason) => {
+                skipped.push((method, reason.to_string()));
+                false
+            }
+        })
+        .collect();
+    check_footprint(
+        "compare",
+        compare_footprint(&runnable, request, options, probes.len()),
+    )?;
+    let features = &request.features.to_features();
+    for method in runnable {
         let started = Instant::now();
         // The measures read every method's P.
         let with_projection = Options {
@@ -369,6 +379,45 @@ pub fn compare(
         skipped,
     };
     Ok((report, results))
+}
+
+/// The most host memory `compare` holds at once: the f32 copy of the features and their
+/// float64 baseline, every method's `Y` and `P` (kept for the measures and pictures), the
+/// largest method's own buffers while it runs, and the largest measure's.
+fn compare_footprint(
+    methods: &[Method],
+    request: &Request,
+    options: &Options,
+    probes: usize,
+) -> u64 {
+    let features = &request.features;
+    let (b, n, d) = (features.batch(), features.tokens(), features.width());
+    let queries = request.layout.queries(options.keep);
+    let m = queries.count as u64;
+    let (n64, d64) = (n as u64, d as u64);
+    let copy = (b as u64)
+        .saturating_mul(n64)
+        .saturating_mul(d64)
+        .saturating_mul(4);
+    // The baseline's tokens and unit tokens, and its probes' outputs, in float64.
+    let baseline = n64
+        .saturating_mul(d64)
+        .saturating_mul(16)
+        .saturating_add((probes as u64).saturating_mul(8));
+    // One measure: the n x m cosines, Y widened, the coordinates in Y's span.
+    let measure = n64
+        .saturating_mul(m)
+        .saturating_mul(8)
+        .saturating_add(m.saturating_mul(d64).saturating_mul(16))
+        .saturating_add(n64.saturating_mul(m.min(d64)).saturating_mul(8));
+    let mut held = copy.saturating_add(baseline);
+    let mut peak = held;
+    for &method in methods {
+        let run = footprint(method, (b, n, d), &queries, true);
+        peak = peak.max(held.saturating_add(run.peak()));
+        held = held.saturating_add(run.held);
+    }
+    peak.max(held.saturating_add(measure))
 }
 
 impl CompareReport {

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("weights", 5),
     ("files", 6),
     ("files::input", 6),
+    ("files::mapped", 6),
     ("profile", 7),
     ("options", 8),
     // Host math.

@@ -33,10 +33,14 @@ const MAX_THREADS: usize = 1024;
 fn main() -> ExitCode {
     // Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset.
     // Compute needs no display, so point it somewhere harmless before any thread starts.
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+    // Set but empty is as good as unset to Mesa.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|dir| dir.is_empty()) {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     remove_temporary_files_on_signals();
+    // A mapped input truncated by another program mid-run: one line and exit 1, not a silent
+    // SIGBUS.
+    files::exit_on_changed_mapped_file();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -86,13 +90,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(threads) = cli.threads {
-        if !(1..=MAX_THREADS).contains(&threads) {
-            eprintln!(
-                "metacompress: --threads {threads} is out of range; expected 1 to {MAX_THREADS}"
-            );
+    let threads = match threads_of(cli.threads) {
+        Ok(threads) => threads,
+        Err(message) => {
+            eprintln!("metacompress: {}", one_line(&message));
             return ExitCode::from(2);
         }
+    };
+    if let Some(threads) = threads {
         // The CPU path's products and conversions run on rayon's global pool; nothing has
         // used it yet.
         if let Err(e) = rayon::ThreadPoolBuilder::new()
@@ -128,6 +133,9 @@ fn main() -> ExitCode {
 /// `text` as one line a terminal shows as it is: control characters escaped, and any run of
 /// more than 100 characters without a space (a value echoed back) cut short.
 fn one_line(text: &str) -> String {
+    /// Longest word kept whole; what `quoted` values make (80 characters and a short prefix)
+    /// stays under it, so a value is never cut twice.
+    const LONGEST_WORD: usize = 160;
     let escaped: String = text
         .chars()
         .flat_map(|c| match c {
@@ -138,12 +146,49 @@ fn one_line(text: &str) -> String {
         .collect();
     escaped
         .split(' ')
-        .map(|word| match word.char_indices().nth(100) {
-            Some((cut, _)) => format!("{}...({} characters)", &word[..cut], word.chars().count()),
+        .map(|word| match word.char_indices().nth(LONGEST_WORD) {
+            Some((cut, _)) => {
+                let head = &word[..cut];
+                // A cut inside a quoted value still closes its quote.
+                let close = if head.matches('"').count() % 2 == 1 {
+                    "\""
+                } else {
+                    ""
+                };
+                format!("{head}{close}...({} characters)", word.chars().count())
+            }
             None => word.to_string(),
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The CPU path's thread count: `--threads`, else `RAYON_NUM_THREADS` (which rayon would
+/// otherwise take unchecked), both bounded by `MAX_THREADS`; `None` for all logical CPUs.
+/// `RAYON_NUM_THREADS=0` or empty means all CPUs, as rayon reads it.
+fn threads_of(flag: Option<usize>) -> std::result::Result<Option<usize>, String> {
+    if let Some(threads) = flag {
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(format!(
+                "--threads {threads} is out of range; expected 1 to {MAX_THREADS}"
+            ));
+        }
+        return Ok(Some(threads));
+    }
+    let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        _ if text.trim().is_empty() => Ok(None),
+        Ok(0) => Ok(None),
+        Ok(threads) if threads <= MAX_THREADS => Ok(Some(threads)),
+        _ => Err(format!(
+            "RAYON_NUM_THREADS={:?} is not a thread count; expected 1 to {MAX_THREADS} (0 or \
+             unset: all logical CPUs)",
+            text.as_ref()
+        )),
+    }
 }
 
 /// On SIGINT or SIGTERM, removes the temporary output file being written (if any) and exits
@@ -180,20 +225,23 @@ fn keep_of(keep: Option<f64>, reduction: Option<f64>) -> Result<Keep> {
 }
 
 /// The layout: `--grid` flags, else the file's `grids`, else one square grid.
-fn layout_of(input: &files::Input, args: &LayoutArgs) -> Result<Layout> {
+fn layout_of(input: &files::Input, path: &Path, args: &LayoutArgs) -> Result<Layout> {
     let tokens = input.token_count();
     if let Some(preset) = &args.layout {
-        let layout = preset_of(preset, args.pinpoints.as_deref())?;
-        layout
-            .check_tokens(tokens)
-            .map_err(|e| Error::InvalidArgument(format!("--layout {preset}: {e}")))?;
-        return Ok(layout);
+        let pinpoints = args.pinpoints.as_deref().map(parse_pinpoints).transpose()?;
+        return Layout::preset_for(preset, pinpoints.as_deref(), tokens);
     }
     let flag_grids = parse_grid_flags(&args.grids)?;
     if !flag_grids.is_empty() {
         Layout::new(tokens, flag_grids)
     } else if let Some(grids) = input.grids.clone() {
-        Layout::new(tokens, grids)
+        // The file's fault, not the caller's (exit 1, as for any malformed file).
+        Layout::new(tokens, grids).map_err(|e| {
+            Error::Format(format!(
+                "{}: its grids metadata does not fit its features: {e}",
+                path.display()
+            ))
+        })
     } else {
         Layout::square(tokens)
     }
@@ -275,7 +323,7 @@ fn compress(args: CompressArgs) -> Result<()> {
         .map(files::read_weights)
         .transpose()?;
     let input = files::read_input(&args.input)?;
-    let layout = layout_of(&input, &args.layout)?;
+    let layout = layout_of(&input, &args.input, &args.layout)?;
     let weights = weights_for(weights, args.weights.as_deref(), &input, &args.input)?;
     let request = Request {
         features: input.tokens(),
@@ -283,7 +331,10 @@ fn compress(args: CompressArgs) -> Result<()> {
         attention: input.attention.as_deref(),
         seed: args.seed,
     };
-    method.check_inputs(true, request.attention.is_some())?;
+    // A file without the attention the method needs: the file's fault (exit 1).
+    method
+        .check_inputs(true, request.attention.is_some())
+        .map_err(|e| Error::Format(format!("{}: {e}", args.input.display())))?;
     let device = &args.device;
     let runner = Runner::new(
         weights,
@@ -301,6 +352,7 @@ fn compress(args: CompressArgs) -> Result<()> {
     let started = Instant::now();
     let mut reduced = runner.run(method, &request, &options)?;
     let elapsed = started.elapsed();
+    input.check_unchanged()?;
     if !args.save_projection {
         reduced.projection = None;
     }
@@ -368,7 +420,7 @@ fn compare(args: CompareArgs) -> Result<()> {
         .map(files::read_weights)
         .transpose()?;
     let input = files::read_input(&args.input)?;
-    let layout = layout_of(&input, &args.layout)?;
+    let layout = layout_of(&input, &args.input, &args.layout)?;
     let weights = weights_for(weights, args.weights.as_deref(), &input, &args.input)?;
     let features = &input.features();
     let (probes, source) = match &args.probes {
@@ -403,6 +455,7 @@ fn compare(args: CompareArgs) -> Result<()> {
         ..Options::default()
     };
     let (report, results) = compare::compare(&runner, &request, &options, &probes, &source)?;
+    input.check_unchanged()?;
     if let Some(choice) = runner.choice() {
         say!("{choice}");
     }

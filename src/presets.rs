@@ -27,6 +27,36 @@ const SIDE: usize = TILE / PATCH;
 /// small enough that no product of sizes overflows.
 const MOST: usize = 1 << 20;
 
+/// Most tokens a preset may describe: 16.7 million, far beyond any model (LLaVA-NeXT's largest
+/// default resolution makes 2928, an hour of Qwen2-VL video at 2 frames a second about
+/// 1.8 million at 336 x 336), so a preset past it is a typing error. Its token count is worked
+/// out arithmetically and checked before any per-token table exists.
+pub const MOST_PRESET_TOKENS: usize = 1 << 24;
+
+/// A preset's token count and grids, worked out arithmetically: no per-token table yet.
+struct Shape {
+    tokens: usize,
+    grids: Vec<Grid>,
+}
+
+impl Shape {
+    /// Refuses a token count past `MOST_PRESET_TOKENS`, naming the preset.
+    fn bounded(tokens: usize, name: impl Fn() -> String) -> Result<usize> {
+        if tokens > MOST_PRESET_TOKENS {
+            return Err(Error::InvalidArgument(format!(
+                "{} makes {tokens} tokens; expected at most {MOST_PRESET_TOKENS}",
+                name()
+            )));
+        }
+        Ok(tokens)
+    }
+
+    /// The checked layout (the per-token checks run here, on a bounded count).
+    fn layout(self) -> Result<Layout> {
+        Layout::new(self.tokens, self.grids)
+    }
+}
+
 impl Layout {
     /// LLaVA-1.5: one 24x24 grid, 576 tokens.
     pub fn llava15() -> Layout {
@@ -38,118 +68,150 @@ impl Layout {
     /// default): the base 24x24 grid, then the unpadded crop grid `H' x W'` with stride
     /// `W' + 1` (a newline token after each row).
     pub fn llava_next(width: usize, height: usize, pinpoints: &[[usize; 2]]) -> Result<Layout> {
-        for (name, value) in [("width", width), ("height", height)] {
-            if value == 0 || value > MOST {
-                return Err(Error::InvalidArgument(format!(
-                    "llava-next image {name} {value} is out of range; expected 1 to {MOST} pixels"
-                )));
-            }
-        }
-        if pinpoints.is_empty() {
-            return Err(Error::InvalidArgument(
-                "llava-next pinpoints: an empty list; expected [height, width] pairs such as \
-                 [[336,672],[672,672]]"
-                    .into(),
-            ));
-        }
-        for &[h, w] in pinpoints {
-            if h == 0 || w == 0 || h % TILE != 0 || w % TILE != 0 || h > MOST || w > MOST {
-                return Err(Error::InvalidArgument(format!(
-                    "llava-next pinpoint [{h}, {w}] is not a resolution the model tiles; \
-                     expected multiples of {TILE} up to {MOST}"
-                )));
-            }
-        }
-        let [best_height, best_width] = best_resolution(width, height, pinpoints);
-        let (rows, columns) = unpadded(
-            (best_height / TILE) * SIDE,
-            (best_width / TILE) * SIDE,
-            width,
-            height,
-        );
-        // Each crop row is followed by a newline token, even a row that unpadding left empty
-        // (an image so thin that no crop column survives: newline tokens alone).
-        let tokens = SIDE * SIDE + rows * (columns + 1);
-        let mut grids = vec![Grid::new(0, SIDE, SIDE)];
-        if rows > 0 && columns > 0 {
-            grids.push(Grid::strided(SIDE * SIDE, rows, columns, columns + 1));
-        }
-        Layout::new(tokens, grids)
+        llava_next_shape(width, height, pinpoints)?.layout()
     }
 
     /// Qwen2-VL for `grid_thw = (t, h, w)` (patches of 14 pixels; `h` and `w` even): one
     /// `h/2 x w/2` grid per temporal index, after the 2x2 patch merger.
     pub fn qwen2_vl(t: usize, h: usize, w: usize) -> Result<Layout> {
-        if t == 0 || t > MOST {
-            return Err(Error::InvalidArgument(format!(
-                "qwen2-vl grid_thw t = {t} is out of range; expected 1 to {MOST} temporal patches"
-            )));
-        }
-        for (name, value) in [("h", h), ("w", w)] {
-            if value == 0 || value % 2 != 0 || value > MOST {
-                return Err(Error::InvalidArgument(format!(
-                    "qwen2-vl grid_thw {name} = {value} is not a merged grid side; expected an \
-                     even number of patches from 2 to {MOST}"
-                )));
-            }
-        }
-        let (rows, columns) = (h / 2, w / 2);
-        let per_frame = rows
-            .checked_mul(columns)
-            .filter(|per| per.checked_mul(t).is_some_and(|n| n <= MOST * MOST))
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "qwen2-vl grid_thw {t}x{h}x{w} makes too many tokens"
-                ))
-            })?;
-        let grids = (0..t)
-            .map(|frame| Grid::new(frame * per_frame, rows, columns))
-            .collect();
-        Layout::new(t * per_frame, grids)
+        qwen2_vl_shape(t, h, w)?.layout()
     }
 
     /// A preset by its command-line form: `llava-1.5`, `llava-next:WIDTHxHEIGHT` (with
     /// `pinpoints`, or LLaVA-NeXT's defaults) or `qwen2-vl:TxHxW`.
     pub fn preset(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Layout> {
-        let bad = || {
-            Error::InvalidArgument(format!(
-                "--layout {} is not a layout preset; expected llava-1.5, llava-next:WIDTHxHEIGHT \
-                 (such as llava-next:1000x667) or qwen2-vl:TxHxW (such as qwen2-vl:1x28x42)",
-                quoted(text)
-            ))
-        };
-        let (name, arguments) = match text.split_once(':') {
-            Some((name, arguments)) => (name.trim(), Some(arguments)),
-            None => (text.trim(), None),
-        };
-        let numbers = |arguments: Option<&str>, count: usize| -> Result<Vec<usize>> {
-            let parts: Vec<&str> = arguments.ok_or_else(bad)?.split(['x', 'X']).collect();
-            if parts.len() != count {
-                return Err(bad());
-            }
-            parts
-                .iter()
-                .map(|part| part.trim().parse::<usize>().map_err(|_| bad()))
-                .collect()
-        };
-        if pinpoints.is_some() && name != "llava-next" {
+        preset_shape(text, pinpoints)?.layout()
+    }
+
+    /// A preset for features of `n` tokens: refused, before any per-token table exists, when
+    /// the preset describes another number of tokens.
+    pub fn preset_for(text: &str, pinpoints: Option<&[[usize; 2]]>, n: usize) -> Result<Layout> {
+        let shape = preset_shape(text, pinpoints)?;
+        if shape.tokens != n {
             return Err(Error::InvalidArgument(format!(
-                "--pinpoints is for the llava-next preset; --layout {} takes none",
-                quoted(text)
+                "--layout {}: the layout describes n = {} tokens; the features hold n = {n}",
+                quoted(text),
+                shape.tokens
             )));
         }
-        match name {
-            "llava-1.5" | "llava15" if arguments.is_none() => Ok(Layout::llava15()),
-            "llava-next" => {
-                let size = numbers(arguments, 2)?;
-                Layout::llava_next(size[0], size[1], pinpoints.unwrap_or(&LLAVA_NEXT_PINPOINTS))
-            }
-            "qwen2-vl" => {
-                let thw = numbers(arguments, 3)?;
-                Layout::qwen2_vl(thw[0], thw[1], thw[2])
-            }
-            _ => Err(bad()),
+        shape.layout()
+    }
+}
+
+/// LLaVA-NeXT's token count and grids (see `Layout::llava_next`).
+fn llava_next_shape(width: usize, height: usize, pinpoints: &[[usize; 2]]) -> Result<Shape> {
+    for (name, value) in [("width", width), ("height", height)] {
+        if value == 0 || value > MOST {
+            return Err(Error::InvalidArgument(format!(
+                "llava-next image {name} {value} is out of range; expected 1 to {MOST} pixels"
+            )));
         }
+    }
+    if pinpoints.is_empty() {
+        return Err(Error::InvalidArgument(
+            "llava-next pinpoints: an empty list; expected [height, width] pairs such as \
+                 [[336,672],[672,672]]"
+                .into(),
+        ));
+    }
+    for &[h, w] in pinpoints {
+        if h == 0 || w == 0 || h % TILE != 0 || w % TILE != 0 || h > MOST || w > MOST {
+            return Err(Error::InvalidArgument(format!(
+                "llava-next pinpoint [{h}, {w}] is not a resolution the model tiles; \
+                     expected multiples of {TILE} up to {MOST}"
+            )));
+        }
+    }
+    let [best_height, best_width] = best_resolution(width, height, pinpoints);
+    let (rows, columns) = unpadded(
+        (best_height / TILE) * SIDE,
+        (best_width / TILE) * SIDE,
+        width,
+        height,
+    );
+    // Each crop row is followed by a newline token, even a row that unpadding left empty
+    // (an image so thin that no crop column survives: newline tokens alone).
+    // Sides are at most MOST / TILE * SIDE patches, so this cannot overflow.
+    let tokens = Shape::bounded(SIDE * SIDE + rows * (columns + 1), || {
+        format!("llava-next:{width}x{height} with pinpoint [{best_height}, {best_width}]")
+    })?;
+    let mut grids = vec![Grid::new(0, SIDE, SIDE)];
+    if rows > 0 && columns > 0 {
+        grids.push(Grid::strided(SIDE * SIDE, rows, columns, columns + 1));
+    }
+    Ok(Shape { tokens, grids })
+}
+
+/// Qwen2-VL's token count and grids (see `Layout::qwen2_vl`).
+fn qwen2_vl_shape(t: usize, h: usize, w: usize) -> Result<Shape> {
+    if t == 0 || t > MOST {
+        return Err(Error::InvalidArgument(format!(
+            "qwen2-vl grid_thw t = {t} is out of range; expected 1 to {MOST} temporal patches"
+        )));
+    }
+    for (name, value) in [("h", h), ("w", w)] {
+        if value == 0 || value % 2 != 0 || value > MOST {
+            return Err(Error::InvalidArgument(format!(
+                "qwen2-vl grid_thw {name} = {value} is not a merged grid side; expected an \
+                     even number of patches from 2 to {MOST}"
+            )));
+        }
+    }
+    let (rows, columns) = (h / 2, w / 2);
+    // Each factor is at most 2^20, so the product fits in 64 bits.
+    let tokens = Shape::bounded(t * rows * columns, || {
+        format!("qwen2-vl grid_thw {t}x{h}x{w}")
+    })?;
+    let per_frame = rows * columns;
+    let grids = (0..t)
+        .map(|frame| Grid::new(frame * per_frame, rows, columns))
+        .collect();
+    Ok(Shape { tokens, grids })
+}
+
+/// A preset's token count and grids by its command-line form (see `Layout::preset`).
+fn preset_shape(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Shape> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "--layout {} is not a layout preset; expected llava-1.5, llava-next:WIDTHxHEIGHT \
+                 (such as llava-next:1000x667) or qwen2-vl:TxHxW (such as qwen2-vl:1x28x42)",
+            quoted(text)
+        ))
+    };
+    let (name, arguments) = match text.split_once(':') {
+        Some((name, arguments)) => (name.trim(), Some(arguments)),
+        None => (text.trim(), None),
+    };
+    let numbers = |arguments: Option<&str>, count: usize| -> Result<Vec<usize>> {
+        let parts: Vec<&str> = arguments.ok_or_else(bad)?.split(['x', 'X']).collect();
+        if parts.len() != count {
+            return Err(bad());
+        }
+        parts
+            .iter()
+            .map(|part| part.trim().parse::<usize>().map_err(|_| bad()))
+            .collect()
+    };
+    if pinpoints.is_some() && name != "llava-next" {
+        return Err(Error::InvalidArgument(format!(
+            "--pinpoints is for the llava-next preset; --layout {} takes none",
+            quoted(text)
+        )));
+    }
+    match name {
+        "llava-1.5" | "llava15" if arguments.is_none() => Ok(Shape {
+            tokens: SIDE * SIDE,
+            grids: vec![Grid::new(0, SIDE, SIDE)],
+        }),
+        "llava-next" => {
+            let size = numbers(arguments, 2)?;
+            llava_next_shape(size[0], size[1], pinpoints.unwrap_or(&LLAVA_NEXT_PINPOINTS))
+        }
+        "qwen2-vl" => {
+            let thw = numbers(arguments, 3)?;
+            qwen2_vl_shape(thw[0], thw[1], thw[2])
+        }
+        _ => Err(bad()),
     }
 }
 

@@ -534,8 +534,9 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
         Bad {
             what: "overlapping grids metadata",
             args: compress(&overlapping, &weights, &[]),
-            code: 2,
-            says: &["overlap"],
+            // The file's metadata is at fault, not a flag (exit 1, naming the file).
+            code: 1,
+            says: &["overlap", "overlap.safetensors", "grids metadata"],
         },
         Bad {
             what: "grids metadata not JSON",
@@ -668,7 +669,8 @@ fn every_class_of_bad_input_gets_one_line_and_leaves_the_output_alone() {
         Bad {
             what: "visionzip without attention",
             args: compress(&good_input, &weights, &["--method", "visionzip"]),
-            code: 2,
+            // The input file lacks what the method reads: the file's fault.
+            code: 1,
             says: &["visionzip", "attention"],
         },
         Bad {

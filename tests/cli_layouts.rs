@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{binary, features, folder, gpu, relative_error, seeded};
+use common::{binary, features, folder, relative_error, seeded};
 use metacompress::files::{self, TensorOut};
 use metacompress::{reference, Dtype, Grid, Keep, Layout, Scope};
 use safetensors::SafeTensors;
@@ -99,7 +99,7 @@ fn a_llava_next_file_in_the_models_order_compresses_with_only_its_preset() {
     .unwrap();
     let pmeta = files::read_weights(&weights).unwrap();
     let mut backends = vec!["cpu", "reference"];
-    if gpu().is_some() {
+    if common::vulkan().is_some() {
         backends.push("vulkan");
     }
     for scope in [Scope::Image, Scope::Grid] {

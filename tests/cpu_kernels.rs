@@ -190,7 +190,7 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
             &["f16", "cpu", "expected f32 or bf16"],
         ),
     ];
-    if common::gpu().is_some() {
+    if common::vulkan().is_some() {
         cases.push((
             &["--backend", "vulkan", "--precision", "bf16"],
             None,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, features, folder, gpu, seeded};
+use common::{binary, features, folder, gpu, seeded, vulkan};
 use metacompress::files::{self, TensorOut};
 use metacompress::Dtype;
 
@@ -22,26 +22,64 @@ fn text(path: &Path) -> String {
 
 /// Runs the binary with `args` (killed after 60 s); (exit code, stdout, stderr).
 fn run(args: &[String]) -> (i32, String, String) {
-    let mut child = binary()
-        .args(args)
+    let mut command = binary();
+    command.args(args);
+    let (code, stdout, stderr, _) = run_command(command);
+    (code, stdout, stderr)
+}
+
+/// Runs `command` (killed after 60 s); (exit code or minus the signal that ended it, stdout,
+/// stderr, the child's own peak resident memory in MiB where the system says).
+// The child is reaped by wait4 (which also gives its own peak memory), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn run_command(mut command: Command) -> (i32, String, String, Option<u64>) {
+    use std::io::Read as _;
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The pipes drain on threads, so a talkative child never blocks on a full pipe.
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout_pipe.read_to_string(&mut text);
+        text
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
     let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let (code, peak) = loop {
+        #[cfg(unix)]
+        {
+            let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+            // SAFETY: wait4 writes one status and one rusage; the pid is our own child's.
+            let reaped =
+                unsafe { libc::wait4(child.id() as i32, &mut status, libc::WNOHANG, &mut usage) };
+            if reaped == child.id() as i32 {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    -libc::WTERMSIG(status)
+                };
+                break (code, Some(usage.ru_maxrss as u64 / 1024));
+            }
+        }
+        #[cfg(not(unix))]
+        if let Some(status) = child.try_wait().unwrap() {
+            break (status.code().unwrap_or(-1), None);
+        }
         if started.elapsed() > Duration::from_secs(60) {
             child.kill().unwrap();
-            panic!("{args:?} still runs after 60 s");
+            panic!("{command:?} still runs after 60 s");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    };
+    (code, stdout.join().unwrap(), stderr.join().unwrap(), peak)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -51,37 +89,46 @@ fn strings(args: &[&str]) -> Vec<String> {
 /// A refused run: `code`, one stderr line holding every word of `says`, no panic, `sentinel`
 /// unchanged and no temporary file beside it.
 fn refused(args: &[String], code: i32, says: &[&str], sentinel: &Path) {
+    let mut command = binary();
+    command.args(args);
+    refused_command(command, code, says, sentinel);
+}
+
+/// `refused` for a command with its own environment or limits; the child's peak memory (MiB).
+fn refused_command(command: Command, code: i32, says: &[&str], sentinel: &Path) -> Option<u64> {
     let before = std::fs::read(sentinel).ok();
-    let (status, _, stderr) = run(args);
+    let args = format!("{command:?}");
+    let (status, _, stderr, peak) = run_command(command);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(status, code, "{args:?}: exit {status}: {stderr}");
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line: {stderr}");
+    assert_eq!(status, code, "{args}: exit {status}: {stderr}");
+    assert_eq!(lines.len(), 1, "{args}: expected one line: {stderr}");
     for word in says {
         assert!(
             lines[0].contains(word),
-            "{args:?}: {:?} lacks {word:?}",
+            "{args}: {:?} lacks {word:?}",
             lines[0]
         );
     }
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{args:?}"
+        "{args}"
     );
     assert!(
         lines[0].len() < 400,
-        "{args:?}: a {}-character line",
+        "{args}: a {}-character line",
         lines[0].len()
     );
     assert_eq!(
         std::fs::read(sentinel).ok(),
         before,
-        "{args:?}: the output changed"
+        "{args}: the output changed"
     );
     assert_eq!(
         partial_files(sentinel.parent().unwrap()),
         0,
-        "{args:?}: a temporary file is left"
+        "{args}: a temporary file is left"
     );
+    peak
 }
 
 fn partial_files(dir: &Path) -> usize {
@@ -310,7 +357,7 @@ fn finite_inputs_that_overflow_are_refused_not_written_as_nan() {
     let one_huge = dir.join("one.safetensors");
     features_file(&one_huge, 9, 13, &one);
     let mut backends = vec!["cpu"];
-    if gpu().is_some() {
+    if vulkan().is_some() {
         backends.push("vulkan");
     }
     for file in [&huge, &one_huge] {
@@ -356,7 +403,7 @@ fn finite_inputs_that_overflow_are_refused_not_written_as_nan() {
         &["65504"],
         &output,
     );
-    if let Some(context) = gpu() {
+    if let Some(context) = vulkan() {
         if context.has_f16() {
             let mut f16_input = base.clone();
             f16_input[7] = 65520.0;
@@ -666,4 +713,306 @@ fn bad_layouts_are_refused_in_one_line() {
         &["qwen2-vl:1x28"],
         &output,
     );
+}
+
+/// The binary with its address space capped at `bytes` (a huge allocation fails at once).
+fn limited(bytes: u64) -> Command {
+    let mut command = binary();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    command
+}
+
+#[test]
+fn presets_are_sized_before_any_per_token_table() {
+    // 30 tokens of width 13; every run under a 1 GiB address space, so a table sized by a
+    // preset's n (terabytes, or one gigabyte) would abort instead of being refused.
+    let dir = folder("preset_sizes");
+    let (weights, input) = inputs_of(&dir, "preset_sizes", 30);
+    let output = dir.join("out.safetensors");
+    std::fs::write(&output, b"earlier").unwrap();
+    let huge: [(&[&str], &[&str]); 3] = [
+        (
+            &["qwen2-vl:1x1048576x1048576"],
+            &["1x1048576x1048576", "tokens"],
+        ),
+        (
+            &["qwen2-vl:1x32768x32768"],
+            &["1x32768x32768", "268435456 tokens"],
+        ),
+        (
+            &[
+                "llava-next:1048576x1048576",
+                "--pinpoints",
+                "[[1048320,1048320]]",
+            ],
+            &["llava-next:1048576x1048576", "tokens"],
+        ),
+    ];
+    for (preset, says) in huge {
+        let mut command = limited(1 << 30);
+        command.arg("layout").args(preset);
+        refused_command(command, 2, says, &output);
+        // The same preset against the 30 features: refused as fast, on the CPU path.
+        let mut command = limited(1 << 30);
+        let mut flags = vec!["--layout", preset[0], "--backend", "cpu"];
+        flags.extend(&preset[1..]);
+        command.args(compress(&weights, &input, &output, &flags));
+        refused_command(command, 2, says, &output);
+    }
+    // Within the bound but not the features' n: refused with both counts.
+    let mut command = limited(1 << 30);
+    command.args(compress(
+        &weights,
+        &input,
+        &output,
+        &["--layout", "qwen2-vl:4x512x512", "--backend", "cpu"],
+    ));
+    refused_command(command, 2, &["n = 262144", "n = 30"], &output);
+}
+
+#[test]
+fn rayon_num_threads_is_bounded_like_threads() {
+    let dir = folder("rayon_threads");
+    let (weights, input) = inputs(&dir, "rayon_threads");
+    let output = dir.join("out.safetensors");
+    for (value, says) in [
+        ("100000", &["RAYON_NUM_THREADS", "100000", "1024"][..]),
+        ("abc", &["RAYON_NUM_THREADS", "abc", "1024"][..]),
+        ("-3", &["RAYON_NUM_THREADS", "-3"][..]),
+    ] {
+        let mut command = binary();
+        command.env("RAYON_NUM_THREADS", value).args(compress(
+            &weights,
+            &input,
+            &output,
+            &["--backend", "cpu"],
+        ));
+        refused_command(command, 2, says, &output);
+    }
+    // In range, 0 (all CPUs, as rayon reads it), or --threads beside it: runs.
+    for (value, flags) in [
+        ("2", &[][..]),
+        ("0", &[][..]),
+        ("100000", &["--threads", "2"][..]),
+    ] {
+        let mut command = binary();
+        let mut args = compress(&weights, &input, &output, &["--backend", "cpu"]);
+        args.splice(0..0, flags.iter().map(|s| s.to_string()));
+        command.env("RAYON_NUM_THREADS", value).args(args);
+        let (code, _, stderr, _) = run_command(command);
+        assert_eq!(code, 0, "RAYON_NUM_THREADS={value} {flags:?}: {stderr}");
+    }
+}
+
+/// Set in the child run of `a_mapped_input_truncated_mid_read_exits_1_in_one_line`.
+const TRUNCATE_CHILD: &str = "METACOMPRESS_TEST_TRUNCATE_CHILD";
+
+#[cfg(unix)]
+#[test]
+fn a_mapped_input_truncated_mid_read_exits_1_in_one_line() {
+    if let Some(path) = std::env::var_os(TRUNCATE_CHILD) {
+        // The child: map the input, truncate it as another program would, read it.
+        let path = PathBuf::from(path);
+        files::exit_on_changed_mapped_file();
+        let input = files::read_input(&path).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let metacompress::HostValues::F32(values) = input.tokens().values() else {
+            panic!("f32 features read in place")
+        };
+        let sum: f32 = values.iter().sum();
+        panic!("read {sum} from a truncated map without a signal");
+    }
+    let dir = folder("truncated_map");
+    let (_, mut rng) = seeded("truncated_map");
+    let input = dir.join("big.safetensors");
+    features_file(&input, 256, 257, features(&mut rng, 1, 256, 257).values());
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "a_mapped_input_truncated_mid_read_exits_1_in_one_line",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(TRUNCATE_CHILD, &input);
+    let (code, _, stderr, _) = run_command(command);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("big.safetensors")
+            && lines[0].contains("changed while it was being read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_mapped_input_rewritten_in_place_is_caught_before_writing() {
+    let dir = folder("rewritten_map");
+    let (_, mut rng) = seeded("rewritten_map");
+    let path = dir.join("input.safetensors");
+    features_file(&path, 16, 9, features(&mut rng, 1, 16, 9).values());
+    let input = files::read_input(&path).unwrap();
+    input.check_unchanged().unwrap();
+    // Rewritten at the same size (no signal): caught by its modification time.
+    let bytes = std::fs::read(&path).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &bytes).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let error = input.check_unchanged().unwrap_err().to_string();
+    assert!(
+        error.contains("input.safetensors") && error.contains("changed while it was being read"),
+        "{error}"
+    );
+    // A file replaced by a rename leaves the mapped one intact: nothing changed for this read.
+    let replaced = files::read_input(&path).unwrap();
+    let other = dir.join("other.safetensors");
+    features_file(&other, 16, 9, features(&mut rng, 1, 16, 9).values());
+    std::fs::rename(&other, &path).unwrap();
+    replaced.check_unchanged().unwrap();
+}
+
+#[test]
+fn compare_checks_its_whole_footprint_before_it_starts() {
+    // 60000 tokens of width 4 on one 1 x 60000 grid: each method's P alone is 1.3 GiB, ToMe's
+    // similarities 13.4 GiB; compare would hold every P for its measures and pictures.
+    let n = 60_000;
+    let (dir, _, input, _) = tall_inputs("compare_footprint", n);
+    let sentinel = dir.join("sentinel");
+    std::fs::write(&sentinel, b"earlier").unwrap();
+    let pictures = dir.join("pictures");
+    let grid = format!("1x{n}");
+    let mut command = binary();
+    command.args(strings(&[
+        "compare",
+        "--input",
+        &text(&input),
+        "--grid",
+        &grid,
+        "--png",
+        &text(&pictures),
+        "--backend",
+        "cpu",
+    ]));
+    let peak = refused_command(command, 1, &["compare", "GiB", "limit"], &sentinel);
+    if let Some(peak) = peak {
+        eprintln!("compare's peak resident memory: {peak} MiB");
+        assert!(peak < 300, "compare peaked at {peak} MiB before refusing");
+    }
+    // One method alone is checked as a whole too (P + Y + the copy + the similarities).
+    let output = dir.join("out.safetensors");
+    let mut command = binary();
+    command.args(strings(&[
+        "compress",
+        "--input",
+        &text(&input),
+        "--output",
+        &text(&output),
+        "--grid",
+        &grid,
+        "--method",
+        "tome",
+        "--backend",
+        "cpu",
+    ]));
+    let peak = refused_command(command, 1, &["tome", "GiB"], &sentinel);
+    assert!(peak.is_none_or(|peak| peak < 300), "{peak:?} MiB");
+}
+
+#[test]
+fn smaller_messages_say_the_right_thing() {
+    let dir = folder("smaller_messages");
+    let (weights, input) = inputs(&dir, "smaller_messages");
+    let output = dir.join("out.safetensors");
+    std::fs::write(&output, b"earlier").unwrap();
+    // A 5000-character kernel level: cut once, its quote closed.
+    let mut command = binary();
+    command
+        .env("METACOMPRESS_CPU_KERNELS", "k".repeat(5000))
+        .args(compress(&weights, &input, &output, &["--backend", "cpu"]));
+    let (code, _, stderr, _) = run_command(command);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("characters)").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches('"').count() % 2,
+        0,
+        "an open quote: {stderr}"
+    );
+    assert!(stderr.contains("(5000 characters)"), "{stderr}");
+    // An empty [0, 13] features tensor is named by its own shape.
+    let empty = dir.join("empty.safetensors");
+    features_file(&empty, 0, 13, &[]);
+    refused(
+        &compress(&weights, &empty, &output, &["--backend", "cpu"]),
+        1,
+        &["[0, 13]", "empty"],
+        &output,
+    );
+    let (code, _, stderr) = run(&compress(&weights, &empty, &output, &["--backend", "cpu"]));
+    assert!(code == 1 && !stderr.contains("[1, 0, 13]"), "{stderr}");
+    // Grids metadata out of range: the file's fault, exit 1.
+    let (_, mut rng) = seeded("smaller_messages_grids");
+    let gridded = dir.join("gridded.safetensors");
+    files::write_input(
+        &gridded,
+        &features(&mut rng, 1, 9, 13),
+        false,
+        Dtype::F32,
+        Some(r#"[[0,5,5]]"#),
+        None,
+    )
+    .unwrap();
+    refused(
+        &compress(&weights, &gridded, &output, &["--backend", "cpu"]),
+        1,
+        &["gridded.safetensors", "grids", "5x5"],
+        &output,
+    );
+    // visionzip on a file without attention: the file's fault, exit 1.
+    refused(
+        &compress(
+            &weights,
+            &input,
+            &output,
+            &["--method", "visionzip", "--backend", "cpu"],
+        ),
+        1,
+        &["features.safetensors", "visionzip", "attention"],
+        &output,
+    );
+}
+
+#[test]
+fn an_empty_xdg_runtime_dir_is_as_good_as_unset() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut command = binary();
+    command.env("XDG_RUNTIME_DIR", "").arg("devices");
+    let (code, _, stderr, _) = run_command(command);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.trim().is_empty(), "noise on stderr: {stderr}");
 }

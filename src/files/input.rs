@@ -70,6 +70,16 @@ impl Input {
         HostTokens::checked_already(values, self.batch, self.tokens, self.width)
     }
 
+    /// Refuses an input file whose size or modification time changed since it was mapped (a
+    /// rewrite by another program while it was read: the values read may mix old and new);
+    /// `Ok` for a file read into memory. Call it after the computation, before writing.
+    pub fn check_unchanged(&self) -> Result<()> {
+        match &self.bytes {
+            FileBytes::Mapped(map) => map.check_unchanged(),
+            FileBytes::Read(_) => Ok(()),
+        }
+    }
+
     /// The features widened to owned f32 values (a copy).
     pub fn features(&self) -> Features {
         self.tokens().to_features()
@@ -135,6 +145,13 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
             )))
         }
     };
+    if shape.contains(&0) {
+        return Err(Error::InvalidTensor(format!(
+            "{}: tensor features has shape {shape:?}, which is empty; expected every size at \
+             least 1",
+            path.display()
+        )));
+    }
     let data = view.data();
     let start = data.as_ptr() as usize - bytes.as_ptr() as usize;
     let range = start..start + data.len();

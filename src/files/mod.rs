@@ -14,8 +14,11 @@ use crate::tensor::{decode, encode, Dtype, Features};
 use crate::weights::{PMeta, PositionTable};
 
 mod input;
+mod mapped;
 
 pub use input::{input_from_bytes, read_input, Input};
+pub use mapped::exit_on_changed_mapped_file;
+use mapped::Mapped;
 
 /// The `format` metadata of a weights file.
 pub const WEIGHTS_FORMAT: &str = "metacompress.pmeta";
@@ -23,7 +26,7 @@ pub const WEIGHTS_FORMAT: &str = "metacompress.pmeta";
 /// A file's bytes: memory-mapped (read-only) where the system allows, else read into memory.
 pub(crate) enum FileBytes {
     /// Mapped: pages come from the page cache as they are touched, and are never copied.
-    Mapped(memmap2::Mmap),
+    Mapped(Mapped),
     /// Read (a system or file that cannot be mapped, an empty file, bytes from a caller).
     Read(Vec<u8>),
 }
@@ -41,9 +44,8 @@ impl std::ops::Deref for FileBytes {
 
 /// Opens a whole safetensors file. The size comes from the file system, never from the
 /// header, and the safetensors parser checks every tensor's extent against it before anything
-/// else is allocated. A regular file is memory-mapped: the runtime only reads it, and a file
-/// changed by another program while it runs is that program's race (as with any reader);
-/// `METACOMPRESS_NO_MMAP=1` reads it into memory instead.
+/// else is allocated. A regular file is memory-mapped (see `mapped` for a file another program
+/// changes meanwhile); `METACOMPRESS_NO_MMAP=1` reads it into memory instead.
 fn read_file(path: &Path) -> Result<FileBytes> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
@@ -54,9 +56,8 @@ fn read_file(path: &Path) -> Result<FileBytes> {
     }
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     if meta.len() > 0 && std::env::var_os("METACOMPRESS_NO_MMAP").is_none() {
-        // SAFETY: the map is read-only and private to this process; the program never
-        // writes through it, and its lifetime is that of the `FileBytes` that owns it.
-        if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+        let reader = file.try_clone().map_err(|e| Error::io(path, e))?;
+        if let Some(map) = Mapped::new(reader, path) {
             return Ok(FileBytes::Mapped(map));
         }
     }

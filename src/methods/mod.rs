@@ -25,7 +25,7 @@ use crate::layout::{Layout, Queries, QueryGrid};
 use crate::options::{Backend, Options, Precision};
 use crate::reference;
 pub use crate::tensor::check_attention;
-use crate::tensor::{check_computed, host_bytes, Features, HostTokens};
+use crate::tensor::{check_computed, host_bytes, Features, HostTokens, HOST_BUDGET};
 use crate::weights::PMeta;
 
 pub use grid::sample_cell;
@@ -161,6 +161,76 @@ fn grid_rows(
         Method::VisionZip => attention::visionzip(image, width, attention()?, query_grid),
         Method::PruMerge => attention::prumerge(image, width, attention()?, query_grid),
     })
+}
+
+/// The host memory one run of a method takes, worked out from the shapes before it starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Bytes handed back and held by the caller: `Y`, and `P` where the run returns it.
+    pub held: u64,
+    /// Bytes the run holds only while it runs: the f32 copy of `X` and the similarities the
+    /// methods that compare tokens build.
+    pub transient: u64,
+}
+
+impl Footprint {
+    /// The most the run holds at once.
+    pub fn peak(&self) -> u64 {
+        self.held.saturating_add(self.transient)
+    }
+}
+
+/// What `method` will hold on `b` images of `n` tokens of width `d` with `queries`
+/// (`save_projection`: whether `metacompress` hands back its `P`; the others always do).
+pub fn footprint(
+    method: Method,
+    (b, n, d): (usize, usize, usize),
+    queries: &Queries,
+    save_projection: bool,
+) -> Footprint {
+    let bytes = |dims: &[usize], size: u64| {
+        dims.iter()
+            .fold(size, |bytes, &dim| bytes.saturating_mul(dim as u64))
+    };
+    let m = queries.count;
+    let tokens = bytes(&[b, m, d], 4);
+    let projection = bytes(&[b, m, n], 4);
+    if method == Method::MetaCompress {
+        // The forward pass's own buffers are bounded by its blocks.
+        let held = if save_projection {
+            tokens.saturating_add(projection)
+        } else {
+            tokens
+        };
+        return Footprint { held, transient: 0 };
+    }
+    let copy = bytes(&[b, n, d], 4);
+    let similarities = match method {
+        Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge => queries
+            .grids
+            .iter()
+            .map(|query_grid| bytes(&[query_grid.grid.len(), query_grid.grid.len()], 4))
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    };
+    Footprint {
+        held: tokens.saturating_add(projection),
+        transient: copy.saturating_add(similarities),
+    }
+}
+
+/// Refuses a run that would hold more than the host budget at its peak, naming `what`.
+pub fn check_footprint(what: &str, peak: u64) -> Result<()> {
+    if peak > HOST_BUDGET {
+        return Err(Error::TooLarge(format!(
+            "{what} would hold {:.1} GiB of host memory at its peak; the limit is {} GiB \
+             (pass a smaller --keep, fewer tokens or smaller grids)",
+            peak as f64 / (1u64 << 30) as f64,
+            HOST_BUDGET >> 30
+        )));
+    }
+    Ok(())
 }
 
 /// `P` (`m x n`, row-major) of one image (`n x width`) under a method that needs no weights;
@@ -365,12 +435,15 @@ impl Runner {
         if let Some(attention) = request.attention {
             check_attention(attention, &[b, n])?;
         }
+        let queries = request.layout.queries(options.keep);
+        // The whole run's memory, before any of it is taken.
+        let needed = footprint(method, (b, n, d), &queries, options.save_projection);
+        check_footprint(&format!("method {}", method.name()), needed.peak())?;
         if method == Method::MetaCompress {
             // P only when asked for: the forward pass never holds the whole of it otherwise.
             let compressor = self.compressor.as_ref().expect("checked above");
             return compressor.compress_tokens(Tokens::Host(features), request.layout, options);
         }
-        let queries = request.layout.queries(options.keep);
         host_bytes(&format!("{}'s P", method.name()), &[b, queries.count, n], 4)?;
         // The other methods compute on an f32 copy.
         let features = &features.to_features();

@@ -91,13 +91,29 @@ pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
 /// The first GPU adapter (lavapipe in CI). Without one: a panic when `CI` is set, else `None`
 /// with a loud message, so GPU tests never pass by skipping in CI.
 pub fn gpu() -> Option<GpuContext> {
-    match GpuContext::open(GpuApi::Any, None) {
+    adapter(GpuApi::Any)
+}
+
+/// A Vulkan adapter, for tests that name `--backend vulkan` (a machine may have GL alone):
+/// as `gpu()`, a panic when `CI` is set and none exists, else `None` and a loud SKIPPED.
+pub fn vulkan() -> Option<GpuContext> {
+    adapter(GpuApi::Vulkan)
+}
+
+fn adapter(api: GpuApi) -> Option<GpuContext> {
+    match GpuContext::open(api, None) {
         Ok(context) => Some(context),
         Err(error) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but no GPU adapter is available: {error}")
+            panic!(
+                "CI is set but no {} adapter is available: {error}",
+                api.name()
+            )
         }
         Err(error) => {
-            eprintln!("SKIPPED: no GPU adapter ({error}); set CI=1 to make this a failure");
+            eprintln!(
+                "SKIPPED: no {} adapter ({error}); set CI=1 to make this a failure",
+                api.name()
+            );
             None
         }
     }
