@@ -58,7 +58,7 @@ pub use layout::{
 pub use options::{
     Association, Backend, Elem, KernelVariant, Options, Precision, SplitK, MAX_PIECES,
 };
-pub use presets::{parse_pinpoints, LLAVA_NEXT_PINPOINTS};
+pub use presets::{parse_pinpoints, LLAVA_NEXT_PINPOINTS, LLAVA_ONEVISION_PINPOINTS};
 pub use profile::{Clock, Profile, StepTime};
 pub use tensor::{check_fits_f16, Dtype, Features, HostTokens, HostValues};
 pub use weights::{PMeta, PositionTable};

@@ -7,7 +7,12 @@
 //!   the base image's 24x24 grid, then the crops stitched into one grid, unpadded to the
 //!   image's aspect ratio (`unpad_image`), each row followed by one newline token (loose). The
 //!   crop grid is chosen by `select_best_resolution` over the model's pinpoints.
-//! - Qwen2-VL: after the 2x2 patch merger, one `h/2 x w/2` grid per temporal index.
+//! - LLaVA-OneVision (`LlavaOnevisionModel.pack_image_features`): the same anyres packing on
+//!   SigLIP's 27 x 27 tiles, with the crop grid down-sampled (bilinear) when it holds more
+//!   than 9 tiles' worth of tokens (`anyres_max_9`); video frames pooled to 14 x 14 each, one
+//!   newline token after the last.
+//! - Qwen2-VL, Qwen2.5-VL, Qwen3-VL: after the 2x2 patch merger, one `h/2 x w/2` grid per
+//!   temporal index.
 
 use crate::error::{quoted, Error, Result};
 use crate::layout::{Grid, Layout};
@@ -68,17 +73,32 @@ impl Layout {
     /// default): the base 24x24 grid, then the unpadded crop grid `H' x W'` with stride
     /// `W' + 1` (a newline token after each row).
     pub fn llava_next(width: usize, height: usize, pinpoints: &[[usize; 2]]) -> Result<Layout> {
-        llava_next_shape(width, height, pinpoints)?.layout()
+        anyres_shape(&LLAVA_NEXT, width, height, pinpoints)?.layout()
     }
 
     /// Qwen2-VL for `grid_thw = (t, h, w)` (patches of 14 pixels; `h` and `w` even): one
     /// `h/2 x w/2` grid per temporal index, after the 2x2 patch merger.
     pub fn qwen2_vl(t: usize, h: usize, w: usize) -> Result<Layout> {
-        qwen2_vl_shape(t, h, w)?.layout()
+        qwen_vl_shape("qwen2-vl", t, h, w)?.layout()
     }
 
-    /// A preset by its command-line form: `llava-1.5`, `llava-next:WIDTHxHEIGHT` (with
-    /// `pinpoints`, or LLaVA-NeXT's defaults) or `qwen2-vl:TxHxW`.
+    /// LLaVA-OneVision (SigLIP tiles of 384 pixels, 27 x 27 patches; `anyres_max_9`) for an
+    /// image of `width x height` pixels and the model's `pinpoints`
+    /// (`LLAVA_ONEVISION_PINPOINTS` by default): the base 27x27 grid, then the unpadded crop
+    /// grid, down-sampled as the model does when it holds more than 9 tiles' worth (x 1.1),
+    /// with a newline token after each row.
+    pub fn llava_onevision(
+        width: usize,
+        height: usize,
+        pinpoints: &[[usize; 2]],
+    ) -> Result<Layout> {
+        anyres_shape(&LLAVA_ONEVISION, width, height, pinpoints)?.layout()
+    }
+
+    /// A preset by its command-line form: `llava-1.5`, `llava-next:WIDTHxHEIGHT` or
+    /// `llava-onevision:WIDTHxHEIGHT` (with `pinpoints`, or the model's defaults),
+    /// `llava-onevision-video:FRAMES`, or `qwen2-vl:TxHxW`, `qwen2.5-vl:TxHxW`,
+    /// `qwen3-vl:TxHxW`.
     pub fn preset(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Layout> {
         preset_shape(text, pinpoints)?.layout()
     }
@@ -98,69 +118,172 @@ impl Layout {
     }
 }
 
-/// LLaVA-NeXT's token count and grids (see `Layout::llava_next`).
-fn llava_next_shape(width: usize, height: usize, pinpoints: &[[usize; 2]]) -> Result<Shape> {
-    for (name, value) in [("width", width), ("height", height)] {
+/// An anyres model's tiling: the vision tower's tile (pixels) and its patches per side, and
+/// for LLaVA-OneVision the `anyres_max_N` bound past which the crop grid is down-sampled.
+struct Anyres {
+    name: &'static str,
+    tile: usize,
+    side: usize,
+    max_tiles: Option<usize>,
+}
+
+/// LLaVA-NeXT: CLIP ViT-L/14-336, 24 x 24 patches a tile, no down-sampling.
+const LLAVA_NEXT: Anyres = Anyres {
+    name: "llava-next",
+    tile: TILE,
+    side: SIDE,
+    max_tiles: None,
+};
+
+/// LLaVA-OneVision: SigLIP so400m/14-384 (`image_size // patch_size` = 27 patches a side),
+/// `vision_aspect_ratio = "anyres_max_9"`.
+const LLAVA_ONEVISION: Anyres = Anyres {
+    name: "llava-onevision",
+    tile: ONEVISION_TILE,
+    side: ONEVISION_TILE / PATCH,
+    max_tiles: Some(9),
+};
+
+/// LLaVA-OneVision's vision tower input size.
+const ONEVISION_TILE: usize = 384;
+
+/// LLaVA-OneVision's default `image_grid_pinpoints` (`[height, width]`): every 1 x 1 to 6 x 6
+/// arrangement of 384-pixel tiles, rows first, as its config lists them.
+pub const LLAVA_ONEVISION_PINPOINTS: [[usize; 2]; 36] = {
+    let mut pinpoints = [[0; 2]; 36];
+    let mut index = 0;
+    while index < 36 {
+        pinpoints[index] = [
+            (index / 6 + 1) * ONEVISION_TILE,
+            (index % 6 + 1) * ONEVISION_TILE,
+        ];
+        index += 1;
+    }
+    pinpoints
+};
+
+/// An anyres model's token count and grids for an image of `width x height` pixels: the base
+/// tile's grid, then the crops stitched and unpadded (`unpad_image`), down-sampled where the
+/// model bounds them (LLaVA-OneVision), each row followed by a newline token (loose).
+fn anyres_shape(
+    model: &Anyres,
+    width: usize,
+    height: usize,
+    pinpoints: &[[usize; 2]],
+) -> Result<Shape> {
+    let (name, tile, side) = (model.name, model.tile, model.side);
+    for (what, value) in [("width", width), ("height", height)] {
         if value == 0 || value > MOST {
             return Err(Error::InvalidArgument(format!(
-                "llava-next image {name} {value} is out of range; expected 1 to {MOST} pixels"
+                "{name} image {what} {value} is out of range; expected 1 to {MOST} pixels"
             )));
         }
     }
     if pinpoints.is_empty() {
-        return Err(Error::InvalidArgument(
-            "llava-next pinpoints: an empty list; expected [height, width] pairs such as \
-                 [[336,672],[672,672]]"
-                .into(),
-        ));
+        return Err(Error::InvalidArgument(format!(
+            "{name} pinpoints: an empty list; expected [height, width] pairs such as \
+             [[{tile},{}],[{},{}]]",
+            2 * tile,
+            2 * tile,
+            2 * tile
+        )));
     }
     for &[h, w] in pinpoints {
-        if h == 0 || w == 0 || h % TILE != 0 || w % TILE != 0 || h > MOST || w > MOST {
+        if h == 0 || w == 0 || h % tile != 0 || w % tile != 0 || h > MOST || w > MOST {
             return Err(Error::InvalidArgument(format!(
-                "llava-next pinpoint [{h}, {w}] is not a resolution the model tiles; \
-                     expected multiples of {TILE} up to {MOST}"
+                "{name} pinpoint [{h}, {w}] is not a resolution the model tiles; expected \
+                 multiples of {tile} up to {MOST}"
             )));
         }
     }
     let [best_height, best_width] = best_resolution(width, height, pinpoints);
-    let (rows, columns) = unpadded(
-        (best_height / TILE) * SIDE,
-        (best_width / TILE) * SIDE,
+    let (mut rows, mut columns) = unpadded(
+        (best_height / tile) * side,
+        (best_width / tile) * side,
         width,
         height,
     );
+    if let Some(max_tiles) = model.max_tiles {
+        // `pack_image_features`: ratio = sqrt(h * w / (N * side^2)); past 1.1, bilinear
+        // interpolation to (int(h // ratio), int(w // ratio)).
+        let ratio = ((rows * columns) as f64 / (max_tiles * side * side) as f64).sqrt();
+        if ratio > 1.1 {
+            (rows, columns) = (
+                python_floor_div(rows, ratio),
+                python_floor_div(columns, ratio),
+            );
+        }
+    }
     // Each crop row is followed by a newline token, even a row that unpadding left empty
     // (an image so thin that no crop column survives: newline tokens alone).
-    // Sides are at most MOST / TILE * SIDE patches, so this cannot overflow.
-    let tokens = Shape::bounded(SIDE * SIDE + rows * (columns + 1), || {
-        format!("llava-next:{width}x{height} with pinpoint [{best_height}, {best_width}]")
+    let product = rows
+        .checked_mul(columns + 1)
+        .and_then(|crops| crops.checked_add(side * side));
+    let tokens = Shape::bounded(product.unwrap_or(usize::MAX), || {
+        format!("{name}:{width}x{height} with pinpoint [{best_height}, {best_width}]")
     })?;
-    let mut grids = vec![Grid::new(0, SIDE, SIDE)];
+    let mut grids = vec![Grid::new(0, side, side)];
     if rows > 0 && columns > 0 {
-        grids.push(Grid::strided(SIDE * SIDE, rows, columns, columns + 1));
+        grids.push(Grid::strided(side * side, rows, columns, columns + 1));
     }
     Ok(Shape { tokens, grids })
 }
 
-/// Qwen2-VL's token count and grids (see `Layout::qwen2_vl`).
-fn qwen2_vl_shape(t: usize, h: usize, w: usize) -> Result<Shape> {
-    if t == 0 || t > MOST {
+/// Python's `a // b` for a whole `a >= 0` and a float `b > 0`, truncated by `int()`: CPython's
+/// float floor division (from `fmod`, rounding the quotient to the nearest whole number when
+/// the division is off by a rounding error), not `floor(a / b)`.
+fn python_floor_div(a: usize, b: f64) -> usize {
+    let a = a as f64;
+    let division = (a - a % b) / b;
+    let mut floor = division.floor();
+    if division - floor > 0.5 {
+        floor += 1.0;
+    }
+    floor as usize
+}
+
+/// LLaVA-OneVision video (`get_video_features`): each frame's 27 x 27 grid pooled by
+/// bilinear interpolation to 14 x 14 (`apply_pooling`: `ceil(27 / 2)`), the frames one after
+/// another, then one newline token after the last frame (loose).
+fn onevision_video_shape(frames: usize) -> Result<Shape> {
+    let side = (ONEVISION_TILE / PATCH).div_ceil(2);
+    if frames == 0 || frames > MOST {
         return Err(Error::InvalidArgument(format!(
-            "qwen2-vl grid_thw t = {t} is out of range; expected 1 to {MOST} temporal patches"
+            "llava-onevision-video frames = {frames} is out of range; expected 1 to {MOST}"
         )));
     }
-    for (name, value) in [("h", h), ("w", w)] {
+    let per_frame = side * side;
+    let tokens = Shape::bounded(frames * per_frame + 1, || {
+        format!("llava-onevision-video:{frames}")
+    })?;
+    let grids = (0..frames)
+        .map(|frame| Grid::new(frame * per_frame, side, side))
+        .collect();
+    Ok(Shape { tokens, grids })
+}
+
+/// The Qwen-VL families' token count and grids for `grid_thw = (t, h, w)` (see
+/// `Layout::qwen2_vl`): Qwen2-VL, Qwen2.5-VL (whose windowed vision tower restores the row-major
+/// order before its merger hands the tokens on) and Qwen3-VL (patches of 16 pixels) all merge
+/// 2x2 patches into one `h/2 x w/2` grid per temporal index.
+fn qwen_vl_shape(name: &str, t: usize, h: usize, w: usize) -> Result<Shape> {
+    if t == 0 || t > MOST {
+        return Err(Error::InvalidArgument(format!(
+            "{name} grid_thw t = {t} is out of range; expected 1 to {MOST} temporal patches"
+        )));
+    }
+    for (what, value) in [("h", h), ("w", w)] {
         if value == 0 || value % 2 != 0 || value > MOST {
             return Err(Error::InvalidArgument(format!(
-                "qwen2-vl grid_thw {name} = {value} is not a merged grid side; expected an \
-                     even number of patches from 2 to {MOST}"
+                "{name} grid_thw {what} = {value} is not a merged grid side; expected an even \
+                 number of patches from 2 to {MOST}"
             )));
         }
     }
     let (rows, columns) = (h / 2, w / 2);
-    // Each factor is at most 2^20, so the product fits in 64 bits.
-    let tokens = Shape::bounded(t * rows * columns, || {
-        format!("qwen2-vl grid_thw {t}x{h}x{w}")
+    let product = t.checked_mul(rows).and_then(|v| v.checked_mul(columns));
+    let tokens = Shape::bounded(product.unwrap_or(usize::MAX), || {
+        format!("{name} grid_thw {t}x{h}x{w}")
     })?;
     let per_frame = rows * columns;
     let grids = (0..t)
@@ -174,7 +297,9 @@ fn preset_shape(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Shape> {
     let bad = || {
         Error::InvalidArgument(format!(
             "--layout {} is not a layout preset; expected llava-1.5, llava-next:WIDTHxHEIGHT \
-                 (such as llava-next:1000x667) or qwen2-vl:TxHxW (such as qwen2-vl:1x28x42)",
+             (such as llava-next:1000x667), llava-onevision:WIDTHxHEIGHT, \
+             llava-onevision-video:FRAMES, or qwen2-vl:TxHxW, qwen2.5-vl:TxHxW, qwen3-vl:TxHxW \
+             (such as qwen2-vl:1x28x42)",
             quoted(text)
         ))
     };
@@ -192,9 +317,10 @@ fn preset_shape(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Shape> {
             .map(|part| part.trim().parse::<usize>().map_err(|_| bad()))
             .collect()
     };
-    if pinpoints.is_some() && name != "llava-next" {
+    if pinpoints.is_some() && name != "llava-next" && name != "llava-onevision" {
         return Err(Error::InvalidArgument(format!(
-            "--pinpoints is for the llava-next preset; --layout {} takes none",
+            "--pinpoints is for the llava-next and llava-onevision presets; --layout {} takes \
+             none",
             quoted(text)
         )));
     }
@@ -205,11 +331,18 @@ fn preset_shape(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Shape> {
         }),
         "llava-next" => {
             let size = numbers(arguments, 2)?;
-            llava_next_shape(size[0], size[1], pinpoints.unwrap_or(&LLAVA_NEXT_PINPOINTS))
+            let pinpoints = pinpoints.unwrap_or(&LLAVA_NEXT_PINPOINTS);
+            anyres_shape(&LLAVA_NEXT, size[0], size[1], pinpoints)
         }
-        "qwen2-vl" => {
+        "llava-onevision" => {
+            let size = numbers(arguments, 2)?;
+            let pinpoints = pinpoints.unwrap_or(&LLAVA_ONEVISION_PINPOINTS);
+            anyres_shape(&LLAVA_ONEVISION, size[0], size[1], pinpoints)
+        }
+        "llava-onevision-video" => onevision_video_shape(numbers(arguments, 1)?[0]),
+        "qwen2-vl" | "qwen2.5-vl" | "qwen3-vl" => {
             let thw = numbers(arguments, 3)?;
-            qwen2_vl_shape(thw[0], thw[1], thw[2])
+            qwen_vl_shape(name, thw[0], thw[1], thw[2])
         }
         _ => Err(bad()),
     }

@@ -2,10 +2,12 @@
 //! written here from Hugging Face's published code (transformers'
 //! `models/llava_next/modeling_llava_next.py`: `select_best_resolution`,
 //! `get_anyres_image_grid_shape`, `unpad_image`, `pack_image_features`; and Qwen2-VL's 2x2
-//! patch merger), not from the library's: token counts and grid positions must be identical
-//! for hundreds of image sizes per family.
+//! patch merger; `models/llava_onevision/modeling_llava_onevision.py`: the same anyres packing
+//! on 384-pixel SigLIP tiles with `anyres_max_9` down-sampling, and `get_video_features`), not
+//! from the library's: token counts and grid positions must be identical for hundreds of
+//! image sizes per family.
 
-use metacompress::{Grid, Layout, LLAVA_NEXT_PINPOINTS};
+use metacompress::{Grid, Layout, LLAVA_NEXT_PINPOINTS, LLAVA_ONEVISION_PINPOINTS};
 
 /// Python's `round(x, 7)` followed by `int()`: the decimal string rounded to 7 places (Rust's
 /// formatting, like CPython's, is correctly rounded), truncated toward zero.
@@ -49,7 +51,39 @@ enum Source {
 }
 
 fn pack_image_features(width: i64, height: i64, pinpoints: &[[usize; 2]]) -> Vec<Source> {
-    let (patch, image_size) = (14, 336);
+    pack_anyres(width, height, pinpoints, 336, None)
+}
+
+/// CPython's float floor division `vx // wx` (`float_floor_div`: fmod, then the quotient
+/// rounded to the nearest whole number when it is off by a rounding error).
+fn python_float_floor_div(vx: f64, wx: f64) -> f64 {
+    let mut modulo = vx % wx;
+    let mut div = (vx - modulo) / wx;
+    if modulo != 0.0 && ((wx < 0.0) != (modulo < 0.0)) {
+        modulo += wx;
+        div -= 1.0;
+    }
+    let _ = modulo;
+    if div == 0.0 {
+        return 0.0;
+    }
+    let mut floordiv = div.floor();
+    if div - floordiv > 0.5 {
+        floordiv += 1.0;
+    }
+    floordiv
+}
+
+/// `pack_image_features` of an anyres model with tiles of `image_size` pixels (patch 14) and,
+/// for LLaVA-OneVision, `vision_aspect_ratio = "anyres_max_{max_num_patches}"`.
+fn pack_anyres(
+    width: i64,
+    height: i64,
+    pinpoints: &[[usize; 2]],
+    image_size: i64,
+    max_num_patches: Option<i64>,
+) -> Vec<Source> {
+    let patch = 14;
     let side = image_size / patch; // vision_config.image_size // patch_size
     let (best_height, best_width) = select_best_resolution(height, width, pinpoints);
     let (num_patch_height, num_patch_width) = (best_height / image_size, best_width / image_size);
@@ -69,6 +103,18 @@ fn pack_image_features(width: i64, height: i64, pinpoints: &[[usize; 2]]) -> Vec
         let padding = (current_width - new_width).div_euclid(2);
         (0..current_height, padding..current_width - padding)
     };
+    let (mut rows, mut columns) = (0..rows.end - rows.start, 0..columns.end - columns.start);
+    if let Some(max_num_patches) = max_num_patches {
+        // ratio = math.sqrt(curr_height * curr_width / (max_num_patches * height**2)); past
+        // 1.1, interpolate(..., [int(curr_height // ratio), int(curr_width // ratio)])
+        let (curr_height, curr_width) = (rows.end, columns.end);
+        let ratio =
+            ((curr_height * curr_width) as f64 / (max_num_patches * side * side) as f64).sqrt();
+        if ratio > 1.1 {
+            rows = 0..python_float_floor_div(curr_height as f64, ratio) as i64;
+            columns = 0..python_float_floor_div(curr_width as f64, ratio) as i64;
+        }
+    }
     let mut tokens = Vec::new();
     for r in 0..side {
         for c in 0..side {
@@ -130,7 +176,10 @@ fn image_sizes() -> Vec<(i64, i64)> {
         (1920, 1080),
         (1080, 1920),
     ];
-    for &[h, w] in &LLAVA_NEXT_PINPOINTS {
+    for &[h, w] in LLAVA_NEXT_PINPOINTS
+        .iter()
+        .chain(&LLAVA_ONEVISION_PINPOINTS)
+    {
         sizes.push((w as i64, h as i64));
     }
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -142,6 +191,9 @@ fn image_sizes() -> Vec<(i64, i64)> {
     };
     for _ in 0..300 {
         sizes.push((next(2400), next(2400)));
+    }
+    for _ in 0..100 {
+        sizes.push((next(6000), next(6000)));
     }
     for _ in 0..60 {
         sizes.push((next(60), next(3000)));
@@ -236,4 +288,93 @@ fn llava15_is_one_24x24_grid() {
     let layout = Layout::llava15();
     assert_eq!(layout.tokens(), 576);
     assert_eq!(layout.grids(), &[Grid::new(0, 24, 24)]);
+}
+
+#[test]
+fn llava_onevision_matches_the_models_token_order_for_hundreds_of_images() {
+    let others: Vec<[usize; 2]> =
+        vec![[384, 384], [384, 768], [768, 384], [768, 768], [1152, 1152]];
+    let mut down_sampled = 0;
+    for pinpoints in [LLAVA_ONEVISION_PINPOINTS.to_vec(), others] {
+        for (width, height) in image_sizes() {
+            let expected = pack_anyres(width, height, &pinpoints, 384, Some(9));
+            let layout = Layout::llava_onevision(width as usize, height as usize, &pinpoints)
+                .unwrap_or_else(|e| panic!("{width}x{height}: {e}"));
+            assert_eq!(
+                layout.tokens(),
+                expected.len(),
+                "{width}x{height} {pinpoints:?}: token count"
+            );
+            assert_eq!(
+                sources_of(&layout),
+                expected,
+                "{width}x{height} {pinpoints:?}: token order"
+            );
+            assert_eq!(layout.grids()[0], Grid::new(0, 27, 27));
+            if let Some(crops) = layout.grids().get(1) {
+                assert_eq!(
+                    (crops.offset, crops.stride),
+                    (729, crops.width + 1),
+                    "{width}x{height}"
+                );
+                down_sampled += usize::from(crops.height * crops.width < 9 * 729 * 100 / 121);
+            }
+        }
+    }
+    assert!(down_sampled > 0);
+}
+
+/// Token counts `get_image_features` of a LLaVA-OneVision model gave for these images
+/// (transformers 5.24, a tiny model built from its config, `LlavaOnevisionImageProcessor`;
+/// 3000x2000, 4000x4000 and 777x1333 are down-sampled).
+#[test]
+fn llava_onevision_hand_cases_from_the_model() {
+    for (width, height, tokens) in [
+        (672, 672, 3699),
+        (1000, 667, 5157),
+        (3000, 2000, 7329),
+        (100, 2000, 2349),
+        (2000, 100, 2196),
+        (384, 384, 1485),
+        (5000, 300, 2196),
+        (4000, 4000, 7371),
+        (777, 1333, 7641),
+        (50, 50, 1485),
+    ] {
+        let preset = format!("llava-onevision:{width}x{height}");
+        let layout = Layout::preset(&preset, None).unwrap();
+        assert_eq!(layout.tokens(), tokens, "{preset}");
+    }
+}
+
+/// LLaVA-OneVision video: each frame pooled to ceil(27/2) = 14 per side, frames in order,
+/// one newline token after the last.
+#[test]
+fn llava_onevision_video_pools_each_frame_to_14x14() {
+    for frames in [1usize, 2, 8, 32] {
+        let layout = Layout::preset(&format!("llava-onevision-video:{frames}"), None).unwrap();
+        assert_eq!(layout.tokens(), frames * 196 + 1);
+        let expected: Vec<Grid> = (0..frames).map(|f| Grid::new(f * 196, 14, 14)).collect();
+        assert_eq!(layout.grids(), &expected[..]);
+    }
+    assert!(Layout::preset("llava-onevision-video:0", None).is_err());
+}
+
+/// Qwen2.5-VL and Qwen3-VL hand their merged tokens on in the same row-major order per frame
+/// as Qwen2-VL (Qwen2.5-VL's windowed tower restores it with `reverse_indices`).
+#[test]
+fn qwen25_and_qwen3_vl_merge_2x2_patches_frame_by_frame() {
+    for family in ["qwen2.5-vl", "qwen3-vl"] {
+        for (t, h, w) in [
+            (1usize, 28usize, 42usize),
+            (2, 2, 2),
+            (3, 16, 24),
+            (4, 64, 90),
+        ] {
+            let preset = format!("{family}:{t}x{h}x{w}");
+            let layout = Layout::preset(&preset, None).unwrap();
+            assert_eq!(layout, Layout::qwen2_vl(t, h, w).unwrap(), "{preset}");
+        }
+        assert!(Layout::preset(&format!("{family}:1x27x42"), None).is_err());
+    }
 }
