@@ -22,11 +22,14 @@ const RANDOM_CHARACTERS: usize = 6;
 /// so a signal handler sees either no rename or all of them.
 struct Writing {
     temporary: Vec<PathBuf>,
+    /// Folders made for sets not yet committed, outermost first.
+    folders: Vec<PathBuf>,
     committed: bool,
 }
 
 static WRITING: Mutex<Writing> = Mutex::new(Writing {
     temporary: Vec::new(),
+    folders: Vec::new(),
     committed: false,
 });
 
@@ -55,10 +58,14 @@ pub fn interrupt() -> Interrupted {
 }
 
 impl Writing {
-    /// Removes the temporary files; whether a set was in place.
+    /// Removes the temporary files and the folders made for them (if empty); whether a set
+    /// was in place.
     fn stop(&mut self) -> Interrupted {
         for path in self.temporary.drain(..) {
             let _ = std::fs::remove_file(path);
+        }
+        for folder in self.folders.drain(..).rev() {
+            let _ = std::fs::remove_dir(folder);
         }
         if self.committed {
             Interrupted::AfterCommit
@@ -95,7 +102,7 @@ fn folder_of(path: &Path) -> &Path {
 }
 
 /// Checks that `folder` takes a new file whose name is `name_length` bytes long (and the
-/// shorter temporary names): creates one exclusively there and removes it again.
+/// shorter temporary names): creates one exclusively there and removes it at once.
 fn probe(flag: &str, path: &Path, folder: &Path, name_length: usize) -> Result<()> {
     let length = name_length.max(PREFIX.len() + RANDOM_CHARACTERS + SUFFIX.len());
     let created = tempfile::Builder::new()
@@ -104,10 +111,14 @@ fn probe(flag: &str, path: &Path, folder: &Path, name_length: usize) -> Result<(
         .suffix(SUFFIX)
         .tempfile_in(folder);
     created.map(drop).map_err(|e| {
-        let reason = match e.kind() {
-            std::io::ErrorKind::NotFound => "it does not exist".to_string(),
-            std::io::ErrorKind::NotADirectory => "it is not a folder".to_string(),
-            _ => e.to_string(),
+        let reason = match std::fs::metadata(folder) {
+            Err(_) => "it does not exist".to_string(),
+            Ok(existing) if !existing.is_dir() => "it is not a folder".to_string(),
+            // The system's words alone: `tempfile` appends the (long) probe's path.
+            Ok(_) => match e.to_string().split_once(" at path ") {
+                Some((words, _)) => words.to_string(),
+                None => e.to_string(),
+            },
         };
         Error::InvalidArgument(format!(
             "{flag} {}: cannot create a file in folder {} ({reason}); expected a writable \
@@ -205,19 +216,36 @@ pub fn check_output_folder(
         (Ok(_), Ok(_)) => Err(bad("exists and is not a folder")),
         (Ok(_), Err(_)) => Err(bad("is a link to nothing")),
         (Err(_), _) => {
-            // A new folder: the nearest existing ancestor must be a folder that takes it.
-            let name = folder.file_name().ok_or_else(|| bad("names no folder"))?;
-            let parent = folder_of(folder);
+            // A new folder, made with any missing parent: the nearest existing ancestor must
+            // be a folder that takes the first of them.
+            let mut first = folder;
+            let mut parent = folder_of(folder);
+            while std::fs::symlink_metadata(parent).is_err() && parent != Path::new(".") {
+                first = parent;
+                parent = folder_of(parent);
+            }
+            let name = first.file_name().ok_or_else(|| bad("names no folder"))?;
             match std::fs::metadata(parent) {
                 Ok(existing) if existing.is_dir() => probe(flag, folder, parent, name.len()),
-                Ok(_) => Err(bad(&format!(
+                _ => Err(bad(&format!(
                     "cannot be made: {} is not a folder",
                     parent.display()
                 ))),
-                Err(_) => check_output_folder(flag, parent, name.len(), &[], |_| false),
             }
         }
     }
+}
+
+/// The mode a replacement keeps: the replaced file's, less set-user-ID and set-group-ID (the
+/// new file is this user's).
+fn kept_mode(permissions: std::fs::Permissions) -> std::fs::Permissions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::Permissions::from_mode(permissions.mode() & 0o1777)
+    }
+    #[cfg(not(unix))]
+    permissions
 }
 
 /// A file staged for a set: its temporary file and its target.
@@ -257,6 +285,7 @@ impl Outputs {
         }
         for path in missing.into_iter().rev() {
             std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+            writing().folders.push(path.clone());
             self.made_folders.push(path);
         }
         Ok(())
@@ -270,7 +299,9 @@ impl Outputs {
         path.file_name().ok_or_else(|| {
             Error::InvalidArgument(format!("output path {} names no file", path.display()))
         })?;
-        let replaced = std::fs::metadata(path).ok().map(|m| m.permissions());
+        let replaced = std::fs::metadata(path)
+            .ok()
+            .map(|m| kept_mode(m.permissions()));
         let mut builder = tempfile::Builder::new();
         builder
             .prefix(PREFIX)
@@ -320,7 +351,9 @@ impl Outputs {
                 let path = if written.is_empty() {
                     target.display().to_string()
                 } else {
-                    self.made_folders.clear();
+                    // The folders hold outputs now: they stay.
+                    let made = std::mem::take(&mut self.made_folders);
+                    state.folders.retain(|f| !made.contains(f));
                     let names: Vec<String> =
                         written.iter().map(|p| p.display().to_string()).collect();
                     format!("{} (after writing {})", target.display(), names.join(", "))
@@ -333,18 +366,21 @@ impl Outputs {
             written.push(target);
         }
         state.committed = true;
-        self.made_folders.clear();
+        let made = std::mem::take(&mut self.made_folders);
+        state.folders.retain(|f| !made.contains(f));
         Ok(written)
     }
 }
 
 impl Drop for Outputs {
     fn drop(&mut self) {
-        if !self.staged.is_empty() {
-            let staged = &self.staged;
-            writing()
+        if !self.staged.is_empty() || !self.made_folders.is_empty() {
+            let (staged, made) = (&self.staged, &self.made_folders);
+            let mut state = writing();
+            state
                 .temporary
                 .retain(|p| !staged.iter().any(|s| *s.temporary == **p));
+            state.folders.retain(|f| !made.contains(f));
         }
         // The temporary files go with `staged`; then the folders made for them, if empty.
         self.staged.clear();
@@ -396,12 +432,17 @@ mod tests {
     fn stopping_removes_the_temporary_files_and_says_whether_a_set_was_in_place() {
         let file = tempfile::Builder::new().suffix(SUFFIX).tempfile().unwrap();
         let path = file.path().to_path_buf();
+        let folder = tempfile::tempdir().unwrap();
+        let made = folder.path().join("made");
+        std::fs::create_dir(&made).unwrap();
         let mut state = Writing {
             temporary: vec![path.clone()],
+            folders: vec![made.clone()],
             committed: false,
         };
         assert_eq!(state.stop(), Interrupted::BeforeCommit);
         assert!(!path.exists(), "what a signal handler removes is gone");
+        assert!(!made.exists(), "and the folder made for it");
         state.committed = true;
         assert_eq!(state.stop(), Interrupted::AfterCommit);
     }
