@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("files", 6),
     ("files::input", 6),
     ("files::mapped", 6),
+    ("files::output", 6),
     ("profile", 7),
     ("options", 8),
     // Host math.

@@ -121,6 +121,7 @@ fn main() -> ExitCode {
         } => print_layout(&preset, pinpoints.as_deref(), json),
         Command::Demo { backend, save } => run_demo(backend, save.as_deref()),
     };
+    pause_for_tests();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -191,8 +192,10 @@ fn threads_of(flag: Option<usize>) -> std::result::Result<Option<usize>, String>
     }
 }
 
-/// On SIGINT or SIGTERM, removes the temporary output file being written (if any) and exits
-/// with 128 + the signal's number, as the shell does for a killed program.
+/// On SIGINT or SIGTERM, removes the temporary output files being written (if any) and exits
+/// with 128 + the signal's number, as the shell does for a killed program; once the command's
+/// outputs are in place (each command writes one set, last), exits 0 instead: the run did
+/// its work. A signal during the renames waits for them to finish.
 fn remove_temporary_files_on_signals() {
     #[cfg(unix)]
     {
@@ -200,11 +203,26 @@ fn remove_temporary_files_on_signals() {
         if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
             std::thread::spawn(move || {
                 if let Some(signal) = signals.forever().next() {
-                    files::remove_temporary_files();
-                    std::process::exit(128 + signal);
+                    let code = match files::interrupt() {
+                        files::Interrupted::AfterCommit => 0,
+                        files::Interrupted::BeforeCommit => 128 + signal,
+                    };
+                    std::process::exit(code);
                 }
             });
         }
+    }
+}
+
+/// A test hook: `METACOMPRESS_TEST_PAUSE_BEFORE_EXIT_MS=N` sleeps N ms (at most 60 000) once
+/// the command is done and its outputs are in place, before the exit, so a test can send a
+/// signal at that moment.
+fn pause_for_tests() {
+    let pause = std::env::var("METACOMPRESS_TEST_PAUSE_BEFORE_EXIT_MS")
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok());
+    if let Some(milliseconds) = pause {
+        std::thread::sleep(std::time::Duration::from_millis(milliseconds.min(60_000)));
     }
 }
 
@@ -313,9 +331,9 @@ fn compress(args: CompressArgs) -> Result<()> {
     let (precision, scope, method) = (args.device.precision, args.scope, args.method);
     // A missing --weights is a usage error, found before any file is read.
     method.check_inputs(args.weights.is_some(), true)?;
-    let mut sources = vec![args.input.as_path()];
-    sources.extend(args.weights.as_deref());
-    files::check_output(&args.output, &sources)?;
+    let mut sources = vec![("--input", args.input.as_path())];
+    sources.extend(args.weights.as_deref().map(|path| ("--weights", path)));
+    files::check_output("--output", &args.output, &sources)?;
     // The weights first: their file's bytes are let go before the input is mapped.
     let weights = args
         .weights
@@ -412,8 +430,40 @@ fn compress(args: CompressArgs) -> Result<()> {
     Ok(())
 }
 
+/// The longest name `compare --png` writes (`metacompress-grid{G}-row{I}.png`).
+const PICTURE_NAME_LENGTH: usize = 64;
+
 fn compare(args: CompareArgs) -> Result<()> {
     let keep = Keep::new(args.keep)?;
+    let mut sources = vec![("--input", args.input.as_path())];
+    sources.extend(args.weights.as_deref().map(|path| ("--weights", path)));
+    sources.extend(args.probes.as_deref().map(|path| ("--probes", path)));
+    if let Some(path) = &args.json {
+        files::check_output("--json", path, &sources)?;
+    }
+    if let Some(folder) = &args.png {
+        files::check_output_folder(
+            "--png",
+            folder,
+            PICTURE_NAME_LENGTH,
+            &sources,
+            pictures::is_picture_name,
+        )?;
+        // The report must not be the folder or one of the pictures.
+        if let Some(json) = args.json.as_deref() {
+            let picture = json
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(pictures::is_picture_name);
+            if json == folder || (picture && json.parent() == Some(folder.as_path())) {
+                return Err(Error::InvalidArgument(format!(
+                    "--json {} is a path that --png {} writes; expected another path",
+                    json.display(),
+                    folder.display()
+                )));
+            }
+        }
+    }
     let weights = args
         .weights
         .as_deref()
@@ -460,17 +510,19 @@ fn compare(args: CompareArgs) -> Result<()> {
         say!("{choice}");
     }
     say!("{}", report.table().trim_end());
+    // The report and the pictures are one set: all of them, or none.
+    let mut outputs = files::Outputs::new();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.json()).expect("JSON of plain values");
-        files::write_atomically(path, text.as_bytes())?;
-        say!("wrote {}", path.display());
+        outputs.add(path, text.as_bytes())?;
     }
+    let mut count = 0;
     if let Some(folder) = &args.png {
-        let mut count = 0;
         for (method, result) in &results {
             let (n, m) = (result.input_tokens, result.queries.count);
             let p = result.projection.as_ref().expect("methods hand back P");
-            count += pictures::write_pictures(
+            count += pictures::stage_pictures(
+                &mut outputs,
                 folder,
                 *method,
                 &p[..m * n],
@@ -480,6 +532,12 @@ fn compare(args: CompareArgs) -> Result<()> {
             )?
             .len();
         }
+    }
+    outputs.commit()?;
+    if let Some(path) = &args.json {
+        say!("wrote {}", path.display());
+    }
+    if let Some(folder) = &args.png {
         say!(
             "wrote {count} pictures (first image) to {}",
             folder.display()
@@ -489,7 +547,7 @@ fn compare(args: CompareArgs) -> Result<()> {
 }
 
 fn init(args: InitArgs) -> Result<()> {
-    files::check_output(&args.output, &[])?;
+    files::check_output("--output", &args.output, &[])?;
     let position = match &args.pos {
         None => None,
         Some(text) => {
@@ -522,6 +580,9 @@ fn init(args: InitArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        files::check_output("--json", path, &[])?;
+    }
     let workloads = bench::workloads(&args.workload)?;
     let config = bench::BenchConfig {
         keep: Keep::new(args.keep)?,
@@ -578,7 +639,17 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
+/// The files `demo --save` writes, longest name first.
+const DEMO_FILES: [&str; 3] = [
+    "demo-anyres-features.safetensors",
+    "demo-features.safetensors",
+    "demo-weights.safetensors",
+];
+
 fn run_demo(backend: Backend, save: Option<&Path>) -> Result<()> {
+    if let Some(folder) = save {
+        files::check_output_folder("--save", folder, DEMO_FILES[0].len(), &[], |_| false)?;
+    }
     let scene = demo::scene(2026);
     let layout = Layout::square(demo::SIDE * demo::SIDE)?;
     let weights = PMeta::init(demo::WIDTH, 128, Some((demo::SIDE, demo::SIDE)), 1.0, 0)?;
@@ -634,35 +705,32 @@ fn run_demo(backend: Backend, save: Option<&Path>) -> Result<()> {
     }
     say!("(a cosine near 1 means some reduced token still carries that object clearly)");
     if let Some(folder) = save {
-        std::fs::create_dir_all(folder).map_err(|e| Error::Io {
-            path: folder.display().to_string(),
-            source: e,
-        })?;
-        let (features, weights_path) = (
-            folder.join("demo-features.safetensors"),
-            folder.join("demo-weights.safetensors"),
-        );
+        let [anyres_path, features, weights_path] = DEMO_FILES.map(|name| folder.join(name));
+        // The three files are one set: all of them, or none.
+        let mut outputs = files::Outputs::new();
+        outputs.folder(folder)?;
         let attention = demo::saliency(&scene.features);
-        files::write_input(
-            &features,
+        let bytes = files::encode_input(
             &scene.features,
             false,
             Dtype::F32,
             Some(&layout.to_json()),
             Some(&attention),
         )?;
+        outputs.add(&features, &bytes)?;
         // The same scene on LLaVA-NeXT's anyres layout (base grid, crop grid, newlines).
         let anyres = demo::anyres_layout();
         let anyres_scene = demo::scene_on(&anyres, demo::WIDTH, 2026);
-        files::write_input(
-            &folder.join("demo-anyres-features.safetensors"),
+        let bytes = files::encode_input(
             &anyres_scene.features,
             false,
             Dtype::F32,
             Some(&anyres.to_json()),
             Some(&demo::saliency(&anyres_scene.features)),
         )?;
-        files::write_weights(&weights_path, compressor.weights())?;
+        outputs.add(&anyres_path, &bytes)?;
+        outputs.add(&weights_path, &files::encode_weights(compressor.weights())?)?;
+        outputs.commit()?;
         say!(
             "wrote {} (features, a stand-in attention, grids), the same scene on LLaVA-NeXT's anyres layout (demo-anyres-features.safetensors) and {}; try: metacompress compare --input {} --weights {}",
             features.display(),

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::files::write_atomically;
+use crate::files::Outputs;
 use crate::layout::{Grid, Queries};
 use crate::methods::Method;
 
@@ -105,7 +105,24 @@ pub fn sample_rows(first: usize, count: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Writes the pictures of one method's `P` for one image into `folder`; the paths written.
+/// Whether `name` is one `write_pictures` writes (`METHOD-grid{G}.png` or
+/// `metacompress-grid{G}-row{I}.png`).
+pub fn is_picture_name(name: &str) -> bool {
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let Some((method, rest)) = name
+        .strip_suffix(".png")
+        .and_then(|stem| stem.split_once("-grid"))
+    else {
+        return false;
+    };
+    match rest.split_once("-row") {
+        Some((grid, row)) => method == Method::MetaCompress.name() && digits(grid) && digits(row),
+        None => Method::ALL.iter().any(|m| m.name() == method) && digits(rest),
+    }
+}
+
+/// Writes the pictures of one method's `P` for one image into `folder` (made if missing), all
+/// of them or none; the paths written.
 pub fn write_pictures(
     folder: &Path,
     method: Method,
@@ -114,11 +131,27 @@ pub fn write_pictures(
     queries: &Queries,
     scale: usize,
 ) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let mut outputs = Outputs::new();
+    stage_pictures(&mut outputs, folder, method, p, n, queries, scale)?;
+    outputs.commit()
+}
+
+/// Stages the pictures of one method's `P` for one image into `folder` (made by `outputs`
+/// if missing), as part of `outputs`; the paths they will have once it is committed.
+pub fn stage_pictures(
+    outputs: &mut Outputs,
+    folder: &Path,
+    method: Method,
+    p: &[f32],
+    n: usize,
+    queries: &Queries,
+    scale: usize,
+) -> Result<Vec<PathBuf>> {
+    outputs.folder(folder)?;
     let mut written = Vec::new();
     let mut save = |name: String, picture: Picture| -> Result<()> {
         let path = folder.join(name);
-        write_atomically(&path, &picture.png()?)?;
+        outputs.add(&path, &picture.png()?)?;
         written.push(path);
         Ok(())
     };

@@ -213,7 +213,7 @@ fn outputs_that_are_not_new_or_regular_files_are_refused() {
     for (output, says) in [
         (&subfolder, &["a-folder", "not a regular file"][..]),
         (&input, &["same file as the input"][..]),
-        (&weights, &["same file as the input", "weights"][..]),
+        (&weights, &["same file as the weights", "--weights"][..]),
     ] {
         refused(&compress(&weights, &input, output, &[]), 2, says, &sentinel);
     }

@@ -1,10 +1,10 @@
 //! Files (SPEC section 5): weights, input features and output tokens as safetensors, with F32,
-//! F16 and BF16 read and written through `half`. Outputs go to a temporary file beside the
-//! target and are renamed into place, so a failed run never changes an existing file.
+//! F16 and BF16 read and written through `half`. Outputs are checked before any work and
+//! written as sets through temporary files renamed into place (`output`), so a failed run
+//! never changes an existing file; the same tensors and metadata always give the same bytes.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
@@ -15,10 +15,14 @@ use crate::weights::{PMeta, PositionTable};
 
 mod input;
 mod mapped;
+mod output;
 
 pub use input::{input_from_bytes, read_input, Input};
 pub use mapped::exit_on_changed_mapped_file;
 use mapped::Mapped;
+pub use output::{
+    check_output, check_output_folder, interrupt, write_atomically, Interrupted, Outputs,
+};
 
 /// The `format` metadata of a weights file.
 pub const WEIGHTS_FORMAT: &str = "metacompress.pmeta";
@@ -270,6 +274,18 @@ pub fn write_tensors(
     tensors: &[TensorOut],
     metadata: &[(&str, String)],
 ) -> Result<()> {
+    write_atomically(path, &encode_tensors(tensors, metadata)?)
+}
+
+/// The largest header safetensors reads back.
+const MAX_HEADER: usize = 100_000_000;
+
+/// The safetensors bytes of `tensors` and `metadata`. The same tensors and metadata always
+/// give the same bytes: the header holds `__metadata__` first, its keys sorted, then the
+/// tensors in the order of their data (`safetensors::serialize` takes the metadata as a
+/// `HashMap`, whose order changes from run to run, so it is given none and the metadata is
+/// put in here).
+pub fn encode_tensors(tensors: &[TensorOut], metadata: &[(&str, String)]) -> Result<Vec<u8>> {
     let encoded: Vec<Vec<u8>> = tensors.iter().map(|t| encode(t.values, t.dtype)).collect();
     let views = tensors
         .iter()
@@ -280,98 +296,49 @@ pub fn write_tensors(
                 .map_err(|e| Error::Format(format!("cannot store tensor {}: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::Format(format!("cannot write {}: {e}", path.display())))?;
-    write_atomically(path, &bytes)
-}
-
-/// Temporary files being written now, removed by `remove_temporary_files` (the CLI calls it
-/// when SIGINT or SIGTERM arrives).
-static TEMPORARY: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-/// Removes every temporary output file still being written (for a signal handler's thread).
-pub fn remove_temporary_files() {
-    let paths = match TEMPORARY.lock() {
-        Ok(paths) => paths.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
-    for path in paths {
-        let _ = std::fs::remove_file(path);
+    let failed = |e: &dyn std::fmt::Display| Error::Format(format!("cannot encode tensors: {e}"));
+    let bytes = safetensors::serialize(views, None).map_err(|e| failed(&e))?;
+    if metadata.is_empty() {
+        return Ok(bytes);
     }
-}
-
-/// Refuses an output path that exists and is not a regular file (a device, a FIFO, a
-/// folder), or that is the same file as one of `inputs` (which writing would destroy).
-pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
-    let Ok(existing) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    if !existing.is_file() {
-        return Err(Error::InvalidArgument(format!(
-            "output {} exists and is not a regular file; expected a new file or a regular file \
-             to replace",
-            path.display()
+    let length = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let (header, data) = bytes[8..].split_at(length);
+    let tensors_entries = std::str::from_utf8(header)
+        .ok()
+        .and_then(|h| h.trim_end().strip_prefix('{'))
+        .and_then(|h| h.strip_suffix('}'))
+        .ok_or_else(|| failed(&"the header is not a JSON object"))?;
+    // A later value of a key wins, as it would in the map.
+    let sorted: std::collections::BTreeMap<&str, &str> =
+        metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sorted = serde_json::to_string(&sorted).map_err(|e| failed(&e))?;
+    let separator = if tensors_entries.is_empty() { "" } else { "," };
+    let mut header = format!("{{\"__metadata__\":{sorted}{separator}{tensors_entries}}}");
+    if header.len() > MAX_HEADER {
+        return Err(failed(&format!(
+            "a {}-byte header; expected at most {MAX_HEADER}",
+            header.len()
         )));
     }
-    let output = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-    for input in inputs {
-        if std::fs::canonicalize(input).is_ok_and(|input| input == output) {
-            return Err(Error::InvalidArgument(format!(
-                "output {} is the same file as the input {}; expected another path",
-                path.display(),
-                input.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: into a temporary file created exclusively, with an
-/// unpredictable name, in `path`'s folder (never through a link or a file someone planted),
-/// synced to disk, then renamed over `path`. On failure the temporary file is removed and
-/// `path` is untouched.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    check_output(path, &[])?;
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        Error::InvalidArgument(format!("output path {} names no file", path.display()))
-    })?;
-    let mut temporary = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".partial")
-        .tempfile_in(folder)
-        .map_err(|e| Error::io(path, e))?;
-    let registered = temporary.path().to_path_buf();
-    TEMPORARY
-        .lock()
-        .map(|mut paths| paths.push(registered.clone()))
-        .ok();
-    let result = temporary
-        .write_all(bytes)
-        .and_then(|()| temporary.as_file().sync_all())
-        .map_err(|e| Error::io(path, e))
-        .and_then(|()| {
-            temporary
-                .persist(path)
-                .map(drop)
-                .map_err(|e| Error::io(path, e.error))
-        });
-    TEMPORARY
-        .lock()
-        .map(|mut paths| paths.retain(|p| *p != registered))
-        .ok();
-    result
+    // The data stays aligned to 8 bytes, as safetensors pads it.
+    header.extend(std::iter::repeat_n(
+        ' ',
+        header.len().next_multiple_of(8) - header.len(),
+    ));
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    Ok(out)
 }
 
 /// Writes `weights` in f32 with the format metadata.
 pub fn write_weights(path: &Path, weights: &PMeta) -> Result<()> {
+    write_atomically(path, &encode_weights(weights)?)
+}
+
+/// The bytes of a weights file (see `write_weights`).
+pub fn encode_weights(weights: &PMeta) -> Result<Vec<u8>> {
     let (d, c) = (weights.width(), weights.channels());
     let mut tensors = vec![
         TensorOut {
@@ -401,8 +368,7 @@ pub fn write_weights(path: &Path, weights: &PMeta) -> Result<()> {
             dtype: Dtype::F32,
         });
     }
-    write_tensors(
-        path,
+    encode_tensors(
         &tensors,
         &[
             ("format", WEIGHTS_FORMAT.to_string()),
@@ -421,6 +387,18 @@ pub fn write_input(
     grids: Option<&str>,
     attention: Option<&[f32]>,
 ) -> Result<()> {
+    let bytes = encode_input(features, batched, dtype, grids, attention)?;
+    write_atomically(path, &bytes)
+}
+
+/// The bytes of an input file (see `write_input`).
+pub fn encode_input(
+    features: &Features,
+    batched: bool,
+    dtype: Dtype,
+    grids: Option<&str>,
+    attention: Option<&[f32]>,
+) -> Result<Vec<u8>> {
     let (b, n, d) = (features.batch(), features.tokens(), features.width());
     let (shape, attention_shape) = if batched {
         (vec![b, n, d], vec![b, n])
@@ -445,28 +423,5 @@ pub fn write_input(
             dtype: Dtype::F32,
         });
     }
-    write_tensors(path, &tensors, &metadata)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporary_files_being_written_are_removed_on_request() {
-        let folder =
-            std::env::temp_dir().join(format!("metacompress-temporary-{}", std::process::id()));
-        std::fs::create_dir_all(&folder).unwrap();
-        let file = tempfile::Builder::new()
-            .suffix(".partial")
-            .tempfile_in(&folder)
-            .unwrap();
-        let path = file.path().to_path_buf();
-        TEMPORARY.lock().unwrap().push(path.clone());
-        remove_temporary_files();
-        assert!(!path.exists(), "what a signal handler removes is gone");
-        TEMPORARY.lock().unwrap().retain(|p| *p != path);
-        drop(file);
-        std::fs::remove_dir_all(&folder).unwrap();
-    }
+    encode_tensors(&tensors, &metadata)
 }
