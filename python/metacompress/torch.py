@@ -14,8 +14,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from .files import write_bytes
 from .layouts import check_layout, grids_of, query_shape
 
 FORMAT = {"format": "metacompress.pmeta", "version": "1"}
@@ -113,12 +114,13 @@ class PMeta(torch.nn.Module):
             raise ValueError(f"{path}: {error}") from None
 
     def save(self, path) -> None:
-        """Writes F32 weights the runtime loads unchanged."""
+        """Writes F32 weights the runtime loads unchanged, atomically (`files.write_atomically`:
+        an existing file is replaced only once the new one is complete, and keeps its mode)."""
         tensors = {"w_q": self.w_q, "w_k": self.w_k, "omega": self.omega}
         if self.pos_embed is not None:
             tensors["pos_embed"] = self.pos_embed
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
-                  str(path), metadata=dict(FORMAT))
+        write_bytes(path, save({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
+                               metadata=dict(FORMAT)))
 
     @classmethod
     def init(cls, dim: int, dc: int, pos: tuple[int, int] | None = None, seed: int = 0,
