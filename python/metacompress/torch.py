@@ -100,12 +100,14 @@ class PMeta(torch.nn.Module):
         missing = [name for name in ("w_q", "w_k", "omega") if name not in tensors]
         if missing:
             raise ValueError(f"{path}: no tensor {missing[0]}; expected w_q, w_k, omega")
+        # Other tensors are ignored, as the runtime ignores them.
+        tensors = {name: tensors[name] for name in ("w_q", "w_k", "omega", "pos_embed") if name in tensors}
         for name, tensor in tensors.items():
             if tensor.dtype not in FILE_DTYPES:
                 raise TypeError(f"{path}: {name} has dtype {tensor.dtype}; expected F32, F16 or BF16")
         values = {name: tensor.float() for name, tensor in tensors.items()}
-        for name in ("w_q", "w_k", "omega", "pos_embed"):
-            if name in values and not bool(torch.isfinite(values[name]).all()):
+        for name in values:
+            if not bool(torch.isfinite(values[name]).all()):
                 index, value = _first_bad(values[name])
                 raise ValueError(f"{path}: {name} holds a value that is not finite ({value}) at {index}")
         try:

@@ -30,7 +30,7 @@ import os
 import random
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ from . import tiny
 from .adapters import Adapter
 from .data import DataError, collate, llava_json_samples, read_conversations, synthetic_sample
 from .distill import Weights, losses
-from .files import write_atomically, write_bytes
+from .files import write_bytes
 from .torch import PMeta
 
 LAYOUT_RULES = {
@@ -120,7 +120,6 @@ class Plan:
     settings: dict
     records: list | None = None
     resume: dict | None = None
-    inputs: list = field(default_factory=list)
 
 
 def parse_pos(text: str) -> tuple[int, int] | None:
@@ -481,9 +480,12 @@ def main(argv=None):
 
 
 def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text
+    """The error's message on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":
+    import signal
+    # SIGTERM unwinds like Ctrl-C, so that a temporary output being written is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
