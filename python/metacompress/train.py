@@ -41,7 +41,7 @@ from .adapters import Adapter
 from .data import DataError, collate, llava_json_samples, read_conversations, synthetic_sample
 from .distill import Weights, losses
 from .files import write_bytes
-from .torch import PMeta
+from .torch import FORMAT as PMETA_FORMAT, PMeta
 
 LAYOUT_RULES = {
     "llava": "llava-1.5: one 24x24 grid (--layout llava-1.5)",
@@ -183,17 +183,32 @@ def check_output(path: Path, what: str):
         raise RunError(f"{what} {path}: the folder {folder} is not writable")
 
 
-def check_sidecar(path: Path):
-    """An existing `W.json` is replaced only when the trainer wrote it."""
-    if not path.is_file():
-        return
+def own_sidecar(path: Path) -> bool:
+    """Whether `path` is a sidecar the trainer wrote."""
     try:
         content = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else None
     except (OSError, ValueError):
-        content = None
-    ours = isinstance(content, dict) and (content.get("format") == SIDECAR_FORMAT
+        return False
+    return isinstance(content, dict) and (content.get("format") == SIDECAR_FORMAT
                                           or SIDECAR_KEYS <= content.keys())
-    if not ours:
+
+
+def written_here(path: Path) -> bool:
+    """Whether `path` is weights or a sidecar the trainer (or `metacompress init`) wrote, which
+    a new run may replace even inside the model folder."""
+    if path.suffix.lower() == ".json":
+        return path.is_file() and own_sidecar(path)
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as opened:
+            return (opened.metadata() or {}).get("format") == PMETA_FORMAT["format"]
+    except Exception:  # not a safetensors file
+        return False
+
+
+def check_sidecar(path: Path):
+    """An existing `W.json` is replaced only when the trainer wrote it."""
+    if path.is_file() and not own_sidecar(path):
         raise UsageError(f"{path} exists and is not a sidecar this trainer wrote; it would be "
                          "replaced by the sidecar of --output: move it, or choose another --output")
 
@@ -251,7 +266,7 @@ def check(args) -> Plan:
                 if same_file(output, source):
                     raise UsageError(f"{what} {output} is the same file as the input {name} {source}; "
                                      "expected another path")
-            if model_folder is not None and output.exists():
+            if model_folder is not None and output.exists() and not written_here(output):
                 inside = os.path.realpath(output)
                 if inside == os.path.realpath(model_folder) or inside.startswith(
                         os.path.join(os.path.realpath(model_folder), "")):

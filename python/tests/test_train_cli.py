@@ -183,6 +183,18 @@ def test_an_output_inside_the_model_folder_is_refused(tmp_path, capsys, no_model
     assert (model / "model.safetensors").read_bytes() == b"the model"
 
 
+def test_earlier_outputs_in_the_model_folder_are_replaced(tmp_path, no_model, data):
+    from metacompress.torch import PMeta
+    path, images = data
+    model = tmp_path / "model"
+    model.mkdir()
+    PMeta.init(8, 4).save(model / "pmeta.safetensors")
+    (model / "pmeta.json").write_text(json.dumps({"format": "metacompress.train", "steps": 3}))
+    with pytest.raises(AssertionError, match="model was loaded"):   # every check passed
+        train_main(["--model", str(model), "--data", str(path), "--images", str(images),
+                    "--output", str(model / "pmeta.safetensors")])
+
+
 def test_an_output_that_is_the_init_weights_or_the_checkpoint_is_refused(tmp_path, capsys, no_model):
     init = tmp_path / "init.safetensors"
     init.write_bytes(b"init")
