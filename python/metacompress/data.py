@@ -133,20 +133,40 @@ def llava_messages(conversations: list[dict]) -> list[dict]:
     return messages
 
 
+def plain_prompt(messages: list[dict], image_token: str = "<image>",
+                 add_generation_prompt: bool = False) -> str:
+    """A conversation in LLaVA-1.5's plain format (`USER: <image>\nQ ASSISTANT: A</s>...`), for
+    processors that have no chat template (the tiny models')."""
+    text = ""
+    for message in messages:
+        parts = "".join(image_token + "\n" if c["type"] == "image" else c["text"] for c in message["content"])
+        text += f"USER: {parts} " if message["role"] == "user" else f"ASSISTANT: {parts}</s>"
+    return text + ("ASSISTANT:" if add_generation_prompt else "")
+
+
+def render_chat(processor, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The processor's chat template's rendering, or `plain_prompt`'s where it has none."""
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    return plain_prompt(messages, getattr(processor, "image_token", None) or "<image>",
+                        add_generation_prompt)
+
+
 def conversation_sample(processor, image: Image.Image, conversations: list[dict]) -> Sample:
-    """A sample from a model's processor (with a chat template): the whole conversation, with
-    the tokens each assistant turn adds marked as its answer (found by rendering the
-    conversation up to each turn, with and without that turn's answer)."""
+    """A sample from a model's processor (with its chat template, or the plain format): the
+    whole conversation, with the tokens each assistant turn adds marked as its answer (found by
+    rendering the conversation up to each turn, with and without that turn's answer)."""
     messages = llava_messages(conversations)
     encode = lambda text: processor(images=[image], text=[text], return_tensors="pt")
-    full = encode(processor.apply_chat_template(messages, tokenize=False))
+    full = encode(render_chat(processor, messages))
     ids = full["input_ids"][0]
     answer = torch.zeros_like(ids, dtype=torch.bool)
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = processor.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
-        through = processor.apply_chat_template(messages[:index + 1], tokenize=False)
+        before = render_chat(processor, messages[:index], add_generation_prompt=True)
+        through = render_chat(processor, messages[:index + 1])
         start = encode(before)["input_ids"].shape[1]
         end = encode(through)["input_ids"].shape[1]
         if not torch.equal(encode(through)["input_ids"][0], ids[:end]):
@@ -155,10 +175,84 @@ def conversation_sample(processor, image: Image.Image, conversations: list[dict]
     return Sample(ids, answer, **image_values(full))
 
 
-def llava_json_samples(processor, path, images, limit: int | None = None):
-    """Samples from a LLaVA-format file: a JSON list of `{"image": FILE, "conversations":
-    [...]}`, images under the folder `images`."""
-    records = json.loads(Path(path).read_text())
-    for record in records[:limit]:
-        image = Image.open(Path(images) / record["image"]).convert("RGB")
-        yield conversation_sample(processor, image, record["conversations"])
+class DataError(ValueError):
+    """A conversations file or image that cannot be used; the message names it."""
+
+
+def read_conversations(path, images) -> list[dict]:
+    """The records of a LLaVA-format file, checked before any model work: a non-empty JSON list
+    of `{"image": FILE, "conversations": [{"from": "human"|"gpt", "value": TEXT}, ...]}`, each
+    with `<image>` once in a human turn and at least one gpt answer, its image a file under
+    the folder `images` that PIL reads. Raises `DataError` naming the file and record."""
+    path, images = Path(path), Path(images)
+    if not path.is_file():
+        raise DataError(f"--data {path}: no such file" if not path.exists()
+                        else f"--data {path} is not a regular file; expected a JSON file")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataError(f"--data {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                        "expected a JSON list") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"--data {path} is not valid JSON: {error.msg} at line {error.lineno} "
+                        f"column {error.colno}") from None
+    if not isinstance(records, list):
+        raise DataError(f"--data {path} holds a JSON {type(records).__name__}; expected a list of "
+                        '{"image", "conversations"} records')
+    if not records:
+        raise DataError(f"--data {path} is an empty list; expected at least one record")
+    if not images.is_dir():
+        raise DataError(f"--images {images}: no such folder")
+    checked = set()
+    for index, record in enumerate(records):
+        where = f"--data {path} record {index}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where} is a {type(record).__name__}; expected an object with "
+                            '"image" and "conversations"')
+        image = record.get("image")
+        if not isinstance(image, str) or not image:
+            raise DataError(f'{where} has no "image" file name; expected a string')
+        turns = record.get("conversations")
+        if not isinstance(turns, list) or not turns:
+            raise DataError(f'{where} has no "conversations" list; expected a non-empty list of turns')
+        placeholders = 0
+        for number, turn in enumerate(turns):
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+                raise DataError(f'{where} turn {number}: expected {{"from": "human" or "gpt", "value": text}}')
+            if turn.get("from") not in ("human", "gpt"):
+                raise DataError(f"{where} turn {number} is from {turn.get('from')!r}; expected human or gpt")
+            count = turn["value"].count("<image>")
+            if count and turn["from"] != "human":
+                raise DataError(f"{where} turn {number}: <image> in a gpt answer; expected it in a human turn")
+            placeholders += count
+        if placeholders != 1:
+            raise DataError(f"{where} has <image> {placeholders} times; expected it once, in a human turn")
+        if not any(turn["from"] == "gpt" for turn in turns):
+            raise DataError(f"{where} has no gpt answer; expected at least one (the loss is over answers)")
+        file = images / image
+        if file not in checked:
+            if not file.is_file():
+                raise DataError(f"{where}: image {file}: no such file")
+            try:
+                with Image.open(file) as opened:
+                    opened.verify()
+            except Exception as error:  # PIL raises several types for a file it cannot read
+                raise DataError(f"{where}: image {file} is not an image PIL reads ({error})") from None
+            checked.add(file)
+    return records
+
+
+def llava_json_samples(processor, path, images, limit: int | None = None, records=None):
+    """Samples from a LLaVA-format file (see `read_conversations`): a JSON list of
+    `{"image": FILE, "conversations": [...]}`, images under the folder `images`. A record that
+    cannot be made a sample raises `DataError` naming it. `records`: the file's records, when
+    already read."""
+    records = read_conversations(path, images) if records is None else records
+    for index, record in enumerate(records[:limit]):
+        try:
+            with Image.open(Path(images) / record["image"]) as opened:
+                image = opened.convert("RGB")
+            sample = conversation_sample(processor, image, record["conversations"])
+        except (ValueError, OSError) as error:
+            raise DataError(f"--data {path} record {index}: {error}") from None
+        yield sample

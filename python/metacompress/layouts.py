@@ -8,6 +8,7 @@ A grid is `(offset, h, w)` or `(offset, h, w, stride)`: token `(r, c)` at
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple, Sequence
 
 # LLaVA-NeXT's default image_grid_pinpoints, [height, width] pairs.
@@ -22,12 +23,24 @@ class Grid(NamedTuple):
 
     @classmethod
     def of(cls, grid: Sequence[int]) -> "Grid":
-        """A grid from `(offset, h, w)` or `(offset, h, w, stride)`."""
+        """A grid from `(offset, h, w)` or `(offset, h, w, stride)` of integers (Python, numpy
+        or 0-d torch integers; a float or a bool is refused rather than truncated)."""
+        if isinstance(grid, (str, bytes)) or not hasattr(grid, "__len__"):
+            raise TypeError(f"grid {grid!r}: expected (offset, h, w) or (offset, h, w, stride)")
         if len(grid) not in (3, 4):
             raise ValueError(f"grid {list(grid)!r}: expected (offset, h, w) or (offset, h, w, stride)")
-        offset, height, width = (int(v) for v in grid[:3])
-        stride = int(grid[3]) if len(grid) == 4 else width
+        offset, height, width = (_integer(v, grid) for v in grid[:3])
+        stride = _integer(grid[3], grid) if len(grid) == 4 else width
         return cls(offset, height, width, stride)
+
+    def check(self) -> "Grid":
+        """The grid itself, refused when empty, at a negative offset, or with `stride < w`."""
+        if self.height < 1 or self.width < 1 or self.offset < 0:
+            raise ValueError(f"grid {tuple(self)} is empty; expected h and w of at least 1 and "
+                             "an offset of at least 0")
+        if self.stride < self.width:
+            raise ValueError(f"grid {tuple(self)}: stride {self.stride} is below the width {self.width}")
+        return self
 
     def tokens(self) -> list[int]:
         """The grid's tokens, row by row."""
@@ -37,18 +50,33 @@ class Grid(NamedTuple):
         return self.offset + (self.height - 1) * self.stride + self.width
 
 
+def _integer(value, grid) -> int:
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"grid {tuple(grid)!r}: {value!r} is not an integer; expected integers "
+                    "(offset, h, w) or (offset, h, w, stride)")
+
+
+def grids_of(grids: Sequence[Sequence[int]]) -> list[Grid]:
+    """The grids as `Grid`s, each checked on its own (see `Grid.check`); at least one."""
+    if isinstance(grids, (str, bytes)) or not hasattr(grids, "__iter__"):
+        raise TypeError(f"grids {grids!r}: expected a list of (offset, h, w) or "
+                        "(offset, h, w, stride) tuples")
+    grids = [Grid.of(g).check() for g in grids]
+    if not grids:
+        raise ValueError("the layout has no grid; expected at least one")
+    return grids
+
+
 def check_layout(n: int, grids: Sequence[Sequence[int]]) -> list[Grid]:
     """The grids, checked as the runtime checks them: non-empty, `stride >= w`, inside
     `0..n`, no token in two grids."""
-    grids = [Grid.of(g) for g in grids]
-    if not grids:
-        raise ValueError("the layout has no grid; expected at least one")
+    grids = grids_of(grids)
     owner = {}
     for grid in grids:
-        if grid.height < 1 or grid.width < 1 or grid.offset < 0:
-            raise ValueError(f"grid {tuple(grid)} is empty; expected h and w of at least 1")
-        if grid.stride < grid.width:
-            raise ValueError(f"grid {tuple(grid)}: stride {grid.stride} is below the width {grid.width}")
         if grid.end() > n:
             raise ValueError(f"grid {tuple(grid)} ends past the last token; expected it inside 0..{n}")
         for token in grid.tokens():

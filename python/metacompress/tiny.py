@@ -12,6 +12,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 NAMES = ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl")
+BOS, EOS, BYTES = 1, 2, 4   # token ids: begin, end (`</s>`), then the 256 bytes from 4
 VOCAB = 320
 IMAGE_TOKEN = VOCAB - 1
 PAD_TOKEN = 0
@@ -56,3 +57,37 @@ def build(name: str, seed: int = 0):
     else:
         raise ValueError(f"tiny model {name!r}: expected one of {', '.join(NAMES)}")
     return model.eval(), processor
+
+
+class TinyProcessor:
+    """A processor for the tiny models, which have no tokenizer: text is UTF-8 bytes (token
+    `4 + byte`; `</s>` is the end token), a sequence starts with the begin token, and the one
+    `<image>` becomes the image's run of visual tokens, as many as the model makes. No chat
+    template: conversations take `data.plain_prompt`'s format. Called as a Hugging Face
+    processor: `processor(images=[image], text=[text], return_tensors="pt")`."""
+
+    chat_template = None
+    image_token = "<image>"
+
+    def __init__(self, model, image_processor):
+        from .adapters import Adapter
+        self.adapter = Adapter(model)
+        self.image_processor = image_processor
+
+    def tokens(self, text: str, visual: int) -> list[int]:
+        ids = [BOS]
+        for number, piece in enumerate(text.split(self.image_token)):
+            if number:
+                ids += [self.adapter.image_token_id] * visual
+            for index, part in enumerate(piece.split("</s>")):
+                ids += ([EOS] if index else []) + [BYTES + b for b in part.encode("utf-8")]
+        return ids
+
+    def __call__(self, images, text, return_tensors="pt"):
+        from .data import image_values, pixels_of
+        if len(images) != 1 or len(text) != 1 or text[0].count(self.image_token) != 1:
+            raise ValueError(f"the tiny processor takes one image and one text with {self.image_token} once")
+        out = dict(self.image_processor(images=list(images), return_tensors=return_tensors))
+        visual, _ = self.adapter.layout(pixels_of(image_values(out)), 0)
+        out["input_ids"] = torch.tensor([self.tokens(text[0], visual)])
+        return out

@@ -14,11 +14,48 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from .layouts import Grid, check_layout, query_shape
+from .files import write_bytes
+from .layouts import check_layout, grids_of, query_shape
 
 FORMAT = {"format": "metacompress.pmeta", "version": "1"}
+# The dtypes of a weight file the runtime loads (SPEC section 5).
+FILE_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _first_bad(tensor: torch.Tensor) -> tuple[tuple[int, ...], float]:
+    """The index and value of `tensor`'s first entry that is not finite (for messages)."""
+    index = tuple(int(i) for i in (~torch.isfinite(tensor.detach())).nonzero()[0])
+    return index, float(tensor.detach()[index])
+
+
+def _check_tensor(name: str, tensor, rank: int | None = None) -> torch.Tensor:
+    """A floating-point (not complex) tensor of `rank` dimensions whose entries are finite."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} is a {type(tensor).__name__}; expected a torch.Tensor")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} has dtype {tensor.dtype}; expected a floating-point tensor")
+    if rank is not None and tensor.dim() != rank:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {rank} dimensions")
+    if not bool(torch.isfinite(tensor.detach()).all()):
+        index, value = _first_bad(tensor)
+        raise ValueError(f"{name} holds a value that is not finite ({value}) at {index}; "
+                         "expected finite weights")
+    return tensor
+
+
+def _check_keep(keep) -> float:
+    """`keep` as a float in (0, 1]."""
+    if isinstance(keep, (bool, str, bytes)) or keep is None:
+        raise TypeError(f"keep {keep!r}: expected a number in (0, 1]")
+    try:
+        value = float(keep)
+    except (TypeError, ValueError):
+        raise TypeError(f"keep {keep!r}: expected a number in (0, 1]") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"keep {keep}: expected a fraction in (0, 1]")
+    return value
 
 
 class PMeta(torch.nn.Module):
@@ -28,13 +65,18 @@ class PMeta(torch.nn.Module):
     def __init__(self, w_q: torch.Tensor, w_k: torch.Tensor, omega: torch.Tensor,
                  pos_embed: torch.Tensor | None = None):
         super().__init__()
+        w_q, w_k = _check_tensor("w_q", w_q, 2), _check_tensor("w_k", w_k, 2)
+        omega = _check_tensor("omega", omega, 1)
         d, c = w_q.shape
+        if d < 1 or c < 1:
+            raise ValueError(f"w_q {tuple(w_q.shape)}: expected d x d_c with d >= 1 and d_c >= 1")
         if w_k.shape != (d, c) or omega.shape != (c,):
             raise ValueError(f"w_q {tuple(w_q.shape)}, w_k {tuple(w_k.shape)}, omega "
                              f"{tuple(omega.shape)}: expected d x d_c, d x d_c and d_c")
-        if pos_embed is not None and (pos_embed.dim() != 3 or pos_embed.shape[2] != d
-                                      or min(pos_embed.shape[:2]) < 1):
-            raise ValueError(f"pos_embed {tuple(pos_embed.shape)}: expected gh x gw x {d}")
+        if pos_embed is not None:
+            pos_embed = _check_tensor("pos_embed", pos_embed)
+            if pos_embed.dim() != 3 or pos_embed.shape[2] != d or min(pos_embed.shape[:2]) < 1:
+                raise ValueError(f"pos_embed {tuple(pos_embed.shape)}: expected gh x gw x {d}")
         self.w_q = torch.nn.Parameter(w_q.detach().clone().float())
         self.w_k = torch.nn.Parameter(w_k.detach().clone().float())
         self.omega = torch.nn.Parameter(omega.detach().clone().float())
@@ -58,19 +100,29 @@ class PMeta(torch.nn.Module):
         missing = [name for name in ("w_q", "w_k", "omega") if name not in tensors]
         if missing:
             raise ValueError(f"{path}: no tensor {missing[0]}; expected w_q, w_k, omega")
+        # Other tensors are ignored, as the runtime ignores them.
+        tensors = {name: tensors[name] for name in ("w_q", "w_k", "omega", "pos_embed") if name in tensors}
+        for name, tensor in tensors.items():
+            if tensor.dtype not in FILE_DTYPES:
+                raise TypeError(f"{path}: {name} has dtype {tensor.dtype}; expected F32, F16 or BF16")
         values = {name: tensor.float() for name, tensor in tensors.items()}
-        for name, tensor in values.items():
-            if not torch.isfinite(tensor).all():
-                raise ValueError(f"{path}: {name} holds a value that is not finite")
-        return cls(values["w_q"], values["w_k"], values["omega"], values.get("pos_embed"))
+        for name in values:
+            if not bool(torch.isfinite(values[name]).all()):
+                index, value = _first_bad(values[name])
+                raise ValueError(f"{path}: {name} holds a value that is not finite ({value}) at {index}")
+        try:
+            return cls(values["w_q"], values["w_k"], values["omega"], values.get("pos_embed"))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def save(self, path) -> None:
-        """Writes F32 weights the runtime loads unchanged."""
+        """Writes F32 weights the runtime loads unchanged, atomically (`files.write_atomically`:
+        an existing file is replaced only once the new one is complete, and keeps its mode)."""
         tensors = {"w_q": self.w_q, "w_k": self.w_k, "omega": self.omega}
         if self.pos_embed is not None:
             tensors["pos_embed"] = self.pos_embed
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
-                  str(path), metadata=dict(FORMAT))
+        write_bytes(path, save({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
+                               metadata=dict(FORMAT)))
 
     @classmethod
     def init(cls, dim: int, dc: int, pos: tuple[int, int] | None = None, seed: int = 0,
@@ -100,15 +152,24 @@ class PMeta(torch.nn.Module):
                 scope: str = "image"):
         """`(Y, P)` for tokens `x` (`n x d` or `b x n x d`, any float dtype): `Y = P X`
         (`m x d`) in `x`'s dtype and `P` (`m x n`, float32 or float64), SPEC section 4."""
-        if scope not in ("image", "grid"):
+        if not isinstance(scope, str) or scope not in ("image", "grid"):
             raise ValueError(f"scope {scope!r}: expected 'image' or 'grid'")
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"keep {keep}: expected a fraction in (0, 1]")
+        keep = _check_keep(keep)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x is a {type(x).__name__}; expected a torch.Tensor (n, d) or (b, n, d)")
+        if not x.is_floating_point():
+            raise TypeError(f"x has dtype {x.dtype}; expected a floating-point tensor")
+        if x.dim() not in (2, 3):
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (n, d) or (b, n, d)")
         single = x.dim() == 2
         xs = x[None] if single else x
         b, n, d = xs.shape
+        if b < 1:
+            raise ValueError(f"x has shape {tuple(x.shape)}: a batch of 0 images; expected at least 1")
+        if n < 1:
+            raise ValueError(f"x has shape {tuple(x.shape)}: no tokens; expected n >= 1")
         if d != self.dim:
-            raise ValueError(f"features have width d = {d}; the weights expect d = {self.dim}")
+            raise ValueError(f"x: features have width d = {d}; the weights expect d = {self.dim}")
         layout = check_layout(n, grids)
         dtype = torch.float64 if xs.dtype == torch.float64 else torch.float32
         xf = xs.to(dtype)
@@ -147,11 +208,31 @@ class PMeta(torch.nn.Module):
         # Steps 6-7.
         p = torch.softmax(scores, dim=-1)
         y = (p @ xf).to(xs.dtype)
+        # One check (one device synchronisation) for what the runtime refuses: features that
+        # are not finite, and a pass that overflows (scores beyond the float range).
+        if not bool(torch.isfinite(xs).all() & torch.isfinite(p).all() & torch.isfinite(y).all()):
+            self._refuse(x)
         return (y[0], p[0]) if single else (y, p)
+
+    def _refuse(self, x: torch.Tensor):
+        """Why the forward pass gave values that are not finite, as a ValueError."""
+        if not bool(torch.isfinite(x).all()):
+            index, value = _first_bad(x)
+            raise ValueError(f"x holds a value that is not finite ({value}) at {index}; "
+                             "expected finite features")
+        for name, tensor in self.named_parameters():
+            if not bool(torch.isfinite(tensor).all()):
+                index, value = _first_bad(tensor)
+                raise ValueError(f"{name} holds a value that is not finite ({value}) at {index}; "
+                                 "expected finite weights")
+        largest = float(x.detach().abs().max())
+        raise ValueError(f"x: the forward pass overflows (features up to {largest:.3g} in size give "
+                         "scores beyond the floating-point range); expected smaller features")
 
     def query_grids(self, grids: Sequence[Sequence[int]], keep: float) -> list[tuple[int, int]]:
         """`(hq, wq)` of each grid at `keep`."""
-        return [query_shape(g.height, g.width, keep) for g in (Grid.of(g) for g in grids)]
+        keep = _check_keep(keep)
+        return [query_shape(g.height, g.width, keep) for g in grids_of(grids)]
 
 
 def sine_cosine_table(height: int, width: int, channels: int, scale: float = 1.0) -> torch.Tensor:
