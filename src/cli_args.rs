@@ -35,11 +35,14 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// Print the grids of a layout preset (as --grid flags, or JSON) and its token count.
     Layout {
-        /// llava-1.5, llava-next:WIDTHxHEIGHT (the image's pixels) or qwen2-vl:TxHxW
-        /// (grid_thw).
+        /// llava-1.5, llava-next:WIDTHxHEIGHT or llava-onevision:WIDTHxHEIGHT (the image's
+        /// pixels), llava-onevision-video:FRAMES, qwen2-vl:TxHxW, qwen2.5-vl:TxHxW or
+        /// qwen3-vl:TxHxW (grid_thw).
         preset: String,
-        /// LLaVA-NeXT's image_grid_pinpoints, a JSON list of [height, width] pairs
-        /// [default: [[336,672],[672,336],[672,672],[1008,336],[336,1008]]].
+        /// The model's image_grid_pinpoints (llava-next, llava-onevision), a JSON list of
+        /// [height, width] pairs [default: LLaVA-NeXT's
+        /// [[336,672],[672,336],[672,672],[1008,336],[336,1008]]; LLaVA-OneVision's 1x1 to 6x6
+        /// tiles of 384].
         #[arg(long, value_name = "JSON")]
         pinpoints: Option<String>,
         /// Print exactly {"n": N, "grids": [[offset, h, w, stride], ...]}.
@@ -232,12 +235,14 @@ pub(crate) struct LayoutArgs {
     /// `grids`. A missing offset follows the previous grid; a missing stride is W.
     #[arg(long = "grid", value_name = "HxW[@OFFSET][/STRIDE]")]
     pub(crate) grids: Vec<String>,
-    /// A layout preset computed as the model does: llava-1.5, llava-next:WIDTHxHEIGHT (the
-    /// image's pixels) or qwen2-vl:TxHxW (grid_thw); overrides the file's `grids`.
+    /// A layout preset computed as the model does: llava-1.5, llava-next:WIDTHxHEIGHT or
+    /// llava-onevision:WIDTHxHEIGHT (the image's pixels), llava-onevision-video:FRAMES,
+    /// qwen2-vl:TxHxW, qwen2.5-vl:TxHxW or qwen3-vl:TxHxW (grid_thw); overrides the file's
+    /// `grids`.
     #[arg(long, value_name = "PRESET", conflicts_with = "grids")]
     pub(crate) layout: Option<String>,
-    /// With --layout llava-next: the model's image_grid_pinpoints, a JSON list of
-    /// [height, width] pairs.
+    /// With --layout llava-next or llava-onevision: the model's image_grid_pinpoints, a JSON
+    /// list of [height, width] pairs.
     #[arg(long, value_name = "JSON", requires = "layout")]
     pub(crate) pinpoints: Option<String>,
 }

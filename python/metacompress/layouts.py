@@ -120,11 +120,14 @@ def _best_resolution(width: int, height: int, pinpoints) -> tuple[int, int]:
     return best
 
 
-def llava_next(width: int, height: int, pinpoints=None, tile: int = 336, patch: int = 14):
+def llava_next(width: int, height: int, pinpoints=None, tile: int = 336, patch: int = 14,
+               max_tiles: int | None = None):
     """LLaVA-NeXT (anyres) for an image of `width x height` pixels, in the order
     `pack_image_features` produces: the base `side x side` grid, then the crops unpadded to the
     image's aspect ratio, `H' x W'` with a newline token after each row (stride `W' + 1`).
-    `tile` and `patch` are the vision tower's image and patch sizes. Returns `(n, grids)`."""
+    `tile` and `patch` are the vision tower's image and patch sizes; `max_tiles` is
+    LLaVA-OneVision's `anyres_max_N` (the crop grid down-sampled past N tiles' worth x 1.1).
+    Returns `(n, grids)`."""
     if width < 1 or height < 1:
         raise ValueError(f"llava-next image {width}x{height}: expected at least 1x1 pixels")
     pinpoints = pinpoints if pinpoints is not None else LLAVA_NEXT_PINPOINTS
@@ -140,6 +143,10 @@ def llava_next(width: int, height: int, pinpoints=None, tile: int = 336, patch: 
         new_columns = int(round(width * (rows / height), 7))
         padding = (columns - new_columns) // 2
         columns -= 2 * padding
+    if max_tiles is not None:
+        ratio = math.sqrt(rows * columns / (max_tiles * side * side))
+        if ratio > 1.1:
+            rows, columns = int(rows // ratio), int(columns // ratio)
     grids = [Grid(0, side, side, side)]
     if rows > 0 and columns > 0:
         grids.append(Grid(side * side, rows, columns, columns + 1))
@@ -153,3 +160,27 @@ def qwen2_vl(t: int, h: int, w: int, merge: int = 2) -> tuple[int, list[Grid]]:
     rows, columns = h // merge, w // merge
     per_frame = rows * columns
     return t * per_frame, [Grid(frame * per_frame, rows, columns, columns) for frame in range(t)]
+
+
+LLAVA_ONEVISION_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
+
+
+def llava_onevision(width: int, height: int, pinpoints=None) -> tuple[int, list[Grid]]:
+    """LLaVA-OneVision (SigLIP tiles of 384 pixels, 27 x 27 patches, `anyres_max_9`): the
+    base 27x27 grid, then the unpadded crops, down-sampled as `pack_image_features` does, with
+    a newline token after each row. Returns `(n, grids)`."""
+    pinpoints = pinpoints if pinpoints is not None else LLAVA_ONEVISION_PINPOINTS
+    return llava_next(width, height, pinpoints, tile=384, patch=14, max_tiles=9)
+
+
+def llava_onevision_video(frames: int) -> tuple[int, list[Grid]]:
+    """LLaVA-OneVision video: each frame pooled to 14 x 14, one newline token after the last."""
+    if frames < 1:
+        raise ValueError(f"llava-onevision-video frames = {frames}: expected at least 1")
+    return frames * 196 + 1, [Grid(f * 196, 14, 14, 14) for f in range(frames)]
+
+
+# Qwen2.5-VL restores its windows' row-major order before the merger, and Qwen3-VL merges 2x2
+# patches the same way: their layouts are Qwen2-VL's for the same grid_thw.
+qwen2_5_vl = qwen2_vl
+qwen3_vl = qwen2_vl

@@ -63,10 +63,20 @@ def test_layouts_match_the_rust_presets(binary):
         n, grids = layouts.llava_next(width, height)
         out = json.loads(run(binary, "layout", f"llava-next:{width}x{height}", "--json"))
         assert out == {"n": n, "grids": [list(g) for g in grids]}, (width, height)
-    for t, h, w in [(1, 28, 42), (3, 4, 6)]:
-        n, grids = layouts.qwen2_vl(t, h, w)
-        out = json.loads(run(binary, "layout", f"qwen2-vl:{t}x{h}x{w}", "--json"))
-        assert out == {"n": n, "grids": [list(g) for g in grids]}
+    for width, height in [(672, 672), (1000, 667), (3000, 2000), (4000, 4000), (777, 1333), (50, 50)]:
+        n, grids = layouts.llava_onevision(width, height)
+        out = json.loads(run(binary, "layout", f"llava-onevision:{width}x{height}", "--json"))
+        assert out == {"n": n, "grids": [list(g) for g in grids]}, (width, height)
+    for frames in [1, 8]:
+        n, grids = layouts.llava_onevision_video(frames)
+        out = json.loads(run(binary, "layout", f"llava-onevision-video:{frames}", "--json"))
+        assert out == {"n": n, "grids": [list(g) for g in grids]}, frames
+    for family, rule in [("qwen2-vl", layouts.qwen2_vl), ("qwen2.5-vl", layouts.qwen2_5_vl),
+                         ("qwen3-vl", layouts.qwen3_vl)]:
+        for t, h, w in [(1, 28, 42), (3, 4, 6)]:
+            n, grids = rule(t, h, w)
+            out = json.loads(run(binary, "layout", f"{family}:{t}x{h}x{w}", "--json"))
+            assert out == {"n": n, "grids": [list(g) for g in grids]}, family
 
 
 def test_every_turns_answer_is_found_and_shortening_keeps_them():
