@@ -17,7 +17,7 @@ use metacompress::{bench, compare, pictures};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
 };
-use metacompress::{parse_grid_flags, parse_pinpoints};
+use metacompress::{check_threads, one_line, parse_grid_flags, parse_pinpoints};
 
 /// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
 macro_rules! say {
@@ -26,9 +26,6 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
-
-/// Most threads `--threads` takes.
-const MAX_THREADS: usize = 1024;
 
 fn main() -> ExitCode {
     // Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset.
@@ -87,10 +84,8 @@ fn main() -> ExitCode {
         }
     };
     if let Some(threads) = cli.threads {
-        if !(1..=MAX_THREADS).contains(&threads) {
-            eprintln!(
-                "metacompress: --threads {threads} is out of range; expected 1 to {MAX_THREADS}"
-            );
+        if let Err(error) = check_threads(threads) {
+            eprintln!("metacompress: {}", error.line());
             return ExitCode::from(2);
         }
         // The CPU path's products and conversions run on rayon's global pool; nothing has
@@ -119,31 +114,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("metacompress: {}", one_line(&error.to_string()));
+            eprintln!("metacompress: {}", error.line());
             ExitCode::from(if error.is_usage() { 2 } else { 1 })
         }
     }
-}
-
-/// `text` as one line a terminal shows as it is: control characters escaped, and any run of
-/// more than 100 characters without a space (a value echoed back) cut short.
-fn one_line(text: &str) -> String {
-    let escaped: String = text
-        .chars()
-        .flat_map(|c| match c {
-            '\n' | '\r' | '\t' => vec![' '],
-            c if c.is_control() => c.escape_default().collect(),
-            c => vec![c],
-        })
-        .collect();
-    escaped
-        .split(' ')
-        .map(|word| match word.char_indices().nth(100) {
-            Some((cut, _)) => format!("{}...({} characters)", &word[..cut], word.chars().count()),
-            None => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// On SIGINT or SIGTERM, removes the temporary output file being written (if any) and exits
@@ -183,11 +157,8 @@ fn keep_of(keep: Option<f64>, reduction: Option<f64>) -> Result<Keep> {
 fn layout_of(input: &files::Input, args: &LayoutArgs) -> Result<Layout> {
     let tokens = input.token_count();
     if let Some(preset) = &args.layout {
-        let layout = preset_of(preset, args.pinpoints.as_deref())?;
-        layout
-            .check_tokens(tokens)
-            .map_err(|e| Error::InvalidArgument(format!("--layout {preset}: {e}")))?;
-        return Ok(layout);
+        let pinpoints = args.pinpoints.as_deref().map(parse_pinpoints).transpose()?;
+        return Layout::preset_for(preset, pinpoints.as_deref(), tokens);
     }
     let flag_grids = parse_grid_flags(&args.grids)?;
     if !flag_grids.is_empty() {

@@ -2,6 +2,7 @@
 //! which precision (`Precision`, `Elem`), with which kernels (`KernelVariant`, `SplitK`,
 //! `Association`), and the per-call `Options`. Nothing here depends on an engine.
 
+use crate::error::{Error, Result};
 use crate::layout::{Keep, Scope};
 use crate::tensor::Dtype;
 
@@ -76,6 +77,20 @@ impl Elem {
 /// Invocations `SplitK::Auto` cuts a product until it runs (a quarter of what an H100's 132
 /// multiprocessors hold at once; a heuristic).
 pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
+
+/// Most threads the CPU path may be given (`--threads`, Python's `threads=`).
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses a thread count outside `1..=MAX_THREADS`.
+pub fn check_threads(threads: usize) -> Result<()> {
+    if (1..=MAX_THREADS).contains(&threads) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "--threads {threads} is out of range; expected 1 to {MAX_THREADS}"
+        )))
+    }
+}
 
 /// Most pieces a split-K product is cut into.
 pub const MAX_PIECES: u32 = 64;

@@ -108,6 +108,20 @@ impl Layout {
         Layout::new(t * per_frame, grids)
     }
 
+    /// A preset for `tokens` tokens per image: `preset`'s layout, refused (as a usage error
+    /// naming the preset) when it does not describe that many tokens.
+    pub fn preset_for(
+        text: &str,
+        pinpoints: Option<&[[usize; 2]]>,
+        tokens: usize,
+    ) -> Result<Layout> {
+        let layout = Layout::preset(text, pinpoints)?;
+        layout
+            .check_tokens(tokens)
+            .map_err(|e| Error::InvalidArgument(format!("--layout {text}: {e}")))?;
+        Ok(layout)
+    }
+
     /// A preset by its command-line form: `llava-1.5`, `llava-next:WIDTHxHEIGHT` (with
     /// `pinpoints`, or LLaVA-NeXT's defaults) or `qwen2-vl:TxHxW`.
     pub fn preset(text: &str, pinpoints: Option<&[[usize; 2]]>) -> Result<Layout> {
