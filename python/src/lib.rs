@@ -269,7 +269,8 @@ impl Compressor {
     /// What runs the pass: the line the command line prints after "on".
     #[getter]
     fn device(&self) -> String {
-        self.runner.device()
+        // Inside the pool: the CPU path names the threads it runs on.
+        self.on_pool(|| self.runner.device())
     }
 
     /// Why backend "auto" chose what it chose (None when it was not asked to choose).
