@@ -14,10 +14,10 @@ use metacompress::files::{self, TensorOut};
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Request, Runner};
 use metacompress::{bench, compare, pictures};
+use metacompress::{check_threads, one_line, parse_grid_flags, parse_pinpoints};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
 };
-use metacompress::{check_threads, one_line, parse_grid_flags, parse_pinpoints};
 
 /// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
 macro_rules! say {

@@ -18,8 +18,8 @@ use pyo3::types::PyDict;
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Method, Request, Runner};
 use metacompress::{
-    check_fits_f16, check_threads, files, parse_pinpoints, Backend, Grid, HostTokens, Keep,
-    Layout, Options, Precision, Scope,
+    check_fits_f16, check_threads, files, parse_pinpoints, Backend, Grid, HostTokens, Keep, Layout,
+    Options, Precision, Scope,
 };
 
 pyo3::create_exception!(
@@ -99,9 +99,12 @@ impl<'py> Borrowed<'py> {
         }
         let readonly = |error: numpy::BorrowError| usage(format!("x cannot be read: {error}"));
         if bf16 {
-            let array = x
-                .cast::<PyArrayDyn<u16>>()
-                .map_err(|_| usage(format!("bf16 x has dtype {}; expected uint16 bits", array.dtype())))?;
+            let array = x.cast::<PyArrayDyn<u16>>().map_err(|_| {
+                usage(format!(
+                    "bf16 x has dtype {}; expected uint16 bits",
+                    array.dtype()
+                ))
+            })?;
             return Ok(Borrowed::Bf16(array.try_readonly().map_err(readonly)?));
         }
         if let Ok(array) = x.cast::<PyArrayDyn<f32>>() {
@@ -213,6 +216,16 @@ fn layout_of(
     }
 }
 
+/// A call's outputs: the tokens, `P` when asked for, and each grid's `(hq, wq)`.
+type Reduced<'py> = (
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+    Vec<(usize, usize)>,
+);
+
+/// A grid as Python sees it: `(offset, h, w, stride)`.
+type GridTuple = (usize, usize, usize, usize);
+
 /// The methods' runtime: weights (optional) bound to a backend; see `metacompress.Compressor`.
 #[pyclass(frozen, module = "metacompress._native")]
 struct Compressor {
@@ -256,10 +269,7 @@ impl Compressor {
         };
         let runner = py
             .detach(|| {
-                let weights = weights
-                    .as_deref()
-                    .map(files::read_weights)
-                    .transpose()?;
+                let weights = weights.as_deref().map(files::read_weights).transpose()?;
                 Runner::new(weights, backend, None, precision)
             })
             .map_err(raised)?;
@@ -295,11 +305,7 @@ impl Compressor {
         seed: u64,
         attention: Option<PyReadonlyArrayDyn<'py, f32>>,
         projection: bool,
-    ) -> PyResult<(
-        Bound<'py, PyAny>,
-        Option<Bound<'py, PyAny>>,
-        Vec<(usize, usize)>,
-    )> {
+    ) -> PyResult<Reduced<'py>> {
         // In the command line's order: the knobs, then what the method needs, then the data.
         let keep = Keep::new(keep).map_err(raised)?;
         let scope: Scope = choice("scope", scope)?;
@@ -342,7 +348,11 @@ impl Compressor {
                         metacompress::Dtype::F16 => {
                             check_fits_f16("tokens for an f16 output", &reduced.tokens)?;
                             Output::F16(
-                                reduced.tokens.iter().map(|&v| half::f16::from_f32(v)).collect(),
+                                reduced
+                                    .tokens
+                                    .iter()
+                                    .map(|&v| half::f16::from_f32(v))
+                                    .collect(),
                             )
                         }
                         metacompress::Dtype::BF16 => Output::Bf16(
@@ -379,14 +389,8 @@ impl Compressor {
 /// `image_grid_pinpoints` as JSON (the wrapper turns a list into it).
 #[pyfunction]
 #[pyo3(signature = (preset, pinpoints = None))]
-fn layout(
-    preset: &str,
-    pinpoints: Option<&str>,
-) -> PyResult<(usize, Vec<(usize, usize, usize, usize)>)> {
-    let pinpoints = pinpoints
-        .map(parse_pinpoints)
-        .transpose()
-        .map_err(raised)?;
+fn layout(preset: &str, pinpoints: Option<&str>) -> PyResult<(usize, Vec<GridTuple>)> {
+    let pinpoints = pinpoints.map(parse_pinpoints).transpose().map_err(raised)?;
     let layout = Layout::preset(preset, pinpoints.as_deref()).map_err(raised)?;
     let grids = layout
         .grids()

@@ -209,27 +209,31 @@ def test_read_only_and_memory_mapped_arrays_are_read_in_place(tmp_path, seed):
 
 
 PEAK_SCRIPT = textwrap.dedent("""
-    import resource, sys
+    import sys
     import numpy as np
     import metacompress as mc
+    from metacompress.memory import peak_reset, peak_since_reset
     kind, weights = sys.argv[1], sys.argv[2]
     b, n, d = 12, 2928, 512
-    x = np.empty((b, n, d), dtype=np.float32)
     rng = np.random.default_rng(0)
-    for image in range(b):
-        x[image] = rng.standard_normal((n, d), dtype=np.float32)
     if kind == "bf16":
         import torch
-        x = torch.from_numpy(x).to(torch.bfloat16)
+        x = torch.empty((b, n, d), dtype=torch.bfloat16)
+        for image in range(b):
+            x[image] = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32))
+        size = x.numel() * x.element_size()
+    else:
+        x = np.empty((b, n, d), dtype=np.float32)
+        for image in range(b):
+            x[image] = rng.standard_normal((n, d), dtype=np.float32)
+        size = x.nbytes
     compressor = mc.Compressor(weights, backend="cpu")
     grids = mc.layout("llava-next:672x672")[1]
     compressor.compress(x[:1], grids=grids)  # warm: the thread pool and the weights
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_reset()
     tokens = compressor.compress(x, grids=grids).tokens
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    size = x.numel() * x.element_size() if kind == "bf16" else x.nbytes
-    out = tokens.numel() * tokens.element_size() if kind == "bf16" else tokens.nbytes
-    print(size, out, after - before)
+    print(size, tokens.numel() * tokens.element_size() if kind == "bf16" else tokens.nbytes,
+          peak_since_reset() - before)
 """)
 
 
@@ -244,7 +248,7 @@ def test_a_call_does_not_copy_x(binary, tmp_path, kind):
     assert result.returncode == 0, result.stderr
     size, out, raised = map(int, result.stdout.split())
     print(f"{kind}: x {size >> 20} MiB, output {out >> 20} MiB, peak raised by {raised >> 20} MiB")
-    assert raised < size / 2, (size, out, raised)
+    assert raised < out + size / 4, (size, out, raised)
 
 
 def test_one_compressor_shared_by_four_threads(weights_for, seed):
