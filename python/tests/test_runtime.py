@@ -3,6 +3,7 @@ line: every method against `metacompress compress --backend reference` (float64)
 inputs written to files, the layouts against `metacompress layout --json`, the errors against
 the command line's lines. Seeds are printed (pytest -s, or on failure) for replay."""
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -444,3 +445,16 @@ def test_errors_of_the_python_values():
         with pytest.raises((mc.UsageError, mc.Error)):
             call()
     still_alive()
+
+
+def test_the_readmes_python_examples_run(binary, tmp_path, monkeypatch):
+    """Every ```python block of the README's Python section, in a folder holding the
+    pmeta.safetensors its examples load."""
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 2
+    run(binary, "init", "--dim", 4096, "--dc", 64, "--pos", "24x24", "--output", tmp_path / "pmeta.safetensors")
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
