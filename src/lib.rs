@@ -48,7 +48,7 @@ pub(crate) mod weights;
 mod layering;
 
 pub use compress::{CompressFuture, Compressed, Compressor};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 pub use gpu::memory::MemoryCount;
 pub use gpu::resident::{GpuCompressed, GpuTokens, Tokens};
 pub use gpu::{GpuApi, GpuContext};

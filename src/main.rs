@@ -17,7 +17,7 @@ use metacompress::{bench, compare, pictures};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
 };
-use metacompress::{parse_grid_flags, parse_pinpoints};
+use metacompress::{one_line, parse_grid_flags, parse_pinpoints};
 
 /// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
 macro_rules! say {
@@ -119,31 +119,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("metacompress: {}", one_line(&error.to_string()));
+            eprintln!("metacompress: {}", error.line());
             ExitCode::from(if error.is_usage() { 2 } else { 1 })
         }
     }
-}
-
-/// `text` as one line a terminal shows as it is: control characters escaped, and any run of
-/// more than 100 characters without a space (a value echoed back) cut short.
-fn one_line(text: &str) -> String {
-    let escaped: String = text
-        .chars()
-        .flat_map(|c| match c {
-            '\n' | '\r' | '\t' => vec![' '],
-            c if c.is_control() => c.escape_default().collect(),
-            c => vec![c],
-        })
-        .collect();
-    escaped
-        .split(' ')
-        .map(|word| match word.char_indices().nth(100) {
-            Some((cut, _)) => format!("{}...({} characters)", &word[..cut], word.chars().count()),
-            None => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// On SIGINT or SIGTERM, removes the temporary output file being written (if any) and exits
