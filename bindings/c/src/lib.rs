@@ -136,6 +136,11 @@ impl mc_compressor {
     }
 }
 
+/// Most tokens per image (2^26, far past any model): a layout keeps 4 bytes per token, and
+/// `mc_reduced_count` has no buffer whose size bounds `n`, so a wild `n` must not become a
+/// wild allocation.
+const MAX_TOKENS: usize = 1 << 26;
+
 /// Most threads `mc_open_params.threads` takes.
 const MAX_THREADS: u32 = 1024;
 
@@ -378,9 +383,9 @@ impl Call {
         let scope: Scope = named("mc_call_params.scope", scope.unwrap_or("image"))?;
         let method: Method = named("mc_call_params.method", method.unwrap_or("metacompress"))?;
         let keep = Keep::new(params.keep)?;
-        if n == 0 {
+        if n == 0 || n > MAX_TOKENS {
             return Err(usage(format!(
-                "{function}: n = 0 tokens; expected at least 1"
+                "{function}: n = {n} tokens is out of range; expected 1 to {MAX_TOKENS}"
             )));
         }
         let layout = match (params.grids.is_null(), params.n_grids) {
@@ -551,8 +556,6 @@ pub unsafe extern "C" fn mc_compress(
                 "{function}: batch = {batch}, d = {d}; expected both at least 1"
             )));
         }
-        // SAFETY: the caller's promise.
-        let call = unsafe { Call::read(params, n, function)? };
         let size = match dtype {
             mc_dtype::MC_F32 => 4,
             mc_dtype::MC_F16 | mc_dtype::MC_BF16 => 2,
@@ -576,6 +579,8 @@ pub unsafe extern "C" fn mc_compress(
                 "{function}: tokens is not aligned to its type's {size} bytes"
             )));
         }
+        // SAFETY: the caller's promise.
+        let call = unsafe { Call::read(params, n, function)? };
         let queries = call.queries();
         if !m.is_null() {
             // SAFETY: writable by the caller's promise.
