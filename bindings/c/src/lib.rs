@@ -221,6 +221,30 @@ unsafe fn text<'a>(pointer: *const c_char, name: &str) -> Result<Option<&'a str>
         .map_err(|_| usage(format!("{name} is not UTF-8 text")))
 }
 
+/// A file's path (`None` for NULL): any bytes on Unix, UTF-8 elsewhere.
+///
+/// # Safety
+/// `pointer` is NULL or a NUL-terminated string.
+unsafe fn path<'a>(pointer: *const c_char, name: &str) -> Result<Option<&'a Path>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        // Any bytes name a file on Unix: nothing to refuse.
+        let _ = name;
+        // SAFETY: the caller's promise of a NUL-terminated string.
+        Ok((!pointer.is_null()).then(|| {
+            Path::new(std::ffi::OsStr::from_bytes(
+                unsafe { CStr::from_ptr(pointer) }.to_bytes(),
+            ))
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        // SAFETY: the caller's promise.
+        Ok(unsafe { text(pointer, name)? }.map(Path::new))
+    }
+}
+
 /// One of a `ValueEnum`'s names (as the command line spells them), or a usage error listing
 /// them.
 fn named<T: ValueEnum>(name: &str, value: &str) -> Result<T> {
@@ -291,7 +315,7 @@ pub unsafe extern "C" fn mc_open(
                 text(params.backend, "mc_open_params.backend")?,
                 text(params.precision, "mc_open_params.precision")?,
                 text(params.adapter, "mc_open_params.adapter")?,
-                text(weights_path, "mc_open: weights_path")?,
+                path(weights_path, "mc_open: weights_path")?,
             )
         };
         let backend: Backend = named("mc_open_params.backend", backend.unwrap_or("auto"))?;
@@ -311,9 +335,7 @@ pub unsafe extern "C" fn mc_open(
                     .map_err(|e| Error::Unsupported(format!("{threads} threads: {e}")))?,
             ),
         };
-        let weights = weights_path
-            .map(|path| files::read_weights(Path::new(path)))
-            .transpose()?;
+        let weights = weights_path.map(files::read_weights).transpose()?;
         let open = || -> Result<(Runner, String)> {
             let runner = Runner::new(weights, backend, adapter, precision)?;
             let device = runner.device();
@@ -732,4 +754,32 @@ pub unsafe extern "C" fn mc_close(compressor: *mut mc_compressor) {
         drop(unsafe { Box::from_raw(compressor) });
         Ok(())
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_mc_error_with_a_line() {
+        let status = guard(|| panic!("boom at the boundary"));
+        assert_eq!(status, mc_status::MC_ERROR);
+        // SAFETY: mc_last_error never returns NULL.
+        let line = unsafe { CStr::from_ptr(mc_last_error()) }.to_str().unwrap();
+        assert_eq!(
+            line,
+            "internal error (a bug in metacompress): boom at the boundary"
+        );
+    }
+
+    #[test]
+    fn usage_errors_and_failures_keep_the_cli_classification() {
+        let status = guard(|| Err(Error::InvalidArgument("bad\nvalue".to_string())));
+        assert_eq!(status, mc_status::MC_USAGE);
+        // SAFETY: mc_last_error never returns NULL.
+        let line = unsafe { CStr::from_ptr(mc_last_error()) }.to_str().unwrap();
+        assert_eq!(line, "bad value");
+        let status = guard(|| Err(Error::Gpu("lost".to_string())));
+        assert_eq!(status, mc_status::MC_ERROR);
+    }
 }
