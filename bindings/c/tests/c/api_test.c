@@ -2,7 +2,8 @@
  * inputs it wrote to DIR, and compares every output it writes with the Rust library's result
  * on the same inputs.
  *
- *   api_test DIR        every method, dtype, layout and scope; misuse; 4 threads on one compressor
+ *   api_test DIR        every method, dtype, layout and scope; misuse; 4 threads on one
+ *                       compressor; the GPU path where an adapter opens (MC_TEST_NO_GPU: not)
  *
  * Inputs in DIR (little-endian, raw): {square,strided}.{f32,f16,bf16} (2 images of n x 16),
  * attention_{square,strided}.f32 (2 x n), weights.safetensors (P_meta for d = 16).
@@ -418,6 +419,49 @@ static void threads(mc_compressor *compressor, const input *in) {
     free(expected[1]);
 }
 
+/* The GPU path through the C API, where an adapter opens (not under valgrind: the Rust side
+ * sets MC_TEST_NO_GPU there): metacompress on the square input, against the CPU path's
+ * result within f32 rounding. Prints "gpu DEVICE" or "gpu none". */
+static void gpu(const char *weights, mc_compressor *cpu, const input *in) {
+    const char *backends[] = {"vulkan", "metal", "dx12"};
+    mc_compressor *device = NULL;
+    if (getenv("MC_TEST_NO_GPU") == NULL) {
+        for (size_t b = 0; b < 3 && device == NULL; b++) {
+            mc_open_params open = mc_open_params_default();
+            open.backend = backends[b];
+            if (mc_open(weights, &open, &device) != MC_OK) device = NULL;
+        }
+    }
+    if (device == NULL) {
+        printf("gpu none\n");
+        return;
+    }
+    printf("gpu %s\n", mc_device(device));
+    mc_call_params params = params_for(in, "metacompress", "image");
+    size_t m = 0;
+    CHECK(mc_reduced_count(device, in->n, &params, &m, NULL) == MC_OK, "gpu: count");
+    size_t len = BATCH * m * D;
+    float *expected = malloc(len * sizeof(float)), *got = malloc(len * sizeof(float));
+    for (int dtype = 0; dtype < 3; dtype++) {
+        CHECK(mc_compress(cpu, in->tokens[dtype], (mc_dtype)dtype, BATCH, in->n, D, &params,
+                          expected, len, &m) == MC_OK,
+              "gpu: the CPU path");
+        CHECK(mc_compress(device, in->tokens[dtype], (mc_dtype)dtype, BATCH, in->n, D, &params,
+                          got, len, &m) == MC_OK,
+              "gpu: %s", DTYPE_NAMES[dtype]);
+        for (size_t i = 0; i < len; i++) {
+            if (!(fabsf(got[i] - expected[i]) <= 1e-4f * (1.0f + fabsf(expected[i])))) {
+                CHECK(0, "gpu %s: token value %zu is %g; the CPU path's is %g",
+                      DTYPE_NAMES[dtype], i, got[i], expected[i]);
+                break;
+            }
+        }
+    }
+    free(expected);
+    free(got);
+    mc_close(device);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: api_test DIR\n");
@@ -471,6 +515,7 @@ int main(int argc, char **argv) {
     misuse(f32, no_weights, &square, &strided);
     presets(f32);
     threads(f32, &strided);
+    gpu(weights, f32, &square);
 
     mc_close(f32);
     mc_close(bf16);
