@@ -3,6 +3,8 @@
 //! library's result bit for bit (the CPU path on 2 threads, both sides), report `m` and the
 //! query grids as the library does, and pass its own checks of misuse and of 4 threads on one
 //! compressor. Under valgrind (where it exists): no invalid access, no definite leak.
+//! Unix only (a `cc`, an rpath); Windows builds the library but runs none of this.
+#![cfg(unix)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,12 @@ use library::{Precision, Scope};
 const BATCH: usize = 2;
 const D: usize = 16;
 const SEED: u64 = 7;
+/// The shared library's file name on this platform.
+const SHARED: &str = if cfg!(target_os = "macos") {
+    "libmetacompress.dylib"
+} else {
+    "libmetacompress.so"
+};
 
 /// The directory of the C library, built for this test's profile: cargo builds no cdylib for
 /// a package's own tests, so the test asks it to (once per process; quick when it is fresh).
@@ -43,7 +51,11 @@ fn library_dir() -> &'static Path {
         }
         let status = command.status().unwrap_or_else(|e| panic!("{cargo}: {e}"));
         assert!(status.success(), "cargo build -p metacompress-c failed");
-        assert!(profile.join("libmetacompress.so").exists());
+        assert!(
+            profile.join(SHARED).exists(),
+            "no {SHARED} in {}",
+            profile.display()
+        );
         profile.to_path_buf()
     })
 }
