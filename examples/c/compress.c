@@ -14,8 +14,10 @@
  *
  * Build (after cargo build --release at the repository's root):
  *   cc -I include examples/c/compress.c target/release/libmetacompress.a \
- *      -lpthread -ldl -lm -o compress
+ *      -ldl -lgcc_s -lutil -lrt -lpthread -lm -lc -o compress
  */
+
+#define _POSIX_C_SOURCE 200112L /* setenv */
 
 #include "metacompress.h"
 
@@ -96,6 +98,12 @@ int main(int argc, char **argv) {
         call.n_grids = n_grids;
     }
 
+#ifdef __unix__
+    /* Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset.
+     * Compute needs no display: point it somewhere harmless before a GPU is looked for (the
+     * library leaves the environment alone; the metacompress CLI does the same as this). */
+    if (!getenv("XDG_RUNTIME_DIR")) setenv("XDG_RUNTIME_DIR", "/tmp", 0);
+#endif
     mc_compressor *compressor = NULL;
     mc_status status = mc_open(weights, &open, &compressor);
     if (status != MC_OK) return fail("mc_open", status);
