@@ -139,12 +139,12 @@ fn grid_rows(
         method,
         Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge
     ) {
-        // The similarities these methods compare are at most (grid tokens)^2.
+        // The float64 similarities these methods compare are at most (grid tokens)^2.
         let tokens = query_grid.grid.len();
         host_bytes(
             &format!("{}'s token similarities", method.name()),
             &[tokens, tokens],
-            4,
+            8,
         )?;
     }
     Ok(match method {
@@ -205,11 +205,15 @@ pub fn footprint(
         return Footprint { held, transient: 0 };
     }
     let copy = bytes(&[b, n, d], 4);
+    // One grid at a time: its float64 similarities and unit-length tokens.
     let similarities = match method {
         Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge => queries
             .grids
             .iter()
-            .map(|query_grid| bytes(&[query_grid.grid.len(), query_grid.grid.len()], 4))
+            .map(|query_grid| {
+                let tokens = query_grid.grid.len();
+                bytes(&[tokens, tokens], 8).saturating_add(bytes(&[tokens, d], 8))
+            })
             .max()
             .unwrap_or(0),
         _ => 0,
