@@ -173,7 +173,11 @@ fn visionzip_is_cls_53_dominant_tokens_and_10_contextual_targets_plus_means() {
     let mut summing_to_two = 0;
     for row in &rows[54..] {
         let target: Vec<usize> = (0..576).filter(|&t| row[t] == 1.0).collect();
-        assert_eq!(target.len(), 1, "seed {seed}: one target per contextual row");
+        assert_eq!(
+            target.len(),
+            1,
+            "seed {seed}: one target per contextual row"
+        );
         let merged: Vec<f32> = row
             .iter()
             .enumerate()
@@ -193,7 +197,10 @@ fn visionzip_is_cls_53_dominant_tokens_and_10_contextual_targets_plus_means() {
     // Every token is in exactly one of: [CLS] (all of them), dominant, contextual.
     for t in 0..576 {
         let holders = rows[1..].iter().filter(|row| row[t] != 0.0).count();
-        assert_eq!(holders, 1, "seed {seed}: token {t} in {holders} rows past [CLS]");
+        assert_eq!(
+            holders, 1,
+            "seed {seed}: token {t} in {holders} rows past [CLS]"
+        );
     }
 }
 
@@ -215,7 +222,10 @@ fn prumerge_rows_are_a_kept_token_plus_its_neighbours_attention_and_reuse_tokens
         let neighbours: Vec<usize> = (0..576).filter(|&t| t != token && row[t] != 0.0).collect();
         assert_eq!(neighbours.len(), 32, "seed {seed}: k = 32 neighbours");
         for &t in &neighbours {
-            assert_eq!(row[t], a[t], "seed {seed}: neighbour {t} weighs its attention");
+            assert_eq!(
+                row[t], a[t],
+                "seed {seed}: neighbour {t} weighs its attention"
+            );
             uses[t] += 1;
         }
         let sum: f64 = row.iter().map(|&w| w as f64).sum();
@@ -230,7 +240,10 @@ fn prumerge_rows_are_a_kept_token_plus_its_neighbours_attention_and_reuse_tokens
     // The last row: every token not kept, weighed by its attention.
     for t in 0..576 {
         let expected = if kept.contains(&t) { 0.0 } else { a[t] };
-        assert_eq!(rows[63][t], expected, "seed {seed}: extra token's weight of {t}");
+        assert_eq!(
+            rows[63][t], expected,
+            "seed {seed}: extra token's weight of {t}"
+        );
     }
     // Flat attention has no outliers: the 63 cells at stride 9 (576 / 63), from 0.
     let x = features(&mut rng, 1, 576, 13);
@@ -276,7 +289,10 @@ fn tome_merges_at_most_half_of_an_odd_count_per_round_in_its_own_order() {
         vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
     );
     let expected = reference_methods::tome(&x, 3, &queries, 5);
-    assert_eq!(expected, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25]);
+    assert_eq!(
+        expected,
+        vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
+    );
 }
 
 #[test]

@@ -69,7 +69,10 @@ pub fn visionzip(x: &[f32], width: usize, attention: &[f32], query_grid: &QueryG
     let ranked = by_attention(query_grid, attention);
     let mut dominant = ranked[..dominant_count].to_vec();
     dominant.sort_unstable();
-    let mut out = vec![attention_mean(&grid.tokens().collect::<Vec<_>>(), attention)];
+    let mut out = vec![attention_mean(
+        &grid.tokens().collect::<Vec<_>>(),
+        attention,
+    )];
     out.extend(dominant.iter().map(|&t| vec![(t, 1.0)]));
     if contextual == 0 {
         return out;
@@ -132,12 +135,13 @@ fn prumerge_kept(attention: &[f32], query_grid: &QueryGrid, count: usize) -> Vec
         .take(count)
         .collect();
     let missing = count - kept.len();
-    if missing > 0 {
+    let cells = grid.len();
+    // (None when nothing is missing.)
+    if let Some(widest) = cells.checked_div(missing) {
         let is_outlier = |cell: usize| kept.contains(&grid.token_of_cell(cell));
         // The largest stride whose cells, outliers left out, are enough (stride 1 always is:
         // the grid holds more than `count` tokens).
-        let cells = grid.len();
-        let supplement: Vec<usize> = (1..=cells / missing)
+        let supplement: Vec<usize> = (1..=widest)
             .rev()
             .map(|stride| {
                 (0..cells)

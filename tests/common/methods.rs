@@ -312,9 +312,9 @@ pub fn visionzip(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: u
         for &t in &dominant {
             out.push(vec![(t, 1.0)]);
         }
-        if c > 0 {
-            let filtered: Vec<usize> = all.into_iter().filter(|t| !dominant.contains(t)).collect();
-            let step = std::cmp::max(1, filtered.len() / c);
+        let filtered: Vec<usize> = all.into_iter().filter(|t| !dominant.contains(t)).collect();
+        if let Some(per_target) = filtered.len().checked_div(c) {
+            let step = std::cmp::max(1, per_target);
             let places: Vec<usize> = (0..filtered.len()).step_by(step).take(c).collect();
             let targets: Vec<usize> = places.iter().map(|&p| filtered[p]).collect();
             let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); targets.len()];
@@ -364,8 +364,7 @@ pub fn prumerge_kept(q: &QueryGrid, attention: &[f32]) -> Vec<usize> {
         .take(budget)
         .collect();
     let need = budget - kept.len();
-    if need > 0 {
-        let mut stride = all.len() / need;
+    if let Some(mut stride) = all.len().checked_div(need) {
         loop {
             let offered: Vec<usize> = (0..all.len())
                 .filter(|cell| cell % stride == 0)
