@@ -267,6 +267,85 @@ fn prumerge_rows_are_a_kept_token_plus_its_neighbours_attention_and_reuse_tokens
 }
 
 #[test]
+fn every_baseline_matches_its_reference_on_tiny_grids_at_every_keep() {
+    // 1x1, 1x2, 2x1, 2x2, 1x3, 3x3 and 2x5 grids with loose tokens between, from keep 0.05
+    // to 1: a single row, every token kept, PruMerge with no token to spare but one.
+    let (seed, mut rng) = seeded("every_baseline_matches_on_tiny_grids");
+    let mut grids = Vec::new();
+    let mut offset = 0;
+    for (h, w) in [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 3), (2, 5)] {
+        grids.push(grid(offset, h, w));
+        offset += h * w + 1;
+    }
+    let layout = Layout::new(offset, grids).unwrap();
+    let (n, d) = (layout.tokens(), 6);
+    let x = features(&mut rng, 1, n, d);
+    let a = attention(&mut rng, n);
+    for keep in [0.05, 0.3, 0.5, 0.8, 1.0] {
+        let queries = layout.queries(Keep::new(keep).unwrap());
+        for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
+            let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+            let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+            let Some(expected) =
+                reference_methods::projection(method, x.image(0), d, &a, &queries, n)
+            else {
+                continue;
+            };
+            let worst = p
+                .iter()
+                .zip(&expected)
+                .map(|(v, e)| (*v as f64 - e).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 1e-6,
+                "seed {seed}, keep {keep}, {}: P differs by {worst}",
+                method.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn rows_that_do_not_sum_to_one_or_weigh_nothing_keep_the_measures_finite() {
+    // Zero attention: PruMerge finds no outliers, its neighbours and its extra token weigh 0
+    // (a zero row, size 0), VisionZip's [CLS] row is uniform; every measure stays finite.
+    let (seed, mut rng) = seeded("rows_that_do_not_sum_to_one_keep_the_measures_finite");
+    let layout = odd_layout(&mut rng);
+    let (n, d) = (layout.tokens(), 9);
+    let x = features(&mut rng, 1, n, d);
+    let zero = vec![0.0f32; n];
+    let runner = Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap();
+    let request = Request {
+        features: (&x).into(),
+        layout: &layout,
+        attention: Some(&zero),
+        seed: 0,
+    };
+    let options = Options {
+        keep: Keep::new(0.3).unwrap(),
+        ..Options::default()
+    };
+    let probes = common::normal(&mut rng, 5 * d, 1.0);
+    for method in [Method::PruMerge, Method::VisionZip] {
+        let result = runner.run(method, &request, &options).unwrap();
+        let p = result.projection.as_ref().unwrap();
+        let zero_rows = p.chunks_exact(n).filter(|r| r.iter().all(|&w| w == 0.0));
+        if method == Method::PruMerge {
+            assert_eq!(zero_rows.count(), result.queries.grids.len(), "seed {seed}");
+        }
+        let f = fidelity(x.image(0), &result.tokens, p, &probes, d);
+        for value in [
+            f.attention_error,
+            f.proportional_error,
+            f.coverage,
+            f.energy,
+        ] {
+            assert!(value.is_finite(), "seed {seed}, {}: {f:?}", method.name());
+        }
+    }
+}
+
+#[test]
 fn tome_merges_at_most_half_of_an_odd_count_per_round_in_its_own_order() {
     // A 1x5 grid to 2 tokens. ToMe: round 1 merges floor(5/2) = 2 (tokens 2 and 4 into 3;
     // token 0 matches nothing), leaving [0, 1, {2,3,4}] in ToMe's order; round 2 over 3
@@ -701,10 +780,11 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
     let layout = odd_layout(&mut rng);
     let (b, n, d) = (5, layout.tokens(), 2 * rng.random_range(8..24) + 1);
     let x = features(&mut rng, b, n, d);
+    let a = attention(&mut rng, b * n);
     let request = Request {
         features: (&x).into(),
         layout: &layout,
-        attention: None,
+        attention: Some(&a),
         seed: 1,
     };
     let options = Options {
@@ -713,7 +793,13 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
         ..Options::default()
     };
     let runner = Runner::on_context(None, context.clone(), Precision::F32).unwrap();
-    for method in [Method::Pool, Method::Tome] {
+    // VisionZip and PruMerge: rows that do not sum to 1, weights past 1.
+    for method in [
+        Method::Pool,
+        Method::Tome,
+        Method::VisionZip,
+        Method::PruMerge,
+    ] {
         let what = format!("seed {seed}, {}", method.name());
         let whole = runner.run(method, &request, &options).unwrap();
         // Two images' features per binding: chunks of 2, 2 and 1 images.
