@@ -139,6 +139,35 @@ typedef struct {
   const float *attention;
 } mc_call_params;
 
+/**
+ * One more set of tokens of the same images, reduced with the main tokens' `P`
+ * (`mc_compress_sharing`): `batch x n x d` values of `dtype` at `tokens`, reduced to
+ * `batch x m x d` floats written to `out` (room for `out_len`). Qwen3-VL's deepstack
+ * features are such sets.
+ */
+typedef struct {
+  /**
+   * The set's tokens, row-major, aligned to their type.
+   */
+  const void *tokens;
+  /**
+   * Their type.
+   */
+  mc_dtype dtype;
+  /**
+   * Their width (any; the main tokens' `d` need not match).
+   */
+  size_t d;
+  /**
+   * Where the reduced tokens go.
+   */
+  float *out;
+  /**
+   * Room at `out`, in floats.
+   */
+  size_t out_len;
+} mc_token_set;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -213,6 +242,30 @@ mc_status mc_compress(mc_compressor *compressor,
                       float *out,
                       size_t out_len,
                       size_t *m);
+
+/**
+ * `mc_compress` with `n_extra` more token sets of the same images (`extra`, NULL when
+ * `n_extra` is 0): the main tokens' `P` is applied to each (`P X_k`, one `P`, several
+ * products), as models whose vision tower hands over several sets per image need (Qwen3-VL's
+ * deepstack features, added at the image tokens of the language model's first layers).
+ * Everything else is as `mc_compress`.
+ *
+ * # Safety
+ * As `mc_compress`; `extra` is NULL or `n_extra` valid `mc_token_set`s, each holding
+ * `batch * n * d` values of its dtype and room for its `out_len` floats.
+ */
+mc_status mc_compress_sharing(mc_compressor *compressor,
+                              const void *tokens,
+                              mc_dtype dtype,
+                              size_t batch,
+                              size_t n,
+                              size_t d,
+                              const mc_call_params *params,
+                              const mc_token_set *extra,
+                              size_t n_extra,
+                              float *out,
+                              size_t out_len,
+                              size_t *m);
 
 /**
  * The grids of a layout preset (the CLI's `--layout`: `llava-1.5`,

@@ -530,6 +530,96 @@ pub unsafe extern "C" fn mc_reduced_count(
     })
 }
 
+/// `count` values of `dtype` at `tokens`, checked: not NULL, a known dtype, aligned to it,
+/// `batch x n x d` within memory. `function` and `what` name them in errors.
+///
+/// # Safety
+/// `tokens` is NULL or holds `batch * n * d` values of `dtype`.
+unsafe fn host_values<'a>(
+    tokens: *const c_void,
+    dtype: DtypeCode,
+    (batch, n, d): (usize, usize, usize),
+    function: &str,
+    what: &str,
+) -> Result<HostValues<'a>> {
+    if tokens.is_null() {
+        return Err(usage(format!(
+            "{function}: {what} is NULL; expected a pointer"
+        )));
+    }
+    let dtype = match dtype.0 {
+        0 => mc_dtype::MC_F32,
+        1 => mc_dtype::MC_F16,
+        2 => mc_dtype::MC_BF16,
+        other => {
+            return Err(usage(format!(
+                "{function}: {what} dtype = {other} is not an mc_dtype; expected MC_F32 \
+                 (0), MC_F16 (1) or MC_BF16 (2)"
+            )))
+        }
+    };
+    if batch == 0 || d == 0 {
+        return Err(usage(format!(
+            "{function}: batch = {batch}, d = {d}; expected both at least 1"
+        )));
+    }
+    let size = match dtype {
+        mc_dtype::MC_F32 => 4,
+        mc_dtype::MC_F16 | mc_dtype::MC_BF16 => 2,
+    };
+    let count = batch
+        .checked_mul(n)
+        .and_then(|v| v.checked_mul(d))
+        .filter(|count| {
+            count
+                .checked_mul(size)
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
+        .ok_or_else(|| {
+            usage(format!(
+                "{function}: batch x n x d = {batch} x {n} x {d} values is more than memory \
+                 can hold"
+            ))
+        })?;
+    if !(tokens as usize).is_multiple_of(size) {
+        return Err(usage(format!(
+            "{function}: {what} is not aligned to its type's {size} bytes"
+        )));
+    }
+    // SAFETY: the caller's promise of `count` values of `dtype` (size and alignment checked).
+    Ok(unsafe {
+        match dtype {
+            mc_dtype::MC_F32 => HostValues::F32(std::slice::from_raw_parts(tokens.cast(), count)),
+            mc_dtype::MC_F16 => HostValues::F16(std::slice::from_raw_parts(tokens.cast(), count)),
+            mc_dtype::MC_BF16 => HostValues::BF16(std::slice::from_raw_parts(tokens.cast(), count)),
+        }
+    })
+}
+
+/// Room for `batch x m x d` floats at `out` (`out_len` of them), checked.
+fn room(
+    function: &str,
+    what: &str,
+    out_len: usize,
+    (batch, m, d): (usize, usize, usize),
+) -> Result<usize> {
+    let needed = batch
+        .checked_mul(m)
+        .and_then(|v| v.checked_mul(d))
+        .ok_or_else(|| {
+            usage(format!(
+                "{function}: batch x m x d = {batch} x {m} x {d} overflows"
+            ))
+        })?;
+    if out_len < needed {
+        return Err(usage(format!(
+            "{function}: {what} = {out_len} floats is too small; the call writes batch x m x d \
+             = {batch} x {m} x {d} = {needed} (mc_reduced_count gives m)"
+        )));
+    }
+    Ok(needed)
+}
+
 /// Compresses `batch` images of `n x d` tokens (`tokens`, row-major, of type `dtype`, aligned
 /// to it) to `m` tokens each: writes `batch x m x d` floats to `out` (room for `out_len`
 /// floats) and `m` to `*m` (when `m` is not NULL; written as soon as it is known, so also when
@@ -554,54 +644,104 @@ pub unsafe extern "C" fn mc_compress(
     out_len: usize,
     m: *mut usize,
 ) -> mc_status {
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        mc_compress_sharing(
+            compressor,
+            tokens,
+            dtype,
+            batch,
+            n,
+            d,
+            params,
+            std::ptr::null(),
+            0,
+            out,
+            out_len,
+            m,
+        )
+    }
+}
+
+/// One more set of tokens of the same images, reduced with the main tokens' `P`
+/// (`mc_compress_sharing`): `batch x n x d` values of `dtype` at `tokens`, reduced to
+/// `batch x m x d` floats written to `out` (room for `out_len`). Qwen3-VL's deepstack
+/// features are such sets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mc_token_set {
+    /// The set's tokens, row-major, aligned to their type.
+    pub tokens: *const c_void,
+    /// Their type.
+    pub dtype: DtypeCode,
+    /// Their width (any; the main tokens' `d` need not match).
+    pub d: usize,
+    /// Where the reduced tokens go.
+    pub out: *mut f32,
+    /// Room at `out`, in floats.
+    pub out_len: usize,
+}
+
+/// `mc_compress` with `n_extra` more token sets of the same images (`extra`, NULL when
+/// `n_extra` is 0): the main tokens' `P` is applied to each (`P X_k`, one `P`, several
+/// products), as models whose vision tower hands over several sets per image need (Qwen3-VL's
+/// deepstack features, added at the image tokens of the language model's first layers).
+/// Everything else is as `mc_compress`.
+///
+/// # Safety
+/// As `mc_compress`; `extra` is NULL or `n_extra` valid `mc_token_set`s, each holding
+/// `batch * n * d` values of its dtype and room for its `out_len` floats.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn mc_compress_sharing(
+    compressor: *mut mc_compressor,
+    tokens: *const c_void,
+    dtype: DtypeCode,
+    batch: usize,
+    n: usize,
+    d: usize,
+    params: *const mc_call_params,
+    extra: *const mc_token_set,
+    n_extra: usize,
+    out: *mut f32,
+    out_len: usize,
+    m: *mut usize,
+) -> mc_status {
     guard(|| {
+        let function = if extra.is_null() && n_extra == 0 {
+            "mc_compress"
+        } else {
+            "mc_compress_sharing"
+        };
         // SAFETY: the caller's promise.
-        let compressor = unsafe { required(compressor.cast_const(), "mc_compress", "compressor")? };
-        let function = "mc_compress";
-        if tokens.is_null() {
-            return Err(usage(format!(
-                "{function}: tokens is NULL; expected a pointer"
-            )));
-        }
+        let compressor = unsafe { required(compressor.cast_const(), function, "compressor")? };
         let out = output(out, function, "out")?;
-        let dtype = match dtype.0 {
-            0 => mc_dtype::MC_F32,
-            1 => mc_dtype::MC_F16,
-            2 => mc_dtype::MC_BF16,
-            other => {
+        // SAFETY: the caller's promise.
+        let values = unsafe { host_values(tokens, dtype, (batch, n, d), function, "tokens")? };
+        let sets: &[mc_token_set] = match (extra.is_null(), n_extra) {
+            (_, 0) => &[],
+            (true, count) => {
                 return Err(usage(format!(
-                    "{function}: dtype = {other} is not an mc_dtype; expected MC_F32 (0), \
-                     MC_F16 (1) or MC_BF16 (2)"
+                    "{function}: extra is NULL but n_extra = {count}; expected {count} \
+                     mc_token_set entries"
                 )))
             }
+            (false, count) if count > 4096 => {
+                return Err(usage(format!(
+                    "{function}: n_extra = {count} is out of range; expected at most 4096 sets"
+                )))
+            }
+            // SAFETY: the caller's promise of `count` entries (bounded above).
+            (false, count) => unsafe { std::slice::from_raw_parts(extra, count) },
         };
-        if batch == 0 || d == 0 {
-            return Err(usage(format!(
-                "{function}: batch = {batch}, d = {d}; expected both at least 1"
-            )));
-        }
-        let size = match dtype {
-            mc_dtype::MC_F32 => 4,
-            mc_dtype::MC_F16 | mc_dtype::MC_BF16 => 2,
-        };
-        let count = batch
-            .checked_mul(n)
-            .and_then(|v| v.checked_mul(d))
-            .filter(|count| {
-                count
-                    .checked_mul(size)
-                    .is_some_and(|b| b <= isize::MAX as usize)
-            })
-            .ok_or_else(|| {
-                usage(format!(
-                    "{function}: batch x n x d = {batch} x {n} x {d} values is more than \
-                     memory can hold"
-                ))
-            })?;
-        if !(tokens as usize).is_multiple_of(size) {
-            return Err(usage(format!(
-                "{function}: tokens is not aligned to its type's {size} bytes"
-            )));
+        let mut extra_values = Vec::with_capacity(sets.len());
+        for (index, set) in sets.iter().enumerate() {
+            let what = format!("extra[{index}].tokens");
+            output(set.out, function, &format!("extra[{index}].out"))?;
+            // SAFETY: the caller's promise.
+            let values =
+                unsafe { host_values(set.tokens, set.dtype, (batch, n, set.d), function, &what)? };
+            extra_values.push(values);
         }
         // SAFETY: the caller's promise.
         let call = unsafe { Call::read(params, n, function)? };
@@ -610,42 +750,20 @@ pub unsafe extern "C" fn mc_compress(
             // SAFETY: writable by the caller's promise.
             unsafe { *m = queries.count };
         }
-        let needed = batch
-            .checked_mul(queries.count)
-            .and_then(|v| v.checked_mul(d))
-            .ok_or_else(|| {
-                usage(format!(
-                    "{function}: batch x m x d = {batch} x {} x {d} overflows",
-                    queries.count
-                ))
-            })?;
-        if out_len < needed {
-            return Err(usage(format!(
-                "{function}: out_len = {out_len} floats is too small; the call writes batch x m \
-                 x d = {batch} x {} x {d} = {needed} (mc_reduced_count gives m)",
-                queries.count
-            )));
+        let needed = room(function, "out_len", out_len, (batch, queries.count, d))?;
+        let mut extra_needed = Vec::with_capacity(sets.len());
+        for (index, set) in sets.iter().enumerate() {
+            let what = format!("extra[{index}].out_len");
+            extra_needed.push(room(
+                function,
+                &what,
+                set.out_len,
+                (batch, queries.count, set.d),
+            )?);
         }
-        // SAFETY: the caller's promise of `count` values of `dtype` (size and alignment
-        // checked above).
-        let values = unsafe {
-            match dtype {
-                mc_dtype::MC_F32 => {
-                    HostValues::F32(std::slice::from_raw_parts(tokens.cast::<f32>(), count))
-                }
-                mc_dtype::MC_F16 => HostValues::F16(std::slice::from_raw_parts(
-                    tokens.cast::<half::f16>(),
-                    count,
-                )),
-                mc_dtype::MC_BF16 => HostValues::BF16(std::slice::from_raw_parts(
-                    tokens.cast::<half::bf16>(),
-                    count,
-                )),
-            }
-        };
         let attention = match call.attention.is_null() {
             true => None,
-            // SAFETY: the caller's promise of `batch * n` floats (no more than `count`).
+            // SAFETY: the caller's promise of `batch * n` floats.
             false => Some(unsafe { std::slice::from_raw_parts(call.attention, batch * n) }),
         };
         let request = Request {
@@ -654,11 +772,35 @@ pub unsafe extern "C" fn mc_compress(
             attention,
             seed: call.seed,
         };
-        let reduced =
-            compressor.install(|| compressor.runner.run(call.method, &request, &call.options))?;
+        let extra_tokens = extra_values
+            .into_iter()
+            .zip(sets)
+            .map(|(values, set)| HostTokens::new(values, batch, n, set.d))
+            .collect::<Result<Vec<_>>>()?;
+        let (reduced, reduced_extra) = compressor.install(|| {
+            if extra_tokens.is_empty() {
+                let reduced = compressor
+                    .runner
+                    .run(call.method, &request, &call.options)?;
+                Ok::<_, Error>((reduced, Vec::new()))
+            } else {
+                let shared = compressor.runner.run_sharing(
+                    call.method,
+                    &request,
+                    &extra_tokens,
+                    &call.options,
+                )?;
+                Ok((shared.main, shared.extra))
+            }
+        })?;
         // SAFETY: room for `out_len >= needed` floats, by the caller's promise.
         let out = unsafe { std::slice::from_raw_parts_mut(out, needed) };
         out.copy_from_slice(&reduced.tokens);
+        for ((set, tokens), needed) in sets.iter().zip(&reduced_extra).zip(extra_needed) {
+            // SAFETY: room for `set.out_len >= needed` floats, by the caller's promise.
+            let out = unsafe { std::slice::from_raw_parts_mut(set.out, needed) };
+            out.copy_from_slice(tokens);
+        }
         Ok(())
     })
 }

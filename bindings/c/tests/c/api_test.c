@@ -462,6 +462,73 @@ static void gpu(const char *weights, mc_compressor *cpu, const input *in) {
     mc_close(device);
 }
 
+/* One P for several token sets (mc_compress_sharing): a set equal to the tokens reduces to
+ * the main result and a set of twice the tokens to exactly twice it (doubling is exact) for
+ * methods whose Y is the product with P itself (pool, tome); metacompress, whose Y comes from
+ * its own forward pass, within 1e-5. A wider set (d + 3) runs too. Then its misuse. */
+static void sharing(mc_compressor *compressor, const input *in) {
+    static const char *methods[3] = {"pool", "tome", "metacompress"};
+    size_t count = BATCH * in->n * D, wide_count = BATCH * in->n * (D + 3);
+    const float *x = in->tokens[MC_F32];
+    float *doubled = malloc(count * sizeof(float));
+    float *wide = malloc(wide_count * sizeof(float));
+    for (size_t i = 0; i < count; i++) doubled[i] = 2.0f * x[i];
+    for (size_t i = 0; i < wide_count; i++) wide[i] = (float)((i * 7919) % 97) / 97.0f - 0.5f;
+    for (int k = 0; k < 3; k++) {
+        mc_call_params params = params_for(in, methods[k], "image");
+        size_t m = 0;
+        CHECK(mc_reduced_count(compressor, in->n, &params, &m, NULL) == MC_OK, "sharing count");
+        size_t needed = BATCH * m * D, wide_needed = BATCH * m * (D + 3);
+        float *out = malloc((3 * needed + wide_needed) * sizeof(float));
+        mc_token_set sets[3] = {{x, MC_F32, D, out + needed, needed},
+                                {doubled, MC_F32, D, out + 2 * needed, needed},
+                                {wide, MC_F32, D + 3, out + 3 * needed, wide_needed}};
+        mc_status status = mc_compress_sharing(compressor, x, MC_F32, BATCH, in->n, D, &params,
+                                               sets, 3, out, needed, &m);
+        CHECK(status == MC_OK, "sharing %s gave %d", methods[k], status);
+        double diff = 0, norm = 0;
+        for (size_t i = 0; i < needed; i++) {
+            if (k < 2 && (out[needed + i] != out[i] || out[2 * needed + i] != 2.0f * out[i])) {
+                CHECK(0, "sharing %s: element %zu: %g, %g against %g", methods[k], i,
+                      out[needed + i], out[2 * needed + i], out[i]);
+                break;
+            }
+            double a = out[needed + i] - out[i], b = out[2 * needed + i] - 2.0 * out[i];
+            diff += a * a + b * b;
+            norm += 5.0 * out[i] * out[i];
+        }
+        CHECK(norm > 0 && sqrt(diff / norm) < 1e-5, "sharing %s: error %g", methods[k],
+              sqrt(diff / norm));
+        for (size_t i = 0; i < wide_needed; i++) {
+            if (!isfinite(out[3 * needed + i])) {
+                CHECK(0, "sharing %s: wide set element %zu = %g", methods[k], i,
+                      out[3 * needed + i]);
+                break;
+            }
+        }
+        if (k == 0) {
+            mc_token_set bad = {x, MC_F32, D, NULL, needed};
+            EXPECT(mc_compress_sharing(compressor, x, MC_F32, BATCH, in->n, D, &params, &bad, 1,
+                                       out, needed, &m),
+                   MC_USAGE, "extra[0].out is NULL");
+            EXPECT(mc_compress_sharing(compressor, x, MC_F32, BATCH, in->n, D, &params, NULL, 2,
+                                       out, needed, &m),
+                   MC_USAGE, "extra is NULL but n_extra = 2");
+            mc_token_set small = {x, MC_F32, D, out + needed, 1};
+            EXPECT(mc_compress_sharing(compressor, x, MC_F32, BATCH, in->n, D, &params, &small,
+                                       1, out, needed, &m),
+                   MC_USAGE, "extra[0].out_len = 1 floats is too small");
+            mc_token_set odd = {x, (mc_dtype)9, D, out + needed, needed};
+            EXPECT(mc_compress_sharing(compressor, x, MC_F32, BATCH, in->n, D, &params, &odd, 1,
+                                       out, needed, &m),
+                   MC_USAGE, "extra[0].tokens dtype = 9 is not an mc_dtype");
+        }
+        free(out);
+    }
+    free(doubled);
+    free(wide);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: api_test DIR\n");
@@ -515,6 +582,7 @@ int main(int argc, char **argv) {
     misuse(f32, no_weights, &square, &strided);
     presets(f32);
     threads(f32, &strided);
+    sharing(f32, &strided);
     gpu(weights, f32, &square);
 
     mc_close(f32);
