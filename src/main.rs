@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(threads) = cli.threads {
-        if let Err(error) = check_threads(threads) {
+        if let Err(error) = check_threads(threads as i128) {
             eprintln!("metacompress: {}", error.line());
             return ExitCode::from(2);
         }

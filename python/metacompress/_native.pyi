@@ -15,8 +15,8 @@ class Compressor:
     def __init__(
         self,
         weights: Optional[str],
-        backend: str = "auto",
-        precision: str = "f32",
+        backend: str,
+        precision: str,
         threads: Optional[int] = None,
     ) -> None: ...
     @property

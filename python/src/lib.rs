@@ -52,8 +52,9 @@ fn usage(message: String) -> PyErr {
 
 /// A named choice (`method`, `scope`, `backend`, `precision`) as the command line parses it,
 /// refused in the words of its parser.
-fn choice<T: clap::ValueEnum>(flag: &str, value: &str) -> PyResult<T> {
-    T::from_str(value, false).map_err(|_| {
+fn choice<T: clap::ValueEnum>(flag: &str, value: &Bound<'_, PyAny>) -> PyResult<T> {
+    let value = text(value, flag)?;
+    T::from_str(&value, false).map_err(|_| {
         let names: Vec<String> = T::value_variants()
             .iter()
             .filter_map(|v| v.to_possible_value())
@@ -64,6 +65,32 @@ fn choice<T: clap::ValueEnum>(flag: &str, value: &str) -> PyResult<T> {
             "invalid value '{value}' for '--{flag} <{}>' [possible values: {}]",
             flag.to_uppercase(),
             names.join(", ")
+        ))
+    })
+}
+
+/// A text argument, or a usage error naming it when the value is no string.
+fn text(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    value.extract().map_err(|_| {
+        usage(format!(
+            "{name} is a {}; expected a string",
+            type_name(value)
+        ))
+    })
+}
+
+/// A number argument, or a usage error naming it when the value is no such number.
+fn number<'py, T: for<'a> FromPyObject<'a, 'py>>(
+    value: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<T> {
+    value.extract().map_err(|_| {
+        let shown = value
+            .repr()
+            .map_or_else(|_| "?".to_string(), |text| text.to_string());
+        usage(format!(
+            "{name} {shown} is out of range; expected {expected}"
         ))
     })
 }
@@ -94,6 +121,13 @@ impl<'py> Borrowed<'py> {
             return Err(usage(format!(
                 "x of shape {:?} is not C-contiguous; expected a row-major array (numpy: \
                  np.ascontiguousarray(x); torch: x.contiguous())",
+                array.shape()
+            )));
+        }
+        if !array.is_aligned() {
+            return Err(usage(format!(
+                "x of shape {:?} is not aligned to its element size (a view at an odd byte \
+                 offset); expected an aligned array (numpy: np.require(x, requirements=\"CA\"))",
                 array.shape()
             )));
         }
@@ -137,7 +171,7 @@ impl<'py> Borrowed<'py> {
     /// The library's view of the values (no copy), checked as `HostTokens::new` checks.
     fn tokens(&self) -> PyResult<HostTokens<'_>> {
         let ((b, n, d), _) = self.shape();
-        let contiguous = "checked C-contiguous";
+        let contiguous = "checked C-contiguous and aligned";
         match self {
             Borrowed::F32(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
             Borrowed::F16(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
@@ -246,20 +280,21 @@ impl Compressor {
 #[pymethods]
 impl Compressor {
     #[new]
-    #[pyo3(signature = (weights, backend = "auto", precision = "f32", threads = None))]
+    #[pyo3(signature = (weights, backend, precision, threads = None))]
     fn new(
         py: Python<'_>,
         weights: Option<PathBuf>,
-        backend: &str,
-        precision: &str,
-        threads: Option<usize>,
+        backend: &Bound<'_, PyAny>,
+        precision: &Bound<'_, PyAny>,
+        threads: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let backend: Backend = choice("backend", backend)?;
         let precision: Precision = choice("precision", precision)?;
         let pool = match threads {
             None => None,
             Some(threads) => {
-                check_threads(threads).map_err(raised)?;
+                let threads: i128 = number(threads, "threads", "an integer from 1")?;
+                let threads = check_threads(threads).map_err(raised)?;
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
@@ -298,21 +333,23 @@ impl Compressor {
         x: &Bound<'py, PyAny>,
         bf16: bool,
         grids: Option<&Bound<'py, PyAny>>,
-        layout: Option<&str>,
-        keep: f64,
-        scope: &str,
-        method: &str,
-        seed: u64,
+        layout: Option<&Bound<'py, PyAny>>,
+        keep: &Bound<'py, PyAny>,
+        scope: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyAny>,
+        seed: &Bound<'py, PyAny>,
         attention: Option<PyReadonlyArrayDyn<'py, f32>>,
         projection: bool,
     ) -> PyResult<Reduced<'py>> {
         // In the command line's order: the knobs, then what the method needs, then the data.
-        let keep = Keep::new(keep).map_err(raised)?;
+        let keep = Keep::new(number(keep, "keep", "a fraction in (0, 1]")?).map_err(raised)?;
+        let seed: u64 = number(seed, "seed", "an integer from 0 to 2^64 - 1")?;
         let scope: Scope = choice("scope", scope)?;
         let method: Method = choice("method", method)?;
         let source = Borrowed::of(x, bf16)?;
         let ((b, n, d), single) = source.shape();
-        let layout = layout_of(grids, layout, n)?;
+        let layout = layout.map(|preset| text(preset, "layout")).transpose()?;
+        let layout = layout_of(grids, layout.as_deref(), n)?;
         let attention = match &attention {
             Some(values) if !(1..=2).contains(&values.ndim()) => {
                 return Err(usage(format!(
@@ -321,7 +358,10 @@ impl Compressor {
                 )))
             }
             Some(values) => Some(values.as_slice().map_err(|_| {
-                usage("attention is not C-contiguous; expected a row-major array".to_string())
+                usage(
+                    "attention is not C-contiguous and aligned; expected a row-major float32 array"
+                        .to_string(),
+                )
             })?),
             None => None,
         };
