@@ -18,8 +18,8 @@ use pyo3::types::PyDict;
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Method, Request, Runner};
 use metacompress::{
-    check_fits_f16, check_threads, files, parse_pinpoints, Backend, Grid, HostTokens, Keep, Layout,
-    Options, Precision, Scope,
+    check_fits_f16, check_threads, files, parse_pinpoints, Backend, Grid, HostTokens, HostValues,
+    Keep, Layout, Options, Precision, Scope,
 };
 
 pyo3::create_exception!(
@@ -168,21 +168,16 @@ impl<'py> Borrowed<'py> {
         }
     }
 
-    /// The library's view of the values (no copy), checked as `HostTokens::new` checks.
-    fn tokens(&self) -> PyResult<HostTokens<'_>> {
-        let ((b, n, d), _) = self.shape();
-        let contiguous = "checked C-contiguous and aligned";
+    /// The values where they lie (no copy); `HostTokens::new` checks them, without the GIL.
+    fn values(&self) -> HostValues<'_> {
+        let aligned = "checked C-contiguous and aligned";
         match self {
-            Borrowed::F32(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
-            Borrowed::F16(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
-            Borrowed::Bf16(a) => HostTokens::new(
-                bytemuck::cast_slice::<u16, half::bf16>(a.as_slice().expect(contiguous)),
-                b,
-                n,
-                d,
-            ),
+            Borrowed::F32(a) => HostValues::F32(a.as_slice().expect(aligned)),
+            Borrowed::F16(a) => HostValues::F16(a.as_slice().expect(aligned)),
+            Borrowed::Bf16(a) => HostValues::BF16(bytemuck::cast_slice::<u16, half::bf16>(
+                a.as_slice().expect(aligned),
+            )),
         }
-        .map_err(raised)
     }
 }
 
@@ -365,25 +360,25 @@ impl Compressor {
             })?),
             None => None,
         };
-        let tokens = source.tokens()?;
-        let request = Request {
-            features: tokens,
-            layout: &layout,
-            attention,
-            seed,
-        };
+        let values = source.values();
         let options = Options {
             keep,
             scope,
             save_projection: projection,
             ..Options::default()
         };
-        let dtype = tokens.values().dtype();
         let (output, projected, queries) = py
             .detach(|| {
                 self.on_pool(|| {
+                    // The finite-value check reads all of x: without the GIL too.
+                    let request = Request {
+                        features: HostTokens::new(values, b, n, d)?,
+                        layout: &layout,
+                        attention,
+                        seed,
+                    };
                     let reduced = self.runner.run(method, &request, &options)?;
-                    let output = match dtype {
+                    let output = match values.dtype() {
                         metacompress::Dtype::F32 => Output::F32(reduced.tokens),
                         metacompress::Dtype::F16 => {
                             check_fits_f16("tokens for an f16 output", &reduced.tokens)?;
