@@ -13,7 +13,14 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _native
+# Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset;
+# compute needs no display (the command line does the same before it opens a device).
+if sys.platform.startswith("linux") and "XDG_RUNTIME_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.gettempdir()
+
+from . import _native  # noqa: E402
 
 UsageError = _native.UsageError
 Error = _native.Error

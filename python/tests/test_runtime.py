@@ -3,6 +3,7 @@ line: every method against `metacompress compress --backend reference` (float64)
 inputs written to files, the layouts against `metacompress layout --json`, the errors against
 the command line's lines. Seeds are printed (pytest -s, or on failure) for replay."""
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -296,6 +297,35 @@ def test_the_gil_is_released_during_a_call(weights_for):
     counted.append(count)
     # With the GIL held for the call, this loop could not run while it lasts.
     assert count > 1000, count
+
+
+def test_a_gpu_backend_agrees_with_the_cpu_path(weights_for, seed):
+    """On the first Vulkan adapter (Mesa's lavapipe without a GPU): metacompress and a
+    baseline, f32 and f16 inputs, shared by threads, against the CPU path."""
+    if not any(entry["backend"] == "vulkan" for entry in mc.devices()):
+        if os.environ.get("CI"):
+            pytest.fail("no Vulkan adapter (CI is set)")
+        pytest.skip("NO VULKAN ADAPTER: the GPU path through Python is not tested here")
+    rng = np.random.default_rng(seed)
+    n, grids = random_layout(rng)
+    x = rng.standard_normal((3, n, 19)).astype(np.float32)
+    gpu = mc.Compressor(weights_for(19), backend="vulkan")
+    cpu = mc.Compressor(weights_for(19), backend="cpu")
+    assert "vulkan" in gpu.device.lower() or "llvmpipe" in gpu.device.lower(), gpu.device
+    for method in ["metacompress", "pool"]:
+        for values in [x, x.astype(np.float16)]:
+            ours = gpu.compress(values, grids=grids, method=method, keep=0.3, projection=True)
+            theirs = cpu.compress(values, grids=grids, method=method, keep=0.3, projection=True)
+            bound = 1e-4 if values.dtype == np.float32 else 1e-2
+            assert ours.tokens.dtype == values.dtype
+            assert relative(ours.tokens, theirs.tokens) <= bound, f"seed {seed} {method} {values.dtype}"
+            assert relative(ours.projection, theirs.projection) <= 1e-4, f"seed {seed} {method}"
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = gpu.compress(x, grids=grids).tokens
+    with ThreadPoolExecutor(4) as pool:
+        for tokens in pool.map(lambda _: gpu.compress(x, grids=grids).tokens, range(8)):
+            assert np.array_equal(tokens, alone), f"seed {seed}"
 
 
 def test_threads_and_device():
