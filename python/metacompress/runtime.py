@@ -69,8 +69,9 @@ def _host_view(x):
 
 
 class _ArgumentsAsUsage:
-    """Turns the extension's refusals of a Python value of the wrong type (TypeError,
-    OverflowError: `seed=-1`, `keep="a"`) into `UsageError`, like every other bad argument."""
+    """Turns any refusal of a Python value the extension cannot convert (TypeError,
+    OverflowError; it names most arguments itself) into `UsageError`, like every other bad
+    argument."""
 
     def __enter__(self):
         return self
