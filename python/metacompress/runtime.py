@@ -147,7 +147,7 @@ class Compressor:
         """
         array, bf16, torch_dtype = _host_view(x)
         with _ArgumentsAsUsage():
-            tokens, projected, queries = self._native.compress(
+            tokens, projected, queries, _ = self._native.compress(
                 array, bf16, grids, layout, keep, scope, method, seed, _attention(attention),
                 bool(projection),
             )

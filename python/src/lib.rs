@@ -245,11 +245,13 @@ fn layout_of(
     }
 }
 
-/// A call's outputs: the tokens, `P` when asked for, and each grid's `(hq, wq)`.
+/// A call's outputs: the tokens, `P` when asked for, each grid's `(hq, wq)`, and the seconds
+/// the runtime's own call took (what `metacompress bench` times; for measuring the binding).
 type Reduced<'py> = (
     Bound<'py, PyAny>,
     Option<Bound<'py, PyAny>>,
     Vec<(usize, usize)>,
+    f64,
 );
 
 /// A grid as Python sees it: `(offset, h, w, stride)`.
@@ -319,7 +321,8 @@ impl Compressor {
         self.runner.choice().map(str::to_string)
     }
 
-    /// `(tokens, projection or None, queries)`; `bf16` says that `x` holds bfloat16 bits.
+    /// `(tokens, projection or None, queries, seconds of the runtime's call)`; `bf16` says
+    /// that `x` holds bfloat16 bits.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, bf16, grids, layout, keep, scope, method, seed, attention, projection))]
     fn compress<'py>(
@@ -367,7 +370,7 @@ impl Compressor {
             save_projection: projection,
             ..Options::default()
         };
-        let (output, projected, queries) = py
+        let (output, projected, queries, seconds) = py
             .detach(|| {
                 self.on_pool(|| {
                     // The finite-value check reads all of x: without the GIL too.
@@ -377,7 +380,9 @@ impl Compressor {
                         attention,
                         seed,
                     };
+                    let started = std::time::Instant::now();
                     let reduced = self.runner.run(method, &request, &options)?;
+                    let seconds = started.elapsed().as_secs_f64();
                     let output = match values.dtype() {
                         metacompress::Dtype::F32 => Output::F32(reduced.tokens),
                         metacompress::Dtype::F16 => {
@@ -399,7 +404,7 @@ impl Compressor {
                         ),
                     };
                     let projected = if projection { reduced.projection } else { None };
-                    Ok((output, projected, reduced.queries))
+                    Ok((output, projected, reduced.queries, seconds))
                 })
             })
             .map_err(raised)?;
@@ -416,7 +421,7 @@ impl Compressor {
             .map(|values| Output::F32(values).into_array(py, &shape(n)))
             .transpose()?;
         let queries = queries.grids.iter().map(|g| (g.height, g.width)).collect();
-        Ok((tokens, projected, queries))
+        Ok((tokens, projected, queries, seconds))
     }
 }
 
