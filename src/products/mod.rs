@@ -354,9 +354,12 @@ pub fn multiply<T: Element>(a: View<T>, b: View<T>, mut out: ViewMut<T>, update:
         return;
     }
     if kernels == Kernels::OneDnn {
-        if let (Some(a), Some(b), Some(mut out), Some(scale)) =
-            (a.cast::<f32>(), b.cast::<f32>(), out.cast::<f32>(), cast_scalar::<T, f32>(scale))
-        {
+        if let (Some(a), Some(b), Some(mut out), Some(scale)) = (
+            a.cast::<f32>(),
+            b.cast::<f32>(),
+            out.cast::<f32>(),
+            cast_scalar::<T, f32>(scale),
+        ) {
             if onednn::multiply(&a, &b, &mut out, onednn::DataType::F32, read_out, scale) {
                 return;
             }
@@ -462,17 +465,15 @@ mod openblas;
 
 mod onednn;
 
-pub use onednn::LIBRARY_VARIABLE as ONEDNN_LIBRARY_VARIABLE;
-
-/// How many oneDNN primitives are kept (0 when oneDNN is not open); one per product shape,
-/// made on first use.
-pub fn onednn_primitives() -> usize {
-    onednn::library().map_or(0, |library| library.primitives())
+/// Whether the system's oneDNN opens (once per process; `METACOMPRESS_ONEDNN_LIBRARY` names
+/// another file to open).
+pub fn onednn_loads() -> bool {
+    onednn::library().is_ok()
 }
 
 /// `out = a b` or `out += scale * a b` with bf16 inputs and an f32 output, the products of
-/// `--precision bf16`: through oneDNN (AMX or AVX-512 BF16 where the CPU has them) when it
-/// runs the products, else the inputs widened to f32 (exactly) and `multiply`.
+/// `--precision bf16` on the oneDNN path: through oneDNN (AMX or AVX-512 BF16 where the CPU
+/// has them) when it opens, else the inputs widened to f32 (exactly) and `multiply`.
 pub fn multiply_bf16(
     a: View<half::bf16>,
     b: View<half::bf16>,
@@ -487,9 +488,7 @@ pub fn multiply_bf16(
     if out.rows == 0 || out.columns == 0 {
         return;
     }
-    if a.columns > 0
-        && Kernels::chosen().unwrap_or(Kernels::Simd) == Kernels::OneDnn
-        && onednn::multiply(&a, &b, &mut out, onednn::DataType::Bf16, read_out, scale)
+    if a.columns > 0 && onednn::multiply(&a, &b, &mut out, onednn::DataType::Bf16, read_out, scale)
     {
         return;
     }

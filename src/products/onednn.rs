@@ -208,9 +208,9 @@ fn open() -> Result<OneDnn, String> {
     unsafe {
         macro_rules! function {
             ($name:literal) => {
-                *library.get(concat!($name, "\0").as_bytes()).map_err(|error| {
-                    format!("oneDNN ({shown}) lacks {}: {error}", $name)
-                })?
+                *library
+                    .get(concat!($name, "\0").as_bytes())
+                    .map_err(|error| format!("oneDNN ({shown}) lacks {}: {error}", $name))?
             };
         }
         let version: unsafe extern "C" fn() -> *const Version = function!("dnnl_version");
@@ -286,8 +286,9 @@ impl OneDnn {
         }
     }
 
-    /// How many primitives are kept (for the tests of the cache).
-    pub fn primitives(&self) -> usize {
+    /// How many primitives are kept.
+    #[cfg(test)]
+    fn primitives(&self) -> usize {
         self.primitives.lock().map_or(0, |cache| cache.len())
     }
 
@@ -337,8 +338,7 @@ impl OneDnn {
         // destroys it; the descriptors outlive the calls that read them.
         unsafe {
             let mut matmul = Box::new(MatmulDesc([0; 16384]));
-            if (api.matmul_desc_init)(&mut *matmul, &*a, &*b, std::ptr::null(), &*out) != SUCCESS
-            {
+            if (api.matmul_desc_init)(&mut *matmul, &*a, &*b, std::ptr::null(), &*out) != SUCCESS {
                 return None;
             }
             let mut attr = std::ptr::null_mut();
@@ -383,14 +383,12 @@ impl OneDnn {
             };
             for (slot, desc) in made.memories.iter_mut().zip([&a, &b, &out]) {
                 // A null handle: no buffer is allocated; each run sets its own.
-                if (api.memory_create)(slot, &**desc, self.engine, std::ptr::null_mut())
-                    != SUCCESS
+                if (api.memory_create)(slot, &**desc, self.engine, std::ptr::null_mut()) != SUCCESS
                 {
                     return None;
                 }
             }
-            if (api.stream_create)(&mut made.stream, self.engine, STREAM_DEFAULT_FLAGS) != SUCCESS
-            {
+            if (api.stream_create)(&mut made.stream, self.engine, STREAM_DEFAULT_FLAGS) != SUCCESS {
                 return None;
             }
             Some(made)
@@ -502,7 +500,8 @@ mod tests {
             .enumerate()
         {
             let stride = columns + 2;
-            let value = |i: usize, salt: usize| ((i * 37 + salt * 101 + seed) % 97) as f32 / 48.5 - 1.0;
+            let value =
+                |i: usize, salt: usize| ((i * 37 + salt * 101 + seed) % 97) as f32 / 48.5 - 1.0;
             let a: Vec<f32> = (0..rows * inner).map(|i| value(i, 1)).collect();
             // b stored transposed (columns x inner).
             let b: Vec<f32> = (0..columns * inner).map(|i| value(i, 2)).collect();
@@ -547,7 +546,11 @@ mod tests {
                     };
                     assert!(done, "{rows}x{inner}x{columns} bf16 {bf16}: no primitive");
                     if round == 2 {
-                        assert_eq!(library.primitives(), before, "the shape's primitive is kept");
+                        assert_eq!(
+                            library.primitives(),
+                            before,
+                            "the shape's primitive is kept"
+                        );
                     }
                     for r in 0..rows {
                         for c in 0..columns {
@@ -564,6 +567,77 @@ mod tests {
                             .iter()
                             .all(|&v| v == 0.5));
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Rates of the llava-next-7b forward's products in each orientation (run by hand:
+    /// `cargo test --release --lib onednn_rates -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn onednn_rates() {
+        let library = library().unwrap();
+        eprintln!("{} {} {}", library.version, library.isa, library.threads());
+        let time = |rows: usize, inner: usize, columns: usize, a_t: bool, b_t: bool, bf16: bool| {
+            let a = vec![0.01f32; rows * inner];
+            let b = vec![0.02f32; inner * columns];
+            let a16 = vec![half::bf16::from_f32(0.01); rows * inner];
+            let b16 = vec![half::bf16::from_f32(0.02); inner * columns];
+            let mut out = vec![0.0f32; rows * columns];
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let av = if a_t {
+                    View::row_major(&a, inner, rows).transposed()
+                } else {
+                    View::row_major(&a, rows, inner)
+                };
+                let bv = if b_t {
+                    View::row_major(&b, columns, inner).transposed()
+                } else {
+                    View::row_major(&b, inner, columns)
+                };
+                let av16 = if a_t {
+                    View::row_major(&a16, inner, rows).transposed()
+                } else {
+                    View::row_major(&a16, rows, inner)
+                };
+                let bv16 = if b_t {
+                    View::row_major(&b16, columns, inner).transposed()
+                } else {
+                    View::row_major(&b16, inner, columns)
+                };
+                let mut o = ViewMut::row_major(&mut out, rows, columns);
+                let started = std::time::Instant::now();
+                let ok = if bf16 {
+                    multiply(&av16, &bv16, &mut o, DataType::Bf16, false, 1.0)
+                } else {
+                    multiply(&av, &bv, &mut o, DataType::F32, false, 1.0)
+                };
+                assert!(ok);
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+            2.0 * (rows * inner * columns) as f64 / best / 1e9
+        };
+        for (rows, inner, columns) in [
+            (289, 2928, 4096),
+            (2928, 4096, 256),
+            (256, 4096, 2928),
+            (289, 256, 2928),
+            (289, 4096, 256),
+            (2048, 2048, 2048),
+        ] {
+            for bf16 in [false, true] {
+                for (a_t, b_t) in [(false, false), (false, true), (true, false)] {
+                    eprintln!(
+                        "{rows}x{inner}x{columns} bf16 {bf16} a_t {a_t} b_t {b_t}: {:.0}",
+                        time(rows, inner, columns, a_t, b_t, bf16)
+                    );
                 }
             }
         }
