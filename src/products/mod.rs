@@ -471,6 +471,58 @@ pub fn onednn_loads() -> bool {
     onednn::library().is_ok()
 }
 
+/// oneDNN's matmul rate (GFLOP/s) on `shapes` (`rows x inner x columns` each, plain row-major
+/// operands), in bf16 x bf16 -> f32 or f32: each product's best of three runs (after one
+/// untimed, which also makes its primitive), their flops over the sum of those times. `None`
+/// where oneDNN does not open.
+pub fn onednn_rate(shapes: &[(usize, usize, usize)], bf16: bool) -> Option<f64> {
+    onednn::library().ok()?;
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    for &(rows, inner, columns) in shapes {
+        let value = |i: usize| ((i * 7919) % 1009) as f32 / 1009.0 - 0.5;
+        let a: Vec<f32> = (0..rows * inner).map(value).collect();
+        let b: Vec<f32> = (0..inner * columns).map(|i| value(i + 17)).collect();
+        let (a16, b16): (Vec<half::bf16>, Vec<half::bf16>) = (
+            a.iter().map(|&v| half::bf16::from_f32(v)).collect(),
+            b.iter().map(|&v| half::bf16::from_f32(v)).collect(),
+        );
+        let mut out = vec![0.0f32; rows * columns];
+        let mut best = f64::INFINITY;
+        for run in 0..4 {
+            let mut target = ViewMut::row_major(&mut out, rows, columns);
+            let started = std::time::Instant::now();
+            let done = if bf16 {
+                onednn::multiply(
+                    &View::row_major(&a16, rows, inner),
+                    &View::row_major(&b16, inner, columns),
+                    &mut target,
+                    onednn::DataType::Bf16,
+                    false,
+                    1.0,
+                )
+            } else {
+                onednn::multiply(
+                    &View::row_major(&a, rows, inner),
+                    &View::row_major(&b, inner, columns),
+                    &mut target,
+                    onednn::DataType::F32,
+                    false,
+                    1.0,
+                )
+            };
+            if !done {
+                return None;
+            }
+            if run > 0 {
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+        }
+        flops += 2.0 * (rows * inner * columns) as f64;
+        seconds += best;
+    }
+    Some(flops / seconds / 1e9)
+}
+
 /// `out = a b` or `out += scale * a b` with bf16 inputs and an f32 output, the products of
 /// `--precision bf16` on the oneDNN path: through oneDNN (AMX or AVX-512 BF16 where the CPU
 /// has them) when it opens, else the inputs widened to f32 (exactly) and `multiply`.
