@@ -577,69 +577,95 @@ mod tests {
 mod timing {
     use super::*;
 
-    /// Rates of the llava-next-7b forward's products in each orientation (run by hand:
-    /// `cargo test --release --lib onednn_rates -- --ignored --nocapture`).
+    /// The llava-next-7b forward's products, gemm against oneDNN f32 and bf16, interleaved,
+    /// best of `METACOMPRESS_TIMING_ROUNDS` (run by hand: `cargo test --release --lib
+    /// onednn_rates -- --ignored --nocapture`).
     #[test]
     #[ignore]
     fn onednn_rates() {
         let library = library().unwrap();
-        eprintln!("{} {} {}", library.version, library.isa, library.threads());
-        let time = |rows: usize, inner: usize, columns: usize, a_t: bool, b_t: bool, bf16: bool| {
+        eprintln!(
+            "oneDNN {} {} {} threads",
+            library.version,
+            library.isa,
+            library.threads()
+        );
+        let rounds: usize = std::env::var("METACOMPRESS_TIMING_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        // (rows, inner, columns, a stored transposed, b stored transposed, what)
+        let shapes = [
+            (289, 2928, 4096, false, false, "Y = P X"),
+            (2928, 4096, 256, false, false, "K = X w_k"),
+            (256, 4096, 2928, false, true, "K^T = w_k^T X^T"),
+            (289, 256, 2928, false, false, "S = Q K^T (K^T stored)"),
+            (289, 256, 2928, false, true, "S = Q K^T (K stored)"),
+            (289, 4096, 256, false, false, "Q = pool(X) w_q"),
+        ];
+        for (rows, inner, columns, a_t, b_t, what) in shapes {
             let a = vec![0.01f32; rows * inner];
             let b = vec![0.02f32; inner * columns];
             let a16 = vec![half::bf16::from_f32(0.01); rows * inner];
             let b16 = vec![half::bf16::from_f32(0.02); inner * columns];
             let mut out = vec![0.0f32; rows * columns];
-            let mut best = f64::INFINITY;
-            for _ in 0..5 {
-                let av = if a_t {
-                    View::row_major(&a, inner, rows).transposed()
-                } else {
-                    View::row_major(&a, rows, inner)
-                };
-                let bv = if b_t {
-                    View::row_major(&b, columns, inner).transposed()
-                } else {
-                    View::row_major(&b, inner, columns)
-                };
-                let av16 = if a_t {
-                    View::row_major(&a16, inner, rows).transposed()
-                } else {
-                    View::row_major(&a16, rows, inner)
-                };
-                let bv16 = if b_t {
-                    View::row_major(&b16, columns, inner).transposed()
-                } else {
-                    View::row_major(&b16, inner, columns)
-                };
-                let mut o = ViewMut::row_major(&mut out, rows, columns);
-                let started = std::time::Instant::now();
-                let ok = if bf16 {
-                    multiply(&av16, &bv16, &mut o, DataType::Bf16, false, 1.0)
-                } else {
-                    multiply(&av, &bv, &mut o, DataType::F32, false, 1.0)
-                };
-                assert!(ok);
-                best = best.min(started.elapsed().as_secs_f64());
-            }
-            2.0 * (rows * inner * columns) as f64 / best / 1e9
-        };
-        for (rows, inner, columns) in [
-            (289, 2928, 4096),
-            (2928, 4096, 256),
-            (256, 4096, 2928),
-            (289, 256, 2928),
-            (289, 4096, 256),
-            (2048, 2048, 2048),
-        ] {
-            for bf16 in [false, true] {
-                for (a_t, b_t) in [(false, false), (false, true), (true, false)] {
-                    eprintln!(
-                        "{rows}x{inner}x{columns} bf16 {bf16} a_t {a_t} b_t {b_t}: {:.0}",
-                        time(rows, inner, columns, a_t, b_t, bf16)
-                    );
+            let mut best = [f64::INFINITY; 3];
+            for _ in 0..rounds {
+                for (engine, best) in best.iter_mut().enumerate() {
+                    let av = if a_t {
+                        View::row_major(&a, inner, rows).transposed()
+                    } else {
+                        View::row_major(&a, rows, inner)
+                    };
+                    let bv = if b_t {
+                        View::row_major(&b, columns, inner).transposed()
+                    } else {
+                        View::row_major(&b, inner, columns)
+                    };
+                    let av16 = if a_t {
+                        View::row_major(&a16, inner, rows).transposed()
+                    } else {
+                        View::row_major(&a16, rows, inner)
+                    };
+                    let bv16 = if b_t {
+                        View::row_major(&b16, columns, inner).transposed()
+                    } else {
+                        View::row_major(&b16, inner, columns)
+                    };
+                    let started = std::time::Instant::now();
+                    match engine {
+                        0 => {
+                            let threads = rayon::current_num_threads();
+                            let bands = if rows <= super::super::SKINNY_ROWS
+                                && columns >= threads * super::super::MIN_BAND_COLUMNS
+                            {
+                                threads
+                            } else {
+                                1
+                            };
+                            let mut o = ViewMut::row_major(&mut out, rows, columns);
+                            super::super::multiply_in_bands(&av, &bv, &mut o, false, 1.0, bands);
+                        }
+                        1 => {
+                            let mut o = ViewMut::row_major(&mut out, rows, columns);
+                            assert!(multiply(&av, &bv, &mut o, DataType::F32, false, 1.0));
+                        }
+                        _ => {
+                            let mut o = ViewMut::row_major(&mut out, rows, columns);
+                            assert!(multiply(&av16, &bv16, &mut o, DataType::Bf16, false, 1.0));
+                        }
+                    }
+                    *best = best.min(started.elapsed().as_secs_f64());
                 }
             }
+            let rate = |seconds: f64| 2.0 * (rows * inner * columns) as f64 / seconds / 1e9;
+            eprintln!(
+                "{what:<24} {rows}x{inner}x{columns}: gemm f32 {:.0}, oneDNN f32 {:.0}, \
+                 oneDNN bf16 {:.0} GFLOP/s",
+                rate(best[0]),
+                rate(best[1]),
+                rate(best[2])
+            );
         }
     }
 }
