@@ -55,14 +55,21 @@ pub(crate) struct CpuWeights {
     w_q_scaled: Vec<f32>,
     /// `w_k` as stored, when that differs from the file's (bf16).
     w_k_rounded: Option<Vec<f32>>,
+    /// `w_k` in the other forms the oneDNN path reads.
+    key_weights: Box<KeyWeights>,
+    /// The position table projected once (in f32), if the weights have one.
+    table: Option<ProjectedTable>,
+}
+
+/// `w_k` as the oneDNN path reads it besides the stored `d x d_c` f32.
+#[derive(Debug)]
+struct KeyWeights {
+    /// `w_k` as stored, in bf16.
+    w_k_bf16: Vec<half::bf16>,
     /// `w_k^T` as stored (`d_c x d`), for the keys' product in the orientation oneDNN runs
     /// fastest (`K^T = w_k^T X^T`): in f32 (rounded under bf16) and in bf16.
     w_k_transposed: Vec<f32>,
     w_k_transposed_bf16: Vec<half::bf16>,
-    /// `w_k` as stored, in bf16.
-    w_k_bf16: Vec<half::bf16>,
-    /// The position table projected once (in f32), if the weights have one.
-    table: Option<ProjectedTable>,
 }
 
 impl CpuWeights {
@@ -94,9 +101,11 @@ impl CpuWeights {
             storage,
             w_q_scaled,
             w_k_rounded,
-            w_k_bf16,
-            w_k_transposed,
-            w_k_transposed_bf16,
+            key_weights: Box::new(KeyWeights {
+                w_k_bf16,
+                w_k_transposed,
+                w_k_transposed_bf16,
+            }),
             table,
         }
     }
@@ -245,7 +254,7 @@ impl Stored for f32 {
     }
 
     fn w_k_transposed(prepared: &CpuWeights) -> &[f32] {
-        &prepared.w_k_transposed
+        &prepared.key_weights.w_k_transposed
     }
 
     fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [f32] {
@@ -297,11 +306,11 @@ impl Stored for half::bf16 {
     }
 
     fn w_k_transposed(prepared: &CpuWeights) -> &[half::bf16] {
-        &prepared.w_k_transposed_bf16
+        &prepared.key_weights.w_k_transposed_bf16
     }
 
     fn w_k<'a>(prepared: &'a CpuWeights, _: &'a PMeta) -> &'a [half::bf16] {
-        &prepared.w_k_bf16
+        &prepared.key_weights.w_k_bf16
     }
 
     fn read<'b>(values: &'b [f32], scratch: &'b mut Vec<half::bf16>) -> &'b [half::bf16] {
