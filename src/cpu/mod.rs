@@ -55,15 +55,17 @@ pub(crate) struct CpuWeights {
     w_q_scaled: Vec<f32>,
     /// `w_k` as stored, when that differs from the file's (bf16).
     w_k_rounded: Option<Vec<f32>>,
-    /// `w_k` in the other forms the oneDNN path reads.
+    /// The weights in the other forms the oneDNN path reads.
     key_weights: Box<KeyWeights>,
     /// The position table projected once (in f32), if the weights have one.
     table: Option<ProjectedTable>,
 }
 
-/// `w_k` as the oneDNN path reads it besides the stored `d x d_c` f32.
+/// The weights as the oneDNN path reads them besides the stored f32.
 #[derive(Debug)]
 struct KeyWeights {
+    /// The scaled query weights in bf16.
+    w_q_bf16: Vec<half::bf16>,
     /// `w_k` as stored, in bf16.
     w_k_bf16: Vec<half::bf16>,
     /// `w_k^T` as stored (`d_c x d`), for the keys' product in the orientation oneDNN runs
@@ -97,11 +99,16 @@ impl CpuWeights {
             .map(|&v| half::bf16::from_f32(v))
             .collect();
         let w_k_bf16 = w_k.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let w_q_bf16 = w_q_scaled
+            .iter()
+            .map(|&v| half::bf16::from_f32(v))
+            .collect();
         CpuWeights {
             storage,
             w_q_scaled,
             w_k_rounded,
             key_weights: Box::new(KeyWeights {
+                w_q_bf16,
                 w_k_bf16,
                 w_k_transposed,
                 w_k_transposed_bf16,
@@ -227,6 +234,10 @@ trait Stored: Copy + Default + Send + Sync + 'static {
     fn multiply(a: View<Self>, b: View<Self>, out: ViewMut<f32>, update: Update<f32>);
     /// `w_k^T` (`d_c x d`) of the prepared weights.
     fn w_k_transposed(prepared: &CpuWeights) -> &[Self];
+    /// The scaled query weights (`d x d_c`) as stored.
+    fn w_q(prepared: &CpuWeights) -> &[Self];
+    /// One value as stored.
+    fn convert(value: f32, storage: Storage) -> Self;
     /// `w_k` (`d x d_c`) as stored.
     fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [Self];
     /// f32 values (`P`) as this type reads them: themselves for f32, else converted into
@@ -255,6 +266,17 @@ impl Stored for f32 {
 
     fn w_k_transposed(prepared: &CpuWeights) -> &[f32] {
         &prepared.key_weights.w_k_transposed
+    }
+
+    fn w_q(prepared: &CpuWeights) -> &[f32] {
+        &prepared.w_q_scaled
+    }
+
+    fn convert(value: f32, storage: Storage) -> f32 {
+        match storage {
+            Storage::F32 => value,
+            Storage::Bf16 => to_bf16(value),
+        }
     }
 
     fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [f32] {
@@ -307,6 +329,14 @@ impl Stored for half::bf16 {
 
     fn w_k_transposed(prepared: &CpuWeights) -> &[half::bf16] {
         &prepared.key_weights.w_k_transposed_bf16
+    }
+
+    fn w_q(prepared: &CpuWeights) -> &[half::bf16] {
+        &prepared.key_weights.w_q_bf16
+    }
+
+    fn convert(value: f32, _: Storage) -> half::bf16 {
+        half::bf16::from_f32(value)
     }
 
     fn w_k<'a>(prepared: &'a CpuWeights, _: &'a PMeta) -> &'a [half::bf16] {
@@ -417,7 +447,7 @@ fn forward_stored<S: Stored>(
         Vec::<S>::new(),
         Vec::<S>::new(),
     );
-    let (mut widened, mut row) = (Vec::<S>::new(), Vec::new());
+    let (mut widened, mut row, mut stored_pooled) = (Vec::<S>::new(), Vec::new(), Vec::new());
     let mut folded = Vec::new();
     let mut scores = Vec::new();
     let mut table_scores = Vec::new();
@@ -435,10 +465,11 @@ fn forward_stored<S: Stored>(
         pool_rows(d, queries, &mut pooled, |token, out| {
             x.add_row(token, out, &mut row)
         });
-        product(
-            View::row_major(&pooled, m, d),
-            View::row_major(&prepared.w_q_scaled, d, c),
-            &mut query,
+        S::multiply(
+            View::row_major(S::read(&pooled, &mut stored_pooled), m, d),
+            View::row_major(S::w_q(prepared), d, c),
+            ViewMut::row_major(&mut query, m, c),
+            Update::Overwrite,
         );
         drop(pooled);
         if let Some((query_term, _)) = &table_terms {
@@ -472,22 +503,29 @@ fn forward_stored<S: Stored>(
                     );
                 }
             });
-            if let Some((_, key_term)) = &table_terms {
-                if keys_transposed {
-                    key.par_chunks_mut(n)
-                        .enumerate()
-                        .for_each(|(channel, row)| {
-                            row.iter_mut()
-                                .enumerate()
-                                .for_each(|(token, k)| *k += key_term[token * c + channel])
-                        });
-                } else {
+            if keys_transposed {
+                // K^T back to K (n x d_c) as stored, plus E w_k: the scores read K's rows
+                // (faster there than K^T's columns, measured).
+                stored_key.resize(n * c, S::default());
+                stored_key
+                    .par_chunks_mut(c)
+                    .enumerate()
+                    .for_each(|(token, out)| {
+                        for (channel, o) in out.iter_mut().enumerate() {
+                            let term = table_terms
+                                .as_ref()
+                                .map_or(0.0, |(_, key_term)| key_term[token * c + channel]);
+                            *o = S::convert(key[channel * n + token] + term, storage);
+                        }
+                    });
+            } else {
+                if let Some((_, key_term)) = &table_terms {
                     key.iter_mut()
                         .zip(key_term.iter())
                         .for_each(|(k, t)| *k += t);
                 }
+                S::store(&key, storage, &mut stored_key);
             }
-            S::store(&key, storage, &mut stored_key);
             S::store(&query, storage, &mut stored_query);
         }
         for first in (0..m).step_by(block_rows) {
@@ -503,13 +541,8 @@ fn forward_stored<S: Stored>(
                 n,
             };
             if association == Association::Keys {
-                let keys = if keys_transposed {
-                    Keys::Columns(&stored_key)
-                } else {
-                    Keys::Rows(&stored_key)
-                };
                 let block_query = &stored_query[rows.start * c..rows.end * c];
-                block_scores.fill(block_query, c, keys, 0..n, &mut scores);
+                block_scores.fill(block_query, c, &stored_key, 0..n, &mut scores);
             } else {
                 // Q'' = Q' w_k^T, then S = Q'' X^T + Q' (E w_k)^T.
                 folded.resize(count * d, 0.0);
@@ -520,17 +553,11 @@ fn forward_stored<S: Stored>(
                 );
                 S::store(&folded, storage, &mut stored_folded);
                 x.for_each_block(&mut widened, |block, keys| {
-                    block_scores.fill(&stored_folded, d, Keys::Rows(keys), block, &mut scores)
+                    block_scores.fill(&stored_folded, d, keys, block, &mut scores)
                 });
                 if let Some((_, key_term)) = &table_terms {
                     table_scores.resize(count * n, 0.0);
-                    block_scores.fill(
-                        block_query,
-                        c,
-                        Keys::Rows(key_term),
-                        0..n,
-                        &mut table_scores,
-                    );
+                    block_scores.fill(block_query, c, key_term, 0..n, &mut table_scores);
                     scores
                         .iter_mut()
                         .zip(&table_scores)
@@ -596,14 +623,15 @@ struct BlockScores<'a> {
 
 impl BlockScores<'_> {
     /// `S = A B^T` for the tokens of `block`: `A` (`query`, `rows.len() x width`) holds the
-    /// rows' scaled queries, or the folded ones (`width = d`); `B` the block's keys, or its tokens (`keys`). One product per run of queries that share
+    /// rows' scaled queries, or the folded ones (`width = d`); `B` (`keys`, `block.len() x
+    /// width`) the block's keys, or its tokens. One product per run of queries that share
     /// their keys, written in place into `scores` (`rows.len() x n`). Entries outside a
     /// query's span are left for the softmax to clear.
     fn fill<S: Stored>(
         &self,
         query: &[S],
         width: usize,
-        keys: Keys<S>,
+        keys: &[S],
         block: Range<usize>,
         scores: &mut [f32],
     ) {
@@ -636,20 +664,14 @@ impl BlockScores<'_> {
                 continue;
             }
             let key_rows = tokens.start - block.start..tokens.end - block.start;
-            let keys = match keys {
-                Keys::Rows(keys) => View::row_major(
+            S::multiply(
+                View::row_major(&query[first * width..(first + count) * width], count, width),
+                View::row_major(
                     &keys[key_rows.start * width..key_rows.end * width],
                     key_rows.len(),
                     width,
                 )
                 .transposed(),
-                Keys::Columns(keys) => {
-                    View::strided(&keys[key_rows.start..], width, key_rows.len(), n, 1)
-                }
-            };
-            S::multiply(
-                View::row_major(&query[first * width..(first + count) * width], count, width),
-                keys,
                 ViewMut::strided(
                     &mut scores[first * n + tokens.start..],
                     count,
@@ -661,15 +683,6 @@ impl BlockScores<'_> {
             );
         }
     }
-}
-
-/// The keys (or tokens) a block of scores reads.
-#[derive(Clone, Copy)]
-enum Keys<'a, S> {
-    /// `block.len() x width`, a token a row.
-    Rows(&'a [S]),
-    /// `width x n`, a token a column (every token of the image: `K^T`).
-    Columns(&'a [S]),
 }
 
 /// Step 6 in place: the stable softmax of each row (queries from `first`) over its keys,

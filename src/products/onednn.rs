@@ -597,6 +597,7 @@ mod timing {
         // (rows, inner, columns, a stored transposed, b stored transposed, what)
         let shapes = [
             (289, 2928, 4096, false, false, "Y = P X"),
+            (4096, 2928, 289, true, true, "Y^T = X^T P^T"),
             (2928, 4096, 256, false, false, "K = X w_k"),
             (256, 4096, 2928, false, true, "K^T = w_k^T X^T"),
             (289, 256, 2928, false, false, "S = Q K^T (K^T stored)"),
