@@ -14,7 +14,10 @@ use crate::error::Result;
 use crate::host_math::{pool_rows, scaled_query_weights, ProjectedTable};
 use crate::layout::{Layout, Queries, Scope};
 use crate::options::{Association, KernelVariant, Precision};
-use crate::products::{multiply, multiply_bf16, product, Kernels, Update, View, ViewMut};
+use crate::products::{
+    bf16_on_onednn, describe_onednn_bf16, multiply, multiply_bf16, product, Kernels, Update, View,
+    ViewMut,
+};
 use crate::profile::Step;
 use crate::tensor::{host_bytes, HostTokens, HostValues};
 use crate::weights::PMeta;
@@ -22,6 +25,11 @@ use crate::weights::PMeta;
 /// What runs the pass on `--backend cpu`, for people.
 pub(crate) fn cpu_device(precision: Precision) -> String {
     let kernels = Kernels::chosen().unwrap_or(Kernels::Simd);
+    if precision == Precision::Bf16 && kernels != Kernels::OneDnn && bf16_on_onednn() {
+        if let Some(bf16) = describe_onednn_bf16() {
+            return format!("cpu (bf16, {bf16}; f32 products: {})", kernels.describe());
+        }
+    }
     format!("cpu ({}, {})", precision.name(), kernels.describe())
 }
 
@@ -366,7 +374,8 @@ pub(crate) fn forward(
     call: &Call,
     want_projection: bool,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    let onednn = Kernels::chosen().unwrap_or(Kernels::Simd) == Kernels::OneDnn;
+    let onednn = Kernels::chosen().unwrap_or(Kernels::Simd) == Kernels::OneDnn
+        || (call.prepared.storage == Storage::Bf16 && bf16_on_onednn());
     forward_in_blocks(features, call, want_projection, BLOCKS, onednn)
 }
 

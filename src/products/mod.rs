@@ -3,11 +3,12 @@
 //! run on rayon's current thread pool (all cores unless the caller or `--threads` says
 //! otherwise). Built with the `openblas` feature, the products go to the system's OpenBLAS
 //! instead (its own run-time kernels and threads), where the strides allow. Where the system
-//! has oneDNN (`libdnnl.so.2`, opened at run time: `onednn.rs`), its matmul primitives take
-//! them: AVX-512 for f32, AMX or AVX-512 BF16 for `multiply_bf16`'s bf16 x bf16 -> f32.
+//! has oneDNN (`libdnnl.so.2`, opened at run time: `onednn.rs`), its matmul primitives can take
+//! them: f32, and AMX or AVX-512 BF16 for `multiply_bf16`'s bf16 x bf16 -> f32.
 //!
-//! `METACOMPRESS_CPU_KERNELS` picks the kernels: `auto` (oneDNN when it loads and its kernels
-//! for this CPU are AVX-512 or better; else OpenBLAS when built in, else `gemm`), `gemm`,
+//! `METACOMPRESS_CPU_KERNELS` picks the kernels: `auto` (OpenBLAS when built in, else `gemm`;
+//! and `--precision bf16`'s products through oneDNN where its kernels have bf16 arithmetic,
+//! AVX-512 BF16 or AMX: `bf16_on_onednn`), `gemm`,
 //! `openblas`, `onednn`, or `portable`: a plain product with no SIMD kernel at all, the same
 //! on every CPU. The tests force `portable` to check the path a CPU without those units takes,
 //! and a user can use it to rule out a kernel fault. `gemm` does not expose its own choice,
@@ -27,8 +28,8 @@ pub enum Kernels {
     Simd,
     /// The system's OpenBLAS (the default with the `openblas` feature).
     OpenBlas,
-    /// The system's oneDNN, opened at run time (the default where it loads and runs AVX-512
-    /// or better).
+    /// The system's oneDNN, opened at run time (forced by `METACOMPRESS_CPU_KERNELS=onednn`;
+    /// `auto` gives it the bf16 products only, where it has bf16 units).
     OneDnn,
     /// A plain row-by-row product, no SIMD kernel (forced by `METACOMPRESS_CPU_KERNELS`).
     Portable,
@@ -36,44 +37,14 @@ pub enum Kernels {
 
 impl Kernels {
     /// The kernels `METACOMPRESS_CPU_KERNELS` asks for (read once per process): unset, empty
-    /// or `auto` for the build's default (oneDNN where it loads and its kernels for this CPU
-    /// are AVX-512 or better, where it measured faster than `gemm` and OpenBLAS; else OpenBLAS
-    /// when built in, else `gemm`), `gemm`, `openblas` (when built in), `onednn` (refused when
-    /// the library does not open) or `portable`; any other value is refused.
+    /// or `auto` for the build's default (OpenBLAS when built in, else `gemm`; oneDNN takes
+    /// the bf16 products where it has bf16 units: `bf16_on_onednn`), `gemm`, `openblas` (when
+    /// built in), `onednn` (refused when the library does not open) or `portable`; any other
+    /// value is refused.
     pub fn chosen() -> Result<Kernels> {
-        static CHOSEN: OnceLock<std::result::Result<Kernels, String>> = OnceLock::new();
-        CHOSEN
-            .get_or_init(|| {
-                let value = std::env::var(KERNELS_VARIABLE).unwrap_or_default();
-                let built_in = if cfg!(feature = "openblas") {
-                    "auto, gemm, openblas, onednn or portable"
-                } else {
-                    "auto, gemm, onednn or portable (openblas needs the openblas feature)"
-                };
-                match value.trim() {
-                    "" | "auto" => Ok(match onednn::library() {
-                        Ok(library) if library.avx512 => Kernels::OneDnn,
-                        _ if cfg!(feature = "openblas") => Kernels::OpenBlas,
-                        _ => Kernels::Simd,
-                    }),
-                    "gemm" => Ok(Kernels::Simd),
-                    "openblas" if cfg!(feature = "openblas") => Ok(Kernels::OpenBlas),
-                    "onednn" => onednn::library().map(|_| Kernels::OneDnn).map_err(|why| {
-                        format!(
-                            "{KERNELS_VARIABLE}=onednn: {why} (install libdnnl-dev 2.x, or set \
-                             {} to its libdnnl.so.2)",
-                            onednn::LIBRARY_VARIABLE
-                        )
-                    }),
-                    "portable" => Ok(Kernels::Portable),
-                    other => Err(format!(
-                        "{KERNELS_VARIABLE}={} is not a kernel level of this build; expected \
-                         {built_in}",
-                        crate::error::quoted(other)
-                    )),
-                }
-            })
+        setting()
             .clone()
+            .map(|(kernels, _)| kernels)
             .map_err(Error::InvalidArgument)
     }
 
@@ -96,6 +67,65 @@ impl Kernels {
             Kernels::Portable => "portable kernels (forced, no SIMD), 1 thread".to_string(),
         }
     }
+}
+
+/// The kernels `METACOMPRESS_CPU_KERNELS` asks for, and whether it said `auto` (or nothing).
+fn setting() -> &'static std::result::Result<(Kernels, bool), String> {
+    static SETTING: OnceLock<std::result::Result<(Kernels, bool), String>> = OnceLock::new();
+    SETTING.get_or_init(|| {
+        let value = std::env::var(KERNELS_VARIABLE).unwrap_or_default();
+        let built_in = if cfg!(feature = "openblas") {
+            "auto, gemm, openblas, onednn or portable"
+        } else {
+            "auto, gemm, onednn or portable (openblas needs the openblas feature)"
+        };
+        match value.trim() {
+            "" | "auto" if cfg!(feature = "openblas") => Ok((Kernels::OpenBlas, true)),
+            "" | "auto" => Ok((Kernels::Simd, true)),
+            "gemm" => Ok((Kernels::Simd, false)),
+            "openblas" if cfg!(feature = "openblas") => Ok((Kernels::OpenBlas, false)),
+            "onednn" => onednn::library()
+                .map(|_| (Kernels::OneDnn, false))
+                .map_err(|why| {
+                    format!(
+                        "{KERNELS_VARIABLE}=onednn: {why} (install libdnnl-dev 2.x, or set {} \
+                         to its libdnnl.so.2)",
+                        onednn::LIBRARY_VARIABLE
+                    )
+                }),
+            "portable" => Ok((Kernels::Portable, false)),
+            other => Err(format!(
+                "{KERNELS_VARIABLE}={} is not a kernel level of this build; expected {built_in}",
+                crate::error::quoted(other)
+            )),
+        }
+    })
+}
+
+/// Whether `--precision bf16` runs its products as bf16 x bf16 -> f32 through oneDNN: when the
+/// kernels are forced to `onednn`, or under `auto` where oneDNN opens and its kernels for this
+/// CPU have bf16 arithmetic (AVX-512 BF16 or AMX). Measured on the 2-core AMX VM (2026-12-02):
+/// oneDNN's bf16 forward 1.5-2x `gemm`'s (bf16 storage rounded in f32), while oneDNN's f32
+/// forward was no faster than `gemm`'s there, so `auto` keeps f32 on `gemm` (or OpenBLAS),
+/// and a CPU without bf16 units (AVX2, plain AVX-512) is not touched.
+pub fn bf16_on_onednn() -> bool {
+    match setting() {
+        Ok((Kernels::OneDnn, _)) => true,
+        Ok((_, true)) => onednn::library().is_ok_and(|library| library.bf16_units),
+        _ => false,
+    }
+}
+
+/// What runs `--precision bf16`'s products under `auto` when oneDNN takes them, for people.
+pub fn describe_onednn_bf16() -> Option<String> {
+    let library = onednn::library().ok()?;
+    Some(format!(
+        "oneDNN {} {} bf16 kernels, {} threads ({})",
+        library.version,
+        library.isa,
+        library.threads(),
+        library.runtime
+    ))
 }
 
 /// The instruction set `gemm` picks on this CPU (the order of its own run-time checks).
@@ -491,23 +521,26 @@ pub fn onednn_rate(shapes: &[(usize, usize, usize)], bf16: bool) -> Option<f64> 
         for run in 0..4 {
             let mut target = ViewMut::row_major(&mut out, rows, columns);
             let started = std::time::Instant::now();
+            // One primitive on oneDNN's own (OpenMP) threads, as the pool has.
             let done = if bf16 {
-                onednn::multiply(
+                onednn::multiply_on(
                     &View::row_major(&a16, rows, inner),
                     &View::row_major(&b16, inner, columns),
                     &mut target,
                     onednn::DataType::Bf16,
                     false,
                     1.0,
+                    false,
                 )
             } else {
-                onednn::multiply(
+                onednn::multiply_on(
                     &View::row_major(&a, rows, inner),
                     &View::row_major(&b, inner, columns),
                     &mut target,
                     onednn::DataType::F32,
                     false,
                     1.0,
+                    false,
                 )
             };
             if !done {

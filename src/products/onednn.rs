@@ -113,8 +113,8 @@ pub(super) struct OneDnn {
     pub version: String,
     /// The instruction set its kernels use on this CPU (`dnnl_get_effective_cpu_isa`).
     pub isa: &'static str,
-    /// Whether that set has AVX-512 (or more).
-    pub avx512: bool,
+    /// Whether that set has bf16 arithmetic (AVX-512 BF16 or AMX).
+    pub bf16_units: bool,
     /// The threading runtime it was built with (`OpenMP`, `TBB`, `sequential`, ...).
     pub runtime: &'static str,
     primitives: Mutex<HashMap<Key, Arc<Mutex<Primitive>>>>,
@@ -141,6 +141,9 @@ struct Key {
     input: DataType,
     read_out: bool,
     scale: u32,
+    /// Which band of a product cut into bands (0: uncut), so that bands running at once
+    /// never share a primitive's memory objects.
+    band: usize,
 }
 
 /// One matmul primitive with its memory objects and stream (one product runs on it at a time).
@@ -178,17 +181,17 @@ pub(super) fn library() -> Result<&'static OneDnn, String> {
 }
 
 /// The name of an instruction set `dnnl_get_effective_cpu_isa` returns, and whether it has
-/// AVX-512.
+/// bf16 arithmetic.
 fn isa_name(isa: c_int) -> (&'static str, bool) {
     match isa {
         0x1 => ("sse41", false),
         0x3 => ("avx", false),
         0x7 => ("avx2", false),
         0x407 => ("avx2_vnni", false),
-        0xf => ("avx512_mic", true),
-        0x1f => ("avx512_mic_4ops", true),
-        0x27 => ("avx512_core", true),
-        0x67 => ("avx512_core_vnni", true),
+        0xf => ("avx512_mic", false),
+        0x1f => ("avx512_mic_4ops", false),
+        0x27 => ("avx512_core", false),
+        0x67 => ("avx512_core_vnni", false),
         0xe7 => ("avx512_core_bf16", true),
         0x3e7 => ("avx512_core_amx", true),
         _ => ("an unknown instruction set", false),
@@ -255,7 +258,7 @@ fn open() -> Result<OneDnn, String> {
         if engine_create(&mut engine, ENGINE_CPU, 0) != SUCCESS {
             return Err(format!("oneDNN ({shown}) could not create a CPU engine"));
         }
-        let (isa, avx512) = isa_name(effective_isa());
+        let (isa, bf16_units) = isa_name(effective_isa());
         let runtime = match version.cpu_runtime {
             RUNTIME_SEQ => "sequential",
             RUNTIME_OMP => "OpenMP",
@@ -267,7 +270,7 @@ fn open() -> Result<OneDnn, String> {
             engine,
             version: format!("{}.{}.{}", version.major, version.minor, version.patch),
             isa,
-            avx512,
+            bf16_units,
             runtime,
             primitives: Mutex::new(HashMap::new()),
             _library: library,
@@ -286,12 +289,6 @@ impl OneDnn {
         }
     }
 
-    /// How many primitives are kept.
-    #[cfg(test)]
-    fn primitives(&self) -> usize {
-        self.primitives.lock().map_or(0, |cache| cache.len())
-    }
-
     /// The primitive for `key`, made on first use; `None` when oneDNN has no implementation
     /// for it.
     fn primitive(&self, key: Key) -> Option<Arc<Mutex<Primitive>>> {
@@ -300,6 +297,8 @@ impl OneDnn {
             return Some(primitive.clone());
         }
         let primitive = Arc::new(Mutex::new(self.create(&key)?));
+        #[cfg(test)]
+        tests::CREATED.with(|created| created.set(created.get() + 1));
         if cache.len() >= MOST_PRIMITIVES {
             cache.clear();
         }
@@ -396,10 +395,19 @@ impl OneDnn {
     }
 }
 
+/// Fewest output columns a band gets when a product is cut into one band per thread.
+const MIN_BAND_COLUMNS: usize = 256;
+
 /// `out (+)= scale a b` through oneDNN, the inputs of type `A` (`input` names it: f32 or bf16),
 /// the output f32; `false` (nothing done) when oneDNN has no primitive for the shape, for the
 /// caller to compute otherwise. The views were checked by the caller.
-pub(super) fn multiply<A>(
+///
+/// On the path's threads: a product wide enough is cut into one band of output columns per
+/// thread of rayon's current pool, each band a single-threaded primitive run on a rayon
+/// worker (measured faster on the 2-core AMX VM than one OpenMP-threaded product, whose
+/// spinning workers fight rayon's for the cores between products); a narrower one runs as
+/// one primitive on as many OpenMP threads as the pool has.
+pub(super) fn multiply<A: Sync>(
     a: &View<A>,
     b: &View<A>,
     out: &mut ViewMut<f32>,
@@ -407,98 +415,179 @@ pub(super) fn multiply<A>(
     read_out: bool,
     scale: f32,
 ) -> bool {
+    multiply_on(a, b, out, input, read_out, scale, true)
+}
+
+/// `multiply`, in bands only when `bands_allowed` (else one primitive on oneDNN's own threads:
+/// the yardstick `onednn_rate` measures).
+pub(super) fn multiply_on<A: Sync>(
+    a: &View<A>,
+    b: &View<A>,
+    out: &mut ViewMut<f32>,
+    input: DataType,
+    read_out: bool,
+    scale: f32,
+    bands_allowed: bool,
+) -> bool {
+    let element = std::mem::size_of::<A>();
     assert_eq!(
-        std::mem::size_of::<A>(),
+        element,
         if input == DataType::F32 { 4 } else { 2 },
         "the element type is what `input` says"
     );
     let Ok(library) = library() else {
         return false;
     };
-    let key = Key {
-        rows: out.rows,
-        inner: a.columns,
-        columns: out.columns,
-        strides: [
-            a.row_stride,
-            a.column_stride,
-            b.row_stride,
-            b.column_stride,
-            out.row_stride,
-            out.column_stride,
-        ],
-        input,
-        read_out,
-        scale: scale.to_bits(),
+    let threads = rayon::current_num_threads();
+    let columns = out.columns;
+    let banded = bands_allowed && library.runtime == "OpenMP";
+    let bands = if banded && threads > 1 && columns >= threads * MIN_BAND_COLUMNS {
+        threads
+    } else {
+        1
     };
-    let Some(primitive) = library.primitive(key) else {
-        return false;
+    let band = |index: usize| {
+        let first = columns * index / bands;
+        (first, columns * (index + 1) / bands - first)
     };
-    let Ok(primitive) = primitive.lock() else {
-        return false;
-    };
+    // Every band's primitive first, so that nothing is written unless all can run.
+    let mut primitives = Vec::with_capacity(bands);
+    for index in 0..bands {
+        let key = Key {
+            rows: out.rows,
+            inner: a.columns,
+            columns: band(index).1,
+            strides: [
+                a.row_stride,
+                a.column_stride,
+                b.row_stride,
+                b.column_stride,
+                out.row_stride,
+                out.column_stride,
+            ],
+            input,
+            read_out,
+            scale: scale.to_bits(),
+            band: if bands > 1 { index + 1 } else { 0 },
+        };
+        match library.primitive(key) {
+            Some(primitive) => primitives.push(primitive),
+            None => return false,
+        }
+    }
+    // Addresses, so that the bands can cross threads.
+    let (a_at, b_at, out_at) = (
+        a.data.as_ptr() as usize,
+        b.data.as_ptr() as usize,
+        out.data.as_mut_ptr() as usize,
+    );
+    let (b_step, out_step) = (b.column_stride * element, out.column_stride * 4);
     let api = &library.api;
-    if let (Some(set_threads), "OpenMP") = (api.omp_set_num_threads, library.runtime) {
-        // SAFETY: sets the calling thread's OpenMP thread count, nothing else.
-        unsafe { set_threads(rayon::current_num_threads() as c_int) };
-    }
-    let handles = [
-        a.data.as_ptr() as Handle,
-        b.data.as_ptr() as Handle,
-        out.data.as_mut_ptr() as Handle,
-    ];
-    // SAFETY: the primitive was made for exactly these sizes and strides, which the caller
-    // checked lie inside the slices; the output is an exclusive borrow that aliases neither
-    // input; the memory objects are this entry's, used by one thread at a time (its mutex).
-    unsafe {
-        for (memory, handle) in primitive.memories.iter().zip(handles) {
-            if (api.memory_set_data_handle)(*memory, handle) != SUCCESS {
-                return false;
-            }
-        }
-        let args = [
-            ExecArg {
-                arg: ARG_SRC,
-                memory: primitive.memories[0],
-            },
-            ExecArg {
-                arg: ARG_WEIGHTS,
-                memory: primitive.memories[1],
-            },
-            ExecArg {
-                arg: ARG_DST,
-                memory: primitive.memories[2],
-            },
-        ];
-        if (api.primitive_execute)(primitive.primitive, primitive.stream, 3, args.as_ptr())
-            != SUCCESS
-        {
+    let run = |index: usize| -> bool {
+        let Ok(primitive) = primitives[index].lock() else {
             return false;
+        };
+        if let (Some(set_threads), "OpenMP") = (api.omp_set_num_threads, library.runtime) {
+            // SAFETY: sets the calling thread's OpenMP thread count, nothing else.
+            unsafe { set_threads(if bands > 1 { 1 } else { threads as c_int }) };
         }
-        (api.stream_wait)(primitive.stream) == SUCCESS
-    }
+        let first = band(index).0;
+        let handles = [
+            a_at as Handle,
+            (b_at + first * b_step) as Handle,
+            (out_at + first * out_step) as Handle,
+        ];
+        // SAFETY: the primitive was made for exactly this band's sizes and strides, which the
+        // caller checked lie inside the slices (a band starts `first` columns in); distinct
+        // output elements do not overlap (checked by the caller), so the bands' outputs are
+        // disjoint, and the output is an exclusive borrow held until every band is done, so
+        // it aliases neither input; the memory objects are this entry's, used by one thread
+        // at a time (its mutex).
+        unsafe {
+            for (memory, handle) in primitive.memories.iter().zip(handles) {
+                if (api.memory_set_data_handle)(*memory, handle) != SUCCESS {
+                    return false;
+                }
+            }
+            let args = [
+                ExecArg {
+                    arg: ARG_SRC,
+                    memory: primitive.memories[0],
+                },
+                ExecArg {
+                    arg: ARG_WEIGHTS,
+                    memory: primitive.memories[1],
+                },
+                ExecArg {
+                    arg: ARG_DST,
+                    memory: primitive.memories[2],
+                },
+            ];
+            (api.primitive_execute)(primitive.primitive, primitive.stream, 3, args.as_ptr())
+                == SUCCESS
+                && (api.stream_wait)(primitive.stream) == SUCCESS
+        }
+    };
+    let done = if bands == 1 {
+        run(0)
+    } else {
+        use rayon::prelude::*;
+        (0..bands)
+            .into_par_iter()
+            .map(run)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .all(|ok| ok)
+    };
+    // A primitive made for the shape does not fail to run on views that fit it.
+    assert!(done, "a oneDNN matmul primitive failed to run");
+    done
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// Primitives this thread has made (the cache's test: other tests make theirs on
+        /// other threads at the same time).
+        pub(super) static CREATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     /// oneDNN's products (where the library opens) against the textbook sum on odd sizes:
     /// f32 and bf16 inputs, a transposed operand, a strided output (its spare column kept),
-    /// overwrite and accumulate with a scale, and the primitives reused when a shape returns.
+    /// overwrite and accumulate with a scale, products cut into bands, and the primitives
+    /// reused when a shape returns.
     #[test]
     fn onednn_products_match_the_sum_and_reuse_their_primitives() {
-        let Ok(library) = library() else {
+        if library().is_err() {
             eprintln!("oneDNN does not open here; skipped");
             return;
         };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |t| t.subsec_nanos() as usize);
-        for (round, (rows, inner, columns)) in [(5, 7, 11), (17, 33, 3), (5, 7, 11), (1, 129, 65)]
-            .into_iter()
-            .enumerate()
-        {
+        // Wide products are cut into one band of columns per thread: pools of 2 and 3 threads
+        // (uneven bands), 769 columns.
+        let shapes = [
+            (5, 7, 11),
+            (17, 33, 3),
+            (5, 7, 11),
+            (1, 129, 65),
+            (3, 19, 769),
+            (3, 19, 769),
+        ];
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| check_shapes(&shapes, seed));
+        }
+    }
+
+    fn check_shapes(shapes: &[(usize, usize, usize)], seed: usize) {
+        for (round, &(rows, inner, columns)) in shapes.iter().enumerate() {
             let stride = columns + 2;
             let value =
                 |i: usize, salt: usize| ((i * 37 + salt * 101 + seed) % 97) as f32 / 48.5 - 1.0;
@@ -522,7 +611,7 @@ mod tests {
             };
             for bf16 in [false, true] {
                 for (read_out, scale) in [(false, 1.0), (true, 1.0), (true, -2.0)] {
-                    let before = library.primitives();
+                    let before = CREATED.with(|created| created.get());
                     let mut out = vec![0.5f32; rows * stride];
                     let mut target = ViewMut::strided(&mut out, rows, columns, stride, 1);
                     let done = if bf16 {
@@ -545,12 +634,9 @@ mod tests {
                         )
                     };
                     assert!(done, "{rows}x{inner}x{columns} bf16 {bf16}: no primitive");
-                    if round == 2 {
-                        assert_eq!(
-                            library.primitives(),
-                            before,
-                            "the shape's primitive is kept"
-                        );
+                    if round == 2 || round == 5 {
+                        let after = CREATED.with(|created| created.get());
+                        assert_eq!(after, before, "the shape's primitives are kept");
                     }
                     for r in 0..rows {
                         for c in 0..columns {
