@@ -211,20 +211,33 @@ impl<'a> ImageRows<'a> {
             });
     }
 
-    /// Adds token `token`'s row to `out` (pooling).
-    fn add_row(&self, token: usize, out: &mut [f32], row: &mut Vec<f32>) {
-        if let Some(values) = self.in_place() {
-            out.iter_mut()
-                .zip(&values[token * self.d..][..self.d])
-                .for_each(|(o, v)| *o += v);
-            return;
+    /// Adds token `token`'s row to `out` (pooling), widened (and rounded) value by value.
+    fn add_row(&self, token: usize, out: &mut [f32]) {
+        let range = token * self.d..(token + 1) * self.d;
+        let rounds = self.rounds();
+        match self.values {
+            HostValues::F32(values) if rounds => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, &v)| *o += to_bf16(v)),
+            HostValues::F32(values) => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, &v)| *o += v),
+            HostValues::F16(values) if rounds => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, v)| *o += to_bf16(v.to_f32())),
+            HostValues::F16(values) => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, v)| *o += v.to_f32()),
+            // bf16 is the top half of an f32.
+            HostValues::BF16(values) => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, v)| *o += f32::from_bits(u32::from(v.to_bits()) << 16)),
         }
-        row.resize(self.d, 0.0);
-        self.values.widen_into(token * self.d, row);
-        if self.rounds() {
-            row.iter_mut().for_each(|v| *v = to_bf16(*v));
-        }
-        out.iter_mut().zip(row.iter()).for_each(|(o, v)| *o += v);
     }
 }
 
@@ -456,7 +469,7 @@ fn forward_stored<S: Stored>(
         Vec::<S>::new(),
         Vec::<S>::new(),
     );
-    let (mut widened, mut row, mut stored_pooled) = (Vec::<S>::new(), Vec::new(), Vec::new());
+    let (mut widened, mut stored_pooled) = (Vec::<S>::new(), Vec::new());
     let mut folded = Vec::new();
     let mut scores = Vec::new();
     let mut table_scores = Vec::new();
@@ -471,9 +484,7 @@ fn forward_stored<S: Stored>(
         // Steps 1, 3 and 4: Q' = pool(X) w_q' + pool(E) w_q' (K below when the association
         // needs it). pool(X) is let go before the scores, the largest moment of the call.
         let mut pooled = vec![0.0f32; m * d];
-        pool_rows(d, queries, &mut pooled, |token, out| {
-            x.add_row(token, out, &mut row)
-        });
+        pool_rows(d, queries, &mut pooled, |token, out| x.add_row(token, out));
         S::multiply(
             View::row_major(S::read(&pooled, &mut stored_pooled), m, d),
             View::row_major(S::w_q(prepared), d, c),
