@@ -398,15 +398,20 @@ impl OneDnn {
 /// Fewest output columns a band gets when a product is cut into one band per thread.
 const MIN_BAND_COLUMNS: usize = 256;
 
+/// Fewest output rows a band gets when a product too narrow for bands of columns is cut into
+/// bands of rows.
+const MIN_BAND_ROWS: usize = 64;
+
 /// `out (+)= scale a b` through oneDNN, the inputs of type `A` (`input` names it: f32 or bf16),
 /// the output f32; `false` (nothing done) when oneDNN has no primitive for the shape, for the
 /// caller to compute otherwise. The views were checked by the caller.
 ///
 /// On the path's threads: a product wide enough is cut into one band of output columns per
-/// thread of rayon's current pool, each band a single-threaded primitive run on a rayon
-/// worker (measured faster on the 2-core AMX VM than one OpenMP-threaded product, whose
-/// spinning workers fight rayon's for the cores between products); a narrower one runs as
-/// one primitive on as many OpenMP threads as the pool has.
+/// thread of rayon's current pool (or, too narrow for that but tall enough, of rows), each
+/// band a single-threaded primitive run on a rayon worker (measured 1.3-2x faster on the
+/// 2-core AMX VM than one OpenMP-threaded product, whose spinning workers fight rayon's for
+/// the cores between products); a smaller one runs as one primitive on as many OpenMP threads
+/// as the pool has.
 pub(super) fn multiply<A: Sync>(
     a: &View<A>,
     b: &View<A>,
@@ -439,24 +444,28 @@ pub(super) fn multiply_on<A: Sync>(
         return false;
     };
     let threads = rayon::current_num_threads();
-    let columns = out.columns;
-    let banded = bands_allowed && library.runtime == "OpenMP";
-    let bands = if banded && threads > 1 && columns >= threads * MIN_BAND_COLUMNS {
-        threads
+    let banded = bands_allowed && library.runtime == "OpenMP" && threads > 1;
+    // Bands of columns where the output is wide enough, else of rows where it is tall enough.
+    let (bands, by_rows) = if banded && out.columns >= threads * MIN_BAND_COLUMNS {
+        (threads, false)
+    } else if banded && out.rows >= threads * MIN_BAND_ROWS {
+        (threads, true)
     } else {
-        1
+        (1, false)
     };
+    let length = if by_rows { out.rows } else { out.columns };
     let band = |index: usize| {
-        let first = columns * index / bands;
-        (first, columns * (index + 1) / bands - first)
+        let first = length * index / bands;
+        (first, length * (index + 1) / bands - first)
     };
     // Every band's primitive first, so that nothing is written unless all can run.
     let mut primitives = Vec::with_capacity(bands);
     for index in 0..bands {
+        let count = band(index).1;
         let key = Key {
-            rows: out.rows,
+            rows: if by_rows { count } else { out.rows },
             inner: a.columns,
-            columns: band(index).1,
+            columns: if by_rows { out.columns } else { count },
             strides: [
                 a.row_stride,
                 a.column_stride,
@@ -481,7 +490,12 @@ pub(super) fn multiply_on<A: Sync>(
         b.data.as_ptr() as usize,
         out.data.as_mut_ptr() as usize,
     );
-    let (b_step, out_step) = (b.column_stride * element, out.column_stride * 4);
+    // How far one band's operands start from the previous one's, per row or column of it.
+    let (a_step, b_step, out_step) = if by_rows {
+        (a.row_stride * element, 0, out.row_stride * 4)
+    } else {
+        (0, b.column_stride * element, out.column_stride * 4)
+    };
     let api = &library.api;
     let run = |index: usize| -> bool {
         let Ok(primitive) = primitives[index].lock() else {
@@ -493,12 +507,12 @@ pub(super) fn multiply_on<A: Sync>(
         }
         let first = band(index).0;
         let handles = [
-            a_at as Handle,
+            (a_at + first * a_step) as Handle,
             (b_at + first * b_step) as Handle,
             (out_at + first * out_step) as Handle,
         ];
         // SAFETY: the primitive was made for exactly this band's sizes and strides, which the
-        // caller checked lie inside the slices (a band starts `first` columns in); distinct
+        // caller checked lie inside the slices (a band starts `first` columns or rows in); distinct
         // output elements do not overlap (checked by the caller), so the bands' outputs are
         // disjoint, and the output is an exclusive borrow held until every band is done, so
         // it aliases neither input; the memory objects are this entry's, used by one thread
@@ -567,8 +581,8 @@ mod tests {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |t| t.subsec_nanos() as usize);
-        // Wide products are cut into one band of columns per thread: pools of 2 and 3 threads
-        // (uneven bands), 769 columns.
+        // Wide products are cut into one band of columns per thread, tall narrow ones into
+        // bands of rows: pools of 2 and 3 threads (uneven bands), 769 columns, 197 rows.
         let shapes = [
             (5, 7, 11),
             (17, 33, 3),
@@ -576,6 +590,7 @@ mod tests {
             (1, 129, 65),
             (3, 19, 769),
             (3, 19, 769),
+            (197, 21, 5),
         ];
         for threads in [2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -696,7 +711,7 @@ mod timing {
             let a16 = vec![half::bf16::from_f32(0.01); rows * inner];
             let b16 = vec![half::bf16::from_f32(0.02); inner * columns];
             let mut out = vec![0.0f32; rows * columns];
-            let mut best = [f64::INFINITY; 3];
+            let mut best = [f64::INFINITY; 5];
             for _ in 0..rounds {
                 for (engine, best) in best.iter_mut().enumerate() {
                     let av = if a_t {
@@ -737,9 +752,33 @@ mod timing {
                             let mut o = ViewMut::row_major(&mut out, rows, columns);
                             assert!(multiply(&av, &bv, &mut o, DataType::F32, false, 1.0));
                         }
-                        _ => {
+                        2 => {
                             let mut o = ViewMut::row_major(&mut out, rows, columns);
                             assert!(multiply(&av16, &bv16, &mut o, DataType::Bf16, false, 1.0));
+                        }
+                        3 => {
+                            let mut o = ViewMut::row_major(&mut out, rows, columns);
+                            assert!(multiply_on(
+                                &av,
+                                &bv,
+                                &mut o,
+                                DataType::F32,
+                                false,
+                                1.0,
+                                false
+                            ));
+                        }
+                        _ => {
+                            let mut o = ViewMut::row_major(&mut out, rows, columns);
+                            assert!(multiply_on(
+                                &av16,
+                                &bv16,
+                                &mut o,
+                                DataType::Bf16,
+                                false,
+                                1.0,
+                                false
+                            ));
                         }
                     }
                     *best = best.min(started.elapsed().as_secs_f64());
@@ -747,11 +786,13 @@ mod timing {
             }
             let rate = |seconds: f64| 2.0 * (rows * inner * columns) as f64 / seconds / 1e9;
             eprintln!(
-                "{what:<24} {rows}x{inner}x{columns}: gemm f32 {:.0}, oneDNN f32 {:.0}, \
-                 oneDNN bf16 {:.0} GFLOP/s",
+                "{what:<24} {rows}x{inner}x{columns}: gemm f32 {:.0}, oneDNN f32 {:.0} \
+                 (unbanded {:.0}), oneDNN bf16 {:.0} (unbanded {:.0}) GFLOP/s",
                 rate(best[0]),
                 rate(best[1]),
-                rate(best[2])
+                rate(best[3]),
+                rate(best[2]),
+                rate(best[4])
             );
         }
     }
