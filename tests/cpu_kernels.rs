@@ -262,6 +262,18 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
         assert!(stderr.contains(word), "{stderr:?} lacks {word:?}");
     }
     assert!(!output.exists(), "an output was written");
+    // A library that is not oneDNN 2.x (here the C maths library, which lacks its functions;
+    // a oneDNN 3.x is refused by its version the same way): refused in one line, no crash.
+    if std::path::Path::new("/lib/x86_64-linux-gnu/libm.so.6").exists() {
+        let (code, stderr) = run_with(
+            &args,
+            Some("onednn"),
+            Some("/lib/x86_64-linux-gnu/libm.so.6"),
+        );
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("lacks dnnl_version"), "{stderr}");
+    }
     for precision in ["f32", "bf16"] {
         let args = compress(
             &weights_file,
