@@ -105,7 +105,7 @@ fn setting() -> &'static std::result::Result<(Kernels, bool), String> {
 /// Whether `--precision bf16` runs its products as bf16 x bf16 -> f32 through oneDNN: when the
 /// kernels are forced to `onednn`, or under `auto` where oneDNN opens and its kernels for this
 /// CPU have bf16 arithmetic (AVX-512 BF16 or AMX). Measured on the 2-core AMX VM (2026-12-02):
-/// oneDNN's bf16 forward 1.5-2x `gemm`'s (bf16 storage rounded in f32), while oneDNN's f32
+/// oneDNN's bf16 forward 3x `gemm`'s (bf16 storage rounded in f32), while oneDNN's f32
 /// forward was no faster than `gemm`'s there, so `auto` keeps f32 on `gemm` (or OpenBLAS),
 /// and a CPU without bf16 units (AVX2, plain AVX-512) is not touched.
 pub fn bf16_on_onednn() -> bool {
