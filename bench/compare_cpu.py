@@ -16,6 +16,14 @@ minute, so the peaks are measured before and after and the larger kept):
      and median peak resident memory (the child's own getrusage);
   5. the peaks again.
 Then the ratios, and the tokens of metacompress against numpy's (independent code).
+
+oneDNN: each `metacompress bench` run also measures oneDNN's matmul (the system's
+libdnnl.so.2) on the forward's two large products, Y = P X and K = X w_k, plain layouts, at the
+run's precision, before and after its forward runs; the ratios the oneDNN issue sets are
+printed against it, and the forward runs with the gemm crate's kernels beside the default
+(METACOMPRESS_CPU_KERNELS=gemm). With --ours-only (no numpy or torch needed) only
+metacompress's forwards, their kernels and the oneDNN ratios are measured, interleaved
+`--rounds` times (best and median of the rounds' medians).
 """
 import argparse
 import json
@@ -67,16 +75,74 @@ def whole_process(command, runs, work):
     return statistics.median(seconds), statistics.median(memory)
 
 
-def bench(precision, runs, work):
-    path = os.path.join(work, f"bench-{precision}.json")
+def bench(precision, runs, work, kernels=None):
+    """`metacompress bench` on the workload: the forward's median and best, what ran, and
+    oneDNN's rate on the forward's two large products (None where oneDNN does not open)."""
+    path = os.path.join(work, f"bench-{precision}-{kernels}.json")
+    environment = dict(os.environ)
+    if kernels:
+        environment["METACOMPRESS_CPU_KERNELS"] = kernels
     subprocess.run([BINARY, "bench", "--workload", WORKLOAD, "--backend", "cpu",
                     "--precision", precision, "--runs", str(runs), "--json", path],
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, env=environment)
     report = json.load(open(path))
-    total = report["workloads"][0]["variants"][0]["total"]
+    workload = report["workloads"][0]
+    total = workload["variants"][0]["total"]
     return {"median_ms": total["time"]["median_ms"], "gflops": total["gflops_per_s"],
             "best_gflops": total["flops"] / total["time"]["min_ms"] / 1e6,
-            "flops": total["flops"], "device": report["device_summary"]}
+            "flops": total["flops"], "device": report["device_summary"],
+            "onednn": workload.get("onednn_gflops_per_s")}
+
+
+def onednn_ratios(ours):
+    """The oneDNN issue's targets: (name, value, target) rows."""
+    rows = [("bf16 forward / f32 forward (same run)",
+             ours["bf16"]["gflops"] / ours["f32"]["gflops"], ">= 2.5")]
+    for precision, target in (("f32", ">= 0.75"), ("bf16", ">= 0.5")):
+        rate = ours[precision]["onednn"]
+        if rate:
+            rows.append((f"{precision} forward / oneDNN {precision} matmul (2 products)",
+                         ours[precision]["gflops"] / rate, target))
+            rows.append(("  the same, best forward run", ours[precision]["best_gflops"] / rate,
+                         target))
+    if "gemm f32" in ours:
+        rows.append(("bf16 forward / gemm's f32 forward (auto's f32)",
+                     ours["bf16"]["gflops"] / ours["gemm f32"]["gflops"], ">= 2.5"))
+        rows.append(("f32 forward / the gemm crate's f32 forward",
+                     ours["f32"]["gflops"] / ours["gemm f32"]["gflops"], "(auto takes the better)"))
+        rows.append(("bf16 forward / gemm's bf16 forward",
+                     ours["bf16"]["gflops"] / ours["gemm bf16"]["gflops"], "(auto takes the better)"))
+    return rows
+
+
+def ours_only(runs, rounds):
+    """metacompress alone: oneDNN's kernels (forced; "f32" and "bf16" below) and gemm's, f32
+    and bf16, interleaved. `auto` runs f32 as gemm and bf16 as oneDNN where it has bf16
+    units."""
+    work = tempfile.mkdtemp()
+    kinds = [("f32", "onednn"), ("bf16", "onednn"), ("f32", "gemm"), ("bf16", "gemm")]
+    results = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        for precision, kernels in kinds:
+            results[(precision, kernels)].append(bench(precision, runs, work, kernels))
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} CPUs | {WORKLOAD}, "
+          f"{results[kinds[0]][0]['flops'] / 1e9:.2f} GFLOP per forward, {rounds} rounds of "
+          f"{runs} runs, interleaved")
+    summary = {}
+    for (precision, kernels), rounds_done in results.items():
+        name = precision if kernels == "onednn" else f"{kernels} {precision}"
+        best = max(rounds_done, key=lambda r: r["gflops"])
+        medians = sorted(r["gflops"] for r in rounds_done)
+        onednn = [r["onednn"] for r in rounds_done if r["onednn"]]
+        summary[name] = dict(best, onednn=max(onednn) if onednn else None)
+        print(f"  {name:<10} {best['device']}")
+        print(f"    forward GFLOP/s: best round {best['gflops']:.1f} (best run "
+              f"{max(r['best_gflops'] for r in rounds_done):.1f}), median round "
+              f"{statistics.median(medians):.1f}; oneDNN on its 2 large products "
+              + (f"{max(onednn):.1f}" if onednn else "-"))
+    print("\nratios, best rounds (target):")
+    for name, value, target in onednn_ratios(summary):
+        print(f"  {name:<44} {value:6.2f}  ({target})")
 
 
 def torch_forward(runs, work):
@@ -99,7 +165,14 @@ def main():
     parser.add_argument("--bf16-size", type=int, default=1024,
                         help="side of torch's bf16 peak product (4096 takes minutes on a "
                              "CPU without bf16 units)")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="metacompress's forwards and the oneDNN ratios only (no numpy, "
+                             "no torch)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --ours-only: interleaved rounds")
     args = parser.parse_args()
+    if args.ours_only:
+        return ours_only(args.runs, args.rounds)
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -119,6 +192,8 @@ def main():
 
     before = peaks(args.bf16_size, 3)
     ours = {p: bench(p, max(args.runs, 5), work) for p in ("f32", "bf16")}
+    ours.update({f"gemm {p}": bench(p, max(args.runs, 5), work, "gemm")
+                 for p in ("f32", "bf16")})
     theirs = torch_forward(args.runs, work)
     outputs = {name: os.path.join(work, f"{name}.safetensors") for name in ("mc", "mc16", "np")}
     processes = {
@@ -149,6 +224,10 @@ def main():
                             ours["f32"]["best_gflops"]),
                            ("metacompress bf16", ours["bf16"]["median_ms"],
                             ours["bf16"]["gflops"]),
+                           ("  gemm crate f32", ours["gemm f32"]["median_ms"],
+                            ours["gemm f32"]["gflops"]),
+                           ("  gemm crate bf16", ours["gemm bf16"]["median_ms"],
+                            ours["gemm bf16"]["gflops"]),
                            ("torch f32 (cpu)", theirs["f32"], torch_rate["f32"]),
                            ("torch bf16 (cpu)", theirs["bf16"], torch_rate["bf16"])]:
         print(f"  {name:<20} {ms:9.1f} ms {rate:8.1f} GFLOP/s")
@@ -173,6 +252,7 @@ def main():
         ("peak memory bf16 / bf16 input file",
          whole["metacompress bf16"][1] / (os.path.getsize(bf16_file) / 2**20), "<= 1.3"),
     ]
+    ratios += onednn_ratios(ours)
     print("\nratios (target):")
     for name, value, target in ratios:
         print(f"  {name:<36} {value:6.2f}  ({target})")

@@ -24,22 +24,25 @@ pub(crate) fn pool(xp: &[f32], d: usize, queries: &Queries, pooled: &mut [f32]) 
 }
 
 /// Step 3 over tokens read by `add_row(token, out)`, which adds token `token`'s `d` values
-/// to `out`: pooling of tokens stored in any type.
+/// to `out`: pooling of tokens stored in any type. The queries' rows are pooled in parallel
+/// (each in the same order as alone).
 pub(crate) fn pool_rows(
     d: usize,
     queries: &Queries,
     pooled: &mut [f32],
-    mut add_row: impl FnMut(usize, &mut [f32]),
+    add_row: impl Fn(usize, &mut [f32]) + Sync,
 ) {
+    use rayon::prelude::*;
     pooled.fill(0.0);
     for query_grid in &queries.grids {
         let grid = query_grid.grid;
-        for i in 0..query_grid.height {
-            let rows = QueryGrid::window(i, grid.height, query_grid.height);
-            for j in 0..query_grid.width {
+        pooled[query_grid.query_offset * d..][..query_grid.len() * d]
+            .par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(index, out)| {
+                let (i, j) = (index / query_grid.width, index % query_grid.width);
+                let rows = QueryGrid::window(i, grid.height, query_grid.height);
                 let columns = QueryGrid::window(j, grid.width, query_grid.width);
-                let out =
-                    &mut pooled[(query_grid.query_offset + i * query_grid.width + j) * d..][..d];
                 for row in rows.clone() {
                     for column in columns.clone() {
                         add_row(grid.token(row, column), out);
@@ -47,8 +50,7 @@ pub(crate) fn pool_rows(
                 }
                 let inverse = 1.0 / (rows.len() * columns.len()) as f32;
                 out.iter_mut().for_each(|o| *o *= inverse);
-            }
-        }
+            });
     }
 }
 

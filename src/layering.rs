@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
     ("products", 1),
     ("products::openblas", 1),
+    ("products::onednn", 1),
     ("tensor", 2),
     ("layout", 3),
     ("presets", 4),

@@ -18,8 +18,19 @@ use safetensors::SafeTensors;
 /// Runs the binary with `METACOMPRESS_CPU_KERNELS` set to `kernels` (unset for `None`);
 /// the exit code and what it printed (stdout, then stderr).
 fn run(args: &[String], kernels: Option<&str>) -> (i32, String) {
+    run_with(args, kernels, None)
+}
+
+/// `run` with `METACOMPRESS_ONEDNN_LIBRARY` set to `library` (unset for `None`).
+fn run_with(args: &[String], kernels: Option<&str>, library: Option<&str>) -> (i32, String) {
     let mut command = binary();
-    command.args(args).env_remove("METACOMPRESS_CPU_KERNELS");
+    command
+        .args(args)
+        .env_remove("METACOMPRESS_CPU_KERNELS")
+        .env_remove("METACOMPRESS_ONEDNN_LIBRARY");
+    if let Some(library) = library {
+        command.env("METACOMPRESS_ONEDNN_LIBRARY", library);
+    }
     if let Some(kernels) = kernels {
         command.env("METACOMPRESS_CPU_KERNELS", kernels);
     }
@@ -31,20 +42,36 @@ fn run(args: &[String], kernels: Option<&str>) -> (i32, String) {
     )
 }
 
-/// Every kernel level of this build, and the name the device line gives it.
-fn levels() -> Vec<(Option<&'static str>, &'static str)> {
-    let default = if cfg!(feature = "openblas") {
-        "OpenBLAS"
+/// Whether oneDNN runs here: the binary takes `METACOMPRESS_CPU_KERNELS=onednn`. Where the
+/// tests run with that variable set (CI), it must.
+fn onednn_runs(args: &[String]) -> bool {
+    let (code, printed) = run(args, Some("onednn"));
+    let required = std::env::var("METACOMPRESS_CPU_KERNELS").is_ok_and(|v| v == "onednn");
+    assert!(
+        code == 0 || !required,
+        "METACOMPRESS_CPU_KERNELS=onednn is set but the binary refuses it: {printed}"
+    );
+    code == 0
+}
+
+/// Every kernel level of this build (oneDNN where it runs), and the names the device line may
+/// give it (`auto` takes oneDNN where it loads on an AVX-512 CPU).
+fn levels(onednn: bool) -> Vec<(Option<&'static str>, &'static [&'static str])> {
+    let default: &[&str] = if cfg!(feature = "openblas") {
+        &["OpenBLAS", "oneDNN"]
     } else {
-        "gemm"
+        &["gemm", "oneDNN"]
     };
     let mut levels = vec![
         (None, default),
-        (Some("gemm"), "gemm"),
-        (Some("portable"), "portable"),
+        (Some("gemm"), &["gemm"][..]),
+        (Some("portable"), &["portable"][..]),
     ];
     if cfg!(feature = "openblas") {
-        levels.push((Some("openblas"), "OpenBLAS"));
+        levels.push((Some("openblas"), &["OpenBLAS"][..]));
+    }
+    if onednn {
+        levels.push((Some("onednn"), &["oneDNN"][..]));
     }
     levels
 }
@@ -99,12 +126,21 @@ fn every_kernel_level_and_precision_matches_the_reference() {
     .unwrap();
     let keep = Keep::new(0.3).unwrap();
     let queries = layout.queries(keep);
+    let mut onednn = None;
     for (dtype, values) in [(Dtype::F32, &f32_features), (Dtype::BF16, &bf16_features)] {
         let input = dir.join(format!("features-{}.safetensors", dtype.name()));
         files::write_input(&input, values, true, dtype, Some(&grids_json), None).unwrap();
+        let onednn = *onednn.get_or_insert_with(|| {
+            onednn_runs(&compress(
+                &weights_file,
+                &input,
+                &dir.join("probe.safetensors"),
+                &["--backend", "cpu"],
+            ))
+        });
         for scope in [Scope::Image, Scope::Grid] {
             let expected = reference::forward(values, &pmeta, &layout, &queries, scope);
-            for (kernels, name) in levels() {
+            for (kernels, names) in levels(onednn) {
                 for (precision, bound) in [("f32", 1e-4), ("bf16", 1e-2)] {
                     let what = format!(
                         "seed {seed}: n {n} d {d} grids {grids_json}: {} input, {scope:?}, \
@@ -112,6 +148,8 @@ fn every_kernel_level_and_precision_matches_the_reference() {
                         dtype.name()
                     );
                     let output = dir.join("out.safetensors");
+                    // A stale output must not pass for this run's.
+                    std::fs::write(&output, b"poison").unwrap();
                     let args = compress(
                         &weights_file,
                         &input,
@@ -132,7 +170,10 @@ fn every_kernel_level_and_precision_matches_the_reference() {
                     );
                     let (code, stderr) = run(&args, kernels);
                     assert_eq!(code, 0, "{what}: {stderr}");
-                    assert!(stderr.contains(name), "{what}: ran on {stderr}");
+                    assert!(
+                        names.iter().any(|name| stderr.contains(name)),
+                        "{what}: ran on {stderr}"
+                    );
                     let bytes = std::fs::read(&output).unwrap();
                     let file = SafeTensors::deserialize(&bytes).unwrap();
                     let tokens = relative_error(&f32_tensor(&file, "tokens"), &expected.tokens);
@@ -207,6 +248,47 @@ fn kernel_levels_and_precisions_that_do_not_exist_are_refused_in_one_line() {
             assert!(stderr.contains(word), "{args:?}: {stderr:?} lacks {word:?}");
         }
         assert!(!output.exists(), "{args:?}: an output was written");
+    }
+    // Without oneDNN (a library path that does not exist): `onednn` is refused in one line,
+    // `auto` falls back to the build's other kernels and still matches the reference.
+    let args = compress(&weights_file, &input, &output, &["--backend", "cpu"]);
+    let (code, stderr) = run_with(&args, Some("onednn"), Some("/nonexistent/libdnnl.so.2"));
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for word in [
+        "METACOMPRESS_CPU_KERNELS=onednn",
+        "/nonexistent/libdnnl.so.2",
+    ] {
+        assert!(stderr.contains(word), "{stderr:?} lacks {word:?}");
+    }
+    assert!(!output.exists(), "an output was written");
+    // A library that is not oneDNN 2.x (here the C maths library, which lacks its functions;
+    // a oneDNN 3.x is refused by its version the same way): refused in one line, no crash.
+    if std::path::Path::new("/lib/x86_64-linux-gnu/libm.so.6").exists() {
+        let (code, stderr) = run_with(
+            &args,
+            Some("onednn"),
+            Some("/lib/x86_64-linux-gnu/libm.so.6"),
+        );
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("lacks dnnl_version"), "{stderr}");
+    }
+    for precision in ["f32", "bf16"] {
+        let args = compress(
+            &weights_file,
+            &input,
+            &output,
+            &["--backend", "cpu", "--precision", precision],
+        );
+        let (code, printed) = run_with(&args, Some("auto"), Some("/nonexistent/libdnnl.so.2"));
+        assert_eq!(code, 0, "{printed}");
+        assert!(!printed.contains("oneDNN"), "{printed}");
+        assert!(
+            printed.contains("gemm") || printed.contains("OpenBLAS"),
+            "{printed}"
+        );
+        std::fs::remove_file(&output).unwrap();
     }
     // bf16 with the automatic backend runs on the CPU.
     let args = compress(

@@ -157,6 +157,11 @@ pub struct WorkloadReport {
     pub memory: (u64, u64),
     /// Each variant that ran, the tuned (or CPU) one first.
     pub variants: Vec<VariantReport>,
+    /// On the CPU path where oneDNN opens: oneDNN's matmul rate (GFLOP/s) on the forward's two
+    /// large products, `Y = P X` (`m x n x d`) and `K = X w_k` (`n x d x d_c`), plain row-major
+    /// operands, in the run's precision (bf16 x bf16 -> f32 under bf16); the better of a
+    /// measure before and one after the workload's runs.
+    pub onednn_rate: Option<f64>,
 }
 
 impl WorkloadReport {
@@ -332,6 +337,22 @@ pub fn run(
         if context.is_some() && config.naive {
             variants.push((KernelVariant::Naive, SplitK::Off));
         }
+        // oneDNN's rate on this workload's own two large products, the yardstick of the
+        // CPU path (measured before and after its runs, the better kept).
+        let large_products = [
+            (m, workload.tokens, workload.width),
+            (workload.tokens, workload.width, channels),
+        ];
+        let onednn_bf16 = config.precision == Precision::Bf16;
+        let onednn_before = if context.is_none() && crate::products::onednn_loads() {
+            progress(&format!(
+                "{}: measuring oneDNN's matmul on the forward's two large products",
+                workload.name
+            ));
+            crate::products::onednn_rate(&large_products, onednn_bf16)
+        } else {
+            None
+        };
         let mut variant_reports = Vec::new();
         for (kernels, split_k) in variants {
             let name = match (&context, kernels) {
@@ -389,12 +410,17 @@ pub fn run(
         )?;
         // What the compressor holds without the buffers it keeps for reuse: its weights.
         compressor.trim();
+        let onednn_rate = onednn_before.map(|before| {
+            crate::products::onednn_rate(&large_products, onednn_bf16)
+                .map_or(before, |after| before.max(after))
+        });
         reports.push(WorkloadReport {
             workload: *workload,
             channels,
             queries: m,
             memory: (compressor.held_bytes(), call_bytes),
             variants: variant_reports,
+            onednn_rate,
         });
     }
     Ok(BenchReport {
@@ -495,6 +521,7 @@ impl BenchReport {
                     "held_bytes": w.memory.0,
                     "call_bytes": w.memory.1,
                     "speedup_over_naive": w.speedup(),
+                    "onednn_gflops_per_s": w.onednn_rate,
                     "variants": w.variants.iter().map(|v| json!({
                         "variant": v.variant,
                         "association": v.association,
@@ -602,6 +629,15 @@ impl BenchReport {
                         "    forward at {:.2} of the peak (median), {:.2} (best run)\n",
                         v.total.gflops() / peak,
                         v.total.flops / v.total.time.min / 1e9 / peak
+                    ));
+                }
+                if let Some(rate) = w.onednn_rate {
+                    text.push_str(&format!(
+                        "    forward at {:.2} of oneDNN's {} matmul on its two large products \
+                         ({rate:.1} GFLOP/s, plain layouts) (median), {:.2} (best run)\n",
+                        v.total.gflops() / rate,
+                        self.config.precision.name(),
+                        v.total.flops / v.total.time.min / 1e9 / rate
                     ));
                 }
             }

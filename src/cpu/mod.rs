@@ -14,7 +14,10 @@ use crate::error::Result;
 use crate::host_math::{pool_rows, scaled_query_weights, ProjectedTable};
 use crate::layout::{Layout, Queries, Scope};
 use crate::options::{Association, KernelVariant, Precision};
-use crate::products::{multiply, product, Kernels, Update, View, ViewMut};
+use crate::products::{
+    bf16_on_onednn, describe_onednn_bf16, multiply, multiply_bf16, product, Kernels, Update, View,
+    ViewMut,
+};
 use crate::profile::Step;
 use crate::tensor::{host_bytes, HostTokens, HostValues};
 use crate::weights::PMeta;
@@ -22,6 +25,11 @@ use crate::weights::PMeta;
 /// What runs the pass on `--backend cpu`, for people.
 pub(crate) fn cpu_device(precision: Precision) -> String {
     let kernels = Kernels::chosen().unwrap_or(Kernels::Simd);
+    if precision == Precision::Bf16 && kernels != Kernels::OneDnn && bf16_on_onednn() {
+        if let Some(bf16) = describe_onednn_bf16() {
+            return format!("cpu (bf16, {bf16}; f32 products: {})", kernels.describe());
+        }
+    }
     format!("cpu ({}, {})", precision.name(), kernels.describe())
 }
 
@@ -55,8 +63,23 @@ pub(crate) struct CpuWeights {
     w_q_scaled: Vec<f32>,
     /// `w_k` as stored, when that differs from the file's (bf16).
     w_k_rounded: Option<Vec<f32>>,
+    /// The weights in the other forms the oneDNN path reads.
+    key_weights: Box<KeyWeights>,
     /// The position table projected once (in f32), if the weights have one.
     table: Option<ProjectedTable>,
+}
+
+/// The weights as the oneDNN path reads them besides the stored f32.
+#[derive(Debug)]
+struct KeyWeights {
+    /// The scaled query weights in bf16.
+    w_q_bf16: Vec<half::bf16>,
+    /// `w_k` as stored, in bf16.
+    w_k_bf16: Vec<half::bf16>,
+    /// `w_k^T` as stored (`d_c x d`), for the keys' product in the orientation oneDNN runs
+    /// fastest (`K^T = w_k^T X^T`): in f32 (rounded under bf16) and in bf16.
+    w_k_transposed: Vec<f32>,
+    w_k_transposed_bf16: Vec<half::bf16>,
 }
 
 impl CpuWeights {
@@ -76,10 +99,28 @@ impl CpuWeights {
             storage.round(&mut w_k);
             w_k
         });
+        let (d, c) = (weights.width(), weights.channels());
+        let w_k = w_k_rounded.as_deref().unwrap_or(weights.w_k());
+        let w_k_transposed: Vec<f32> = (0..c * d).map(|i| w_k[(i % d) * c + i / d]).collect();
+        let w_k_transposed_bf16 = w_k_transposed
+            .iter()
+            .map(|&v| half::bf16::from_f32(v))
+            .collect();
+        let w_k_bf16 = w_k.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let w_q_bf16 = w_q_scaled
+            .iter()
+            .map(|&v| half::bf16::from_f32(v))
+            .collect();
         CpuWeights {
             storage,
             w_q_scaled,
             w_k_rounded,
+            key_weights: Box::new(KeyWeights {
+                w_q_bf16,
+                w_k_bf16,
+                w_k_transposed,
+                w_k_transposed_bf16,
+            }),
             table,
         }
     }
@@ -130,17 +171,22 @@ impl<'a> ImageRows<'a> {
     }
 
     /// Calls `visit(block, rows)` for consecutive blocks of token rows covering `0..n`, `rows`
-    /// being the block's `block.len() x d` values in f32: the input itself when it is f32,
-    /// else widened (and rounded) into `scratch`.
-    fn for_each_block(&self, scratch: &mut Vec<f32>, mut visit: impl FnMut(Range<usize>, &[f32])) {
-        if let Some(values) = self.in_place() {
+    /// being the block's `block.len() x d` values as stored (`S`): the input itself when it
+    /// is already that (f32 into f32 storage, bf16 into bf16), else converted (and rounded)
+    /// into `scratch`.
+    fn for_each_block<S: Stored>(
+        &self,
+        scratch: &mut Vec<S>,
+        mut visit: impl FnMut(Range<usize>, &[S]),
+    ) {
+        if let Some(values) = S::in_place(self) {
             return visit(0..self.n, values);
         }
         let block_rows = (self.block_bytes / (4 * self.d)).clamp(1, self.n);
         for first in (0..self.n).step_by(block_rows) {
             let block = first..(first + block_rows).min(self.n);
-            scratch.resize(block.len() * self.d, 0.0);
-            self.widen(block.start, scratch);
+            scratch.resize(block.len() * self.d, S::default());
+            S::load(self, block.start, scratch);
             visit(block, scratch);
         }
     }
@@ -165,20 +211,162 @@ impl<'a> ImageRows<'a> {
             });
     }
 
-    /// Adds token `token`'s row to `out` (pooling).
-    fn add_row(&self, token: usize, out: &mut [f32], row: &mut Vec<f32>) {
-        if let Some(values) = self.in_place() {
-            out.iter_mut()
-                .zip(&values[token * self.d..][..self.d])
-                .for_each(|(o, v)| *o += v);
-            return;
+    /// Adds token `token`'s row to `out` (pooling), widened (and rounded) value by value.
+    fn add_row(&self, token: usize, out: &mut [f32]) {
+        let range = token * self.d..(token + 1) * self.d;
+        let rounds = self.rounds();
+        match self.values {
+            HostValues::F32(values) if rounds => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, &v)| *o += to_bf16(v)),
+            HostValues::F32(values) => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, &v)| *o += v),
+            HostValues::F16(values) if rounds => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, v)| *o += to_bf16(v.to_f32())),
+            HostValues::F16(values) => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, v)| *o += v.to_f32()),
+            // bf16 is the top half of an f32.
+            HostValues::BF16(values) => out
+                .iter_mut()
+                .zip(&values[range])
+                .for_each(|(o, v)| *o += f32::from_bits(u32::from(v.to_bits()) << 16)),
         }
-        row.resize(self.d, 0.0);
-        self.values.widen_into(token * self.d, row);
-        if self.rounds() {
-            row.iter_mut().for_each(|v| *v = to_bf16(*v));
+    }
+}
+
+/// The element type the big products read: f32 (f32 storage, and bf16 storage rounded in
+/// f32 for kernels without bf16 arithmetic), or bf16 itself for oneDNN's bf16 x bf16 -> f32
+/// (AMX, AVX-512 BF16).
+trait Stored: Copy + Default + Send + Sync + 'static {
+    /// `values` as stored (rounded to bf16 under bf16 storage) into `out`.
+    fn store(values: &[f32], storage: Storage, out: &mut Vec<Self>);
+    /// The image's tokens as they lie, when they are already of this type and storage.
+    fn in_place<'a>(rows: &ImageRows<'a>) -> Option<&'a [Self]>;
+    /// Token rows from `first` converted into `out`.
+    fn load(rows: &ImageRows, first: usize, out: &mut [Self]);
+    /// `out (+)= a b`.
+    fn multiply(a: View<Self>, b: View<Self>, out: ViewMut<f32>, update: Update<f32>);
+    /// `w_k^T` (`d_c x d`) of the prepared weights.
+    fn w_k_transposed(prepared: &CpuWeights) -> &[Self];
+    /// The scaled query weights (`d x d_c`) as stored.
+    fn w_q(prepared: &CpuWeights) -> &[Self];
+    /// One value as stored.
+    fn convert(value: f32, storage: Storage) -> Self;
+    /// `w_k` (`d x d_c`) as stored.
+    fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [Self];
+    /// f32 values (`P`) as this type reads them: themselves for f32, else converted into
+    /// `scratch`.
+    fn read<'b>(values: &'b [f32], scratch: &'b mut Vec<Self>) -> &'b [Self];
+}
+
+impl Stored for f32 {
+    fn store(values: &[f32], storage: Storage, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(values);
+        storage.round(out);
+    }
+
+    fn in_place<'a>(rows: &ImageRows<'a>) -> Option<&'a [f32]> {
+        rows.in_place()
+    }
+
+    fn load(rows: &ImageRows, first: usize, out: &mut [f32]) {
+        rows.widen(first, out);
+    }
+
+    fn multiply(a: View<f32>, b: View<f32>, out: ViewMut<f32>, update: Update<f32>) {
+        multiply(a, b, out, update);
+    }
+
+    fn w_k_transposed(prepared: &CpuWeights) -> &[f32] {
+        &prepared.key_weights.w_k_transposed
+    }
+
+    fn w_q(prepared: &CpuWeights) -> &[f32] {
+        &prepared.w_q_scaled
+    }
+
+    fn convert(value: f32, storage: Storage) -> f32 {
+        match storage {
+            Storage::F32 => value,
+            Storage::Bf16 => to_bf16(value),
         }
-        out.iter_mut().zip(row.iter()).for_each(|(o, v)| *o += v);
+    }
+
+    fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [f32] {
+        prepared.w_k(weights)
+    }
+
+    fn read<'b>(values: &'b [f32], _: &'b mut Vec<f32>) -> &'b [f32] {
+        values
+    }
+}
+
+impl Stored for half::bf16 {
+    fn store(values: &[f32], _: Storage, out: &mut Vec<half::bf16>) {
+        out.resize(values.len(), half::bf16::ZERO);
+        out.par_chunks_mut(1 << 14)
+            .zip(values.par_chunks(1 << 14))
+            .for_each(|(out, values)| {
+                out.iter_mut()
+                    .zip(values)
+                    .for_each(|(o, &v)| *o = half::bf16::from_f32(v))
+            });
+    }
+
+    fn in_place<'a>(rows: &ImageRows<'a>) -> Option<&'a [half::bf16]> {
+        match rows.values {
+            HostValues::BF16(values) => Some(values),
+            _ => None,
+        }
+    }
+
+    fn load(rows: &ImageRows, first: usize, out: &mut [half::bf16]) {
+        const CHUNK: usize = 1 << 12;
+        let start = first * rows.d;
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(index, chunk)| {
+                let mut widened = [0.0f32; CHUNK];
+                let widened = &mut widened[..chunk.len()];
+                rows.values.widen_into(start + index * CHUNK, widened);
+                chunk
+                    .iter_mut()
+                    .zip(widened.iter())
+                    .for_each(|(o, &v)| *o = half::bf16::from_f32(v));
+            });
+    }
+
+    fn multiply(a: View<half::bf16>, b: View<half::bf16>, out: ViewMut<f32>, update: Update<f32>) {
+        multiply_bf16(a, b, out, update);
+    }
+
+    fn w_k_transposed(prepared: &CpuWeights) -> &[half::bf16] {
+        &prepared.key_weights.w_k_transposed_bf16
+    }
+
+    fn w_q(prepared: &CpuWeights) -> &[half::bf16] {
+        &prepared.key_weights.w_q_bf16
+    }
+
+    fn convert(value: f32, _: Storage) -> half::bf16 {
+        half::bf16::from_f32(value)
+    }
+
+    fn w_k<'a>(prepared: &'a CpuWeights, _: &'a PMeta) -> &'a [half::bf16] {
+        &prepared.key_weights.w_k_bf16
+    }
+
+    fn read<'b>(values: &'b [f32], scratch: &'b mut Vec<half::bf16>) -> &'b [half::bf16] {
+        half::bf16::store(values, Storage::Bf16, scratch);
+        scratch
     }
 }
 
@@ -199,15 +387,36 @@ pub(crate) fn forward(
     call: &Call,
     want_projection: bool,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    forward_in_blocks(features, call, want_projection, BLOCKS)
+    let onednn = Kernels::chosen().unwrap_or(Kernels::Simd) == Kernels::OneDnn
+        || (call.prepared.storage == Storage::Bf16 && bf16_on_onednn());
+    forward_in_blocks(features, call, want_projection, BLOCKS, onednn)
 }
 
-/// `forward` with the given block sizes.
+/// `forward` with the given block sizes; `onednn` for the products in oneDNN's shapes: the
+/// keys transposed (`K^T = w_k^T X^T`, 2-4x faster there than `X w_k`), and under bf16
+/// storage the large products bf16 x bf16 -> f32 (the tokens read as bf16 in place, or
+/// converted a block at a time).
 fn forward_in_blocks(
     features: HostTokens,
     call: &Call,
     want_projection: bool,
     blocks: Blocks,
+    onednn: bool,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    if onednn && call.prepared.storage == Storage::Bf16 {
+        forward_stored::<half::bf16>(features, call, want_projection, blocks, true)
+    } else {
+        forward_stored::<f32>(features, call, want_projection, blocks, onednn)
+    }
+}
+
+/// The pass with the large products reading `S`; the keys transposed when `keys_transposed`.
+fn forward_stored<S: Stored>(
+    features: HostTokens,
+    call: &Call,
+    want_projection: bool,
+    blocks: Blocks,
+    keys_transposed: bool,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     let Call {
         weights,
@@ -254,7 +463,13 @@ fn forward_in_blocks(
             0
         }
     ];
-    let (mut widened, mut row) = (Vec::new(), Vec::new());
+    let (mut stored_query, mut stored_key, mut stored_folded, mut stored_projection) = (
+        Vec::<S>::new(),
+        Vec::<S>::new(),
+        Vec::<S>::new(),
+        Vec::<S>::new(),
+    );
+    let (mut widened, mut stored_pooled) = (Vec::<S>::new(), Vec::new());
     let mut folded = Vec::new();
     let mut scores = Vec::new();
     let mut table_scores = Vec::new();
@@ -269,13 +484,12 @@ fn forward_in_blocks(
         // Steps 1, 3 and 4: Q' = pool(X) w_q' + pool(E) w_q' (K below when the association
         // needs it). pool(X) is let go before the scores, the largest moment of the call.
         let mut pooled = vec![0.0f32; m * d];
-        pool_rows(d, queries, &mut pooled, |token, out| {
-            x.add_row(token, out, &mut row)
-        });
-        product(
-            View::row_major(&pooled, m, d),
-            View::row_major(&prepared.w_q_scaled, d, c),
-            &mut query,
+        pool_rows(d, queries, &mut pooled, |token, out| x.add_row(token, out));
+        S::multiply(
+            View::row_major(S::read(&pooled, &mut stored_pooled), m, d),
+            View::row_major(S::w_q(prepared), d, c),
+            ViewMut::row_major(&mut query, m, c),
+            Update::Overwrite,
         );
         drop(pooled);
         if let Some((query_term, _)) = &table_terms {
@@ -286,20 +500,53 @@ fn forward_in_blocks(
         }
         storage.round(&mut query);
         if association == Association::Keys {
-            // K = X w_k + E w_k, a block of token rows at a time.
+            // K = X w_k + E w_k, a block of token rows at a time: as K^T (d_c x n) where
+            // oneDNN runs the products.
             x.for_each_block(&mut widened, |block, rows| {
-                product(
-                    View::row_major(rows, block.len(), d),
-                    View::row_major(w_k, d, c),
-                    &mut key[block.start * c..block.end * c],
-                );
+                if keys_transposed {
+                    S::multiply(
+                        View::row_major(S::w_k_transposed(prepared), c, d),
+                        View::row_major(rows, block.len(), d).transposed(),
+                        ViewMut::strided(&mut key[block.start..], c, block.len(), n, 1),
+                        Update::Overwrite,
+                    );
+                } else {
+                    S::multiply(
+                        View::row_major(rows, block.len(), d),
+                        View::row_major(S::w_k(prepared, weights), d, c),
+                        ViewMut::row_major(
+                            &mut key[block.start * c..block.end * c],
+                            block.len(),
+                            c,
+                        ),
+                        Update::Overwrite,
+                    );
+                }
             });
-            if let Some((_, key_term)) = &table_terms {
-                key.iter_mut()
-                    .zip(key_term.iter())
-                    .for_each(|(k, t)| *k += t);
+            if keys_transposed {
+                // K^T back to K (n x d_c) as stored, plus E w_k: the scores read K's rows
+                // (faster there than K^T's columns, measured).
+                stored_key.resize(n * c, S::default());
+                stored_key
+                    .par_chunks_mut(c)
+                    .enumerate()
+                    .for_each(|(token, out)| {
+                        for (channel, o) in out.iter_mut().enumerate() {
+                            let term = table_terms
+                                .as_ref()
+                                .map_or(0.0, |(_, key_term)| key_term[token * c + channel]);
+                            *o = S::convert(key[channel * n + token] + term, storage);
+                        }
+                    });
+            } else {
+                if let Some((_, key_term)) = &table_terms {
+                    key.iter_mut()
+                        .zip(key_term.iter())
+                        .for_each(|(k, t)| *k += t);
+                }
+                S::store(&key, storage, &mut stored_key);
             }
-            storage.round(&mut key);
+            S::store(&query, storage, &mut stored_query);
         }
         for first in (0..m).step_by(block_rows) {
             let rows = first..(first + block_rows).min(m);
@@ -314,7 +561,8 @@ fn forward_in_blocks(
                 n,
             };
             if association == Association::Keys {
-                block_scores.fill(block_query, c, &key, 0..n, &mut scores);
+                let block_query = &stored_query[rows.start * c..rows.end * c];
+                block_scores.fill(block_query, c, &stored_key, 0..n, &mut scores);
             } else {
                 // Q'' = Q' w_k^T, then S = Q'' X^T + Q' (E w_k)^T.
                 folded.resize(count * d, 0.0);
@@ -323,9 +571,9 @@ fn forward_in_blocks(
                     View::row_major(w_k, d, c).transposed(),
                     &mut folded,
                 );
-                storage.round(&mut folded);
+                S::store(&folded, storage, &mut stored_folded);
                 x.for_each_block(&mut widened, |block, keys| {
-                    block_scores.fill(&folded, d, keys, block, &mut scores)
+                    block_scores.fill(&stored_folded, d, keys, block, &mut scores)
                 });
                 if let Some((_, key_term)) = &table_terms {
                     table_scores.resize(count * n, 0.0);
@@ -340,14 +588,15 @@ fn forward_in_blocks(
             softmax_rows(&mut scores, queries, rows.start, scope, n);
             // Step 7: Y = P X for the block's rows, summed over blocks of tokens.
             let out = &mut tokens[(image * m + rows.start) * d..][..count * d];
+            let weights_read = S::read(&scores, &mut stored_projection);
             x.for_each_block(&mut widened, |block, values| {
                 let update = if block.start == 0 {
                     Update::Overwrite
                 } else {
                     Update::Add(1.0)
                 };
-                multiply(
-                    View::strided(&scores[block.start..], count, block.len(), n, 1),
+                S::multiply(
+                    View::strided(&weights_read[block.start..], count, block.len(), n, 1),
                     View::row_major(values, block.len(), d),
                     ViewMut::row_major(out, count, d),
                     update,
@@ -398,11 +647,11 @@ impl BlockScores<'_> {
     /// width`) the block's keys, or its tokens. One product per run of queries that share
     /// their keys, written in place into `scores` (`rows.len() x n`). Entries outside a
     /// query's span are left for the softmax to clear.
-    fn fill(
+    fn fill<S: Stored>(
         &self,
-        query: &[f32],
+        query: &[S],
         width: usize,
-        keys: &[f32],
+        keys: &[S],
         block: Range<usize>,
         scores: &mut [f32],
     ) {
@@ -435,7 +684,7 @@ impl BlockScores<'_> {
                 continue;
             }
             let key_rows = tokens.start - block.start..tokens.end - block.start;
-            multiply(
+            S::multiply(
                 View::row_major(&query[first * width..(first + count) * width], count, width),
                 View::row_major(
                     &keys[key_rows.start * width..key_rows.end * width],

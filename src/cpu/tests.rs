@@ -92,9 +92,17 @@ fn every_input_type_and_storage_matches_the_reference_across_block_edges() {
                         scope,
                         association,
                     };
-                    for blocks in [tiny, BLOCKS] {
+                    let engines = if crate::products::onednn_loads() {
+                        vec![false, true]
+                    } else {
+                        vec![false]
+                    };
+                    for (blocks, onednn) in [tiny, BLOCKS]
+                        .into_iter()
+                        .flat_map(|blocks| engines.iter().map(move |&e| (blocks, e)))
+                    {
                         let (out, projection) =
-                            forward_in_blocks(tokens, &call, true, blocks).unwrap();
+                            forward_in_blocks(tokens, &call, true, blocks, onednn).unwrap();
                         let projection = projection.unwrap();
                         let errors = (
                             relative_error(&out, &expected.tokens),
@@ -102,7 +110,7 @@ fn every_input_type_and_storage_matches_the_reference_across_block_edges() {
                         );
                         let describe = format!(
                             "seed {seed}: {precision:?} {:?} {scope:?} {association:?} \
-                             {blocks:?}: errors {:.2e} {:.2e}",
+                             {blocks:?} oneDNN {onednn}: errors {:.2e} {:.2e}",
                             input.dtype(),
                             errors.0,
                             errors.1
