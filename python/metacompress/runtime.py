@@ -68,6 +68,16 @@ def _host_view(x):
     raise UsageError(f"x has dtype {x.dtype}; expected torch.float32, torch.float16 or torch.bfloat16")
 
 
+def _as_input(tokens, bf16: bool, torch_dtype):
+    """Reduced tokens as the input was: numpy, or torch (bf16 from its uint16 bits)."""
+    if torch_dtype is None:
+        return tokens
+    import torch
+
+    tokens = torch.from_numpy(tokens)
+    return tokens.view(torch.int16).view(torch.bfloat16) if bf16 else tokens
+
+
 class _ArgumentsAsUsage:
     """Turns any refusal of a Python value the extension cannot convert (TypeError,
     OverflowError; it names most arguments itself) into `UsageError`, like every other bad
@@ -145,21 +155,52 @@ class Compressor:
         random's draws. `attention`: `(n,)` or `(b, n)` for visionzip and prumerge.
         `projection`: also hand back `P`. The GIL is released while the runtime works.
         """
+        result, _ = self._compress(x, [], grids, layout, keep, scope, method, seed, attention,
+                                   projection)
+        return result
+
+    def compress_sharing(
+        self,
+        x,
+        extra: Sequence[Any],
+        grids: Optional[Sequence[Grid]] = None,
+        layout: Optional[str] = None,
+        keep: float = 0.1,
+        scope: str = "image",
+        method: str = "metacompress",
+        seed: int = 0,
+        attention=None,
+        projection: bool = False,
+    ) -> Tuple[Result, list]:
+        """`compress(x, ...)` with more token sets of the same images, each reduced with the
+        same `P` as `x` (`P X_k`: one `P`, several products), as Qwen3-VL's deepstack features
+        need (the language model adds them at the image tokens of its first layers).
+
+        `extra`: arrays or tensors of the same images and tokens as `x` (`(n, d_k)` or
+        `(b, n, d_k)`, any width, each read where it lies like `x`). Returns
+        `(result, [P X_k, ...])`, each reduced set in its own dtype and kind (numpy or torch).
+        """
+        if isinstance(extra, (np.ndarray, str)) or _torch_tensor(extra):
+            raise UsageError("extra is one array; expected a list of arrays or tensors")
+        return self._compress(x, list(extra), grids, layout, keep, scope, method, seed,
+                              attention, projection)
+
+    def _compress(self, x, extra, grids, layout, keep, scope, method, seed, attention, projection):
         array, bf16, torch_dtype = _host_view(x)
+        views = [_host_view(set_) for set_ in extra]
         with _ArgumentsAsUsage():
-            tokens, projected, queries, _ = self._native.compress(
+            tokens, projected, queries, _, reduced = self._native.compress(
                 array, bf16, grids, layout, keep, scope, method, seed, _attention(attention),
-                bool(projection),
+                bool(projection), [(view, set_bf16) for view, set_bf16, _ in views],
             )
-        if torch_dtype is not None:
+        tokens = _as_input(tokens, bf16, torch_dtype)
+        if torch_dtype is not None and projected is not None:
             import torch
 
-            tokens = torch.from_numpy(tokens)
-            if bf16:
-                tokens = tokens.view(torch.int16).view(torch.bfloat16)
-            if projected is not None:
-                projected = torch.from_numpy(projected)
-        return Result(tokens, projected, queries)
+            projected = torch.from_numpy(projected)
+        reduced = [_as_input(out, set_bf16, set_dtype)
+                   for out, (_, set_bf16, set_dtype) in zip(reduced, views)]
+        return Result(tokens, projected, queries), reduced
 
     def __repr__(self) -> str:
         return f"metacompress.Compressor(device={self.device!r})"

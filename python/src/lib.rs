@@ -196,6 +196,23 @@ enum Output {
 }
 
 impl Output {
+    /// `tokens` (f32, from the runtime) in the element type of `dtype`.
+    fn of(tokens: Vec<f32>, dtype: metacompress::Dtype) -> metacompress::Result<Output> {
+        Ok(match dtype {
+            metacompress::Dtype::F32 => Output::F32(tokens),
+            metacompress::Dtype::F16 => {
+                check_fits_f16("tokens for an f16 output", &tokens)?;
+                Output::F16(tokens.iter().map(|&v| half::f16::from_f32(v)).collect())
+            }
+            metacompress::Dtype::BF16 => Output::Bf16(
+                tokens
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
+            ),
+        })
+    }
+
     fn into_array<'py>(self, py: Python<'py>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
         Ok(match self {
             Output::F32(values) => values.into_pyarray(py).reshape(shape)?.into_any(),
@@ -252,6 +269,7 @@ type Reduced<'py> = (
     Option<Bound<'py, PyAny>>,
     Vec<(usize, usize)>,
     f64,
+    Vec<Bound<'py, PyAny>>,
 );
 
 /// A grid as Python sees it: `(offset, h, w, stride)`.
@@ -328,10 +346,11 @@ impl Compressor {
         self.runner.choice().map(str::to_string)
     }
 
-    /// `(tokens, projection or None, queries, seconds of the runtime's call)`; `bf16` says
-    /// that `x` holds bfloat16 bits.
+    /// `(tokens, projection or None, queries, seconds of the runtime's call, [P X_k for each
+    /// extra set])`; `bf16` says that `x` holds bfloat16 bits; `extra`: `(array, bf16)` pairs
+    /// of more token sets of the same images, each reduced with the same `P`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, bf16, grids, layout, keep, scope, method, seed, attention, projection))]
+    #[pyo3(signature = (x, bf16, grids, layout, keep, scope, method, seed, attention, projection, extra = Vec::new()))]
     fn compress<'py>(
         &self,
         py: Python<'py>,
@@ -345,6 +364,7 @@ impl Compressor {
         seed: &Bound<'py, PyAny>,
         attention: Option<PyReadonlyArrayDyn<'py, f32>>,
         projection: bool,
+        extra: Vec<(Bound<'py, PyAny>, bool)>,
     ) -> PyResult<Reduced<'py>> {
         // In the command line's order: the knobs, then what the method needs, then the data.
         let keep = Keep::new(number(keep, "keep", "a fraction in (0, 1]")?).map_err(raised)?;
@@ -371,13 +391,29 @@ impl Compressor {
             None => None,
         };
         let values = source.values();
+        let sets = extra
+            .iter()
+            .map(|(set, bf16)| Borrowed::of(set, *bf16))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut set_widths = Vec::with_capacity(sets.len());
+        for (index, set) in sets.iter().enumerate() {
+            let ((set_b, set_n, set_d), _) = set.shape();
+            if (set_b, set_n) != (b, n) {
+                return Err(usage(format!(
+                    "extra[{index}] holds {set_b} x {set_n} tokens; expected x's {b} x {n} (one \
+                     P is applied to every set)"
+                )));
+            }
+            set_widths.push(set_d);
+        }
+        let set_values: Vec<HostValues> = sets.iter().map(Borrowed::values).collect();
         let options = Options {
             keep,
             scope,
             save_projection: projection,
             ..Options::default()
         };
-        let (output, projected, queries, seconds) = py
+        let (output, projected, queries, seconds, extra_outputs) = py
             .detach(|| {
                 self.on_pool(|| {
                     // The finite-value check reads all of x: without the GIL too.
@@ -387,31 +423,29 @@ impl Compressor {
                         attention,
                         seed,
                     };
+                    let extra_tokens = set_values
+                        .iter()
+                        .zip(&set_widths)
+                        .map(|(&set, &width)| HostTokens::new(set, b, n, width))
+                        .collect::<metacompress::Result<Vec<_>>>()?;
                     let started = std::time::Instant::now();
-                    let reduced = self.runner.run(method, &request, &options)?;
-                    let seconds = started.elapsed().as_secs_f64();
-                    let output = match values.dtype() {
-                        metacompress::Dtype::F32 => Output::F32(reduced.tokens),
-                        metacompress::Dtype::F16 => {
-                            check_fits_f16("tokens for an f16 output", &reduced.tokens)?;
-                            Output::F16(
-                                reduced
-                                    .tokens
-                                    .iter()
-                                    .map(|&v| half::f16::from_f32(v))
-                                    .collect(),
-                            )
-                        }
-                        metacompress::Dtype::BF16 => Output::Bf16(
-                            reduced
-                                .tokens
-                                .iter()
-                                .map(|&v| half::bf16::from_f32(v).to_bits())
-                                .collect(),
-                        ),
+                    let (reduced, reduced_extra) = if extra_tokens.is_empty() {
+                        (self.runner.run(method, &request, &options)?, Vec::new())
+                    } else {
+                        let shared =
+                            self.runner
+                                .run_sharing(method, &request, &extra_tokens, &options)?;
+                        (shared.main, shared.extra)
                     };
+                    let seconds = started.elapsed().as_secs_f64();
+                    let output = Output::of(reduced.tokens, values.dtype())?;
+                    let extra_outputs = reduced_extra
+                        .into_iter()
+                        .zip(&set_values)
+                        .map(|(tokens, set)| Output::of(tokens, set.dtype()))
+                        .collect::<metacompress::Result<Vec<_>>>()?;
                     let projected = if projection { reduced.projection } else { None };
-                    Ok((output, projected, reduced.queries, seconds))
+                    Ok((output, projected, reduced.queries, seconds, extra_outputs))
                 })
             })
             .map_err(raised)?;
@@ -428,7 +462,12 @@ impl Compressor {
             .map(|values| Output::F32(values).into_array(py, &shape(n)))
             .transpose()?;
         let queries = queries.grids.iter().map(|g| (g.height, g.width)).collect();
-        Ok((tokens, projected, queries, seconds))
+        let extra = extra_outputs
+            .into_iter()
+            .zip(&set_widths)
+            .map(|(output, &width)| output.into_array(py, &shape(width)))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((tokens, projected, queries, seconds, extra))
     }
 }
 
