@@ -12,7 +12,8 @@ attention mask follows. Positions:
   for `t` frames of `hq x wq` queries (`reduced_grid_thw`). The time axis is kept, so the
   frames of a video keep their time positions (Qwen2.5-VL's `t * tokens_per_second *
   second_per_grid_ts`; Qwen3-VL splits a video into frames of `t = 1`, separated by timestamps
-  in the text). Inference with the Rust runtime must use the same rule.
+  in the text). Inference with the Rust runtime must use the same rule. Videos: `Video`,
+  `video_features`, `logits(..., video=True)`.
 
 Qwen3-VL's vision tower also returns deepstack features: for each of a few intermediate vision
 layers, `n` more tokens (the main tokens' layout) that the language model adds to its first
@@ -48,6 +49,14 @@ class Pixels:
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)
         return Pixels(move(self.pixel_values), move(self.image_sizes), move(self.image_grid_thw))
+
+
+@dataclass
+class Video:
+    """What a Qwen video processor made for a batch of videos (Qwen2-VL, 2.5-VL, 3-VL)."""
+    pixel_values_videos: torch.Tensor
+    video_grid_thw: torch.Tensor                    # (b, 3)
+    second_per_grid_ts: torch.Tensor | None = None  # Qwen2.5-VL: (b,), seconds per temporal patch
 
 
 class Features(list):
@@ -111,6 +120,18 @@ class Adapter:
         levels = out.deepstack_features if self.family == "qwen3_vl" else ()
         return Features(out.pooler_output, levels)
 
+    @torch.no_grad()
+    def video_features(self, video: Video) -> Features:
+        """The Qwen families: each video's visual tokens (`t h w / merge^2 x d`, frame after
+        frame, each frame's merged grid row-major; the layout of an image of the same
+        `grid_thw`), and for Qwen3-VL its deepstack levels."""
+        if self.family not in QWEN:
+            raise ValueError(f"{self.family}: videos are read for the Qwen families only")
+        out = self.model.model.get_video_features(video.pixel_values_videos, video.video_grid_thw,
+                                                  return_dict=True)
+        levels = out.deepstack_features if self.family == "qwen3_vl" else ()
+        return Features(out.pooler_output, levels)
+
     def layout(self, pixels: Pixels, index: int) -> tuple[int, list[layouts.Grid]]:
         """`(n, grids)` of image `index` (SPEC section 3), computed as the model lays it out."""
         vision = self.model.config.vision_config
@@ -142,11 +163,16 @@ class Adapter:
     # --- running a sequence ----------------------------------------------------------------
 
     def logits(self, input_ids, attention_mask, tokens: list[torch.Tensor],
-               grid_thw: torch.Tensor | None = None, levels=None) -> torch.Tensor:
+               grid_thw: torch.Tensor | None = None, levels=None, video: bool = False,
+               second_per_grid_ts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of sequences whose image placeholder runs hold `tokens` (one tensor per
         sample, as many rows as its run). `grid_thw`: the Qwen families' `image_grid_thw` for
         them. `levels`: Qwen3-VL's deepstack levels for them (`levels[k][i]`, as many rows as
-        `tokens[i]`); by default `tokens.levels` when `tokens` is `Features`."""
+        `tokens[i]`); by default `tokens.levels` when `tokens` is `Features`. `video` (the
+        Qwen families): the tokens fill the video placeholder runs instead, `grid_thw` is
+        `video_grid_thw` and `second_per_grid_ts` Qwen2.5-VL's seconds per temporal patch."""
+        if video and self.family not in QWEN:
+            raise ValueError(f"{self.family}: videos are read for the Qwen families only")
         dtype = self.model.get_input_embeddings().weight.dtype
         if levels is None:
             levels = getattr(tokens, "levels", [])
@@ -160,17 +186,28 @@ class Adapter:
                                  f"expected the tokens' {[tuple(t.shape) for t in tokens]}")
         pooled = [t.to(dtype) for t in tokens]
         if self.family == "qwen3_vl":
-            images = {"image": BaseModelOutputWithDeepstackFeatures(
-                pooler_output=pooled, deepstack_features=[[t.to(dtype) for t in level] for level in levels])}
+            encoded = BaseModelOutputWithDeepstackFeatures(
+                pooler_output=pooled, deepstack_features=[[t.to(dtype) for t in level] for level in levels])
         else:
-            images = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+            encoded = BaseModelOutputWithPooling(pooler_output=pooled)
         extra = {}
         if self.family in QWEN:
-            extra = dict(image_grid_thw=grid_thw,
-                         mm_token_type_ids=(input_ids == self.image_token_id).int())
+            extra = self._qwen_inputs(input_ids, grid_thw, video, second_per_grid_ts)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         mm_encoder_outputs=images, use_cache=False, **extra)
+                         mm_encoder_outputs={"video" if video else "image": encoded}, use_cache=False,
+                         **extra)
         return out.logits
+
+    def _qwen_inputs(self, input_ids, grid_thw, video: bool, second_per_grid_ts=None) -> dict:
+        """What the Qwen families need for their 3-D positions (`get_rope_index`): the grids
+        and the token types (text 0, image 1, video 2)."""
+        if not video:
+            return dict(image_grid_thw=grid_thw, mm_token_type_ids=(input_ids == self.image_token_id).int())
+        extra = dict(video_grid_thw=grid_thw,
+                     mm_token_type_ids=2 * (input_ids == self.model.config.video_token_id).int())
+        if self.family == "qwen2_5_vl" and second_per_grid_ts is not None:
+            extra["second_per_grid_ts"] = second_per_grid_ts
+        return extra
 
     @torch.no_grad()
     def model_logits(self, input_ids, attention_mask, pixels: Pixels) -> torch.Tensor:
@@ -179,10 +216,16 @@ class Adapter:
         if self.family in ANYRES:
             extra = dict(image_sizes=pixels.image_sizes)
         elif self.family in QWEN:
-            extra = dict(image_grid_thw=pixels.image_grid_thw,
-                         mm_token_type_ids=(input_ids == self.image_token_id).int())
+            extra = self._qwen_inputs(input_ids, pixels.image_grid_thw, video=False)
         return self.model(input_ids=input_ids, attention_mask=attention_mask,
                           pixel_values=pixels.pixel_values, use_cache=False, **extra).logits
+
+    @torch.no_grad()
+    def model_video_logits(self, input_ids, attention_mask, video: Video) -> torch.Tensor:
+        """The model's own forward on a video (the Qwen families; for checking the adapter)."""
+        extra = self._qwen_inputs(input_ids, video.video_grid_thw, True, video.second_per_grid_ts)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          pixel_values_videos=video.pixel_values_videos, use_cache=False, **extra).logits
 
 
 def shorten(input_ids: torch.Tensor, answer: torch.Tensor, image_token_id: int, m: int):

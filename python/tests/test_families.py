@@ -17,7 +17,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from conftest import run
 from metacompress import layouts, tiny
-from metacompress.adapters import Adapter
+from metacompress.adapters import Adapter, Video
 from metacompress.data import collate, pixels_of, process_image, synthetic_sample
 from metacompress.distill import Weights, answer_kl, losses, predicting
 from metacompress.torch import PMeta, apply_projection
@@ -277,3 +277,50 @@ def test_reduced_video_frames_keep_their_time_positions(name):
     else:
         # Qwen3-VL: frames are separate grids; each starts after the text before it.
         assert short[0] == 0 and full[0] == 0 and len(short) == len(full) == 3
+
+
+def video_ids(name: str, model, frames: int, per_frame: int) -> torch.Tensor:
+    """A sequence around a video: Qwen3-VL's frames each after its own timestamp text (as its
+    processor writes them), the other models' frames in one run."""
+    video, start, end = (model.config.video_token_id, model.config.vision_start_token_id,
+                         model.config.vision_end_token_id)
+    if name == "tiny-qwen3-vl":
+        body = sum(([10 + f, 11, start] + [video] * per_frame + [end] for f in range(frames)), [])
+    else:
+        body = [start] + [video] * (frames * per_frame) + [end]
+    return torch.tensor([[1, 20, 21] + body + [30, 31, 32, 2]])
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_the_video_path_reproduces_the_models_logits_and_reduced_frames_run(name, seed):
+    """Video tokens through `mm_encoder_outputs` with the model's own positions (Qwen2.5-VL's
+    time intervals, Qwen3-VL's per-frame grids) reproduce the model's forward on the video
+    (1e-5); reduced, each frame's run shortened to its query grid (`reduced_grid_thw`)."""
+    model, _ = tiny.build(name)
+    adapter = Adapter(model)
+    patch, (t, h, w) = model.config.vision_config.patch_size, (3, 4, 6)
+    generator = torch.Generator().manual_seed(seed)
+    video = Video(torch.randn(t * h * w, 3 * 2 * patch * patch, generator=generator),
+                  torch.tensor([[t, h, w]]),
+                  torch.tensor([1.5]) if name == "tiny-qwen2.5-vl" else None)
+    ids = video_ids(name, model, t, h * w // 4)
+    mask = torch.ones_like(ids)
+    features = adapter.video_features(video)
+    n, grids = layouts.qwen2_vl(t, h, w)
+    assert features[0].shape[0] == n and len(features.levels) == adapter.deepstack_levels
+    with torch.no_grad():
+        ours = adapter.logits(ids, mask, features, video.video_grid_thw, video=True,
+                              second_per_grid_ts=video.second_per_grid_ts)
+    own = adapter.model_video_logits(ids, mask, video)
+    assert (ours - own).abs().max() <= 1e-5, f"{name} seed {seed}"
+    # Reduced: the same P for the deepstack levels; the time axis kept.
+    pmeta = PMeta.init(adapter.width, 16, pos=(4, 4), seed=seed % 1000)
+    with torch.no_grad():
+        y, p = pmeta(features[0], [tuple(g) for g in grids], keep=0.25)
+        levels = [[apply_projection(p, level[0])] for level in features.levels]
+        reduced = adapter.reduced_grid_thw(grids, 0.25)
+        assert reduced[0] == t and y.shape[0] == t * reduced[1] * reduced[2] // 4
+        short = video_ids(name, model, t, reduced[1] * reduced[2] // 4)
+        logits = adapter.logits(short, torch.ones_like(short), [y], torch.tensor([reduced]), levels=levels,
+                                video=True, second_per_grid_ts=video.second_per_grid_ts)
+    assert logits.shape[1] == short.shape[1] and bool(torch.isfinite(logits).all())
