@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Python side's tests: creates python/.venv (git-ignored) with the pinned versions of
 # python/requirements.txt on first use (torch from the package index is a CUDA build of a few
-# GB; it runs on the CPU here), installs the package from the checkout, then runs pytest
-# against the release binary (built by `cargo test --release` before, or here if missing).
+# GB; it runs on the CPU here), installs the package from the checkout (maturin builds the
+# native runtime, metacompress._native, in the cargo workspace's target/: re-runs only
+# rebuild what changed), then runs pytest against it and the release binary (built by
+# `cargo test --release` before, or here if missing).
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.txt; then
@@ -11,7 +13,9 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.txt
     .venv/bin/pip install -q -r requirements.txt
     cp requirements.txt .venv/requirements.txt
 fi
-.venv/bin/pip install -q --no-deps -e .
+# The pinned maturin of the virtual environment builds it (no isolated build environment to
+# download each time); pip's build backend calls it by name.
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install -q --no-deps --no-build-isolation -e .
 if [ ! -x ../target/release/metacompress ]; then
     (cd .. && cargo build --release --bin metacompress)
 fi

@@ -42,6 +42,12 @@ impl Error {
         matches!(self, Error::InvalidArgument(_))
     }
 
+    /// The error as one line a terminal shows as it is (what the command line prints after
+    /// `metacompress: `, and the message of the Python binding's exceptions).
+    pub fn line(&self) -> String {
+        one_line(&self.to_string())
+    }
+
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.display().to_string(),
@@ -78,6 +84,38 @@ impl std::error::Error for Error {
 
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `text` as one line a terminal shows as it is: control characters escaped, and any run of
+/// more than 160 characters without a space (a value echoed back unquoted) cut short once,
+/// a quote it opened closed. What `quoted` makes (80 characters and a short prefix) stays
+/// under it, so a value is never cut twice.
+pub fn one_line(text: &str) -> String {
+    const LONGEST_WORD: usize = 160;
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| match c {
+            '\n' | '\r' | '\t' => vec![' '],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect();
+    escaped
+        .split(' ')
+        .map(|word| match word.char_indices().nth(LONGEST_WORD) {
+            Some((cut, _)) => {
+                let head = &word[..cut];
+                let close = if head.matches('"').count() % 2 == 1 {
+                    "\""
+                } else {
+                    ""
+                };
+                format!("{head}{close}...({} characters)", word.chars().count())
+            }
+            None => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// `text` as an error message echoes it: in quotes, control characters escaped, cut to about
 /// 80 characters (a bad value may be a 400 KB string).

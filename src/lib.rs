@@ -48,7 +48,7 @@ pub(crate) mod weights;
 mod layering;
 
 pub use compress::{CompressFuture, Compressed, Compressor};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 pub use gpu::memory::MemoryCount;
 pub use gpu::resident::{GpuCompressed, GpuTokens, Tokens};
 pub use gpu::{GpuApi, GpuContext};
@@ -56,7 +56,8 @@ pub use layout::{
     parse_grid_flags, parse_grids_json, Grid, Keep, Keys, Layout, Queries, QueryGrid, Scope,
 };
 pub use options::{
-    Association, Backend, Elem, KernelVariant, Options, Precision, SplitK, MAX_PIECES,
+    check_threads, threads_from, Association, Backend, Elem, KernelVariant, Options, Precision,
+    SplitK, MAX_PIECES, MAX_THREADS,
 };
 pub use presets::{parse_pinpoints, LLAVA_NEXT_PINPOINTS, LLAVA_ONEVISION_PINPOINTS};
 pub use profile::{Clock, Profile, StepTime};

@@ -17,7 +17,7 @@ use metacompress::{bench, compare, pictures};
 use metacompress::{
     demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
 };
-use metacompress::{parse_grid_flags, parse_pinpoints};
+use metacompress::{one_line, parse_grid_flags, parse_pinpoints, threads_from};
 
 /// `println!` that ignores a closed stdout (`metacompress demo | head` must not panic).
 macro_rules! say {
@@ -26,9 +26,6 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
-
-/// Most threads `--threads` takes.
-const MAX_THREADS: usize = 1024;
 
 fn main() -> ExitCode {
     // Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset.
@@ -90,10 +87,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let threads = match threads_of(cli.threads) {
+    let threads = match threads_from(cli.threads) {
         Ok(threads) => threads,
-        Err(message) => {
-            eprintln!("metacompress: {}", one_line(&message));
+        Err(error) => {
+            eprintln!("metacompress: {}", error.line());
             return ExitCode::from(2);
         }
     };
@@ -125,70 +122,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("metacompress: {}", one_line(&error.to_string()));
+            eprintln!("metacompress: {}", error.line());
             ExitCode::from(if error.is_usage() { 2 } else { 1 })
         }
-    }
-}
-
-/// `text` as one line a terminal shows as it is: control characters escaped, and any run of
-/// more than 100 characters without a space (a value echoed back) cut short.
-fn one_line(text: &str) -> String {
-    /// Longest word kept whole; what `quoted` values make (80 characters and a short prefix)
-    /// stays under it, so a value is never cut twice.
-    const LONGEST_WORD: usize = 160;
-    let escaped: String = text
-        .chars()
-        .flat_map(|c| match c {
-            '\n' | '\r' | '\t' => vec![' '],
-            c if c.is_control() => c.escape_default().collect(),
-            c => vec![c],
-        })
-        .collect();
-    escaped
-        .split(' ')
-        .map(|word| match word.char_indices().nth(LONGEST_WORD) {
-            Some((cut, _)) => {
-                let head = &word[..cut];
-                // A cut inside a quoted value still closes its quote.
-                let close = if head.matches('"').count() % 2 == 1 {
-                    "\""
-                } else {
-                    ""
-                };
-                format!("{head}{close}...({} characters)", word.chars().count())
-            }
-            None => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The CPU path's thread count: `--threads`, else `RAYON_NUM_THREADS` (which rayon would
-/// otherwise take unchecked), both bounded by `MAX_THREADS`; `None` for all logical CPUs.
-/// `RAYON_NUM_THREADS=0` or empty means all CPUs, as rayon reads it.
-fn threads_of(flag: Option<usize>) -> std::result::Result<Option<usize>, String> {
-    if let Some(threads) = flag {
-        if !(1..=MAX_THREADS).contains(&threads) {
-            return Err(format!(
-                "--threads {threads} is out of range; expected 1 to {MAX_THREADS}"
-            ));
-        }
-        return Ok(Some(threads));
-    }
-    let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
-        return Ok(None);
-    };
-    let text = value.to_string_lossy();
-    match text.trim().parse::<usize>() {
-        _ if text.trim().is_empty() => Ok(None),
-        Ok(0) => Ok(None),
-        Ok(threads) if threads <= MAX_THREADS => Ok(Some(threads)),
-        _ => Err(format!(
-            "RAYON_NUM_THREADS={:?} is not a thread count; expected 1 to {MAX_THREADS} (0 or \
-             unset: all logical CPUs)",
-            text.as_ref()
-        )),
     }
 }
 

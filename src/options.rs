@@ -2,6 +2,7 @@
 //! which precision (`Precision`, `Elem`), with which kernels (`KernelVariant`, `SplitK`,
 //! `Association`), and the per-call `Options`. Nothing here depends on an engine.
 
+use crate::error::{Error, Result};
 use crate::layout::{Keep, Scope};
 use crate::tensor::Dtype;
 
@@ -76,6 +77,45 @@ impl Elem {
 /// Invocations `SplitK::Auto` cuts a product until it runs (a quarter of what an H100's 132
 /// multiprocessors hold at once; a heuristic).
 pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
+
+/// Most threads the CPU path may be given (`--threads`, Python's `threads=`).
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses a thread count outside `1..=MAX_THREADS`.
+pub fn check_threads(threads: usize) -> Result<()> {
+    if (1..=MAX_THREADS).contains(&threads) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "--threads {threads} is out of range; expected 1 to {MAX_THREADS}"
+        )))
+    }
+}
+
+/// The CPU path's thread count: `requested` (checked), else `RAYON_NUM_THREADS`, which rayon
+/// would otherwise take unchecked (100 000 threads for a millisecond's job), bounded the same
+/// way; `None` for all logical CPUs (`RAYON_NUM_THREADS` unset, empty or 0, as rayon reads
+/// it). Anything else is refused in one line.
+pub fn threads_from(requested: Option<usize>) -> Result<Option<usize>> {
+    if let Some(threads) = requested {
+        check_threads(threads)?;
+        return Ok(Some(threads));
+    }
+    let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        _ if text.trim().is_empty() => Ok(None),
+        Ok(0) => Ok(None),
+        Ok(threads) if threads <= MAX_THREADS => Ok(Some(threads)),
+        _ => Err(Error::InvalidArgument(format!(
+            "RAYON_NUM_THREADS={} is not a thread count; expected 1 to {MAX_THREADS} (0 or \
+             unset: all logical CPUs)",
+            crate::error::quoted(&text)
+        ))),
+    }
+}
 
 /// Most pieces a split-K product is cut into.
 pub const MAX_PIECES: u32 = 64;

@@ -472,4 +472,74 @@ impl Runner {
             profile: None,
         })
     }
+
+    /// Runs `method` on `request` and applies the same `P` to every set of `extra` tokens:
+    /// `Y_k = P X_k` (one `P`, several products), as a model that hands the language model
+    /// several token sets per image needs (Qwen3-VL's deepstack features, which the language
+    /// model adds at the image tokens of its first layers). Each extra set holds the same
+    /// images and tokens as `request.features` (`b x n`, any width `d_k`); its reduced tokens
+    /// come back in order, `b x m x d_k` each, reduced where the main ones are (reference,
+    /// CPU path or GPU). `P` is kept in the result only with `options.save_projection` (the
+    /// other methods always keep it).
+    pub fn run_sharing(
+        &self,
+        method: Method,
+        request: &Request,
+        extra: &[HostTokens],
+        options: &Options,
+    ) -> Result<Shared> {
+        let (b, n) = (request.features.batch(), request.features.tokens());
+        for (index, set) in extra.iter().enumerate() {
+            if (set.batch(), set.tokens()) != (b, n) {
+                return Err(Error::InvalidArgument(format!(
+                    "extra token set {index} holds {} x {} tokens; expected the main tokens' \
+                     {b} x {n} (one P is applied to every set)",
+                    set.batch(),
+                    set.tokens()
+                )));
+            }
+        }
+        let queries = request.layout.queries(options.keep);
+        let mut peak = footprint(method, (b, n, request.features.width()), &queries, true).peak();
+        for set in extra {
+            // Each set's f32 copy and reduced tokens.
+            let copy = (b * n * set.width()) as u64 * 4;
+            let reduced = (b * queries.count * set.width()) as u64 * 4;
+            peak = peak.saturating_add(copy.saturating_add(reduced));
+        }
+        check_footprint(
+            &format!("method {} with {} extra sets", method.name(), extra.len()),
+            peak,
+        )?;
+        let with_projection = Options {
+            save_projection: true,
+            ..*options
+        };
+        let mut main = self.run(method, request, &with_projection)?;
+        let projection = main.projection.as_ref().expect("asked for");
+        let mut reduced = Vec::with_capacity(extra.len());
+        for set in extra {
+            let tokens = self
+                .reducer
+                .reduce(&set.to_features(), projection, options)?;
+            check_computed("the reduced extra tokens", &tokens)?;
+            reduced.push(tokens);
+        }
+        if method == Method::MetaCompress && !options.save_projection {
+            main.projection = None;
+        }
+        Ok(Shared {
+            main,
+            extra: reduced,
+        })
+    }
+}
+
+/// What `Runner::run_sharing` hands back: the main result and each extra set's `P X_k`.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The main tokens' result (`Y`, the queries, `P` where kept).
+    pub main: Compressed,
+    /// `P X_k` for each extra set, `b x m x d_k`, in the order given.
+    pub extra: Vec<Vec<f32>>,
 }

@@ -1,0 +1,162 @@
+"""The native runtime from Python (SPEC section 8): every reduction method, one implementation.
+
+This module only turns Python's values into what `metacompress._native` (the Rust extension)
+reads and wraps its outputs: a torch tensor goes over as a numpy view of its own memory (no
+copy; bfloat16 as its uint16 bits) and comes back as a torch tensor over the output array.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _native
+
+UsageError = _native.UsageError
+Error = _native.Error
+
+Grid = Union[Tuple[int, int, int], Tuple[int, int, int, int]]
+
+
+class Result(NamedTuple):
+    """What `Compressor.compress` hands back."""
+
+    tokens: Any
+    """Reduced tokens, `(m, d)` or `(b, m, d)`, in x's dtype; numpy in -> numpy out, torch in
+    -> torch out."""
+    projection: Any
+    """`P`, `(m, n)` or `(b, m, n)` float32 when `projection=True`, else None."""
+    queries: list
+    """`[(hq, wq), ...]`, one per grid (Qwen2-VL's positions need them); `m` is the sum of
+    `hq * wq`."""
+
+
+def _torch_tensor(value) -> bool:
+    """Whether `value` is a torch tensor (without importing torch when nobody has)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _host_view(x):
+    """`(array, bf16, torch_dtype)`: x as a numpy array over the same memory."""
+    if isinstance(x, np.ndarray):
+        return x, False, None
+    if not _torch_tensor(x):
+        raise UsageError(f"x is a {type(x).__name__}; expected a numpy array or a torch tensor")
+    import torch
+
+    if x.device.type != "cpu":
+        raise UsageError(
+            f"x is on {x.device}; expected a CPU tensor (the runtime reads host memory: pass x.cpu())"
+        )
+    x = x.detach()
+    if x.dtype == torch.bfloat16:
+        # numpy has no bfloat16: the same bytes as uint16, read as bf16 by the runtime.
+        return x.view(torch.int16).numpy().view(np.uint16), True, x.dtype
+    if x.dtype in (torch.float32, torch.float16):
+        return x.numpy(), False, x.dtype
+    raise UsageError(f"x has dtype {x.dtype}; expected torch.float32, torch.float16 or torch.bfloat16")
+
+
+def _attention(attention):
+    """The attention as a float32 numpy array (a copy only when it is not one already)."""
+    if attention is None:
+        return None
+    if _torch_tensor(attention):
+        attention = attention.detach().cpu().float().numpy()
+    try:
+        return np.ascontiguousarray(attention, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"attention cannot be read as float32 values: {error}") from None
+
+
+class Compressor:
+    """Weights (or none) bound to a backend, ready for any number of calls from any thread.
+
+    `weights`: a P_meta safetensors file (needed by method "metacompress" only) or None.
+    `backend`: "auto", "cpu", "reference" (float64), "vulkan", "metal", "dx12" or "gl".
+    `precision`: "f32", "f16", "f16-acc" (GPU) or "bf16" (CPU).
+    `threads`: the CPU path's threads for this compressor's calls (default: all cores).
+    """
+
+    def __init__(
+        self,
+        weights: Union[str, os.PathLike, None],
+        backend: str = "auto",
+        precision: str = "f32",
+        threads: Optional[int] = None,
+    ):
+        self._native = _native.Compressor(
+            None if weights is None else os.fspath(weights), backend, precision, threads
+        )
+
+    @property
+    def device(self) -> str:
+        """What runs the pass: the line `metacompress compress` prints."""
+        return self._native.device
+
+    def compress(
+        self,
+        x,
+        grids: Optional[Sequence[Grid]] = None,
+        layout: Optional[str] = None,
+        keep: float = 0.1,
+        scope: str = "image",
+        method: str = "metacompress",
+        seed: int = 0,
+        attention=None,
+        projection: bool = False,
+    ) -> Result:
+        """Reduces each image of `x` (`(n, d)` or `(b, n, d)`) to `m` tokens.
+
+        `x`: numpy float32/float16 or a CPU torch tensor float32/float16/bfloat16,
+        C-contiguous; read where it lies. `grids`: `(offset, h, w)` or `(offset, h, w,
+        stride)` tuples; `layout`: a preset such as "llava-next:672x672" (not both; neither:
+        one square grid). `keep` in (0, 1]. `scope`: "image" or "grid". `method`:
+        metacompress, pool, sample, random, tome, divprune, visionzip or prumerge. `seed`:
+        random's draws. `attention`: `(n,)` or `(b, n)` for visionzip and prumerge.
+        `projection`: also hand back `P`. The GIL is released while the runtime works.
+        """
+        array, bf16, torch_dtype = _host_view(x)
+        tokens, projected, queries = self._native.compress(
+            array,
+            bf16,
+            None if grids is None else [tuple(grid) for grid in grids],
+            layout,
+            float(keep),
+            scope,
+            method,
+            int(seed),
+            _attention(attention),
+            bool(projection),
+        )
+        if torch_dtype is not None:
+            import torch
+
+            tokens = torch.from_numpy(tokens)
+            if bf16:
+                tokens = tokens.view(torch.int16).view(torch.bfloat16)
+            if projected is not None:
+                projected = torch.from_numpy(projected)
+        return Result(tokens, projected, queries)
+
+    def __repr__(self) -> str:
+        return f"metacompress.Compressor(device={self.device!r})"
+
+
+def layout(preset: str, pinpoints=None) -> Tuple[int, list]:
+    """`(n, [(offset, h, w, stride), ...])` of a layout preset: "llava-1.5",
+    "llava-next:WIDTHxHEIGHT" (with `pinpoints`, a model's `image_grid_pinpoints`, or
+    LLaVA-NeXT's defaults) or "qwen2-vl:TxHxW"; what `metacompress layout --json` prints."""
+    if pinpoints is not None and not isinstance(pinpoints, str):
+        pinpoints = json.dumps([list(pair) for pair in pinpoints])
+    return _native.layout(preset, pinpoints)
+
+
+def devices() -> list:
+    """Every adapter wgpu sees: dicts with "name", "vendor", "backend", "type", "driver",
+    "f16", "subgroups", "timestamps", "binding_limit", "offset_alignment"."""
+    return _native.devices()

@@ -1,0 +1,436 @@
+//! `metacompress._native`: the runtime as a Python extension (SPEC section 8). A door, not a
+//! room of its own: it turns Python's values (numpy arrays, strings, tuples) into the
+//! library's, calls `Runner` with the GIL released, and turns `Error` into `UsageError`
+//! (where the command line exits 2) or `Error` (where it exits 1) carrying the command line's
+//! one line. The pure-Python wrapper (`metacompress/runtime.py`) hands torch tensors over as
+//! numpy views of their memory and wraps the outputs back.
+
+use std::path::PathBuf;
+
+use numpy::{
+    IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use metacompress::gpu::{list_adapters, GpuApi};
+use metacompress::methods::{Method, Request, Runner};
+use metacompress::{
+    check_fits_f16, files, parse_pinpoints, threads_from, Backend, Grid, HostTokens, Keep, Layout,
+    Options, Precision, Scope,
+};
+
+pyo3::create_exception!(
+    metacompress,
+    UsageError,
+    PyValueError,
+    "A bad argument: what the command line refuses with exit status 2. The message is its line."
+);
+pyo3::create_exception!(
+    metacompress,
+    Error,
+    PyRuntimeError,
+    "Any other failure (a file, a device, an overflow): what the command line reports with exit \
+     status 1. The message is its line."
+);
+
+/// The library's error as the exception of its class.
+fn raised(error: metacompress::Error) -> PyErr {
+    if error.is_usage() {
+        UsageError::new_err(error.line())
+    } else {
+        Error::new_err(error.line())
+    }
+}
+
+/// A usage error of the binding itself (a Python value of the wrong kind).
+fn usage(message: String) -> PyErr {
+    UsageError::new_err(message)
+}
+
+/// A named choice (`method`, `scope`, `backend`, `precision`) as the command line parses it,
+/// refused in the words of its parser.
+fn choice<T: clap::ValueEnum>(flag: &str, value: &str) -> PyResult<T> {
+    T::from_str(value, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .filter(|v| !v.is_hide_set())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        usage(format!(
+            "invalid value '{value}' for '--{flag} <{}>' [possible values: {}]",
+            flag.to_uppercase(),
+            names.join(", ")
+        ))
+    })
+}
+
+/// The images `x` as the library reads them: borrowed where they lie.
+enum Borrowed<'py> {
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F16(PyReadonlyArrayDyn<'py, half::f16>),
+    /// bf16 bits, handed over by the wrapper as a uint16 view of a torch tensor.
+    Bf16(PyReadonlyArrayDyn<'py, u16>),
+}
+
+impl<'py> Borrowed<'py> {
+    fn of(x: &Bound<'py, PyAny>, bf16: bool) -> PyResult<Self> {
+        let array = x.cast::<PyUntypedArray>().map_err(|_| {
+            usage(format!(
+                "x is a {}; expected a numpy array or a torch tensor",
+                type_name(x)
+            ))
+        })?;
+        if !(2..=3).contains(&array.ndim()) {
+            return Err(usage(format!(
+                "x has shape {:?}; expected (n, d) or (b, n, d)",
+                array.shape()
+            )));
+        }
+        if !array.is_c_contiguous() {
+            return Err(usage(format!(
+                "x of shape {:?} is not C-contiguous; expected a row-major array (numpy: \
+                 np.ascontiguousarray(x); torch: x.contiguous())",
+                array.shape()
+            )));
+        }
+        let readonly = |error: numpy::BorrowError| usage(format!("x cannot be read: {error}"));
+        if bf16 {
+            let array = x.cast::<PyArrayDyn<u16>>().map_err(|_| {
+                usage(format!(
+                    "bf16 x has dtype {}; expected uint16 bits",
+                    array.dtype()
+                ))
+            })?;
+            return Ok(Borrowed::Bf16(array.try_readonly().map_err(readonly)?));
+        }
+        if let Ok(array) = x.cast::<PyArrayDyn<f32>>() {
+            return Ok(Borrowed::F32(array.try_readonly().map_err(readonly)?));
+        }
+        if let Ok(array) = x.cast::<PyArrayDyn<half::f16>>() {
+            return Ok(Borrowed::F16(array.try_readonly().map_err(readonly)?));
+        }
+        Err(usage(format!(
+            "x has dtype {}; expected float32 or float16 (numpy), or float32, float16 or \
+             bfloat16 (torch)",
+            array.dtype()
+        )))
+    }
+
+    /// `(b, n, d)` and whether `x` was one image `(n, d)`.
+    fn shape(&self) -> ((usize, usize, usize), bool) {
+        let shape = match self {
+            Borrowed::F32(a) => a.shape().to_vec(),
+            Borrowed::F16(a) => a.shape().to_vec(),
+            Borrowed::Bf16(a) => a.shape().to_vec(),
+        };
+        match shape[..] {
+            [n, d] => ((1, n, d), true),
+            [b, n, d] => ((b, n, d), false),
+            _ => unreachable!("rank checked in Borrowed::of"),
+        }
+    }
+
+    /// The library's view of the values (no copy), checked as `HostTokens::new` checks.
+    fn tokens(&self) -> PyResult<HostTokens<'_>> {
+        let ((b, n, d), _) = self.shape();
+        let contiguous = "checked C-contiguous";
+        match self {
+            Borrowed::F32(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
+            Borrowed::F16(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
+            Borrowed::Bf16(a) => HostTokens::new(
+                bytemuck::cast_slice::<u16, half::bf16>(a.as_slice().expect(contiguous)),
+                b,
+                n,
+                d,
+            ),
+        }
+        .map_err(raised)
+    }
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "value".to_string(), |name| name.to_string())
+}
+
+/// The reduced tokens in the input's element type, as the runtime filled them.
+enum Output {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    Bf16(Vec<u16>),
+}
+
+impl Output {
+    fn into_array<'py>(self, py: Python<'py>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self {
+            Output::F32(values) => values.into_pyarray(py).reshape(shape)?.into_any(),
+            Output::F16(values) => values.into_pyarray(py).reshape(shape)?.into_any(),
+            Output::Bf16(values) => values.into_pyarray(py).reshape(shape)?.into_any(),
+        })
+    }
+}
+
+/// The layout of a call: `grids`, a preset, or one square grid.
+fn layout_of(
+    grids: Option<&Bound<'_, PyAny>>,
+    preset: Option<&str>,
+    tokens: usize,
+) -> PyResult<Layout> {
+    match (grids, preset) {
+        (Some(_), Some(_)) => Err(usage(
+            "both grids and layout were given; expected one of them (or neither: one square \
+             grid)"
+                .to_string(),
+        )),
+        (Some(grids), None) => {
+            let bad = || {
+                usage(format!(
+                    "grids {} are not grids; expected a list of (offset, h, w) or (offset, h, \
+                     w, stride) tuples of non-negative integers",
+                    grids
+                        .repr()
+                        .map_or_else(|_| "?".to_string(), |text| text.to_string())
+                ))
+            };
+            let entries: Vec<Vec<usize>> = grids.extract().map_err(|_| bad())?;
+            let grids = entries
+                .into_iter()
+                .map(|entry| match entry[..] {
+                    [offset, height, width] => Ok(Grid::new(offset, height, width)),
+                    [offset, height, width, stride] => {
+                        Ok(Grid::strided(offset, height, width, stride))
+                    }
+                    _ => Err(bad()),
+                })
+                .collect::<PyResult<Vec<Grid>>>()?;
+            Layout::new(tokens, grids).map_err(raised)
+        }
+        (None, Some(preset)) => Layout::preset_for(preset, None, tokens).map_err(raised),
+        (None, None) => Layout::square(tokens).map_err(raised),
+    }
+}
+
+/// A call's outputs: the tokens, `P` when asked for, and each grid's `(hq, wq)`.
+type Reduced<'py> = (
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+    Vec<(usize, usize)>,
+);
+
+/// A grid as Python sees it: `(offset, h, w, stride)`.
+type GridTuple = (usize, usize, usize, usize);
+
+/// The methods' runtime: weights (optional) bound to a backend; see `metacompress.Compressor`.
+#[pyclass(frozen, module = "metacompress._native")]
+struct Compressor {
+    runner: Runner,
+    /// The CPU path's threads when `threads` was given (else rayon's global pool: all cores).
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Compressor {
+    fn on_pool<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
+    }
+}
+
+#[pymethods]
+impl Compressor {
+    #[new]
+    #[pyo3(signature = (weights, backend = "auto", precision = "f32", threads = None))]
+    fn new(
+        py: Python<'_>,
+        weights: Option<PathBuf>,
+        backend: &str,
+        precision: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let backend: Backend = choice("backend", backend)?;
+        let precision: Precision = choice("precision", precision)?;
+        // `threads`, else RAYON_NUM_THREADS, bounded alike (rayon would take the variable
+        // unchecked); neither: rayon's global pool on every core.
+        let pool = match threads_from(threads).map_err(raised)? {
+            None => None,
+            Some(threads) => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| Error::new_err(format!("--threads {threads}: {e}")))?;
+                Some(pool)
+            }
+        };
+        let runner = py
+            .detach(|| {
+                let weights = weights.as_deref().map(files::read_weights).transpose()?;
+                Runner::new(weights, backend, None, precision)
+            })
+            .map_err(raised)?;
+        Ok(Compressor { runner, pool })
+    }
+
+    /// What runs the pass: the line the command line prints after "on".
+    #[getter]
+    fn device(&self) -> String {
+        // Inside the pool: the CPU path names the threads it runs on.
+        self.on_pool(|| self.runner.device())
+    }
+
+    /// Why backend "auto" chose what it chose (None when it was not asked to choose).
+    #[getter]
+    fn choice(&self) -> Option<String> {
+        self.runner.choice().map(str::to_string)
+    }
+
+    /// `(tokens, projection or None, queries)`; `bf16` says that `x` holds bfloat16 bits.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, bf16, grids, layout, keep, scope, method, seed, attention, projection))]
+    fn compress<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        bf16: bool,
+        grids: Option<&Bound<'py, PyAny>>,
+        layout: Option<&str>,
+        keep: f64,
+        scope: &str,
+        method: &str,
+        seed: u64,
+        attention: Option<PyReadonlyArrayDyn<'py, f32>>,
+        projection: bool,
+    ) -> PyResult<Reduced<'py>> {
+        // In the command line's order: the knobs, then what the method needs, then the data.
+        let keep = Keep::new(keep).map_err(raised)?;
+        let scope: Scope = choice("scope", scope)?;
+        let method: Method = choice("method", method)?;
+        let source = Borrowed::of(x, bf16)?;
+        let ((b, n, d), single) = source.shape();
+        let layout = layout_of(grids, layout, n)?;
+        let attention = match &attention {
+            Some(values) if !(1..=2).contains(&values.ndim()) => {
+                return Err(usage(format!(
+                    "attention has shape {:?}; expected (n,) or (b, n)",
+                    values.shape()
+                )))
+            }
+            Some(values) => Some(values.as_slice().map_err(|_| {
+                usage("attention is not C-contiguous; expected a row-major array".to_string())
+            })?),
+            None => None,
+        };
+        let tokens = source.tokens()?;
+        let request = Request {
+            features: tokens,
+            layout: &layout,
+            attention,
+            seed,
+        };
+        let options = Options {
+            keep,
+            scope,
+            save_projection: projection,
+            ..Options::default()
+        };
+        let dtype = tokens.values().dtype();
+        let (output, projected, queries) = py
+            .detach(|| {
+                self.on_pool(|| {
+                    let reduced = self.runner.run(method, &request, &options)?;
+                    let output = match dtype {
+                        metacompress::Dtype::F32 => Output::F32(reduced.tokens),
+                        metacompress::Dtype::F16 => {
+                            check_fits_f16("tokens for an f16 output", &reduced.tokens)?;
+                            Output::F16(
+                                reduced
+                                    .tokens
+                                    .iter()
+                                    .map(|&v| half::f16::from_f32(v))
+                                    .collect(),
+                            )
+                        }
+                        metacompress::Dtype::BF16 => Output::Bf16(
+                            reduced
+                                .tokens
+                                .iter()
+                                .map(|&v| half::bf16::from_f32(v).to_bits())
+                                .collect(),
+                        ),
+                    };
+                    let projected = if projection { reduced.projection } else { None };
+                    Ok((output, projected, reduced.queries))
+                })
+            })
+            .map_err(raised)?;
+        let m = queries.count;
+        let shape = |columns: usize| {
+            if single {
+                vec![m, columns]
+            } else {
+                vec![b, m, columns]
+            }
+        };
+        let tokens = output.into_array(py, &shape(d))?;
+        let projected = projected
+            .map(|values| Output::F32(values).into_array(py, &shape(n)))
+            .transpose()?;
+        let queries = queries.grids.iter().map(|g| (g.height, g.width)).collect();
+        Ok((tokens, projected, queries))
+    }
+}
+
+/// `(n, [(offset, h, w, stride), ...])` of a layout preset; `pinpoints` is LLaVA-NeXT's
+/// `image_grid_pinpoints` as JSON (the wrapper turns a list into it).
+#[pyfunction]
+#[pyo3(signature = (preset, pinpoints = None))]
+fn layout(preset: &str, pinpoints: Option<&str>) -> PyResult<(usize, Vec<GridTuple>)> {
+    let pinpoints = pinpoints.map(parse_pinpoints).transpose().map_err(raised)?;
+    let layout = Layout::preset(preset, pinpoints.as_deref()).map_err(raised)?;
+    let grids = layout
+        .grids()
+        .iter()
+        .map(|g| (g.offset, g.height, g.width, g.stride))
+        .collect();
+    Ok((layout.tokens(), grids))
+}
+
+/// Every adapter wgpu sees, as `metacompress devices` lists them.
+#[pyfunction]
+fn devices(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let adapters = py.detach(|| list_adapters(GpuApi::Any));
+    adapters
+        .into_iter()
+        .map(|adapter| {
+            let entry = PyDict::new(py);
+            entry.set_item("name", &adapter.name)?;
+            entry.set_item("vendor", &adapter.vendor)?;
+            entry.set_item("backend", &adapter.backend)?;
+            entry.set_item("type", &adapter.device_type)?;
+            entry.set_item("driver", adapter.driver_or_unknown())?;
+            entry.set_item("f16", adapter.f16)?;
+            entry.set_item("subgroups", adapter.subgroups)?;
+            entry.set_item("timestamps", adapter.timestamps)?;
+            entry.set_item("binding_limit", adapter.binding_limit)?;
+            entry.set_item("offset_alignment", adapter.offset_alignment)?;
+            Ok(entry)
+        })
+        .collect()
+}
+
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    module.add("UsageError", py.get_type::<UsageError>())?;
+    module.add("Error", py.get_type::<Error>())?;
+    module.add_class::<Compressor>()?;
+    module.add_function(wrap_pyfunction!(layout, module)?)?;
+    module.add_function(wrap_pyfunction!(devices, module)?)?;
+    Ok(())
+}
