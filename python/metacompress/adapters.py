@@ -70,7 +70,7 @@ class Features(list):
         self.levels = [list(level) for level in levels]
 
 
-def _anyres_max(aspect: str) -> int | None:
+def _anyres_max(aspect: str) -> int:
     """`N` of LLaVA-OneVision's `vision_aspect_ratio = "anyres_max_N"`."""
     match = re.fullmatch(r"anyres_max_(\d+)", aspect or "")
     if match is None:
