@@ -14,8 +14,15 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.txt
     cp requirements.txt .venv/requirements.txt
 fi
 # The pinned maturin of the virtual environment builds it (no isolated build environment to
-# download each time); pip's build backend calls it by name.
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+# download each time); pip's build backend calls it by name. The install is editable (the
+# Python files are read from here), so it is redone only when it is missing or the Rust side
+# changed since the native module was built.
+native=$(ls metacompress/_native*.so 2>/dev/null | head -n 1 || true)
+if [ -z "$native" ] || ! (cd / && "$OLDPWD/.venv/bin/python" -c "import metacompress._native") 2>/dev/null \
+    || [ -n "$(find ../src ../shaders ../Cargo.toml ../Cargo.lock src Cargo.toml pyproject.toml \
+                 -newer "$native" -print -quit)" ]; then
+    PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+fi
 if [ ! -x ../target/release/metacompress ]; then
     (cd .. && cargo build --release --bin metacompress)
 fi

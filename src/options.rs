@@ -81,14 +81,14 @@ pub const SPLIT_TARGET_INVOCATIONS: u64 = 65_536;
 /// Most threads the CPU path may be given (`--threads`, Python's `threads=`).
 pub const MAX_THREADS: usize = 1024;
 
-/// Refuses a thread count outside `1..=MAX_THREADS`.
-pub fn check_threads(threads: usize) -> Result<()> {
-    if (1..=MAX_THREADS).contains(&threads) {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
+/// `threads` as a thread count, or the refusal of one outside `1..=MAX_THREADS` (any integer
+/// a caller may hold, negative ones too, names itself in the message).
+pub fn check_threads(threads: i128) -> Result<usize> {
+    match usize::try_from(threads) {
+        Ok(count) if (1..=MAX_THREADS).contains(&count) => Ok(count),
+        _ => Err(Error::InvalidArgument(format!(
             "--threads {threads} is out of range; expected 1 to {MAX_THREADS}"
-        )))
+        ))),
     }
 }
 
@@ -98,8 +98,7 @@ pub fn check_threads(threads: usize) -> Result<()> {
 /// it). Anything else is refused in one line.
 pub fn threads_from(requested: Option<usize>) -> Result<Option<usize>> {
     if let Some(threads) = requested {
-        check_threads(threads)?;
-        return Ok(Some(threads));
+        return check_threads(threads as i128).map(Some);
     }
     let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
         return Ok(None);

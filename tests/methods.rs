@@ -1,6 +1,9 @@
 //! Issue 5: every method as a `P`, against the float64 references of `common::methods`, on
 //! fresh random inputs at odd sizes, on the CPU path, the reference and the GPU (outputs
-//! poisoned); the properties of each `P`; the fidelity measures; the pictures.
+//! poisoned); the properties of each `P`; the fidelity measures; the pictures. Issue 22: each
+//! baseline as its authors' code computes it, and a test for each way it differs from what
+//! we had (ToMe's half per round, VisionZip's [CLS] and contextual weights, PruMerge's
+//! neighbour sums) or from what its authors wrote (DivPrune on duplicates).
 
 mod common;
 
@@ -44,22 +47,27 @@ fn attention(rng: &mut ChaCha8Rng, count: usize) -> Vec<f32> {
 fn every_baseline_matches_its_float64_reference_on_every_backend() {
     let (seed, mut rng) = seeded("every_baseline_matches_its_float64_reference");
     let runners = runners();
-    // Three small odd layouts, then one LLaVA-1.5 grid (24x24 at keep 0.1: 64 rows).
-    for case in 0..4 {
-        let layout = if case < 3 {
-            odd_layout(&mut rng)
-        } else {
-            Layout::square(576).unwrap()
+    // Three small odd layouts, one LLaVA-1.5 grid (24x24 at keep 0.1: 64 rows), then a 23x23
+    // grid (529 tokens: odd counts for ToMe) and a 7x5 grid of stride 6, with loose tokens.
+    for case in 0..5 {
+        let layout = match case {
+            0..3 => odd_layout(&mut rng),
+            3 => Layout::square(576).unwrap(),
+            _ => Layout::new(
+                575,
+                vec![grid(0, 23, 23), metacompress::Grid::strided(531, 7, 5, 6)],
+            )
+            .unwrap(),
         };
         let n = layout.tokens();
         let d = 2 * rng.random_range(8..24) + 1;
         let b = 2;
         let x = features(&mut rng, b, n, d);
         let attention = attention(&mut rng, b * n);
-        let keep = Keep::new(if case < 3 {
-            rng.random_range(0.1..0.6)
-        } else {
-            0.1
+        let keep = Keep::new(match case {
+            0..3 => rng.random_range(0.1..0.6),
+            3 => 0.1,
+            _ => rng.random_range(0.05..0.3),
         })
         .unwrap();
         let queries = layout.queries(keep);
@@ -115,33 +123,278 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
     }
 }
 
-#[test]
-fn visionzip_keeps_54_dominant_tokens_of_64_as_the_paper_does() {
-    let (seed, mut rng) = seeded("visionzip_keeps_54_dominant_tokens_of_64");
+/// `P` of one 24x24 image at keep 0.1 (64 rows) under `method`, with its attention.
+fn llava_projection(rng: &mut ChaCha8Rng, method: Method, d: usize) -> (Vec<f32>, Vec<f32>) {
     let layout = Layout::square(576).unwrap();
-    let x = features(&mut rng, 1, 576, 11);
-    let a = attention(&mut rng, 576);
+    let x = features(rng, 1, 576, d);
+    let a = attention(rng, 576);
     let queries = layout.queries(Keep::new(0.1).unwrap());
+    assert_eq!(queries.count, 64);
+    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+    (p, a)
+}
+
+#[test]
+fn visionzip_is_cls_53_dominant_tokens_and_10_contextual_targets_plus_means() {
+    let (seed, mut rng) = seeded("visionzip_is_cls_53_dominant_and_10_contextual");
+    let (p, a) = llava_projection(&mut rng, Method::VisionZip, 11);
+    let rows: Vec<&[f32]> = p.chunks_exact(576).collect();
+    // Row 0 stands for [CLS]: the attention-weighted mean of the grid.
+    let total: f64 = a.iter().map(|&v| v as f64).sum();
+    for (t, &w) in rows[0].iter().enumerate() {
+        let expected = a[t] as f64 / total;
+        assert!(
+            (w as f64 - expected).abs() < 1e-6,
+            "seed {seed}: [CLS] weight of {t}"
+        );
+    }
+    // Rows 1..54: the 53 most attended tokens (not 54), one-hot, in token order.
+    let mut ranked: Vec<usize> = (0..576).collect();
+    ranked.sort_by(|&i, &j| a[j].total_cmp(&a[i]).then(i.cmp(&j)));
+    let mut top: Vec<usize> = ranked[..53].to_vec();
+    top.sort();
+    let dominant: Vec<usize> = rows[1..54]
+        .iter()
+        .map(|row| {
+            let hot: Vec<usize> = (0..576).filter(|&t| row[t] != 0.0).collect();
+            assert_eq!(hot.len(), 1, "seed {seed}: a dominant row is one-hot");
+            assert_eq!(row[hot[0]], 1.0);
+            hot[0]
+        })
+        .collect();
+    assert_eq!(dominant, top, "seed {seed}: the 53 most attended tokens");
+    assert!(
+        !dominant.contains(&ranked[53]),
+        "seed {seed}: the 54th most attended is not dominant"
+    );
+    // Rows 54..64: contextual, the target weighing 1 and the merged tokens 1/count each, so a
+    // row with anything merged sums to 2.
+    let mut summing_to_two = 0;
+    for row in &rows[54..] {
+        let target: Vec<usize> = (0..576).filter(|&t| row[t] == 1.0).collect();
+        assert_eq!(
+            target.len(),
+            1,
+            "seed {seed}: one target per contextual row"
+        );
+        let merged: Vec<f32> = row
+            .iter()
+            .enumerate()
+            .filter(|&(t, &w)| w != 0.0 && t != target[0])
+            .map(|(_, &w)| w)
+            .collect();
+        for &w in &merged {
+            assert_eq!(w, 1.0 / merged.len() as f32, "seed {seed}: merged weight");
+        }
+        let sum: f64 = row.iter().map(|&w| w as f64).sum();
+        if !merged.is_empty() {
+            assert!((sum - 2.0).abs() < 1e-5, "seed {seed}: a row sums to {sum}");
+            summing_to_two += 1;
+        }
+    }
+    assert!(summing_to_two > 0, "seed {seed}: no contextual merge");
+    // Every token is in exactly one of: [CLS] (all of them), dominant, contextual.
+    for t in 0..576 {
+        let holders = rows[1..].iter().filter(|row| row[t] != 0.0).count();
+        assert_eq!(
+            holders, 1,
+            "seed {seed}: token {t} in {holders} rows past [CLS]"
+        );
+    }
+}
+
+#[test]
+fn prumerge_rows_are_a_kept_token_plus_its_neighbours_attention_and_reuse_tokens() {
+    let (seed, mut rng) = seeded("prumerge_rows_are_a_kept_token_plus_neighbours");
+    let (p, a) = llava_projection(&mut rng, Method::PruMerge, 13);
+    let rows: Vec<&[f32]> = p.chunks_exact(576).collect();
+    let layout = Layout::square(576).unwrap();
+    let queries = layout.queries(Keep::new(0.1).unwrap());
+    let kept = reference_methods::prumerge_kept(&queries.grids[0], &a);
+    assert_eq!(kept.len(), 63, "seed {seed}");
+    // The most attended token is the first row's (PruMerge's order: outliers first).
+    let most = (0..576).max_by(|&i, &j| a[i].total_cmp(&a[j]).then(j.cmp(&i)));
+    assert_eq!(kept[0], most.unwrap(), "seed {seed}: first kept");
+    let mut uses = vec![0; 576];
+    for (row, &token) in rows.iter().zip(&kept) {
+        assert_eq!(row[token], 1.0, "seed {seed}: kept token {token} weighs 1");
+        let neighbours: Vec<usize> = (0..576).filter(|&t| t != token && row[t] != 0.0).collect();
+        assert_eq!(neighbours.len(), 32, "seed {seed}: k = 32 neighbours");
+        for &t in &neighbours {
+            assert_eq!(
+                row[t], a[t],
+                "seed {seed}: neighbour {t} weighs its attention"
+            );
+            uses[t] += 1;
+        }
+        let sum: f64 = row.iter().map(|&w| w as f64).sum();
+        let expected = 1.0 + neighbours.iter().map(|&t| a[t] as f64).sum::<f64>();
+        assert!((sum - expected).abs() < 1e-4 * expected, "seed {seed}");
+        assert!((sum - 1.0).abs() > 1e-3, "seed {seed}: a row sums to 1");
+    }
+    assert!(
+        uses.iter().any(|&u| u >= 2),
+        "seed {seed}: no token serves two rows"
+    );
+    // The last row: every token not kept, weighed by its attention.
+    for t in 0..576 {
+        let expected = if kept.contains(&t) { 0.0 } else { a[t] };
+        assert_eq!(
+            rows[63][t], expected,
+            "seed {seed}: extra token's weight of {t}"
+        );
+    }
+    // Flat attention has no outliers: the 63 cells at stride 9 (576 / 63), from 0.
+    let x = features(&mut rng, 1, 576, 13);
+    let flat = vec![1.0 / 576.0; 576];
     let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let p = projection(
-        Method::VisionZip,
+        Method::PruMerge,
         x.image(0),
-        11,
-        Some(&a),
+        13,
+        Some(&flat),
         &queries,
         &mut draws,
     )
     .unwrap();
-    let one_hot: Vec<usize> = p
+    let kept: Vec<usize> = p
         .chunks_exact(576)
-        .filter_map(|row| row.iter().position(|&w| w == 1.0))
+        .take(63)
+        .map(|row| row.iter().position(|&w| w == 1.0).unwrap())
         .collect();
-    assert_eq!(one_hot.len(), 54, "seed {seed}: dominant rows");
-    let mut ranked: Vec<usize> = (0..576).collect();
-    ranked.sort_by(|&i, &j| a[j].total_cmp(&a[i]).then(i.cmp(&j)));
-    let mut top: Vec<usize> = ranked[..54].to_vec();
-    top.sort();
-    assert_eq!(one_hot, top, "seed {seed}: the 54 most attended tokens");
+    assert_eq!(kept, (0..63).map(|i| 9 * i).collect::<Vec<_>>());
+}
+
+#[test]
+fn every_baseline_matches_its_reference_on_tiny_grids_at_every_keep() {
+    // 1x1, 1x2, 2x1, 2x2, 1x3, 3x3 and 2x5 grids with loose tokens between, from keep 0.05
+    // to 1: a single row, every token kept, PruMerge with no token to spare but one.
+    let (seed, mut rng) = seeded("every_baseline_matches_on_tiny_grids");
+    let mut grids = Vec::new();
+    let mut offset = 0;
+    for (h, w) in [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 3), (2, 5)] {
+        grids.push(grid(offset, h, w));
+        offset += h * w + 1;
+    }
+    let layout = Layout::new(offset, grids).unwrap();
+    let (n, d) = (layout.tokens(), 6);
+    let x = features(&mut rng, 1, n, d);
+    let a = attention(&mut rng, n);
+    for keep in [0.05, 0.3, 0.5, 0.8, 1.0] {
+        let queries = layout.queries(Keep::new(keep).unwrap());
+        for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
+            let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+            let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+            let Some(expected) =
+                reference_methods::projection(method, x.image(0), d, &a, &queries, n)
+            else {
+                continue;
+            };
+            let worst = p
+                .iter()
+                .zip(&expected)
+                .map(|(v, e)| (*v as f64 - e).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 1e-6,
+                "seed {seed}, keep {keep}, {}: P differs by {worst}",
+                method.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn rows_that_do_not_sum_to_one_or_weigh_nothing_keep_the_measures_finite() {
+    // Zero attention: PruMerge finds no outliers, its neighbours and its extra token weigh 0
+    // (a zero row, size 0), VisionZip's [CLS] row is uniform; every measure stays finite.
+    let (seed, mut rng) = seeded("rows_that_do_not_sum_to_one_keep_the_measures_finite");
+    let layout = odd_layout(&mut rng);
+    let (n, d) = (layout.tokens(), 9);
+    let x = features(&mut rng, 1, n, d);
+    let zero = vec![0.0f32; n];
+    let runner = Runner::new(None, Backend::Cpu, None, Precision::F32).unwrap();
+    let request = Request {
+        features: (&x).into(),
+        layout: &layout,
+        attention: Some(&zero),
+        seed: 0,
+    };
+    let options = Options {
+        keep: Keep::new(0.3).unwrap(),
+        ..Options::default()
+    };
+    let probes = common::normal(&mut rng, 5 * d, 1.0);
+    for method in [Method::PruMerge, Method::VisionZip] {
+        let result = runner.run(method, &request, &options).unwrap();
+        let p = result.projection.as_ref().unwrap();
+        let zero_rows = p.chunks_exact(n).filter(|r| r.iter().all(|&w| w == 0.0));
+        if method == Method::PruMerge {
+            assert_eq!(zero_rows.count(), result.queries.grids.len(), "seed {seed}");
+        }
+        let f = fidelity(x.image(0), &result.tokens, p, &probes, d);
+        for value in [
+            f.attention_error,
+            f.proportional_error,
+            f.coverage,
+            f.energy,
+        ] {
+            assert!(value.is_finite(), "seed {seed}, {}: {f:?}", method.name());
+        }
+    }
+}
+
+#[test]
+fn tome_merges_at_most_half_of_an_odd_count_per_round_in_its_own_order() {
+    // A 1x5 grid to 2 tokens. ToMe: round 1 merges floor(5/2) = 2 (tokens 2 and 4 into 3;
+    // token 0 matches nothing), leaving [0, 1, {2,3,4}] in ToMe's order; round 2 over 3
+    // tokens merges 1: {2,3,4} into 1. Merging ceil(5/2) = 3 in round 1 would have merged 0
+    // into 1 instead.
+    let x: [f32; 15] = [
+        0.0, 0.0, 1.0, // 0
+        1.0, 0.5, 0.0, // 1
+        0.0, 1.0, 0.05, // 2
+        0.0, 1.0, 0.0, // 3
+        0.05, 1.0, 0.0, // 4
+    ];
+    let layout = Layout::new(5, vec![grid(0, 1, 5)]).unwrap();
+    let queries = layout.queries(Keep::new(0.4).unwrap());
+    assert_eq!(queries.count, 2);
+    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let p = projection(Method::Tome, &x, 3, None, &queries, &mut draws).unwrap();
+    assert_eq!(
+        p,
+        vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
+    );
+    let expected = reference_methods::tome(&x, 3, &queries, 5);
+    assert_eq!(
+        expected,
+        vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
+    );
+}
+
+#[test]
+fn divprune_never_keeps_a_token_twice_where_its_authors_loop_would() {
+    let (seed, mut rng) = seeded("divprune_never_keeps_a_token_twice");
+    // A 3x3 grid of one token repeated, to 2x2.
+    let d = 7;
+    let one = common::normal(&mut rng, d, 1.0);
+    let x: Vec<f32> = (0..9).flat_map(|_| one.iter().copied()).collect();
+    let layout = Layout::square(9).unwrap();
+    let queries = layout.queries(Keep::new(0.5).unwrap());
+    assert_eq!(queries.count, 4);
+    let authors = reference_methods::divprune_as_written(&x, d, &(0..9).collect::<Vec<_>>(), 4);
+    assert_eq!(authors, vec![0, 0, 0, 0], "seed {seed}: the authors' loop");
+    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let p = projection(Method::DivPrune, &x, d, None, &queries, &mut draws).unwrap();
+    let kept: Vec<usize> = p
+        .chunks_exact(9)
+        .map(|row| row.iter().position(|&w| w == 1.0).unwrap())
+        .collect();
+    assert_eq!(kept, vec![0, 1, 2, 3], "seed {seed}: ours");
+    let reference = reference_methods::divprune(&x, d, &queries, 9);
+    assert_eq!(p.iter().map(|&v| v as f64).collect::<Vec<_>>(), reference);
 }
 
 #[test]
@@ -202,8 +455,8 @@ fn one_projection(
 }
 
 #[test]
-fn every_projection_has_rows_of_sum_one_inside_the_querys_grid() {
-    let (seed, mut rng) = seeded("every_projection_has_rows_of_sum_one");
+fn every_projection_is_non_negative_inside_the_querys_grid() {
+    let (seed, mut rng) = seeded("every_projection_is_non_negative_inside_the_querys_grid");
     for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
         let (layout, _, queries, p) = one_projection(&mut rng, method, 3);
         let n = layout.tokens();
@@ -212,8 +465,12 @@ fn every_projection_has_rows_of_sum_one_inside_the_querys_grid() {
             for row in q.query_offset..q.query_offset + q.len() {
                 let weights = &p[row * n..][..n];
                 let what = format!("seed {seed}, {} row {row}", method.name());
+                // Rows sum to 1 but where the authors' do not (visionzip's contextual rows,
+                // prumerge's rows: their own tests).
                 let sum: f64 = weights.iter().map(|&w| w as f64).sum();
-                assert!((sum - 1.0).abs() < 1e-5, "{what}: sums to {sum}");
+                if !method.needs_attention() {
+                    assert!((sum - 1.0).abs() < 1e-5, "{what}: sums to {sum}");
+                }
                 assert!(
                     weights.iter().all(|&w| w >= 0.0),
                     "{what}: a negative weight"
@@ -523,10 +780,11 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
     let layout = odd_layout(&mut rng);
     let (b, n, d) = (5, layout.tokens(), 2 * rng.random_range(8..24) + 1);
     let x = features(&mut rng, b, n, d);
+    let a = attention(&mut rng, b * n);
     let request = Request {
         features: (&x).into(),
         layout: &layout,
-        attention: None,
+        attention: Some(&a),
         seed: 1,
     };
     let options = Options {
@@ -535,7 +793,13 @@ fn the_gpu_reduction_agrees_in_chunks_and_in_f16() {
         ..Options::default()
     };
     let runner = Runner::on_context(None, context.clone(), Precision::F32).unwrap();
-    for method in [Method::Pool, Method::Tome] {
+    // VisionZip and PruMerge: rows that do not sum to 1, weights past 1.
+    for method in [
+        Method::Pool,
+        Method::Tome,
+        Method::VisionZip,
+        Method::PruMerge,
+    ] {
         let what = format!("seed {seed}, {}", method.name());
         let whole = runner.run(method, &request, &options).unwrap();
         // Two images' features per binding: chunks of 2, 2 and 1 images.

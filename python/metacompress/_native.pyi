@@ -15,8 +15,8 @@ class Compressor:
     def __init__(
         self,
         weights: Optional[str],
-        backend: str = "auto",
-        precision: str = "f32",
+        backend: str,
+        precision: str,
         threads: Optional[int] = None,
     ) -> None: ...
     @property
@@ -35,7 +35,7 @@ class Compressor:
         seed: int,
         attention: Optional[npt.NDArray[np.float32]],
         projection: bool,
-    ) -> tuple[np.ndarray, Optional[npt.NDArray[np.float32]], list[tuple[int, int]]]: ...
+    ) -> tuple[np.ndarray, Optional[npt.NDArray[np.float32]], list[tuple[int, int]], float]: ...
 
 def layout(preset: str, pinpoints: Optional[str] = None) -> tuple[int, list[tuple[int, int, int, int]]]: ...
 def devices() -> list[dict[str, object]]: ...

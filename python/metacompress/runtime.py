@@ -13,7 +13,14 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _native
+# Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset;
+# compute needs no display (the command line does the same before it opens a device).
+if sys.platform.startswith("linux") and "XDG_RUNTIME_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.gettempdir()
+
+from . import _native  # noqa: E402
 
 UsageError = _native.UsageError
 Error = _native.Error
@@ -61,6 +68,20 @@ def _host_view(x):
     raise UsageError(f"x has dtype {x.dtype}; expected torch.float32, torch.float16 or torch.bfloat16")
 
 
+class _ArgumentsAsUsage:
+    """Turns any refusal of a Python value the extension cannot convert (TypeError,
+    OverflowError; it names most arguments itself) into `UsageError`, like every other bad
+    argument."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None and issubclass(kind, (TypeError, OverflowError)):
+            raise UsageError(str(error).replace("\n", " ")) from None
+        return False
+
+
 def _attention(attention):
     """The attention as a float32 numpy array (a copy only when it is not one already)."""
     if attention is None:
@@ -89,9 +110,13 @@ class Compressor:
         precision: str = "f32",
         threads: Optional[int] = None,
     ):
-        self._native = _native.Compressor(
-            None if weights is None else os.fspath(weights), backend, precision, threads
-        )
+        if weights is not None and not isinstance(weights, (str, bytes, os.PathLike)):
+            raise UsageError(f"weights is a {type(weights).__name__}; expected the path of a "
+                             "P_meta safetensors file, or None")
+        with _ArgumentsAsUsage():
+            self._native = _native.Compressor(
+                None if weights is None else os.fspath(weights), backend, precision, threads
+            )
 
     @property
     def device(self) -> str:
@@ -121,18 +146,11 @@ class Compressor:
         `projection`: also hand back `P`. The GIL is released while the runtime works.
         """
         array, bf16, torch_dtype = _host_view(x)
-        tokens, projected, queries = self._native.compress(
-            array,
-            bf16,
-            None if grids is None else [tuple(grid) for grid in grids],
-            layout,
-            float(keep),
-            scope,
-            method,
-            int(seed),
-            _attention(attention),
-            bool(projection),
-        )
+        with _ArgumentsAsUsage():
+            tokens, projected, queries, _ = self._native.compress(
+                array, bf16, grids, layout, keep, scope, method, seed, _attention(attention),
+                bool(projection),
+            )
         if torch_dtype is not None:
             import torch
 
@@ -151,8 +169,14 @@ def layout(preset: str, pinpoints=None) -> Tuple[int, list]:
     """`(n, [(offset, h, w, stride), ...])` of a layout preset: "llava-1.5",
     "llava-next:WIDTHxHEIGHT" (with `pinpoints`, a model's `image_grid_pinpoints`, or
     LLaVA-NeXT's defaults) or "qwen2-vl:TxHxW"; what `metacompress layout --json` prints."""
+    if not isinstance(preset, str):
+        raise UsageError(f"layout preset is a {type(preset).__name__}; expected a string such as llava-1.5")
     if pinpoints is not None and not isinstance(pinpoints, str):
-        pinpoints = json.dumps([list(pair) for pair in pinpoints])
+        try:
+            pinpoints = json.dumps([[int(value) for value in pair] for pair in pinpoints])
+        except (TypeError, ValueError):
+            raise UsageError(f"pinpoints {pinpoints!r} are not resolutions; expected a list of "
+                             "[height, width] pairs such as [[336, 672], [672, 336]]") from None
     return _native.layout(preset, pinpoints)
 
 

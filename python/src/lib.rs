@@ -18,8 +18,8 @@ use pyo3::types::PyDict;
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Method, Request, Runner};
 use metacompress::{
-    check_fits_f16, files, parse_pinpoints, threads_from, Backend, Grid, HostTokens, Keep, Layout,
-    Options, Precision, Scope,
+    check_fits_f16, check_threads, files, parse_pinpoints, threads_from, Backend, Grid, HostTokens,
+    HostValues, Keep, Layout, Options, Precision, Scope,
 };
 
 pyo3::create_exception!(
@@ -52,8 +52,9 @@ fn usage(message: String) -> PyErr {
 
 /// A named choice (`method`, `scope`, `backend`, `precision`) as the command line parses it,
 /// refused in the words of its parser.
-fn choice<T: clap::ValueEnum>(flag: &str, value: &str) -> PyResult<T> {
-    T::from_str(value, false).map_err(|_| {
+fn choice<T: clap::ValueEnum>(flag: &str, value: &Bound<'_, PyAny>) -> PyResult<T> {
+    let value = text(value, flag)?;
+    T::from_str(&value, false).map_err(|_| {
         let names: Vec<String> = T::value_variants()
             .iter()
             .filter_map(|v| v.to_possible_value())
@@ -64,6 +65,32 @@ fn choice<T: clap::ValueEnum>(flag: &str, value: &str) -> PyResult<T> {
             "invalid value '{value}' for '--{flag} <{}>' [possible values: {}]",
             flag.to_uppercase(),
             names.join(", ")
+        ))
+    })
+}
+
+/// A text argument, or a usage error naming it when the value is no string.
+fn text(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    value.extract().map_err(|_| {
+        usage(format!(
+            "{name} is a {}; expected a string",
+            type_name(value)
+        ))
+    })
+}
+
+/// A number argument, or a usage error naming it when the value is no such number.
+fn number<'py, T: for<'a> FromPyObject<'a, 'py>>(
+    value: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<T> {
+    value.extract().map_err(|_| {
+        let shown = value
+            .repr()
+            .map_or_else(|_| "?".to_string(), |text| text.to_string());
+        usage(format!(
+            "{name} {shown} is out of range; expected {expected}"
         ))
     })
 }
@@ -94,6 +121,13 @@ impl<'py> Borrowed<'py> {
             return Err(usage(format!(
                 "x of shape {:?} is not C-contiguous; expected a row-major array (numpy: \
                  np.ascontiguousarray(x); torch: x.contiguous())",
+                array.shape()
+            )));
+        }
+        if !array.is_aligned() {
+            return Err(usage(format!(
+                "x of shape {:?} is not aligned to its element size (a view at an odd byte \
+                 offset); expected an aligned array (numpy: np.require(x, requirements=\"CA\"))",
                 array.shape()
             )));
         }
@@ -134,21 +168,16 @@ impl<'py> Borrowed<'py> {
         }
     }
 
-    /// The library's view of the values (no copy), checked as `HostTokens::new` checks.
-    fn tokens(&self) -> PyResult<HostTokens<'_>> {
-        let ((b, n, d), _) = self.shape();
-        let contiguous = "checked C-contiguous";
+    /// The values where they lie (no copy); `HostTokens::new` checks them, without the GIL.
+    fn values(&self) -> HostValues<'_> {
+        let aligned = "checked C-contiguous and aligned";
         match self {
-            Borrowed::F32(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
-            Borrowed::F16(a) => HostTokens::new(a.as_slice().expect(contiguous), b, n, d),
-            Borrowed::Bf16(a) => HostTokens::new(
-                bytemuck::cast_slice::<u16, half::bf16>(a.as_slice().expect(contiguous)),
-                b,
-                n,
-                d,
-            ),
+            Borrowed::F32(a) => HostValues::F32(a.as_slice().expect(aligned)),
+            Borrowed::F16(a) => HostValues::F16(a.as_slice().expect(aligned)),
+            Borrowed::Bf16(a) => HostValues::BF16(bytemuck::cast_slice::<u16, half::bf16>(
+                a.as_slice().expect(aligned),
+            )),
         }
-        .map_err(raised)
     }
 }
 
@@ -216,11 +245,13 @@ fn layout_of(
     }
 }
 
-/// A call's outputs: the tokens, `P` when asked for, and each grid's `(hq, wq)`.
+/// A call's outputs: the tokens, `P` when asked for, each grid's `(hq, wq)`, and the seconds
+/// the runtime's own call took (what `metacompress bench` times; for measuring the binding).
 type Reduced<'py> = (
     Bound<'py, PyAny>,
     Option<Bound<'py, PyAny>>,
     Vec<(usize, usize)>,
+    f64,
 );
 
 /// A grid as Python sees it: `(offset, h, w, stride)`.
@@ -246,19 +277,26 @@ impl Compressor {
 #[pymethods]
 impl Compressor {
     #[new]
-    #[pyo3(signature = (weights, backend = "auto", precision = "f32", threads = None))]
+    #[pyo3(signature = (weights, backend, precision, threads = None))]
     fn new(
         py: Python<'_>,
         weights: Option<PathBuf>,
-        backend: &str,
-        precision: &str,
-        threads: Option<usize>,
+        backend: &Bound<'_, PyAny>,
+        precision: &Bound<'_, PyAny>,
+        threads: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let backend: Backend = choice("backend", backend)?;
         let precision: Precision = choice("precision", precision)?;
         // `threads`, else RAYON_NUM_THREADS, bounded alike (rayon would take the variable
         // unchecked); neither: rayon's global pool on every core.
-        let pool = match threads_from(threads).map_err(raised)? {
+        let requested = match threads {
+            None => None,
+            Some(threads) => {
+                let threads: i128 = number(threads, "threads", "an integer from 1")?;
+                Some(check_threads(threads).map_err(raised)?)
+            }
+        };
+        let pool = match threads_from(requested).map_err(raised)? {
             None => None,
             Some(threads) => {
                 let pool = rayon::ThreadPoolBuilder::new()
@@ -290,7 +328,8 @@ impl Compressor {
         self.runner.choice().map(str::to_string)
     }
 
-    /// `(tokens, projection or None, queries)`; `bf16` says that `x` holds bfloat16 bits.
+    /// `(tokens, projection or None, queries, seconds of the runtime's call)`; `bf16` says
+    /// that `x` holds bfloat16 bits.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, bf16, grids, layout, keep, scope, method, seed, attention, projection))]
     fn compress<'py>(
@@ -299,21 +338,23 @@ impl Compressor {
         x: &Bound<'py, PyAny>,
         bf16: bool,
         grids: Option<&Bound<'py, PyAny>>,
-        layout: Option<&str>,
-        keep: f64,
-        scope: &str,
-        method: &str,
-        seed: u64,
+        layout: Option<&Bound<'py, PyAny>>,
+        keep: &Bound<'py, PyAny>,
+        scope: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyAny>,
+        seed: &Bound<'py, PyAny>,
         attention: Option<PyReadonlyArrayDyn<'py, f32>>,
         projection: bool,
     ) -> PyResult<Reduced<'py>> {
         // In the command line's order: the knobs, then what the method needs, then the data.
-        let keep = Keep::new(keep).map_err(raised)?;
+        let keep = Keep::new(number(keep, "keep", "a fraction in (0, 1]")?).map_err(raised)?;
+        let seed: u64 = number(seed, "seed", "an integer from 0 to 2^64 - 1")?;
         let scope: Scope = choice("scope", scope)?;
         let method: Method = choice("method", method)?;
         let source = Borrowed::of(x, bf16)?;
         let ((b, n, d), single) = source.shape();
-        let layout = layout_of(grids, layout, n)?;
+        let layout = layout.map(|preset| text(preset, "layout")).transpose()?;
+        let layout = layout_of(grids, layout.as_deref(), n)?;
         let attention = match &attention {
             Some(values) if !(1..=2).contains(&values.ndim()) => {
                 return Err(usage(format!(
@@ -322,29 +363,34 @@ impl Compressor {
                 )))
             }
             Some(values) => Some(values.as_slice().map_err(|_| {
-                usage("attention is not C-contiguous; expected a row-major array".to_string())
+                usage(
+                    "attention is not C-contiguous and aligned; expected a row-major float32 array"
+                        .to_string(),
+                )
             })?),
             None => None,
         };
-        let tokens = source.tokens()?;
-        let request = Request {
-            features: tokens,
-            layout: &layout,
-            attention,
-            seed,
-        };
+        let values = source.values();
         let options = Options {
             keep,
             scope,
             save_projection: projection,
             ..Options::default()
         };
-        let dtype = tokens.values().dtype();
-        let (output, projected, queries) = py
+        let (output, projected, queries, seconds) = py
             .detach(|| {
                 self.on_pool(|| {
+                    // The finite-value check reads all of x: without the GIL too.
+                    let request = Request {
+                        features: HostTokens::new(values, b, n, d)?,
+                        layout: &layout,
+                        attention,
+                        seed,
+                    };
+                    let started = std::time::Instant::now();
                     let reduced = self.runner.run(method, &request, &options)?;
-                    let output = match dtype {
+                    let seconds = started.elapsed().as_secs_f64();
+                    let output = match values.dtype() {
                         metacompress::Dtype::F32 => Output::F32(reduced.tokens),
                         metacompress::Dtype::F16 => {
                             check_fits_f16("tokens for an f16 output", &reduced.tokens)?;
@@ -365,7 +411,7 @@ impl Compressor {
                         ),
                     };
                     let projected = if projection { reduced.projection } else { None };
-                    Ok((output, projected, reduced.queries))
+                    Ok((output, projected, reduced.queries, seconds))
                 })
             })
             .map_err(raised)?;
@@ -382,7 +428,7 @@ impl Compressor {
             .map(|values| Output::F32(values).into_array(py, &shape(n)))
             .transpose()?;
         let queries = queries.grids.iter().map(|g| (g.height, g.width)).collect();
-        Ok((tokens, projected, queries))
+        Ok((tokens, projected, queries, seconds))
     }
 }
 

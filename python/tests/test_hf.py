@@ -88,10 +88,10 @@ def test_reduced_generation(family, weights, seed, method, vision_calls):
     reduced = ReducedModel(model, compressor, keep=keep, method=method, seed=seed)
     inputs = prompt(family, seed)
     calls = vision_calls(model)
-    # The tiny random models would now and then generate the image placeholder token (one in
-    # 320): suppressed, so that every sequence holds exactly its images' runs.
-    placeholder = reduced.adapter.image_token_id
-    greedy = dict(do_sample=False, suppress_tokens=[placeholder])
+    # Random weights may pick the image placeholder as a word: never a real model's choice,
+    # and a second image run in the text.
+    image_token = model.config.image_token_id
+    greedy = dict(do_sample=False, suppress_tokens=[image_token])
     first = reduced.generate(**inputs, max_new_tokens=6, **greedy)
     assert len(calls) == 1, context
     # The prompt holds exactly m visual tokens: the runtime's m for this image's layout.
@@ -120,7 +120,7 @@ def test_reduced_generation(family, weights, seed, method, vision_calls):
     for _ in range(first.new_tokens.shape[1]):
         logits = adapter.logits(ids, torch.ones_like(ids), first.images.tokens, first.images.grid_thw,
                                 levels=first.images.levels)
-        logits[:, -1, placeholder] = float("-inf")
+        logits[:, -1, image_token] = -float("inf")
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(ids, first.sequences), context
     # Deterministic.

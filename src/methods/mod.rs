@@ -2,8 +2,9 @@
 //! the heuristic baselines it generalises. Each method builds its `P` (`m x n` per image,
 //! with the same query grids, hence the same `m`, as `metacompress` at the same keep) and
 //! the reduced tokens are `Y = P X` through the same reduction kernel, on the GPU or the CPU
-//! path. The baselines build `P` on the host, grid by grid: their rows only weigh tokens of
-//! their own grid, and loose tokens get no weight.
+//! path. The baselines build `P` on the host, grid by grid, as their authors' code computes
+//! it (SPEC v3: non-negative, rows summing to 1 only where the authors' do): their rows only
+//! weigh tokens of their own grid, and loose tokens get no weight.
 
 mod attention;
 mod divprune;
@@ -50,10 +51,12 @@ pub enum Method {
     /// Greedy max-min diversity (DivPrune).
     #[value(name = "divprune")]
     DivPrune,
-    /// The most attended tokens plus contextual merges (VisionZip): needs `attention`.
+    /// [CLS] stand-in, the most attended tokens, contextual targets plus means (VisionZip):
+    /// needs `attention`.
     #[value(name = "visionzip")]
     VisionZip,
-    /// Attention outliers, the rest merged into them (LLaVA-PruMerge): needs `attention`.
+    /// Attention outliers and a spatial supplement, each plus its 32 nearest tokens weighed
+    /// by attention, and one extra token (LLaVA-PruMerge+): needs `attention`.
     #[value(name = "prumerge")]
     PruMerge,
 }
@@ -139,12 +142,12 @@ fn grid_rows(
         method,
         Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge
     ) {
-        // The similarities these methods compare are at most (grid tokens)^2.
+        // The float64 similarities these methods compare are at most (grid tokens)^2.
         let tokens = query_grid.grid.len();
         host_bytes(
             &format!("{}'s token similarities", method.name()),
             &[tokens, tokens],
-            4,
+            8,
         )?;
     }
     Ok(match method {
@@ -205,11 +208,15 @@ pub fn footprint(
         return Footprint { held, transient: 0 };
     }
     let copy = bytes(&[b, n, d], 4);
+    // One grid at a time: its float64 similarities and unit-length tokens.
     let similarities = match method {
         Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge => queries
             .grids
             .iter()
-            .map(|query_grid| bytes(&[query_grid.grid.len(), query_grid.grid.len()], 4))
+            .map(|query_grid| {
+                let tokens = query_grid.grid.len();
+                bytes(&[tokens, tokens], 8).saturating_add(bytes(&[tokens, d], 8))
+            })
             .max()
             .unwrap_or(0),
         _ => 0,

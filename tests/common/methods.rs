@@ -1,6 +1,8 @@
-//! Float64 references of the baseline methods, written from issue 5's definitions and the
-//! project's documented choices, independently of `src/methods` (plain loops, no shared code).
-//! Each returns `P` (`m x n`) for one image.
+//! Float64 references of the baseline methods, written from issue 5's definitions, the
+//! authors' algorithms as docs/METHODS.md restates them (issue 22: ToMe's `merge.py`,
+//! VisionZip's `clip_encoder.py`, PruMerge+'s `token_prune_merge_advanced_plus`, DivPrune's
+//! `llava_arch.py`) and the project's documented choices, independently of `src/methods`
+//! (plain loops, no shared code). Each returns `P` (`m x n`) for one image.
 
 use metacompress::{Queries, QueryGrid};
 
@@ -114,57 +116,86 @@ pub fn sample(queries: &Queries, n: usize) -> Vec<f64> {
     })
 }
 
+/// ToMe as `bipartite_soft_matching` + `merge_wavg` state it: each token is a size-weighted
+/// mean with a size; a round removes `r = min(t - q, t / 2)` tokens and outputs the unmerged
+/// even-place tokens in order of their best score, then the odd-place tokens.
 pub fn tome(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
+    struct Token {
+        members: Vec<usize>,
+        mean: Vec<f64>,
+    }
     assemble(queries, n, |q| {
-        let g = q.grid;
-        // (members, sum of features)
-        let mut tokens: Vec<(Vec<usize>, Vec<f64>)> = cells(&g)
+        let mut tokens: Vec<Token> = cells(&q.grid)
             .into_iter()
-            .map(|t| (vec![t], token(x, d, t)))
+            .map(|t| Token {
+                members: vec![t],
+                mean: token(x, d, t),
+            })
             .collect();
         while tokens.len() > q.len() {
-            let remove = tokens.len() - q.len();
-            let a: Vec<usize> = (0..tokens.len()).filter(|i| i % 2 == 0).collect();
-            let b: Vec<usize> = (0..tokens.len()).filter(|i| i % 2 == 1).collect();
-            let mut best = Vec::new();
+            let t = tokens.len();
+            let r = std::cmp::min(t - q.len(), t / 2);
+            let a: Vec<usize> = (0..t).step_by(2).collect();
+            let b: Vec<usize> = (1..t).step_by(2).collect();
+            // node_max, node_idx
+            let mut best: Vec<(f64, usize)> = Vec::new();
             for &ai in &a {
                 let scores: Vec<f64> = b
                     .iter()
-                    .map(|&bi| cosine(&tokens[ai].1, &tokens[bi].1))
+                    .map(|&bi| cosine(&tokens[ai].mean, &tokens[bi].mean))
                     .collect();
                 let k = first_max(&scores);
-                best.push((k, scores[k]));
+                best.push((scores[k], k));
             }
-            let mut order: Vec<usize> = (0..a.len()).collect();
-            // by score, largest first; equal scores keep the earlier source first
-            order.sort_by(|&p, &r| best[r].1.partial_cmp(&best[p].1).unwrap().then(p.cmp(&r)));
-            let merged: Vec<usize> = order[..remove.min(a.len())].to_vec();
-            let mut next_b: Vec<(Vec<usize>, Vec<f64>)> =
-                b.iter().map(|&bi| tokens[bi].clone()).collect();
-            for &s in &merged {
-                let (members, sum) = tokens[a[s]].clone();
-                let target = &mut next_b[best[s].0];
-                target.0.extend(members);
-                for (t, v) in target.1.iter_mut().zip(&sum) {
-                    *t += v;
+            // edge_idx: the even-place tokens by score, highest first (a stable sort).
+            let mut edges: Vec<usize> = (0..a.len()).collect();
+            for i in 1..edges.len() {
+                let mut j = i;
+                while j > 0 && best[edges[j - 1]].0 < best[edges[j]].0 {
+                    edges.swap(j - 1, j);
+                    j -= 1;
                 }
             }
-            let mut next: Vec<(Vec<usize>, Vec<f64>)> = (0..a.len())
-                .filter(|s| !merged.contains(s))
-                .map(|s| tokens[a[s]].clone())
-                .collect();
-            next.extend(next_b);
-            for t in &mut next {
-                t.0.sort();
+            // merge_wavg: sum of size * mean over the destination and its sources, / size.
+            let mut merged_into: Vec<Vec<usize>> = vec![Vec::new(); b.len()];
+            for &e in &edges[..r] {
+                merged_into[best[e].1].push(a[e]);
             }
-            next.sort_by_key(|t| t.0[0]);
+            let mut next: Vec<Token> = Vec::new();
+            for &e in &edges[r..] {
+                let u = &tokens[a[e]];
+                next.push(Token {
+                    members: u.members.clone(),
+                    mean: u.mean.clone(),
+                });
+            }
+            for (k, &bi) in b.iter().enumerate() {
+                let mut members = tokens[bi].members.clone();
+                let mut weighted: Vec<f64> = tokens[bi]
+                    .mean
+                    .iter()
+                    .map(|v| v * tokens[bi].members.len() as f64)
+                    .collect();
+                for &src in &merged_into[k] {
+                    let size = tokens[src].members.len() as f64;
+                    for (w, v) in weighted.iter_mut().zip(&tokens[src].mean) {
+                        *w += v * size;
+                    }
+                    members.extend(tokens[src].members.iter().copied());
+                }
+                let size = members.len() as f64;
+                next.push(Token {
+                    members,
+                    mean: weighted.into_iter().map(|w| w / size).collect(),
+                });
+            }
             tokens = next;
         }
         tokens
             .into_iter()
-            .map(|(members, _)| {
-                let w = 1.0 / members.len() as f64;
-                members.into_iter().map(|m| (m, w)).collect()
+            .map(|t| {
+                let w = 1.0 / t.members.len() as f64;
+                t.members.into_iter().map(|m| (m, w)).collect()
             })
             .collect()
     })
@@ -212,6 +243,35 @@ pub fn divprune(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
     })
 }
 
+/// The authors' DivPrune loop as written (`DivPrune` in their `llava_arch.py`), on the tokens
+/// `tokens` of `x`: the first pick maximises each column's second-smallest distance (its
+/// nearest other token, the smallest being its distance to itself), every next pick the
+/// smallest distance to the picks so far, over every token, picks included. Returns the picks
+/// in pick order (a token may appear twice).
+pub fn divprune_as_written(x: &[f32], d: usize, tokens: &[usize], count: usize) -> Vec<usize> {
+    let vectors: Vec<Vec<f64>> = tokens.iter().map(|&t| token(x, d, t)).collect();
+    let distance = |i: usize, j: usize| 1.0 - cosine(&vectors[i], &vectors[j]);
+    let mut picks: Vec<usize> = Vec::new();
+    for _ in 0..count {
+        let scores: Vec<f64> = (0..tokens.len())
+            .map(|j| {
+                if picks.is_empty() {
+                    let mut column: Vec<f64> = (0..tokens.len()).map(|i| distance(i, j)).collect();
+                    column.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    column[1]
+                } else {
+                    picks
+                        .iter()
+                        .map(|&i| distance(i, j))
+                        .fold(f64::INFINITY, f64::min)
+                }
+            })
+            .collect();
+        picks.push(first_max(&scores));
+    }
+    picks.into_iter().map(|i| tokens[i]).collect()
+}
+
 /// The grid's tokens, most attended first (ties: lower token).
 fn ranked(q: &QueryGrid, attention: &[f32]) -> Vec<usize> {
     let g = q.grid;
@@ -225,35 +285,55 @@ fn ranked(q: &QueryGrid, attention: &[f32]) -> Vec<usize> {
     tokens
 }
 
-fn nearest_target(x: &[f32], d: usize, t: usize, targets: &[usize]) -> usize {
-    let v = token(x, d, t);
-    let scores: Vec<f64> = targets
-        .iter()
-        .map(|&k| cosine(&v, &token(x, d, k)))
-        .collect();
-    first_max(&scores)
-}
-
+/// VisionZip: [CLS] (here the attention-weighted mean of the grid), the `q - c - 1` most
+/// attended tokens, and `c = round(10 q / 64)` contextual tokens, each a target plus the mean
+/// of the tokens merged into it.
 pub fn visionzip(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
-        let rows = q.len();
-        let contextual = (rows as f64 * 10.0 / 64.0).round() as usize;
+        let all = cells(&q.grid);
+        let c = (q.len() as f64 * 10.0 / 64.0).round() as usize;
+        let dominant_count = q.len() - c - 1;
+        let total: f64 = all.iter().map(|&t| attention[t] as f64).sum();
+        let cls: Vec<(usize, f64)> = all
+            .iter()
+            .map(|&t| {
+                let w = if total > 0.0 {
+                    attention[t] as f64 / total
+                } else {
+                    1.0 / all.len() as f64
+                };
+                (t, w)
+            })
+            .collect();
         let order = ranked(q, attention);
-        let mut dominant: Vec<usize> = order[..rows - contextual].to_vec();
+        let mut dominant: Vec<usize> = order[..dominant_count].to_vec();
         dominant.sort();
-        let mut out: Vec<Vec<(usize, f64)>> = dominant.iter().map(|&t| vec![(t, 1.0)]).collect();
-        if contextual > 0 {
-            let mut rest: Vec<usize> = order[rows - contextual..].to_vec();
-            rest.sort();
-            let stride = std::cmp::max(1, rest.len() / contextual);
-            let targets: Vec<usize> = (0..contextual).map(|k| rest[k * stride]).collect();
-            let mut groups: Vec<Vec<usize>> = targets.iter().map(|&t| vec![t]).collect();
-            for &t in rest.iter().filter(|t| !targets.contains(t)) {
-                groups[nearest_target(x, d, t, &targets)].push(t);
+        let mut out = vec![cls];
+        for &t in &dominant {
+            out.push(vec![(t, 1.0)]);
+        }
+        let filtered: Vec<usize> = all.into_iter().filter(|t| !dominant.contains(t)).collect();
+        if let Some(per_target) = filtered.len().checked_div(c) {
+            let step = std::cmp::max(1, per_target);
+            let places: Vec<usize> = (0..filtered.len()).step_by(step).take(c).collect();
+            let targets: Vec<usize> = places.iter().map(|&p| filtered[p]).collect();
+            let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); targets.len()];
+            for (p, &t) in filtered.iter().enumerate() {
+                if places.contains(&p) {
+                    continue;
+                }
+                let v = token(x, d, t);
+                let scores: Vec<f64> = targets
+                    .iter()
+                    .map(|&k| cosine(&v, &token(x, d, k)))
+                    .collect();
+                assigned[first_max(&scores)].push(t);
             }
-            for group in groups {
-                let w = 1.0 / group.len() as f64;
-                out.push(group.into_iter().map(|t| (t, w)).collect());
+            for (k, &target) in targets.iter().enumerate() {
+                let count = std::cmp::max(1, assigned[k].len()) as f64;
+                let mut row = vec![(target, 1.0)];
+                row.extend(assigned[k].iter().map(|&t| (t, 1.0 / count)));
+                out.push(row);
             }
         }
         out
@@ -269,53 +349,68 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     v[lo] + (position - lo as f64) * (v[hi] - v[lo])
 }
 
+/// The tokens PruMerge+ keeps on grid `q` (`q - 1` of them, in its order): the attention
+/// outliers, most attended first, then the cells at the largest 1-D stride that, outliers
+/// left out, still offers the rest.
+pub fn prumerge_kept(q: &QueryGrid, attention: &[f32]) -> Vec<usize> {
+    let all = cells(&q.grid);
+    let values: Vec<f64> = all.iter().map(|&t| attention[t] as f64).collect();
+    let (q1, q3) = (percentile(&values, 0.25), percentile(&values, 0.75));
+    let fence = q3 + 1.5 * (q3 - q1);
+    let budget = q.len() - 1;
+    let mut kept: Vec<usize> = ranked(q, attention)
+        .into_iter()
+        .filter(|&t| attention[t] as f64 > fence)
+        .take(budget)
+        .collect();
+    let need = budget - kept.len();
+    if let Some(mut stride) = all.len().checked_div(need) {
+        loop {
+            let offered: Vec<usize> = (0..all.len())
+                .filter(|cell| cell % stride == 0)
+                .map(|cell| all[cell])
+                .filter(|t| !kept.contains(t))
+                .collect();
+            if offered.len() >= need {
+                kept.extend(&offered[..need]);
+                break;
+            }
+            stride -= 1;
+        }
+    }
+    kept
+}
+
+/// PruMerge+: each kept token plus the attention-weighted sum of its 32 most similar other
+/// tokens of the grid, then one token, the attention-weighted sum of the tokens not kept.
 pub fn prumerge(x: &[f32], d: usize, attention: &[f32], queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
-        let g = q.grid;
-        let values: Vec<f64> = cells(&g).into_iter().map(|t| attention[t] as f64).collect();
-        let (q1, q3) = (percentile(&values, 0.25), percentile(&values, 0.75));
-        let fence = q3 + 1.5 * (q3 - q1);
-        let order = ranked(q, attention);
-        let mut kept: Vec<usize> = order
-            .iter()
-            .copied()
-            .filter(|&t| attention[t] as f64 > fence)
-            .take(q.len())
-            .collect();
-        let mut candidates = Vec::new();
-        for i in 0..q.height {
-            for j in 0..q.width {
-                candidates.push(sample_cell(q, i, j));
-            }
-        }
-        candidates.extend(order.iter().copied());
-        for t in candidates {
-            if kept.len() < q.len() && !kept.contains(&t) {
-                kept.push(t);
-            }
-        }
-        kept.sort();
-        let mut groups: Vec<Vec<usize>> = kept.iter().map(|&t| vec![t]).collect();
-        for t in cells(&g).into_iter().filter(|t| !kept.contains(t)) {
-            groups[nearest_target(x, d, t, &kept)].push(t);
-        }
-        groups
+        let kept = prumerge_kept(q, attention);
+        let pruned: Vec<usize> = cells(&q.grid)
             .into_iter()
-            .map(|group| {
-                let total: f64 = group.iter().map(|&t| attention[t] as f64).sum();
-                group
-                    .iter()
-                    .map(|&t| {
-                        let w = if total > 0.0 {
-                            attention[t] as f64 / total
-                        } else {
-                            1.0 / group.len() as f64
-                        };
-                        (t, w)
-                    })
-                    .collect()
-            })
-            .collect()
+            .filter(|t| !kept.contains(t))
+            .collect();
+        let mut out = Vec::new();
+        for (i, &center) in kept.iter().enumerate() {
+            let rest: Vec<usize> = kept[..i]
+                .iter()
+                .chain(&kept[i + 1..])
+                .chain(&pruned)
+                .copied()
+                .collect();
+            let v = token(x, d, center);
+            let mut scores: Vec<f64> = rest.iter().map(|&t| cosine(&v, &token(x, d, t))).collect();
+            let mut row = vec![(center, 1.0)];
+            // Repeatedly the best remaining (ties: the earlier in `rest`), at most 32 times.
+            for _ in 0..std::cmp::min(32, rest.len()) {
+                let k = first_max(&scores);
+                row.push((rest[k], attention[rest[k]] as f64));
+                scores[k] = f64::NEG_INFINITY;
+            }
+            out.push(row);
+        }
+        out.push(pruned.iter().map(|&t| (t, attention[t] as f64)).collect());
+        out
     })
 }
 
