@@ -23,8 +23,8 @@ class Sample:
     input_ids: torch.Tensor
     answer: torch.Tensor
     pixel_values: torch.Tensor
-    image_size: torch.Tensor | None = None   # LLaVA-NeXT: (height, width)
-    grid_thw: torch.Tensor | None = None     # Qwen2-VL: (t, h, w)
+    image_size: torch.Tensor | None = None   # LLaVA-NeXT, -OneVision: (height, width)
+    grid_thw: torch.Tensor | None = None     # Qwen2-VL, 2.5-VL, 3-VL: (t, h, w)
 
 
 @dataclass

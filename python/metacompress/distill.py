@@ -7,6 +7,8 @@ L_collapse`.
 - `L_entropy`: the mean over rows of `P` of the row entropy.
 - `L_collapse`: the largest column sum of `P`, per image, averaged over the batch.
 
+Qwen3-VL's deepstack levels are reduced with the student's `P` too: `Y_k = P X_k`.
+
 Every term is computed per sample (the KL as the mean over its answer tokens) and averaged
 over the batch, so a padded batch gives the mean of its samples' losses.
 """
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from .adapters import Adapter, shorten
 from .data import Batch, pad
-from .torch import PMeta, collapse_loss, entropy_loss
+from .torch import PMeta, apply_projection, collapse_loss, entropy_loss
 
 
 @dataclass
@@ -53,7 +55,9 @@ def losses(adapter: Adapter, pmeta: PMeta, batch: Batch, weights: Weights, teach
         with torch.no_grad():
             teacher = adapter.logits(batch.input_ids, batch.attention_mask, features,
                                      batch.pixels.image_grid_thw)
+    levels = getattr(features, "levels", [])
     reduced, projections, ids, answers, thw = [], [], [], [], []
+    reduced_levels = [[] for _ in levels]
     for index, tokens in enumerate(features):
         n, grids = adapter.layout(batch.pixels, index)
         if tokens.shape[0] != n:
@@ -61,6 +65,8 @@ def losses(adapter: Adapter, pmeta: PMeta, batch: Batch, weights: Weights, teach
                              f"its layout describes {n}")
         y, p = pmeta(tokens.float(), [tuple(g) for g in grids], keep=weights.keep, scope=weights.scope)
         reduced.append(y)
+        for level, out in zip(levels, reduced_levels):   # Qwen3-VL's deepstack: Y_k = P X_k
+            out.append(apply_projection(p, level[index].float()))
         projections.append(p)
         length = int(batch.attention_mask[index].sum())
         short_ids, short_answer = shorten(batch.input_ids[index, :length], batch.answer[index, :length],
@@ -71,7 +77,7 @@ def losses(adapter: Adapter, pmeta: PMeta, batch: Batch, weights: Weights, teach
     student_ids = pad(ids, 0)
     student_mask = pad([torch.ones_like(i) for i in ids], 0)
     grid_thw = None if thw[0] is None else torch.tensor(thw, device=student_ids.device)
-    student = adapter.logits(student_ids, student_mask, reduced, grid_thw)
+    student = adapter.logits(student_ids, student_mask, reduced, grid_thw, levels=reduced_levels)
     pred = []
     for index in range(len(features)):
         length = int(batch.attention_mask[index].sum())

@@ -1,6 +1,8 @@
 """Writes a model's visual tokens for one image as the runtime's input file: tensor
 `features` (`n x d`, float32) in the model's own token order, and its `grids` metadata, so
-that `metacompress compress` / `compare` run on real model features.
+that `metacompress compress` / `compare` run on real model features. For Qwen3-VL also its
+deepstack levels, `deepstack.0`, `deepstack.1`, ... (`n x d` each, laid out as `features`; a
+reduction applies the same `P` to each), named in the metadata `deepstack` (a JSON list).
 
     python -m metacompress.export_features --model llava-hf/llava-v1.6-vicuna-7b-hf \\
         --image photo.jpg --output features.safetensors
@@ -26,12 +28,18 @@ def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]
     adapter = Adapter(model)
     image_processor = getattr(processor, "image_processor", processor)
     pixels = pixels_of(process_image(image_processor, image))
-    tokens = adapter.features(pixels)[0]
+    features = adapter.features(pixels)
+    tokens = features[0]
     n, grids = adapter.layout(pixels, 0)
     if tokens.shape[0] != n:
         raise SystemExit(f"the model made {tokens.shape[0]} visual tokens; the layout describes {n}")
-    grid_json = json.dumps([list(g) for g in grids])
-    save_file({"features": tokens.float().contiguous()}, output, metadata={"grids": grid_json})
+    tensors = {"features": tokens.float().contiguous()}
+    metadata = {"grids": json.dumps([list(g) for g in grids])}
+    if features.levels:
+        names = [f"deepstack.{k}" for k in range(len(features.levels))]
+        tensors.update({name: level[0].float().contiguous() for name, level in zip(names, features.levels)})
+        metadata["deepstack"] = json.dumps(names)
+    save_file(tensors, output, metadata=metadata)
     return n, grids
 
 

@@ -1,9 +1,10 @@
 """Generation with reduced visual tokens: a Hugging Face vision-language model (LLaVA-1.5,
-LLaVA-NeXT, Qwen2-VL) whose images reach the language model as `m` tokens `Y = P X` made by
-the native runtime (any method), through the models' public interfaces only (the adapters'
-rule: the image's placeholder run shortened to `m` tokens, the tokens handed over as
-`mm_encoder_outputs`; Qwen2-VL's positions are those of an image whose merged grid is the
-query grid). Generation is the model's own `generate`, with its KV cache.
+LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) whose images reach the language
+model as `m` tokens `Y = P X` made by the native runtime (any method), through the models'
+public interfaces only (the adapters' rule: the image's placeholder run shortened to `m`
+tokens, the tokens handed over as `mm_encoder_outputs`; the Qwen models' positions are those
+of an image whose merged grid is the query grid; Qwen3-VL's deepstack levels are reduced with
+the same `P`, `Y_k = P X_k`). Generation is the model's own `generate`, with its KV cache.
 
     import metacompress as mc
     from metacompress.hf import ReducedModel
@@ -19,13 +20,15 @@ query grid). Generation is the model's own `generate`, with its KV cache.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from .adapters import Adapter, Pixels
+from .adapters import QWEN, Adapter, Pixels
 from .runtime import Compressor, UsageError
+from .torch import apply_projection
 
 
 @dataclass
@@ -35,7 +38,9 @@ class Images:
     tokens: list[torch.Tensor]
     """One `(m_i, d)` tensor per image, in the language model's dtype."""
     grid_thw: torch.Tensor | None
-    """Qwen2-VL: each image's `image_grid_thw` for its reduced tokens (`(t, 2 hq, 2 wq)`)."""
+    """The Qwen models: each image's `image_grid_thw` for its reduced tokens (`(t, 2 hq, 2 wq)`)."""
+    levels: list[list[torch.Tensor]] = field(default_factory=list)
+    """Qwen3-VL: the reduced deepstack levels, `levels[k][i]` (`(m_i, d)`, the same `P`)."""
 
 
 @dataclass
@@ -76,25 +81,31 @@ class ReducedModel:
         features = self.adapter.features(pixels)
         dtype = self.model.get_input_embeddings().weight.dtype
         tokens, shapes = [], []
+        levels = [[] for _ in features.levels]
         for index, image in enumerate(features):
             n, grids = self.adapter.layout(pixels, index)
             if image.shape[0] != n:
                 raise UsageError(f"image {index} has {image.shape[0]} tokens; its layout says {n}")
             if self.method == "full":
                 tokens.append(image.to(dtype))
+                for reduced, level in zip(levels, features.levels):
+                    reduced.append(level[index].to(dtype))
                 shapes.append(None)
                 continue
             result = self.compressor.compress(
                 image.detach().cpu().contiguous(), grids=[tuple(g) for g in grids], keep=self.keep,
-                scope=self.scope, method=self.method, seed=self.seed)
+                scope=self.scope, method=self.method, seed=self.seed, projection=bool(levels))
             tokens.append(result.tokens.to(device=image.device, dtype=dtype))
+            for reduced, level in zip(levels, features.levels):   # Y_k = P X_k, the same P
+                p = result.projection.to(image.device)
+                reduced.append(apply_projection(p, level[index].float()).to(dtype))
             shapes.append((len(grids), result.queries))
-        return Images(tokens, self._grid_thw(shapes, image_grid_thw))
+        return Images(tokens, self._grid_thw(shapes, image_grid_thw), levels)
 
     def _grid_thw(self, shapes, image_grid_thw):
-        """Qwen2-VL's `image_grid_thw` of the reduced images (the model's own without
+        """The Qwen models' `image_grid_thw` of the reduced images (the model's own without
         reduction); None for the other families."""
-        if self.adapter.family != "qwen2_vl":
+        if self.adapter.family not in QWEN:
             return None
         if self.method == "full":
             return image_grid_thw
@@ -102,7 +113,8 @@ class ReducedModel:
         rows = []
         for frames, queries in shapes:
             if len(set(queries)) != 1:
-                raise UsageError("qwen2-vl frames of different query grids; expected one shape")
+                raise UsageError(f"{self.adapter.family} frames of different query grids; "
+                                 "expected one shape")
             hq, wq = queries[0]
             rows.append((frames, merge * hq, merge * wq))
         return torch.tensor(rows, dtype=image_grid_thw.dtype, device=image_grid_thw.device)
@@ -147,10 +159,17 @@ class ReducedModel:
             images = self.reduce(pixel_values, image_sizes, image_grid_thw)
         ids, mask = self.shorten(input_ids, attention_mask, images)
         extra = {}
-        if self.adapter.family == "qwen2_vl":
+        if self.adapter.family in QWEN:
             extra = dict(image_grid_thw=images.grid_thw,
                          mm_token_type_ids=(ids == self.adapter.image_token_id).int())
-        encoded = BaseModelOutputWithPooling(pooler_output=list(images.tokens))
+        if self.adapter.deepstack_levels:
+            if len(images.levels) != self.adapter.deepstack_levels:
+                raise UsageError(f"images with {len(images.levels)} deepstack levels; "
+                                 f"{self.adapter.family} takes {self.adapter.deepstack_levels}")
+            encoded = BaseModelOutputWithDeepstackFeatures(pooler_output=list(images.tokens),
+                                                           deepstack_features=images.levels)
+        else:
+            encoded = BaseModelOutputWithPooling(pooler_output=list(images.tokens))
         sequences = self.model.generate(input_ids=ids, attention_mask=mask,
                                         mm_encoder_outputs={"image": encoded}, **extra,
                                         **generate_kwargs)

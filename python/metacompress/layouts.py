@@ -165,19 +165,25 @@ def qwen2_vl(t: int, h: int, w: int, merge: int = 2) -> tuple[int, list[Grid]]:
 LLAVA_ONEVISION_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
 
 
-def llava_onevision(width: int, height: int, pinpoints=None) -> tuple[int, list[Grid]]:
-    """LLaVA-OneVision (SigLIP tiles of 384 pixels, 27 x 27 patches, `anyres_max_9`): the
-    base 27x27 grid, then the unpadded crops, down-sampled as `pack_image_features` does, with
-    a newline token after each row. Returns `(n, grids)`."""
+def llava_onevision(width: int, height: int, pinpoints=None, tile: int = 384, patch: int = 14,
+                    max_tiles: int = 9) -> tuple[int, list[Grid]]:
+    """LLaVA-OneVision (by default SigLIP tiles of 384 pixels, 27 x 27 patches, and
+    `anyres_max_9`): the base `side x side` grid, then the unpadded crops, down-sampled as
+    `pack_image_features` does past `max_tiles` tiles' worth (x 1.1), with a newline token
+    after each row. `tile`, `patch` and `max_tiles` are the model's `vision_config.image_size`,
+    `vision_config.patch_size` and `vision_aspect_ratio`'s N. Returns `(n, grids)`."""
     pinpoints = pinpoints if pinpoints is not None else LLAVA_ONEVISION_PINPOINTS
-    return llava_next(width, height, pinpoints, tile=384, patch=14, max_tiles=9)
+    return llava_next(width, height, pinpoints, tile=tile, patch=patch, max_tiles=max_tiles)
 
 
-def llava_onevision_video(frames: int) -> tuple[int, list[Grid]]:
-    """LLaVA-OneVision video: each frame pooled to 14 x 14, one newline token after the last."""
+def llava_onevision_video(frames: int, tile: int = 384, patch: int = 14) -> tuple[int, list[Grid]]:
+    """LLaVA-OneVision video: each frame's `side x side` patches (27 for 384 / 14) pooled to
+    `ceil(side / 2)` a side (14 x 14), one newline token after the last frame."""
     if frames < 1:
         raise ValueError(f"llava-onevision-video frames = {frames}: expected at least 1")
-    return frames * 196 + 1, [Grid(f * 196, 14, 14, 14) for f in range(frames)]
+    pooled = -(-(tile // patch) // 2)
+    per_frame = pooled * pooled
+    return frames * per_frame + 1, [Grid(f * per_frame, pooled, pooled, pooled) for f in range(frames)]
 
 
 # Qwen2.5-VL restores its windows' row-major order before the merger, and Qwen3-VL merges 2x2

@@ -5,6 +5,7 @@ float64 reference (`tests/test_pmeta.py`).
     pm = PMeta.load("w.safetensors")                 # the runtime's weight file (F32/F16/BF16)
     pm = PMeta.init(dim, dc, pos=(24, 24), seed=0)   # the paper's initialisation
     Y, P = pm(X, grids=[(0, 24, 24)], keep=0.1, scope="image")   # X: (n, d) or (b, n, d)
+    Yk = apply_projection(P, Xk)                     # another token set with the same P
     pm.save("w.safetensors")                         # the runtime loads it unchanged
 """
 from __future__ import annotations
@@ -233,6 +234,16 @@ class PMeta(torch.nn.Module):
         """`(hq, wq)` of each grid at `keep`."""
         keep = _check_keep(keep)
         return [query_shape(g.height, g.width, keep) for g in grids_of(grids)]
+
+
+def apply_projection(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`P X` for another token set `x` (`n x d` or `b x n x d`) laid out as the tokens `P`
+    was computed from (Qwen3-VL's deepstack levels: `Y_k = P X_k`), in `P`'s dtype and
+    returned in `x`'s, as `forward` computes `Y`."""
+    if x.shape[-2] != p.shape[-1]:
+        raise ValueError(f"x has shape {tuple(x.shape)}: {x.shape[-2]} tokens; P {tuple(p.shape)} "
+                         f"takes {p.shape[-1]}")
+    return (p @ x.to(p.dtype)).to(x.dtype)
 
 
 def sine_cosine_table(height: int, width: int, channels: int, scale: float = 1.0) -> torch.Tensor:

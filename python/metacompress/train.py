@@ -47,8 +47,16 @@ LAYOUT_RULES = {
     "llava": "llava-1.5: one 24x24 grid (--layout llava-1.5)",
     "llava_next": "llava-next: base grid, unpadded crops with a newline token after each row "
                   "(--layout llava-next:WIDTHxHEIGHT)",
+    "llava_onevision": "llava-onevision: base grid, unpadded crops down-sampled past anyres_max_N "
+                       "with a newline token after each row (--layout llava-onevision:WIDTHxHEIGHT)",
     "qwen2_vl": "qwen2-vl: one merged grid per frame (--layout qwen2-vl:TxHxW); reduced tokens "
                 "take the 3-D positions of a (t, 2*hq, 2*wq) image",
+    "qwen2_5_vl": "qwen2.5-vl: one merged grid per frame, row-major after the window reordering "
+                  "is undone (--layout qwen2.5-vl:TxHxW); reduced tokens take the 3-D positions "
+                  "of a (t, 2*hq, 2*wq) image",
+    "qwen3_vl": "qwen3-vl: one merged grid per frame (--layout qwen3-vl:TxHxW); the deepstack "
+                "levels are reduced with the same P (Y_k = P X_k); reduced tokens take the 3-D "
+                "positions of a (t, 2*hq, 2*wq) image",
 }
 SIDECAR_FORMAT = "metacompress.train"
 # The keys every sidecar has had, for recognising one written before SIDECAR_FORMAT existed.

@@ -1,4 +1,4 @@
-"""The adapters on the three tiny models (real transformers code paths, random weights):
+"""The adapters on the six tiny models (real transformers code paths, random weights):
 the full-token path reproduces the model's own logits; identity P gives KL ~ 0 and a permuted
 identity does not (the LLaVA-NeXT layout is the model's order); each family's layout matches
 the tokens the model makes (and the Rust runtime's presets); multi-turn answer spans; a
@@ -48,13 +48,16 @@ def test_identity_gives_no_divergence_and_a_permuted_identity_does(family, seed)
     thw = batch.pixels.image_grid_thw
     teacher = adapter.logits(batch.input_ids, batch.attention_mask, features, thw)
     rows = predicting(batch.answer[0])
-    same = adapter.logits(batch.input_ids, batch.attention_mask, [f.clone() for f in features], thw)
+    levels = features.levels   # Qwen3-VL's deepstack levels (none for the other families)
+    same = adapter.logits(batch.input_ids, batch.attention_mask, [f.clone() for f in features], thw,
+                          levels=[[t.clone() for t in level] for level in levels])
     assert answer_kl(teacher[0][rows], same[0][rows]) < 1e-6, f"{name} seed {seed}"
     n = features[0].shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     while torch.equal(order, torch.arange(n)):
         order = torch.randperm(n)
-    permuted = adapter.logits(batch.input_ids, batch.attention_mask, [features[0][order]], thw)
+    permuted = adapter.logits(batch.input_ids, batch.attention_mask, [features[0][order]], thw,
+                              levels=[[level[0][order]] for level in levels])
     assert answer_kl(teacher[0][rows], permuted[0][rows]) > 1e-4, f"{name} seed {seed}"
 
 

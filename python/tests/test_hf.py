@@ -1,4 +1,4 @@
-"""metacompress.hf on the three tiny models (real transformers code paths, random weights):
+"""metacompress.hf on the six tiny models (real transformers code paths, random weights):
 method "full" is the model's own generation token for token; with a reduction the prompt
 holds exactly m visual tokens, greedy generation with the KV cache equals a step-by-step
 greedy loop over the adapters' forward (no cache), runs are deterministic, and a second turn
@@ -11,7 +11,7 @@ import torch
 import metacompress as mc
 from conftest import run
 from metacompress import tiny
-from metacompress.adapters import Adapter, Pixels
+from metacompress.adapters import QWEN, Adapter, Pixels
 from metacompress.data import synthetic_image
 from metacompress.hf import ReducedModel
 
@@ -48,7 +48,7 @@ def prompt(family, seed, words=5):
 
 def own_generate(model, inputs, **kwargs):
     extra = {}
-    if model.config.model_type == "qwen2_vl":
+    if model.config.model_type in QWEN:
         extra["mm_token_type_ids"] = (inputs["input_ids"] == model.config.image_token_id).int()
     return model.generate(**inputs, **extra, do_sample=False, **kwargs)
 
@@ -106,10 +106,20 @@ def test_reduced_generation(family, weights, seed, method, vision_calls):
     assert first.sequences.shape[1] == prompt_length + first.new_tokens.shape[1], context
     assert int((first.sequences[0, :prompt_length] == adapter.image_token_id).sum()) == m, context
     assert torch.equal(first.images.tokens[0], expected.tokens), context
+    # Qwen3-VL's deepstack levels: reduced with the same P (Y_k = P X_k).
+    levels = adapter.features(pixels).levels
+    assert len(first.images.levels) == len(levels) == adapter.deepstack_levels, context
+    if levels:
+        shared = compressor.compress(features.contiguous(), grids=[tuple(g) for g in grids], keep=keep,
+                                     method=method, seed=seed, projection=True)
+        for k, level in enumerate(levels):
+            assert first.images.levels[k][0].shape == expected.tokens.shape, context
+            assert torch.allclose(first.images.levels[k][0], shared.projection @ level[0], atol=1e-6), context
     # Greedy with the KV cache == a step-by-step greedy loop over the adapters' forward.
     ids = first.sequences[:, :prompt_length]
     for _ in range(first.new_tokens.shape[1]):
-        logits = adapter.logits(ids, torch.ones_like(ids), first.images.tokens, first.images.grid_thw)
+        logits = adapter.logits(ids, torch.ones_like(ids), first.images.tokens, first.images.grid_thw,
+                                levels=first.images.levels)
         logits[:, -1, image_token] = -float("inf")
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(ids, first.sequences), context
