@@ -28,7 +28,6 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDe
 
 from .adapters import QWEN, Adapter, Pixels
 from .runtime import Compressor, UsageError
-from .torch import apply_projection
 
 
 @dataclass
@@ -92,13 +91,15 @@ class ReducedModel:
                     reduced.append(level[index].to(dtype))
                 shapes.append(None)
                 continue
-            result = self.compressor.compress(
-                image.detach().cpu().contiguous(), grids=[tuple(g) for g in grids], keep=self.keep,
-                scope=self.scope, method=self.method, seed=self.seed, projection=bool(levels))
+            # Qwen3-VL's deepstack levels: reduced by the runtime with the same P (P X_k).
+            result, reduced_levels = self.compressor.compress_sharing(
+                image.detach().cpu().contiguous(),
+                [level[index].detach().cpu().contiguous() for level in features.levels],
+                grids=[tuple(g) for g in grids], keep=self.keep, scope=self.scope,
+                method=self.method, seed=self.seed)
             tokens.append(result.tokens.to(device=image.device, dtype=dtype))
-            for reduced, level in zip(levels, features.levels):   # Y_k = P X_k, the same P
-                p = result.projection.to(image.device)
-                reduced.append(apply_projection(p, level[index].float()).to(dtype))
+            for reduced, level in zip(levels, reduced_levels):
+                reduced.append(level.to(device=image.device, dtype=dtype))
             shapes.append((len(grids), result.queries))
         return Images(tokens, self._grid_thw(shapes, image_grid_thw), levels)
 
