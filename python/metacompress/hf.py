@@ -16,6 +16,9 @@ query grid). Generation is the model's own `generate`, with its KV cache.
     reduced.generate(**follow_up, images=images, max_new_tokens=32)  # no vision tower again
 
 `method="full"` hands the model its own tokens (no reduction): the model's own generation.
+Methods "visionzip" and "prumerge" rank tokens by the vision tower's [CLS] attention, read
+in the same pass as the features (`Adapter.features_and_attention`; LLaVA-1.5 and LLaVA-NeXT:
+Qwen2-VL's tower has no [CLS] token).
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .adapters import Adapter, Pixels
 from .runtime import Compressor, UsageError
+
+ATTENTION = ("visionzip", "prumerge")
+"""The methods that rank tokens by the vision tower's [CLS] attention."""
 
 
 @dataclass
@@ -53,15 +59,16 @@ class ReducedModel:
 
     `compressor`: a `metacompress.Compressor` (weights for method "metacompress"; none for
     the others; None with method "full"). `keep`, `method`, `scope`, `seed`: as
-    `Compressor.compress` takes them. Methods "visionzip" and "prumerge" need the vision
-    tower's attention, which the models' public interfaces do not hand over: refused.
+    `Compressor.compress` takes them. Methods "visionzip" and "prumerge" (`ATTENTION`) rank
+    tokens by the vision tower's [CLS] attention: LLaVA-1.5 and LLaVA-NeXT only (Qwen2-VL's
+    tower has no [CLS] token: refused).
     """
 
     def __init__(self, model, compressor: Compressor | None = None, keep: float = 0.1,
                  method: str = "metacompress", scope: str = "image", seed: int = 0):
-        if method in ("visionzip", "prumerge"):
-            raise UsageError(f"method {method} needs the vision tower's attention, which "
-                             "metacompress.hf cannot reach; use another method")
+        if method in ATTENTION and model.config.model_type == "qwen2_vl":
+            raise UsageError(f"method {method} ranks tokens by the vision tower's [CLS] attention; "
+                             "qwen2-vl's tower has no [CLS] token")
         if method != "full" and compressor is None:
             raise UsageError(f"method {method} needs a metacompress.Compressor")
         self.adapter = Adapter(model)
@@ -69,11 +76,31 @@ class ReducedModel:
         self.compressor = compressor
         self.keep, self.method, self.scope, self.seed = keep, method, scope, seed
 
+    @property
+    def needs_attention(self) -> bool:
+        """Whether the method reads the vision tower's [CLS] attention."""
+        return self.method in ATTENTION
+
     @torch.no_grad()
     def reduce(self, pixel_values, image_sizes=None, image_grid_thw=None) -> Images:
         """Runs the vision tower on the images and reduces each one's tokens."""
         pixels = Pixels(pixel_values, image_sizes, image_grid_thw)
-        features = self.adapter.features(pixels)
+        if self.needs_attention:
+            features, attention = self.adapter.features_and_attention(pixels)
+        else:
+            features, attention = self.adapter.features(pixels), None
+        return self.reduce_features(pixels, features, attention)
+
+    @torch.no_grad()
+    def reduce_features(self, pixels: Pixels, features: list[torch.Tensor],
+                        attention: list[torch.Tensor] | None = None) -> Images:
+        """Reduces visual tokens the vision tower already made (`Adapter.features`, or
+        `Adapter.features_and_attention` with their [CLS] `attention` for VisionZip and
+        PruMerge): one call of the runtime per image. Several methods can share one pass of
+        the tower this way."""
+        if self.needs_attention and attention is None:
+            raise UsageError(f"method {self.method} needs the [CLS] attention "
+                             "(Adapter.features_and_attention)")
         dtype = self.model.get_input_embeddings().weight.dtype
         tokens, shapes = [], []
         for index, image in enumerate(features):
@@ -84,12 +111,13 @@ class ReducedModel:
                 tokens.append(image.to(dtype))
                 shapes.append(None)
                 continue
+            weights = attention[index] if self.needs_attention else None
             result = self.compressor.compress(
                 image.detach().cpu().contiguous(), grids=[tuple(g) for g in grids], keep=self.keep,
-                scope=self.scope, method=self.method, seed=self.seed)
+                scope=self.scope, method=self.method, seed=self.seed, attention=weights)
             tokens.append(result.tokens.to(device=image.device, dtype=dtype))
             shapes.append((len(grids), result.queries))
-        return Images(tokens, self._grid_thw(shapes, image_grid_thw))
+        return Images(tokens, self._grid_thw(shapes, pixels.image_grid_thw))
 
     def _grid_thw(self, shapes, image_grid_thw):
         """Qwen2-VL's `image_grid_thw` of the reduced images (the model's own without
