@@ -333,12 +333,12 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
         adapter = rows[0].reduced.adapter
         timer = PrefillTimer(model)
         try:
-            for item in tqdm(items, desc="evaluate", unit="image", disable=not progress):
+            for index, item in enumerate(tqdm(items, desc="evaluate", unit="image", disable=not progress)):
                 questions = item.questions[:args.turns]
                 if not questions:
-                    raise UsageError("an image without questions")
-                _image(rows, live, adapter, processor, item.image, questions, attention, timer,
-                       args.max_new_tokens, device)
+                    raise UsageError(f"--data {args.data}: image {index} has no questions")
+                _image(live, adapter, processor, item.image, questions, attention, timer,
+                       args.max_new_tokens, device, warm_up=index == 0)
         finally:
             timer.close()
     return {"model": args.model, "data": args.data, "samples": len(items), "seed": args.seed,
@@ -349,9 +349,12 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
                         for row in rows if row.skipped is not None]}
 
 
-def _image(rows, live, adapter, processor, image, questions, attention, timer, max_new_tokens, device):
+def _image(live, adapter, processor, image, questions, attention, timer, max_new_tokens, device,
+           warm_up=False):
     """Every row on one image: one pass of the vision tower, one reduction per row, the
-    conversation and the teacher-forced pass."""
+    conversation and the teacher-forced pass. `warm_up`: first one untimed, uncounted turn
+    of the full row (lazy initialisation, first-call allocations), so that the first row
+    timed is not also the first run."""
     reference = []
     for index, question in enumerate(questions):
         reference += [{"from": "human", "value": ("<image>\n" if index == 0 else "") + question.text},
@@ -365,6 +368,9 @@ def _image(rows, live, adapter, processor, image, questions, attention, timer, m
         features, weights = adapter.features_and_attention(pixels)
     else:
         features, weights = adapter.features(pixels), None
+    if warm_up:
+        images = live[0].reduced.reduce_features(pixels, features, weights)
+        converse(live[0].reduced, processor, image, questions[:1], images, timer, max_new_tokens, device)
     full_answers, full_log_probs = None, None
     for row in live:
         images = row.reduced.reduce_features(pixels, features, weights)

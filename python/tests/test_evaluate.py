@@ -267,6 +267,6 @@ def test_each_image_reduced_once(monkeypatch):
         hook.remove()
     assert len(tower) == 3                       # once per image, for every row
     assert sorted(compressions) == sorted(["pool", "tome", "prumerge"] * 2 * 3)   # rows x images
-    assert len(generations) == 7 * 3 * 3         # rows x images x turns
+    assert len(generations) == 7 * 3 * 3 + 1     # rows x images x turns, and one warm-up turn
     assert result["questions"] == 9
     assert all("accuracy_later" in row for row in result["rows"])
