@@ -35,6 +35,9 @@ from .layouts import query_shape
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # The families with Qwen2-VL's `image_grid_thw` and 3-D rotary positions.
 QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+NO_CLS = QWEN + ("llava_onevision",)
+"""The families whose vision tower has no [CLS] token (Qwen's towers, LLaVA-OneVision's SigLIP):
+no [CLS] attention for VisionZip and PruMerge to rank by."""
 # The families with anyres tiling (`image_sizes`).
 ANYRES = ("llava_next", "llava_onevision")
 
@@ -131,6 +134,60 @@ class Adapter:
                                                   return_dict=True)
         levels = out.deepstack_features if self.family == "qwen3_vl" else ()
         return Features(out.pooler_output, levels)
+
+    @torch.no_grad()
+    def features_and_attention(self, pixels: Pixels) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each image's visual tokens (as `features`) and, from the same pass of the vision
+        tower, each token's [CLS] attention (`n_i`, float32, non-negative): what VisionZip and
+        PruMerge rank tokens by (SPEC section 5).
+
+        The attention is the [CLS] query's row of the vision tower's self-attention, averaged
+        over heads, in the layer whose output the model takes as its features
+        (`vision_feature_layer`; the mean over the layers where it lists several), read at each
+        patch; it is laid out in the language model's token order by the model's own packing
+        (LLaVA-NeXT: `pack_image_features` on the attention as a one-channel feature, so the
+        base tile's patches come first, then the crops' unpadded grid, and each row's newline
+        token gets 0). With `vision_feature_select_strategy="full"` the [CLS] token itself gets
+        its attention to itself. The tower runs with eager attention (the implementation
+        that hands its weights back; the same math as SDPA up to rounding): it is switched
+        on the model the first time. Qwen2-VL's tower has no [CLS] token: refused."""
+        if self.family in NO_CLS:
+            raise ValueError(f"{self.family}'s vision tower has no [CLS] token, so no [CLS] "
+                             "attention")
+        if self.model.config.vision_config._attn_implementation != "eager":
+            self.model.set_attn_implementation({"vision_config": "eager"})
+        inner = self.model.model
+        extra = dict(image_sizes=pixels.image_sizes) if self.family == "llava_next" else {}
+        out = inner.get_image_features(pixel_values=pixels.pixel_values, output_attentions=True,
+                                       return_dict=True, **extra)
+        layers = self.model.config.vision_feature_layer
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        if 0 in layers:
+            raise ValueError("vision_feature_layer 0 is the embeddings, which no attention made")
+        # hidden_states[k] is the output of layer k - 1 (k > 0), of layer L + k (k < 0).
+        rows = [out.attentions[k - 1 if k > 0 else k][:, :, 0].float().mean(1) for k in layers]
+        cls = torch.stack(rows).mean(0)                           # (tiles, 1 + patches)
+        if self.model.config.vision_feature_select_strategy == "default":
+            cls = cls[:, 1:]
+        features = list(out.pooler_output)
+        if self.family == "llava":
+            attention = list(cls)
+        else:
+            from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+            config = self.model.config
+            tiles = [image_size_to_num_patches(size, config.image_grid_pinpoints,
+                                               config.vision_config.image_size)
+                     for size in pixels.image_sizes]
+            packed, _ = inner.pack_image_features(
+                [tile[..., None] for tile in torch.split(cls, tiles)], pixels.image_sizes,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+                image_newline=cls.new_zeros(1))
+            attention = [image[:, 0] for image in packed]
+        for index, (image, weights) in enumerate(zip(features, attention)):
+            if image.shape[0] != weights.shape[0]:
+                raise ValueError(f"image {index}: {image.shape[0]} tokens but {weights.shape[0]} "
+                                 "attention weights")
+        return features, attention
 
     def layout(self, pixels: Pixels, index: int) -> tuple[int, list[layouts.Grid]]:
         """`(n, grids)` of image `index` (SPEC section 3), computed as the model lays it out."""

@@ -17,6 +17,9 @@ the same `P`, `Y_k = P X_k`). Generation is the model's own `generate`, with its
     reduced.generate(**follow_up, images=images, max_new_tokens=32)  # no vision tower again
 
 `method="full"` hands the model its own tokens (no reduction): the model's own generation.
+Methods "visionzip" and "prumerge" rank tokens by the vision tower's [CLS] attention, read
+in the same pass as the features (`Adapter.features_and_attention`; LLaVA-1.5 and LLaVA-NeXT:
+Qwen2-VL's tower has no [CLS] token).
 """
 from __future__ import annotations
 
@@ -26,8 +29,11 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from .adapters import QWEN, Adapter, Pixels
+from .adapters import NO_CLS, QWEN, Adapter, Pixels
 from .runtime import Compressor, UsageError
+
+ATTENTION = ("visionzip", "prumerge")
+"""The methods that rank tokens by the vision tower's [CLS] attention."""
 
 
 @dataclass
@@ -57,15 +63,16 @@ class ReducedModel:
 
     `compressor`: a `metacompress.Compressor` (weights for method "metacompress"; none for
     the others; None with method "full"). `keep`, `method`, `scope`, `seed`: as
-    `Compressor.compress` takes them. Methods "visionzip" and "prumerge" need the vision
-    tower's attention, which the models' public interfaces do not hand over: refused.
+    `Compressor.compress` takes them. Methods "visionzip" and "prumerge" (`ATTENTION`) rank
+    tokens by the vision tower's [CLS] attention: LLaVA-1.5 and LLaVA-NeXT only (the Qwen
+    towers and LLaVA-OneVision's SigLIP have no [CLS] token: refused).
     """
 
     def __init__(self, model, compressor: Compressor | None = None, keep: float = 0.1,
                  method: str = "metacompress", scope: str = "image", seed: int = 0):
-        if method in ("visionzip", "prumerge"):
-            raise UsageError(f"method {method} needs the vision tower's attention, which "
-                             "metacompress.hf cannot reach; use another method")
+        if method in ATTENTION and model.config.model_type in NO_CLS:
+            raise UsageError(f"method {method} ranks tokens by the vision tower's [CLS] attention; "
+                             f"{model.config.model_type}'s tower has no [CLS] token")
         if method != "full" and compressor is None:
             raise UsageError(f"method {method} needs a metacompress.Compressor")
         self.adapter = Adapter(model)
@@ -73,35 +80,57 @@ class ReducedModel:
         self.compressor = compressor
         self.keep, self.method, self.scope, self.seed = keep, method, scope, seed
 
+    @property
+    def needs_attention(self) -> bool:
+        """Whether the method reads the vision tower's [CLS] attention."""
+        return self.method in ATTENTION
+
     @torch.no_grad()
     def reduce(self, pixel_values, image_sizes=None, image_grid_thw=None) -> Images:
         """Runs the vision tower on the images and reduces each one's tokens."""
         pixels = Pixels(pixel_values, image_sizes, image_grid_thw)
-        features = self.adapter.features(pixels)
+        if self.needs_attention:
+            features, attention = self.adapter.features_and_attention(pixels)
+        else:
+            features, attention = self.adapter.features(pixels), None
+        return self.reduce_features(pixels, features, attention)
+
+    @torch.no_grad()
+    def reduce_features(self, pixels: Pixels, features: list[torch.Tensor],
+                        attention: list[torch.Tensor] | None = None) -> Images:
+        """Reduces visual tokens the vision tower already made (`Adapter.features`, or
+        `Adapter.features_and_attention` with their [CLS] `attention` for VisionZip and
+        PruMerge): one call of the runtime per image. Several methods can share one pass of
+        the tower this way."""
+        if self.needs_attention and attention is None:
+            raise UsageError(f"method {self.method} needs the [CLS] attention "
+                             "(Adapter.features_and_attention)")
         dtype = self.model.get_input_embeddings().weight.dtype
         tokens, shapes = [], []
-        levels = [[] for _ in features.levels]
+        levels_in = getattr(features, "levels", [])
+        levels = [[] for _ in levels_in]
         for index, image in enumerate(features):
             n, grids = self.adapter.layout(pixels, index)
             if image.shape[0] != n:
                 raise UsageError(f"image {index} has {image.shape[0]} tokens; its layout says {n}")
             if self.method == "full":
                 tokens.append(image.to(dtype))
-                for reduced, level in zip(levels, features.levels):
+                for reduced, level in zip(levels, levels_in):
                     reduced.append(level[index].to(dtype))
                 shapes.append(None)
                 continue
             # Qwen3-VL's deepstack levels: reduced by the runtime with the same P (P X_k).
+            weights = attention[index] if self.needs_attention else None
             result, reduced_levels = self.compressor.compress_sharing(
                 image.detach().cpu().contiguous(),
-                [level[index].detach().cpu().contiguous() for level in features.levels],
+                [level[index].detach().cpu().contiguous() for level in levels_in],
                 grids=[tuple(g) for g in grids], keep=self.keep, scope=self.scope,
-                method=self.method, seed=self.seed)
+                method=self.method, seed=self.seed, attention=weights)
             tokens.append(result.tokens.to(device=image.device, dtype=dtype))
             for reduced, level in zip(levels, reduced_levels):
                 reduced.append(level.to(device=image.device, dtype=dtype))
             shapes.append((len(grids), result.queries))
-        return Images(tokens, self._grid_thw(shapes, image_grid_thw), levels)
+        return Images(tokens, self._grid_thw(shapes, pixels.image_grid_thw), levels)
 
     def _grid_thw(self, shapes, image_grid_thw):
         """The Qwen models' `image_grid_thw` of the reduced images (the model's own without

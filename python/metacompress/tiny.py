@@ -136,6 +136,12 @@ class TinyProcessor:
                 ids += ([EOS] if index else []) + [BYTES + b for b in part.encode("utf-8")]
         return ids
 
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """The text of token ids: their bytes as UTF-8 (bytes that do not decode replaced);
+        the begin, end and image tokens and ids past the bytes are left out."""
+        data = bytes(int(i) - BYTES for i in ids if BYTES <= int(i) < BYTES + 256)
+        return data.decode("utf-8", errors="replace")
+
     def __call__(self, images, text, return_tensors="pt"):
         from .data import image_values, pixels_of
         if len(images) != 1 or len(text) != 1 or text[0].count(self.image_token) != 1:

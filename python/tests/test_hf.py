@@ -141,9 +141,10 @@ def test_reduced_generation(family, weights, seed, method, vision_calls):
 
 
 def test_refusals(family):
-    _, model, _ = family
-    with pytest.raises(mc.UsageError):
-        ReducedModel(model, mc.Compressor(None, backend="cpu"), method="visionzip")
+    name, model, _ = family
+    if name.startswith("tiny-qwen") or name == "tiny-llava-onevision":   # no [CLS] token
+        with pytest.raises(mc.UsageError, match="CLS"):
+            ReducedModel(model, mc.Compressor(None, backend="cpu"), method="visionzip")
     with pytest.raises(mc.UsageError):
         ReducedModel(model, None, method="pool")
     reduced = ReducedModel(model, mc.Compressor(None, backend="cpu"), method="pool", keep=0.5)
@@ -156,3 +157,26 @@ def test_refusals(family):
         reduced.generate(input_ids=text_only, images=images, max_new_tokens=2)
     with pytest.raises(mc.UsageError, match="batch of 2"):
         reduced.generate(input_ids=inputs["input_ids"].repeat(2, 1), images=images, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("method", ["visionzip", "prumerge"])
+def test_attention_methods(family, seed, method, vision_calls):
+    """VisionZip and PruMerge (LLaVA families): the vision tower runs once for the features
+    and the [CLS] attention together, and the runtime reads that attention."""
+    name, model, _ = family
+    if name.startswith("tiny-qwen") or name == "tiny-llava-onevision":
+        pytest.skip("no [CLS] token (test_refusals)")
+    compressor = mc.Compressor(None, backend="cpu")
+    reduced = ReducedModel(model, compressor, keep=0.25, method=method)
+    inputs = prompt(family, seed)
+    calls = vision_calls(model)
+    out = reduced.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert len(calls) == 1, f"{name} seed {seed}"
+    pixels = Pixels(inputs["pixel_values"], inputs.get("image_sizes"), inputs.get("image_grid_thw"))
+    features, attention = reduced.adapter.features_and_attention(pixels)
+    _, grids = reduced.adapter.layout(pixels, 0)
+    expected = compressor.compress(features[0].contiguous(), grids=grids, keep=0.25, method=method,
+                                   attention=attention[0])
+    assert torch.equal(out.images.tokens[0], expected.tokens), f"{name} seed {seed}"
+    with pytest.raises(mc.UsageError, match="attention"):
+        reduced.reduce_features(pixels, features)
