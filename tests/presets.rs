@@ -159,6 +159,12 @@ fn sources_of(layout: &Layout) -> Vec<Source> {
         .collect()
 }
 
+/// `layout`'s token count and the source of each token are the model's.
+fn assert_sources(layout: &Layout, expected: &[Source], what: &str) {
+    assert_eq!(layout.tokens(), expected.len(), "{what}: token count");
+    assert_eq!(sources_of(layout), expected, "{what}: token order");
+}
+
 /// A few hundred image sizes: squares, every pinpoint exactly, wide, tall, tiny, odd, huge.
 fn image_sizes() -> Vec<(i64, i64)> {
     let mut sizes = vec![
@@ -221,15 +227,10 @@ fn llava_next_matches_the_models_token_order_for_hundreds_of_images() {
             let expected = pack_image_features(width, height, &pinpoints);
             let layout = Layout::llava_next(width as usize, height as usize, &pinpoints)
                 .unwrap_or_else(|e| panic!("{width}x{height}: {e}"));
-            assert_eq!(
-                layout.tokens(),
-                expected.len(),
-                "{width}x{height} {pinpoints:?}: token count"
-            );
-            assert_eq!(
-                sources_of(&layout),
-                expected,
-                "{width}x{height} {pinpoints:?}: token order"
+            assert_sources(
+                &layout,
+                &expected,
+                &format!("{width}x{height} {pinpoints:?}"),
             );
             // The crop grid, when there is one, has a newline token after each row.
             if let Some(crops) = layout.grids().get(1) {
@@ -300,15 +301,10 @@ fn llava_onevision_matches_the_models_token_order_for_hundreds_of_images() {
             let expected = pack_anyres(width, height, &pinpoints, 384, Some(9));
             let layout = Layout::llava_onevision(width as usize, height as usize, &pinpoints)
                 .unwrap_or_else(|e| panic!("{width}x{height}: {e}"));
-            assert_eq!(
-                layout.tokens(),
-                expected.len(),
-                "{width}x{height} {pinpoints:?}: token count"
-            );
-            assert_eq!(
-                sources_of(&layout),
-                expected,
-                "{width}x{height} {pinpoints:?}: token order"
+            assert_sources(
+                &layout,
+                &expected,
+                &format!("{width}x{height} {pinpoints:?}"),
             );
             assert_eq!(layout.grids()[0], Grid::new(0, 27, 27));
             if let Some(crops) = layout.grids().get(1) {
