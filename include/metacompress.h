@@ -269,8 +269,9 @@ mc_status mc_compress_sharing(mc_compressor *compressor,
 
 /**
  * The grids of a layout preset (the CLI's `--layout`: `llava-1.5`,
- * `llava-next:WIDTHxHEIGHT`, `qwen2-vl:TxHxW`), with LLaVA-NeXT's `pinpoints` as JSON
- * (`[[336,672],...]`; NULL: the model's defaults): the number of grids in `*n_grids`, the
+ * `llava-next:WIDTHxHEIGHT`, `llava-onevision:WIDTHxHEIGHT`, `llava-onevision-video:FRAMES`,
+ * `qwen2-vl:TxHxW`, `qwen2.5-vl:TxHxW`, `qwen3-vl:TxHxW`), with the model's `pinpoints` as
+ * JSON (`[[336,672],...]`, LLaVA-NeXT and LLaVA-OneVision; NULL: the model's defaults): the number of grids in `*n_grids`, the
  * tokens per image in `*n`, and the grids in `grids` (room for `capacity`). With `grids` NULL
  * and `capacity` 0 it only counts; a `capacity` below the count is a usage error (the counts
  * are written all the same).
