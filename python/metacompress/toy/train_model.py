@@ -1,0 +1,228 @@
+"""Train a toy model from scratch on its task, with all its visual tokens, on the CPU.
+
+    python -m metacompress.toy.train_model --output python/metacompress/toy/shapes
+
+Two stages, every image generated on the fly from the seed (no image is seen twice):
+1. warm-up: the vision tower alone learns to label each 8 x 8 patch with the shape and colour
+   that covers most of it (a linear head on its last layer; the head is not shipped), which
+   teaches a from-scratch ViT what a shape is far faster than answers do;
+2. the whole model learns to answer (cross-entropy on the answer words and `</s>` of all
+   three turns of each image's conversation), the patch labels kept as a second loss.
+
+Deterministic for a given seed and thread count (`--threads`; torch's CPU kernels sum in an
+order that depends on it). Writes the model folder (`config.json`, `model.safetensors`,
+`generation_config.json`, the processor's and tokenizer's files) that `metacompress.toy.load`
+reads, and `training.json` with the settings, losses and held-out accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import model as toy_model
+from . import shapes
+from ..data import llava_messages, pad, plain_prompt
+
+CLASSES = 1 + 4 * len(shapes.SHAPES)   # what covers a patch: background, then shape x colour
+CENTRES = 1 + len(shapes.SHAPES)       # whose centre a patch holds: none, then a shape
+
+
+def arguments(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m metacompress.toy.train_model",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, help="the model folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=int, default=300, help="vision-only steps [300]")
+    parser.add_argument("--warmup-batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1200, help="whole-model steps [1200]")
+    parser.add_argument("--batch", type=int, default=8, help="images (three questions each) a step [8]")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--dense-weight", type=float, default=0.5, help="weight of the patch labels in stage 2")
+    parser.add_argument("--eval-items", type=int, default=200, help="held-out images measured at the end")
+    parser.add_argument("--eval-every", type=int, default=100, help="print held-out accuracy (32 images) every N steps")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def patch_labels(labels: np.ndarray, centres) -> torch.Tensor:
+    """Per patch (row-major, as the tower's tokens): the class covering most of it, and the
+    shape whose centre it holds (0: none), which makes objects countable token by token."""
+    grid = shapes.SIZE // toy_model.PATCH
+    blocks = labels.reshape(grid, toy_model.PATCH, grid, toy_model.PATCH).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(grid * grid, -1)
+    counts = np.stack([(blocks == c).sum(1) for c in range(CLASSES)], axis=1)
+    centre = np.zeros(grid * grid, dtype=np.int64)
+    for shape, x, y in centres:
+        centre[int(y) // toy_model.PATCH * grid + int(x) // toy_model.PATCH] = 1 + shape
+    return torch.stack([torch.from_numpy(counts.argmax(1)), torch.from_numpy(centre)], dim=1)
+
+
+def answer_mask(ids: torch.Tensor) -> torch.Tensor:
+    """True at each answer word (the token after `ASSISTANT :`) and the `</s>` after it."""
+    vocab = toy_model.vocabulary()
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    after = (ids[:-2] == vocab["ASSISTANT"]) & (ids[1:-1] == vocab[":"])
+    mask[2:] |= after
+    mask[3:] |= after[:-1] & (ids[3:] == toy_model.EOS)
+    return mask
+
+
+def encode(processor, item: shapes.Item) -> dict:
+    """One conversation's tensors: the processor's output and the answer mask."""
+    text = plain_prompt(llava_messages(item.conversations()))
+    out = processor(images=[item.image], text=[text], return_tensors="pt")
+    out["answer"] = answer_mask(out["input_ids"][0])[None]
+    return out
+
+
+def batch_of(processor, seeds) -> tuple[dict, torch.Tensor]:
+    rendered = [shapes.render(s) for s in seeds]
+    encoded = [encode(processor, item) for item, _, _ in rendered]
+    batch = {k: pad([e[k][0] for e in encoded], toy_model.PAD if k == "input_ids" else 0)
+             for k in ("input_ids", "attention_mask", "answer")}   # right-padded
+    batch["pixel_values"] = torch.cat([e["pixel_values"] for e in encoded])
+    batch["image_sizes"] = torch.cat([e["image_sizes"] for e in encoded])
+    labels = torch.stack([patch_labels(lab, centres) for _, lab, centres in rendered])
+    return batch, labels
+
+
+def schedule(step: int, total: int, warm: int = 50) -> float:
+    return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+class Tap:
+    """Keeps the vision tower's last output (a forward hook) for the patch-label loss."""
+    def __init__(self, tower):
+        self.output = None
+        tower.register_forward_hook(lambda module, args, out: setattr(self, "output", out.last_hidden_state))
+
+
+def patch_loss(head, hidden: torch.Tensor, labels: torch.Tensor, tiles: int) -> torch.Tensor:
+    """Cross-entropy of the patch labels on the base tile's tokens (the class token dropped)."""
+    base = hidden.reshape(labels.shape[0], tiles, *hidden.shape[1:])[:, 0, 1:]
+    scores = head(base).flatten(0, 1)
+    labels = labels.flatten(0, 1)
+    return (F.cross_entropy(scores[:, :CLASSES], labels[:, 0])
+            + F.cross_entropy(scores[:, CLASSES:], labels[:, 1]))
+
+
+@torch.no_grad()
+def accuracy(model, processor, seeds, blank: bool = False) -> dict[str, float]:
+    """Held-out accuracy per question type (teacher-forced: the argmax word at each answer,
+    which for one-word answers is greedy decoding's first word)."""
+    right, count = {}, {}
+    for start in range(0, len(seeds), 8):
+        batch, _ = batch_of(processor, seeds[start:start + 8])
+        if blank:
+            blank_values = processor.image_processor(images=[shapes.blank()], return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = blank_values.expand_as(batch["pixel_values"]).clone()
+        answer = batch.pop("answer")
+        logits = model(**batch).logits
+        for row, seed in enumerate(seeds[start:start + 8]):
+            item = shapes.item(seed)
+            words = answer[row] & (batch["input_ids"][row] != toy_model.EOS)
+            positions = words.nonzero().flatten()
+            for question, position in zip(item.questions, positions):
+                guess = int(logits[row, position - 1].argmax())
+                count[question.kind] = count.get(question.kind, 0) + 1
+                right[question.kind] = right.get(question.kind, 0) + (guess == int(batch["input_ids"][row, position]))
+    result = {kind: right[kind] / count[kind] for kind in sorted(count)}
+    result["all"] = sum(right.values()) / sum(count.values())
+    return result
+
+
+def main(argv=None):
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    random.seed(args.seed)
+    started = time.time()
+    model = toy_model.build(args.seed)
+    processor = toy_model.processor()
+    tower = model.model.vision_tower
+    width = model.config.vision_config.hidden_size
+    head = torch.nn.Linear(width, CLASSES + CENTRES)
+    tap = Tap(tower)
+    # Training images have negative item seeds (-1 - k - 10^9 seed); question sets use seeds >= 0.
+    next_seed = iter(range(-1 - 10 ** 9 * args.seed, -10 ** 9 * (args.seed + 1), -1))
+    history = {"warmup": [], "answers": []}
+
+    # Stage 1: patch labels, the vision tower alone on the base tile.
+    parameters = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    model.train()
+    progress = tqdm(range(args.warmup_steps), desc="warm-up (patch labels)", dynamic_ncols=True)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * schedule(step, args.warmup_steps)
+        seeds = [next(next_seed) for _ in range(args.warmup_batch)]
+        rendered = [shapes.render(s) for s in seeds]
+        values = processor.image_processor(images=[item.image for item, _, _ in rendered],
+                                           return_tensors="pt")["pixel_values"]
+        labels = torch.stack([patch_labels(lab, centres) for _, lab, centres in rendered])
+        tower(pixel_values=values[:, 0])
+        loss = patch_loss(head, tap.output, labels, 1)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        history["warmup"].append(float(loss))
+        progress.set_postfix(loss=f"{float(loss):.3f}")
+
+    # Stage 2: answers, the whole model (and the patch labels).
+    parameters = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    progress = tqdm(range(args.steps), desc="answers", dynamic_ncols=True)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * schedule(step, args.steps)
+        batch, labels = batch_of(processor, [next(next_seed) for _ in range(args.batch)])
+        answer = batch.pop("answer")
+        logits = model(**batch).logits
+        rows = torch.cat([answer[:, 1:], answer.new_zeros(answer.shape[0], 1)], dim=1)   # predicting rows
+        targets = batch["input_ids"][answer]
+        answers = F.cross_entropy(logits[rows].float(), targets)
+        dense = patch_loss(head, tap.output, labels, batch["pixel_values"].shape[1])
+        loss = answers + args.dense_weight * dense
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        history["answers"].append([float(answers), float(dense)])
+        progress.set_postfix(answers=f"{float(answers):.3f}", patches=f"{float(dense):.3f}")
+        if args.eval_every and (step + 1) % args.eval_every == 0:
+            model.eval()
+            progress.write(f"step {step + 1}: held-out {accuracy(model, processor, list(range(32)))}")
+            model.train()
+
+    model.eval()
+    held_out = list(range(args.eval_items))   # item seeds >= 0: never trained on
+    full = accuracy(model, processor, held_out)
+    blank = accuracy(model, processor, held_out, blank=True)
+    minutes = (time.time() - started) / 60
+    print(f"held-out accuracy (teacher-forced first word), full tokens: {full}")
+    print(f"blank image: {blank}")
+    print(f"trained in {minutes:.1f} min")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    record = {"settings": vars(args), "minutes": round(minutes, 1), "threads": args.threads,
+              "torch": torch.__version__, "held_out_full": full, "held_out_blank": blank,
+              "loss_warmup_first_last": [history["warmup"][0], history["warmup"][-1]] if history["warmup"] else None,
+              "loss_answers_first_last": [history["answers"][0], history["answers"][-1]] if history["answers"] else None}
+    (output / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
