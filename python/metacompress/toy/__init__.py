@@ -111,3 +111,36 @@ def evaluate(model, processor, items, blank: bool = False) -> dict[str, float]:
     result["all"] = sum(right.values()) / sum(count.values())
     result["chance"] = shapes.chance([q for item in items for q in item.questions])
     return result
+
+
+@torch.no_grad()
+def forced_accuracy(model, processor, items, reduce=None) -> dict[str, float]:
+    """Accuracy per question type and over all of the first answer word, teacher-forced (one
+    pass per image over its whole conversation, the reference answers in context; for one-word
+    answers the argmax there is greedy decoding's first word). `reduce(tokens, grids)`, when
+    given, returns the tokens the language model reads instead of the image's `tokens` (e.g.
+    `lambda x, g: pmeta(x, g, keep=0.1)[0]`); the placeholder run is shortened to match."""
+    from ..adapters import Adapter, Pixels, shorten
+    from ..data import llava_messages, plain_prompt
+    from .train_model import answer_mask
+    adapter = Adapter(model)
+    right, count = {}, {}
+    for item in items:
+        inputs = processor(images=[item.image], text=[plain_prompt(llava_messages(item.conversations()))],
+                           return_tensors="pt")
+        ids = inputs["input_ids"][0]
+        answer = answer_mask(ids) & (ids != model.generation_config.eos_token_id)
+        pixels = Pixels(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        tokens = adapter.features(pixels)[0]
+        if reduce is not None:
+            _, grids = adapter.layout(pixels, 0)
+            tokens = reduce(tokens.float(), [tuple(g) for g in grids])
+            ids, answer = shorten(ids, answer, adapter.image_token_id, tokens.shape[0])
+        logits = adapter.logits(ids[None], torch.ones_like(ids)[None], [tokens])[0]
+        for question, position in zip(item.questions, answer.nonzero().flatten()):
+            count[question.kind] = count.get(question.kind, 0) + 1
+            right[question.kind] = right.get(question.kind, 0) + int(logits[position - 1].argmax() == ids[position])
+    result = {kind: right[kind] / count[kind] for kind in sorted(count)}
+    result["all"] = sum(right.values()) / sum(count.values())
+    result["chance"] = shapes.chance([q for item in items for q in item.questions])
+    return result

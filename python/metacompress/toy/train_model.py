@@ -41,6 +41,8 @@ def arguments(argv=None):
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="the model folder to write")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", help="a model folder this script wrote, to train further (its training "
+                                         "images are not seen again when --seed differs)")
     parser.add_argument("--warmup-steps", type=int, default=300, help="vision-only steps [300]")
     parser.add_argument("--warmup-batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=1200, help="whole-model steps [1200]")
@@ -48,7 +50,8 @@ def arguments(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dense-weight", type=float, default=0.5, help="weight of the patch labels in stage 2")
     parser.add_argument("--eval-items", type=int, default=200, help="held-out images measured at the end")
-    parser.add_argument("--eval-every", type=int, default=100, help="print held-out accuracy (32 images) every N steps")
+    parser.add_argument("--eval-every", type=int, default=100,
+                        help="print held-out accuracy (32 images) and save the model every N steps")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
@@ -148,6 +151,9 @@ def main(argv=None):
     random.seed(args.seed)
     started = time.time()
     model = toy_model.build(args.seed)
+    if args.resume:
+        from transformers import LlavaNextForConditionalGeneration
+        model.load_state_dict(LlavaNextForConditionalGeneration.from_pretrained(args.resume).state_dict())
     processor = toy_model.processor()
     tower = model.model.vision_tower
     width = model.config.vision_config.hidden_size
@@ -203,6 +209,7 @@ def main(argv=None):
         if args.eval_every and (step + 1) % args.eval_every == 0:
             model.eval()
             progress.write(f"step {step + 1}: held-out {accuracy(model, processor, list(range(32)))}")
+            save(model, processor, Path(args.output), {"settings": vars(args), "step": step + 1})
             model.train()
 
     model.eval()
@@ -213,14 +220,18 @@ def main(argv=None):
     print(f"held-out accuracy (teacher-forced first word), full tokens: {full}")
     print(f"blank image: {blank}")
     print(f"trained in {minutes:.1f} min")
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output)
-    processor.save_pretrained(output)
     record = {"settings": vars(args), "minutes": round(minutes, 1), "threads": args.threads,
               "torch": torch.__version__, "held_out_full": full, "held_out_blank": blank,
               "loss_warmup_first_last": [history["warmup"][0], history["warmup"][-1]] if history["warmup"] else None,
               "loss_answers_first_last": [history["answers"][0], history["answers"][-1]] if history["answers"] else None}
+    save(model, processor, Path(args.output), record)
+
+
+def save(model, processor, output: Path, record: dict):
+    """The model folder: weights, configs, processor and tokenizer files, `training.json`."""
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
     (output / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
