@@ -7,9 +7,9 @@ Question types (each image gets three of the four, each about a different shape 
 | type     | template                          | answers                 | chance |
 | -------- | --------------------------------- | ----------------------- | ------ |
 | colour   | what colour is the SHAPE?         | red, green, blue, yellow | 1/4   |
-| count    | how many SHAPEs are there?        | one, two, three         | 1/3    |
+| count    | how many SHAPEs?                  | one, two, three         | 1/3    |
 | exists   | is there a SHAPE?                 | yes, no                 | 1/2    |
-| side     | which side is the SHAPE on?       | left, right             | 1/2    |
+| side     | where is the SHAPE?               | left, right             | 1/2    |
 
 Every answer is drawn uniformly from its type's answers first and the scene is built to make
 it true, independently of the question's wording and of the other questions about the same
@@ -65,9 +65,9 @@ class Item:
 
 def question_text(kind: str, shape: str) -> str:
     return {"colour": f"what colour is the {shape}?",
-            "count": f"how many {PLURALS[shape]} are there?",
+            "count": f"how many {PLURALS[shape]}?",
             "exists": f"is there a {shape}?",
-            "side": f"which side is the {shape} on?"}[kind]
+            "side": f"where is the {shape}?"}[kind]
 
 
 def words() -> list[str]:

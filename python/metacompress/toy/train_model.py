@@ -34,6 +34,7 @@ from ..data import llava_messages, pad, plain_prompt
 
 CLASSES = 1 + 4 * len(shapes.SHAPES)   # what covers a patch: background, then shape x colour
 CENTRES = 1 + len(shapes.SHAPES)       # whose centre a patch holds: none, then a shape
+SIDES = 2                              # the half of the image a patch is in
 
 
 def arguments(argv=None):
@@ -43,12 +44,14 @@ def arguments(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", help="a model folder this script wrote, to train further (its training "
                                          "images are not seen again when --seed differs)")
-    parser.add_argument("--warmup-steps", type=int, default=300, help="vision-only steps [300]")
-    parser.add_argument("--warmup-batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=1200, help="whole-model steps [1200]")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="vision-only steps [100]")
+    parser.add_argument("--warmup-batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=600, help="whole-model steps [600]")
     parser.add_argument("--batch", type=int, default=8, help="images (three questions each) a step [8]")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dense-weight", type=float, default=0.5, help="weight of the patch labels in stage 2")
+    parser.add_argument("--look-weight", type=float, default=1.0,
+                        help="weight of guiding one attention head of the last layer to the named shape")
     parser.add_argument("--eval-items", type=int, default=200, help="held-out images measured at the end")
     parser.add_argument("--eval-every", type=int, default=100,
                         help="print held-out accuracy (32 images) and save the model every N steps")
@@ -66,7 +69,8 @@ def patch_labels(labels: np.ndarray, centres) -> torch.Tensor:
     centre = np.zeros(grid * grid, dtype=np.int64)
     for shape, x, y in centres:
         centre[int(y) // toy_model.PATCH * grid + int(x) // toy_model.PATCH] = 1 + shape
-    return torch.stack([torch.from_numpy(counts.argmax(1)), torch.from_numpy(centre)], dim=1)
+    side = np.tile((np.arange(grid) >= grid // 2).astype(np.int64), grid)
+    return torch.stack([torch.from_numpy(counts.argmax(1)), torch.from_numpy(centre), torch.from_numpy(side)], dim=1)
 
 
 def answer_mask(ids: torch.Tensor) -> torch.Tensor:
@@ -87,7 +91,7 @@ def encode(processor, item: shapes.Item) -> dict:
     return out
 
 
-def batch_of(processor, seeds) -> tuple[dict, torch.Tensor]:
+def batch_of(processor, seeds, items: list | None = None) -> tuple[dict, torch.Tensor]:
     rendered = [shapes.render(s) for s in seeds]
     encoded = [encode(processor, item) for item, _, _ in rendered]
     batch = {k: pad([e[k][0] for e in encoded], toy_model.PAD if k == "input_ids" else 0)
@@ -95,11 +99,48 @@ def batch_of(processor, seeds) -> tuple[dict, torch.Tensor]:
     batch["pixel_values"] = torch.cat([e["pixel_values"] for e in encoded])
     batch["image_sizes"] = torch.cat([e["image_sizes"] for e in encoded])
     labels = torch.stack([patch_labels(lab, centres) for _, lab, centres in rendered])
+    if items is not None:
+        items.extend(item for item, _, _ in rendered)
     return batch, labels
 
 
 def schedule(step: int, total: int, warm: int = 50) -> float:
     return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def look_targets(batch: dict, labels: torch.Tensor, items) -> list[tuple[int, int, torch.Tensor]]:
+    """`(row, position, tokens)` per answer: the position whose logits predict the answer word,
+    and the visual tokens (base tile and crop) covered by the shape the question names."""
+    grid = shapes.SIZE // toy_model.PATCH
+    found = []
+    for row, item in enumerate(items):
+        ids = batch["input_ids"][row]
+        start = int((ids == toy_model.IMAGE).nonzero()[0])
+        words = (batch["answer"][row] & (ids != toy_model.EOS)).nonzero().flatten()
+        cover = labels[row, :, 0]
+        for question, position in zip(item.questions, words):
+            shape = next(i for i, name in enumerate(shapes.SHAPES)
+                         if name in question.text.rstrip("?").split()[-1])
+            patches = ((cover > 0) & ((cover - 1) // 4 == shape)).nonzero().flatten()
+            if patches.numel() == 0:
+                continue   # "is there a ...?" when there is none
+            rows, cols = patches // grid, patches % grid
+            tokens = torch.cat([start + patches, start + grid * grid + rows * (grid + 1) + cols])
+            found.append((row, int(position) - 1, tokens))
+    return found
+
+
+class Look:
+    """The language model's last layer's attention weights (a forward hook; eager attention),
+    for guiding one head to the named shape's tokens."""
+    def __init__(self, layer):
+        self.weights = None
+        layer.self_attn.register_forward_hook(lambda module, args, out: setattr(self, "weights", out[1]))
+
+    def loss(self, targets) -> torch.Tensor:
+        """Mean over answers of -log(the attention head 0 pays to the named shape's tokens)."""
+        terms = [-torch.log(self.weights[row, 0, position, tokens].sum() + 1e-6) for row, position, tokens in targets]
+        return torch.stack(terms).mean()
 
 
 class Tap:
@@ -115,7 +156,8 @@ def patch_loss(head, hidden: torch.Tensor, labels: torch.Tensor, tiles: int) -> 
     scores = head(base).flatten(0, 1)
     labels = labels.flatten(0, 1)
     return (F.cross_entropy(scores[:, :CLASSES], labels[:, 0])
-            + F.cross_entropy(scores[:, CLASSES:], labels[:, 1]))
+            + F.cross_entropy(scores[:, CLASSES:CLASSES + CENTRES], labels[:, 1])
+            + F.cross_entropy(scores[:, CLASSES + CENTRES:], labels[:, 2]))
 
 
 @torch.no_grad()
@@ -152,12 +194,11 @@ def main(argv=None):
     started = time.time()
     model = toy_model.build(args.seed)
     if args.resume:
-        from transformers import LlavaNextForConditionalGeneration
-        model.load_state_dict(LlavaNextForConditionalGeneration.from_pretrained(args.resume).state_dict())
+        resume(model, Path(args.resume))
     processor = toy_model.processor()
     tower = model.model.vision_tower
     width = model.config.vision_config.hidden_size
-    head = torch.nn.Linear(width, CLASSES + CENTRES)
+    head = torch.nn.Linear(width, CLASSES + CENTRES + SIDES)
     tap = Tap(tower)
     # Training images have negative item seeds (-1 - k - 10^9 seed); question sets use seeds >= 0.
     next_seed = iter(range(-1 - 10 ** 9 * args.seed, -10 ** 9 * (args.seed + 1), -1))
@@ -185,27 +226,32 @@ def main(argv=None):
         history["warmup"].append(float(loss))
         progress.set_postfix(loss=f"{float(loss):.3f}")
 
-    # Stage 2: answers, the whole model (and the patch labels).
+    # Stage 2: answers, the whole model (and the patch labels, and where to look).
+    model.set_attn_implementation("eager")   # attention weights for the guidance
+    look = Look(model.model.language_model.layers[-1])
     parameters = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
     progress = tqdm(range(args.steps), desc="answers", dynamic_ncols=True)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * schedule(step, args.steps)
-        batch, labels = batch_of(processor, [next(next_seed) for _ in range(args.batch)])
+        items = []
+        batch, labels = batch_of(processor, [next(next_seed) for _ in range(args.batch)], items)
+        guides = look_targets(batch, labels, items)
         answer = batch.pop("answer")
         logits = model(**batch).logits
         rows = torch.cat([answer[:, 1:], answer.new_zeros(answer.shape[0], 1)], dim=1)   # predicting rows
         targets = batch["input_ids"][answer]
         answers = F.cross_entropy(logits[rows].float(), targets)
         dense = patch_loss(head, tap.output, labels, batch["pixel_values"].shape[1])
-        loss = answers + args.dense_weight * dense
+        looking = look.loss(guides)
+        loss = answers + args.dense_weight * dense + args.look_weight * looking
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        history["answers"].append([float(answers), float(dense)])
-        progress.set_postfix(answers=f"{float(answers):.3f}", patches=f"{float(dense):.3f}")
+        history["answers"].append([float(answers), float(dense), float(looking)])
+        progress.set_postfix(answers=f"{float(answers):.3f}", patches=f"{float(dense):.3f}", look=f"{float(looking):.2f}")
         if args.eval_every and (step + 1) % args.eval_every == 0:
             model.eval()
             progress.write(f"step {step + 1}: held-out {accuracy(model, processor, list(range(32)))}")
@@ -213,6 +259,7 @@ def main(argv=None):
             model.train()
 
     model.eval()
+    model.set_attn_implementation("sdpa")
     held_out = list(range(args.eval_items))   # item seeds >= 0: never trained on
     full = accuracy(model, processor, held_out)
     blank = accuracy(model, processor, held_out, blank=True)
@@ -225,6 +272,23 @@ def main(argv=None):
               "loss_warmup_first_last": [history["warmup"][0], history["warmup"][-1]] if history["warmup"] else None,
               "loss_answers_first_last": [history["answers"][0], history["answers"][-1]] if history["answers"] else None}
     save(model, processor, Path(args.output), record)
+
+
+def resume(model, folder: Path):
+    """Loads a model folder's weights into `model`; the word embeddings and output rows are
+    matched by word, so a vocabulary that changed (templates reworded) keeps what it shares."""
+    from transformers import LlavaNextForConditionalGeneration, PreTrainedTokenizerFast
+    state = LlavaNextForConditionalGeneration.from_pretrained(folder).state_dict()
+    old = PreTrainedTokenizerFast.from_pretrained(folder).get_vocab()
+    new = toy_model.vocabulary()
+    own = model.state_dict()
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        rows = own[name].clone()
+        for word, index in new.items():
+            if word in old:
+                rows[index] = state[name][old[word]]
+        state[name] = rows
+    model.load_state_dict(state)
 
 
 def save(model, processor, output: Path, record: dict):
