@@ -9,7 +9,8 @@ layers, 32 heads, intermediate 11008) and Qwen2-VL-7B's (hidden 3584, 28 layers,
 key-value heads, intermediate 18944). Only `--layers` decoder layers are built and timed; the
 time is scaled by the model's layer count (every layer does the same work). Not timed: the
 embedding lookup and the final norm + LM head, which prefill applies to the last position only
-(a few ms). The compressor's time is `metacompress bench --workload W --backend cpu` (f32,
+(a few ms). Wall times are medians; on a shared machine the process CPU time (all threads,
+also a median) says how much work each pass was. The compressor's time is `metacompress bench --workload W --backend cpu` (f32,
 median), run here. Sequence = visual tokens + `--prompt` text tokens.
 """
 from __future__ import annotations
@@ -58,8 +59,9 @@ def compressor(workload: str, binary: Path, runs: int) -> dict:
 
 
 @torch.no_grad()
-def prefill_ms(config, layer_type, rotary_type, layers: int, length: int, runs: int) -> float:
-    """Median time (ms) of `layers` decoder layers on one sequence of `length` tokens."""
+def prefill_ms(config, layer_type, rotary_type, layers: int, length: int, runs: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time (ms, all threads) of `layers` decoder
+    layers on one sequence of `length` tokens."""
     torch.manual_seed(0)
     blocks = [layer_type(config, index).to(torch.bfloat16).eval() for index in range(layers)]
     rotary = rotary_type(config)
@@ -67,9 +69,9 @@ def prefill_ms(config, layer_type, rotary_type, layers: int, length: int, runs: 
     positions = torch.arange(length)[None]
     # Causal mask as sdpa's is_causal would give: a float mask over the full sequence.
     mask = torch.full((length, length), float("-inf"), dtype=torch.bfloat16).triu(1)[None, None]
-    times = []
+    times, cpu = [], []
     for run in range(runs + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         cos_sin = rotary(hidden, positions)
         state = hidden
         for block in blocks:
@@ -77,7 +79,8 @@ def prefill_ms(config, layer_type, rotary_type, layers: int, length: int, runs: 
             state = out[0] if isinstance(out, tuple) else out
         if run:   # the first run warms up
             times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+            cpu.append((time.process_time() - start_cpu) * 1000)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main():
@@ -95,8 +98,8 @@ def main():
     print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{args.layers} layers timed and scaled, bf16, prompt {args.prompt} text tokens")
     print("| model | visual tokens full -> kept | LM prefill full | LM prefill reduced | compressor | "
-          "reduced + compressor | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "reduced + compressor | speed-up | CPU time full / reduced (speed-up) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models.split(","):
         workload, sizes, config_type, layer_type, rotary_type, total_layers = MODELS[name]
         config = config_type(**sizes, num_hidden_layers=total_layers, max_position_embeddings=32768,
@@ -104,15 +107,19 @@ def main():
         config._attn_implementation = "sdpa"
         reduction = compressor(workload, Path(args.binary), 10)
         scale = total_layers / args.layers
-        full = prefill_ms(config, layer_type, rotary_type, args.layers, reduction["n"] + args.prompt, args.runs) * scale
-        reduced = prefill_ms(config, layer_type, rotary_type, args.layers, reduction["m"] + args.prompt, args.runs) * scale
+        full, full_cpu = (t * scale for t in prefill_ms(config, layer_type, rotary_type, args.layers,
+                                                         reduction["n"] + args.prompt, args.runs))
+        reduced, reduced_cpu = (t * scale for t in prefill_ms(config, layer_type, rotary_type, args.layers,
+                                                               reduction["m"] + args.prompt, args.runs))
         row = {"model": name, "workload": workload, "n": reduction["n"], "m": reduction["m"], "prompt": args.prompt,
                "layers_timed": args.layers, "layers": total_layers, "prefill_full_ms": full,
-               "prefill_reduced_ms": reduced, "compressor_ms": reduction["ms"],
+               "prefill_reduced_ms": reduced, "prefill_full_cpu_ms": full_cpu, "prefill_reduced_cpu_ms": reduced_cpu,
+               "compressor_ms": reduction["ms"],
                "compressor_device": reduction["device"], "speedup": full / (reduced + reduction["ms"])}
         rows.append(row)
         print(f"| {name} | {row['n']} -> {row['m']} | {full:.0f} ms | {reduced:.0f} ms | {reduction['ms']:.1f} ms | "
-              f"{reduced + reduction['ms']:.0f} ms | {row['speedup']:.1f}x |", flush=True)
+              f"{reduced + reduction['ms']:.0f} ms | {row['speedup']:.1f}x | {full_cpu / 1000:.1f} s / "
+              f"{reduced_cpu / 1000:.1f} s ({full_cpu / reduced_cpu:.1f}x) |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
                                                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
