@@ -1,18 +1,27 @@
 """Train a toy model from scratch on its task, with all its visual tokens, on the CPU.
 
-    python -m metacompress.toy.train_model --output python/metacompress/toy/shapes
+    python -m metacompress.toy.train_model --output python/metacompress/toy/weights/shapes
 
 Two stages, every image generated on the fly from the seed (no image is seen twice):
-1. warm-up: the vision tower alone learns to label each 8 x 8 patch with the shape and colour
-   that covers most of it (a linear head on its last layer; the head is not shipped), which
-   teaches a from-scratch ViT what a shape is far faster than answers do;
-2. the whole model learns to answer (cross-entropy on the answer words and `</s>` of all
-   three turns of each image's conversation), the patch labels kept as a second loss.
+1. warm-up: the vision tower alone learns to label each 8 x 8 patch of the base tile with
+   the shape and colour covering most of it, the shape whose centre it holds (which makes
+   objects countable token by token) and the half of the image it is in (linear heads on its
+   last layer; not shipped), which teaches a from-scratch ViT what a shape is far faster than
+   answers do;
+2. the whole model learns to answer: cross-entropy on the answer words and `</s>` of all
+   three turns of each image's conversation, plus the patch labels (`--dense-weight`), plus
+   guidance of where to look (`--look-weight`): one attention head of the language model's
+   last layer, at the position that predicts an answer, is asked to put its weight on the
+   visual tokens (base tile and crop) of the shape the question names (`-log` of that
+   weight). Without it the two-hop reading (question word -> answer position -> the right
+   visual tokens among 528) stays at chance for hundreds of steps.
 
 Deterministic for a given seed and thread count (`--threads`; torch's CPU kernels sum in an
 order that depends on it). Writes the model folder (`config.json`, `model.safetensors`,
 `generation_config.json`, the processor's and tokenizer's files) that `metacompress.toy.load`
-reads, and `training.json` with the settings, losses and held-out accuracy.
+reads, and `training.json` with the settings, losses and held-out accuracy (teacher-forced:
+the first answer word, on 200 held-out images); every `--eval-every` steps it prints the
+accuracy on 32 held-out images and saves the folder.
 """
 from __future__ import annotations
 
