@@ -60,7 +60,9 @@ def arguments(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dense-weight", type=float, default=0.5, help="weight of the patch labels in stage 2")
     parser.add_argument("--look-weight", type=float, default=1.0,
-                        help="weight of guiding one attention head of the last layer to the named shape")
+                        help="weight of guiding attention of the last layer to the named shape")
+    parser.add_argument("--look-heads", type=int, default=1,
+                        help="how many of the last layer's heads are guided (from head 0) [1]")
     parser.add_argument("--eval-items", type=int, default=200, help="held-out images measured at the end")
     parser.add_argument("--eval-every", type=int, default=100,
                         help="print held-out accuracy (32 images) and save the model every N steps")
@@ -142,13 +144,14 @@ def look_targets(batch: dict, labels: torch.Tensor, items) -> list[tuple[int, in
 class Look:
     """The language model's last layer's attention weights (a forward hook; eager attention),
     for guiding one head to the named shape's tokens."""
-    def __init__(self, layer):
-        self.weights = None
+    def __init__(self, layer, heads: int = 1):
+        self.weights, self.heads = None, heads
         layer.self_attn.register_forward_hook(lambda module, args, out: setattr(self, "weights", out[1]))
 
     def loss(self, targets) -> torch.Tensor:
-        """Mean over answers of -log(the attention head 0 pays to the named shape's tokens)."""
-        terms = [-torch.log(self.weights[row, 0, position, tokens].sum() + 1e-6) for row, position, tokens in targets]
+        """Mean over answers and guided heads of -log(the attention paid to the named shape's tokens)."""
+        terms = [-torch.log(self.weights[row, :self.heads, position, tokens].sum(-1) + 1e-6).mean()
+                 for row, position, tokens in targets]
         return torch.stack(terms).mean()
 
 
@@ -237,7 +240,7 @@ def main(argv=None):
 
     # Stage 2: answers, the whole model (and the patch labels, and where to look).
     model.set_attn_implementation("eager")   # attention weights for the guidance
-    look = Look(model.model.language_model.layers[-1])
+    look = Look(model.model.language_model.layers[-1], args.look_heads)
     parameters = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
     progress = tqdm(range(args.steps), desc="answers", dynamic_ncols=True)
