@@ -115,6 +115,17 @@ def synthetic_sample(adapter, image_processor, rng: random.Random, turns: int = 
     return Sample(torch.tensor(ids), torch.tensor(answer), **values)
 
 
+# --- toy tasks (metacompress.toy) ---------------------------------------------------------------
+
+def toy_samples(processor, task: str, count: int, seed: int = 0) -> list[Sample]:
+    """`count` training conversations of a toy task (`shapes`: three questions about a drawn
+    image), from its training split (never in a question set), made by the toy model's
+    processor as any LLaVA-format conversation is."""
+    from . import toy
+    return [conversation_sample(processor, item.image, item.conversations())
+            for item in toy.training_items(task, seed, count)]
+
+
 # --- LLaVA-format conversation files ---------------------------------------------------------
 
 def llava_messages(conversations: list[dict]) -> list[dict]:

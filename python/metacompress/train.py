@@ -5,6 +5,7 @@
         --data conversations.json --images images/ --keep 0.1 --output pmeta.safetensors
     python -m metacompress.train --model tiny-llava --data synthetic --steps 40 \\
         --output pmeta.safetensors
+    python -m metacompress.train --model shapes --data shapes --samples 512 ...   # a toy model
     accelerate launch -m metacompress.train ...    # several GPUs, data-parallel
 
 Writes the weights (the runtime loads them: `metacompress compress --weights ...`) and a JSON
@@ -36,9 +37,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import tiny
+from . import tiny, toy
 from .adapters import Adapter
-from .data import DataError, collate, llava_json_samples, read_conversations, synthetic_sample
+from .data import DataError, collate, llava_json_samples, read_conversations, synthetic_sample, toy_samples
 from .distill import Weights, losses
 from .files import write_bytes
 from .torch import FORMAT as PMETA_FORMAT, PMeta
@@ -82,9 +83,10 @@ def arguments(argv=None):
     parser = Parser(prog="python -m metacompress.train", description=__doc__.split("\n\n")[0],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
-                        help=f"a local path or hub id, or one of {', '.join(tiny.NAMES)}")
+                        help=f"a local path or hub id, or one of {', '.join(tiny.NAMES + toy.NAMES)}")
     parser.add_argument("--data", required=True,
-                        help="a LLaVA-format conversations JSON file, or 'synthetic' (tiny models)")
+                        help="a LLaVA-format conversations JSON file, 'synthetic' (tiny models), or a toy "
+                             f"task ({', '.join(toy.NAMES)}: its toy model's training split)")
     parser.add_argument("--images", help="the folder the conversations' images are in")
     parser.add_argument("--output", required=True,
                         help="where to write the weights (.safetensors; W.json is written beside them)")
@@ -101,7 +103,7 @@ def arguments(argv=None):
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--batch", type=int, default=4, help="conversations per step (per process)")
-    parser.add_argument("--samples", type=int, default=64, help="synthetic conversations [64]")
+    parser.add_argument("--samples", type=int, default=64, help="synthetic or toy conversations [64]")
     parser.add_argument("--dc", type=int, default=256,
                         help="projection width of new weights (at most the model's width) [256]")
     parser.add_argument("--pos", default="24x24", help="position table GHxGW of new weights, or none")
@@ -223,7 +225,7 @@ def check_sidecar(path: Path):
 
 def model_settings(args, pos) -> dict:
     model = args.model
-    if model not in tiny.NAMES and Path(model).exists():
+    if model not in tiny.NAMES + toy.NAMES and Path(model).exists():
         model = str(Path(model).resolve())
     return {"model": model, "keep": args.keep, "scope": args.scope, "dc": args.dc,
             "pos": "none" if pos is None else f"{pos[0]}x{pos[1]}", "train_pos": args.train_pos}
@@ -233,14 +235,16 @@ def check(args) -> Plan:
     """Checks the arguments, outputs, inputs and data before any work (see the module's text)."""
     check_numbers(args)
     pos = parse_pos(args.pos)
-    synthetic = args.data == "synthetic"
-    if synthetic and args.model not in tiny.NAMES:
+    synthetic = args.data == "synthetic" or args.data in toy.NAMES
+    if args.data == "synthetic" and args.model not in tiny.NAMES:
         raise UsageError(f"--data synthetic is for the tiny models ({', '.join(tiny.NAMES)}); "
                          "give a conversations file for --model " + args.model)
+    if args.data in toy.NAMES and args.model != args.data:
+        raise UsageError(f"--data {args.data} is the task of the toy model {args.data}; give --model {args.data}")
     if not synthetic and not args.images:
         raise UsageError("--images is needed with a conversations file (--data)")
     model_folder = None
-    if args.model not in tiny.NAMES and Path(args.model).exists():
+    if args.model not in tiny.NAMES + toy.NAMES and Path(args.model).exists():
         model_folder = Path(args.model)
         if not model_folder.is_dir():
             raise UsageError(f"--model {args.model} is a file; expected a model folder, a hub id or "
@@ -342,6 +346,9 @@ def load_model(name: str, bf16: bool):
     if name in tiny.NAMES:
         model, image_processor = tiny.build(name)
         return model.to(torch.bfloat16) if bf16 else model, image_processor
+    if name in toy.NAMES:
+        model, processor = toy.load(name)
+        return model.to(torch.bfloat16) if bf16 else model, processor
     from transformers import AutoModelForImageTextToText, AutoProcessor
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
@@ -354,6 +361,8 @@ def samples_for(args, adapter, processor, records=None):
             raise UsageError("--data synthetic is for the tiny models; give a conversations file")
         rng = random.Random(args.seed)
         return [synthetic_sample(adapter, processor, rng) for _ in range(args.samples)]
+    if args.data in toy.NAMES:
+        return toy_samples(processor, args.data, args.samples, args.seed)
     if not args.images:
         raise UsageError("--images is needed with a conversations file")
     if args.model in tiny.NAMES:

@@ -1,0 +1,35 @@
+"""Print a toy model's held-out accuracy with all its visual tokens, with a blank image, and
+chance (greedy answers, three turns an image); with `--keep K`, also the teacher-forced
+accuracy with all tokens and with `Y = P X` at keep K from P_meta's untrained initialisation
+(`PMeta.init`) and from the shipped trained P_meta:
+`python -m metacompress.toy [--model shapes] [--seed 1] [--items 100] [--keep 0.1]`."""
+import argparse
+
+from . import NAMES, evaluate, forced_accuracy, load, load_pmeta, questions
+
+
+def line(result: dict) -> str:
+    kinds = ", ".join(f"{kind} {value:.3f}" for kind, value in result.items() if kind not in ("all", "chance"))
+    return f"accuracy {result['all']:.3f} ({kinds}); chance {result['chance']:.3f}"
+
+
+parser = argparse.ArgumentParser(prog="python -m metacompress.toy", description=__doc__.split("\n")[0])
+parser.add_argument("--model", default="shapes", choices=NAMES)
+parser.add_argument("--seed", type=int, default=1, help="question set seed (>= 0) [1]")
+parser.add_argument("--items", type=int, default=100, help="images, three questions each [100]")
+parser.add_argument("--keep", type=float, help="also compare P_meta (initialised, trained) at this keep")
+args = parser.parse_args()
+model, processor = load(args.model)
+items = questions(args.model, args.seed, args.items)
+where = f"{args.model} seed {args.seed}, {len(items) * 3} questions"
+for name, blank in [("full tokens", False), ("blank image", True)]:
+    print(f"{where}, {name}: {line(evaluate(model, processor, items, blank=blank))}", flush=True)
+if args.keep is not None:
+    from ..torch import PMeta
+    trained = load_pmeta(args.model)
+    initial = PMeta.init(trained.w_q.shape[0], trained.w_q.shape[1],
+                         pos=None if trained.pos_embed is None else tuple(trained.pos_embed.shape[:2]))
+    print(f"{where}, teacher-forced, full tokens: {line(forced_accuracy(model, processor, items))}", flush=True)
+    for name, pmeta in [("P_meta init", initial), ("P_meta trained", trained)]:
+        result = forced_accuracy(model, processor, items, lambda x, g: pmeta(x, g, keep=args.keep)[0])
+        print(f"{where}, teacher-forced, {name} keep {args.keep}: {line(result)}", flush=True)
