@@ -10,10 +10,10 @@ Two stages, every image generated on the fly from the seed (no image is seen twi
    answers do;
 2. the whole model learns to answer: cross-entropy on the answer words and `</s>` of all
    three turns of each image's conversation, plus the patch labels (`--dense-weight`), plus
-   guidance of where to look (`--look-weight`): one attention head of the language model's
-   last layer, at the position that predicts an answer, is asked to put its weight on the
-   visual tokens (base tile and crop) of the shape the question names (`-log` of that
-   weight). Without it the two-hop reading (question word -> answer position -> the right
+   guidance of where to look (`--look-weight`): attention heads of the language model's
+   last layer (`--look-heads`, from head 0), at the position that predicts an answer, are
+   asked to put their weight on the visual tokens (base tile and crop) of the shape the
+   question names (`-log` of that weight, averaged over the heads). Without it the two-hop reading (question word -> answer position -> the right
    visual tokens among 528) stays at chance for hundreds of steps.
 
 Deterministic for a given seed and thread count (`--threads`; torch's CPU kernels sum in an
