@@ -170,6 +170,17 @@ pub struct Layout {
     grids: Vec<Grid>,
 }
 
+/// Refuses features of `n` tokens for a layout that describes `described` (also a preset's
+/// count, checked before its layout is built).
+pub(crate) fn check_token_count(described: usize, n: usize) -> Result<()> {
+    if described != n {
+        return Err(Error::InvalidArgument(format!(
+            "the layout describes n = {described} tokens; the features hold n = {n}"
+        )));
+    }
+    Ok(())
+}
+
 impl Layout {
     /// A layout of `tokens` tokens with the given grids, checked: every grid is non-empty,
     /// inside `0..tokens`, and no two overlap. At least one grid is needed to make queries.
@@ -244,13 +255,7 @@ impl Layout {
 
     /// Refuses features of another number of tokens than the layout describes.
     pub fn check_tokens(&self, n: usize) -> Result<()> {
-        if self.tokens != n {
-            return Err(Error::InvalidArgument(format!(
-                "the layout describes n = {} tokens; the features hold n = {n}",
-                self.tokens
-            )));
-        }
-        Ok(())
+        check_token_count(self.tokens, n)
     }
 
     /// The grids, in the order given.

@@ -15,7 +15,7 @@
 //!   temporal index.
 
 use crate::error::{quoted, Error, Result};
-use crate::layout::{Grid, Layout};
+use crate::layout::{check_token_count, Grid, Layout};
 
 /// LLaVA-NeXT's default `image_grid_pinpoints`, as `[height, width]` pairs.
 pub const LLAVA_NEXT_PINPOINTS: [[usize; 2]; 5] =
@@ -107,13 +107,8 @@ impl Layout {
     /// the preset describes another number of tokens.
     pub fn preset_for(text: &str, pinpoints: Option<&[[usize; 2]]>, n: usize) -> Result<Layout> {
         let shape = preset_shape(text, pinpoints)?;
-        if shape.tokens != n {
-            return Err(Error::InvalidArgument(format!(
-                "--layout {}: the layout describes n = {} tokens; the features hold n = {n}",
-                quoted(text),
-                shape.tokens
-            )));
-        }
+        check_token_count(shape.tokens, n)
+            .map_err(|e| Error::InvalidArgument(format!("--layout {}: {e}", quoted(text))))?;
         shape.layout()
     }
 }
