@@ -14,8 +14,8 @@ Question types (each image gets three of the four, each about a different shape 
 Every answer is drawn uniformly from its type's answers first and the scene is built to make
 it true, independently of the question's wording and of the other questions about the same
 image, so no model that does not look can beat `chance` (uniform over the type's answers, which
-here is also the majority answer's share) in expectation. A scene holds 3 to 6 objects of 14
-to 24 pixels on a 128 x 128 image (together about 5-15 % of it); a shape asked about by
+here is also the majority answer's share) in expectation. A scene holds 3 to 6 objects of 20
+to 26 pixels on a 128 x 128 image (together 5-15 % of it, 9 % on average); a shape asked about by
 colour or side is the only one of its kind; a shape asked about by side has its centre in the
 left or right 40 % of the image.
 
@@ -39,6 +39,7 @@ ANSWERS = {"colour": tuple(COLOURS), "count": NUMBERS, "exists": ("yes", "no"), 
 TYPES = tuple(ANSWERS)
 CHANCE = {kind: 1.0 / len(answers) for kind, answers in ANSWERS.items()}
 TURNS = 3
+SIZES = (20, 26)   # the objects' size range in pixels
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _place(rng: random.Random, objects) -> list[tuple[str, str, float, float, fl
     placed = []
     for shape, colour, side in objects:
         for _ in range(200):
-            size = rng.uniform(14, 24)
+            size = rng.uniform(*SIZES)
             margin = size / 2 + 2
             if side == "left":
                 x = rng.uniform(margin, 0.4 * SIZE)
