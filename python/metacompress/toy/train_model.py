@@ -288,8 +288,8 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        history["warmup"].append(float(loss))
-        progress.set_postfix(loss=f"{float(loss):.3f}")
+        history["warmup"].append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}")
 
     if args.warmup_steps:
         save(model, processor, Path(args.output), {"settings": vars(args), "step": 0})   # the tower, for --resume
@@ -324,8 +324,9 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        history["answers"].append([float(answers), float(dense), float(looking)])
-        progress.set_postfix(answers=f"{float(answers):.3f}", patches=f"{float(dense):.3f}", look=f"{float(looking):.2f}")
+        values = [answers.item(), dense.item(), looking.item()]
+        history["answers"].append(values)
+        progress.set_postfix(answers=f"{values[0]:.3f}", patches=f"{values[1]:.3f}", look=f"{values[2]:.2f}")
         if args.eval_every and (step + 1) % args.eval_every == 0:
             model.eval()
             progress.write(f"step {step + 1}: held-out {accuracy(model, processor, list(range(32)))}")
