@@ -16,10 +16,11 @@ import json
 import random
 
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .adapters import Adapter
 from .data import pixels_of, process_image, synthetic_image
+from .files import write_bytes
 from .train import load_model
 
 
@@ -39,7 +40,7 @@ def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]
         names = [f"deepstack.{k}" for k in range(len(features.levels))]
         tensors.update({name: level[0].float().contiguous() for name, level in zip(names, features.levels)})
         metadata["deepstack"] = json.dumps(names)
-    save_file(tensors, output, metadata=metadata)
+    write_bytes(output, save(tensors, metadata=metadata))   # atomic, 0666 & ~umask as the runtime's outputs
     return n, grids
 
 

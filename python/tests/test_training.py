@@ -3,7 +3,9 @@ the model's weights stay bit-identical; the loss falls in a fixed number of seed
 the trained weights beat the initialisation on held-out conversations; checkpoints resume; the
 weights load in the Rust runtime, which compresses the model's exported features with them."""
 import json
+import os
 import random
+import stat
 
 import pytest
 import torch
@@ -140,3 +142,28 @@ def test_bf16_and_gradient_checkpointing_train(tmp_path):
     weights = PMeta.load(output)
     assert all(torch.isfinite(p).all() for p in weights.parameters())
     assert json.loads(output.with_suffix(".json").read_text())["steps"] == 2
+
+
+def test_exported_features_are_written_as_the_runtime_writes_outputs(tmp_path, monkeypatch):
+    """Atomically (a failure leaves no file and no temporary), 0666 & ~umask when new, the
+    mode kept when replaced."""
+    features = tmp_path / "f.safetensors"
+    old = os.umask(0o027)
+    try:
+        export_main(["--model", "tiny-llava", "--synthetic-image", "5", "--output", str(features)])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(features.stat().st_mode) == 0o640
+    assert "features" in load_file(str(features))
+    features.chmod(0o604)
+    export_main(["--model", "tiny-llava", "--synthetic-image", "6", "--output", str(features)])
+    assert stat.S_IMODE(features.stat().st_mode) == 0o604
+    before = features.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_main(["--model", "tiny-llava", "--synthetic-image", "7", "--output", str(features)])
+    assert features.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors"]
