@@ -15,7 +15,8 @@ use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Request, Runner};
 use metacompress::{bench, compare, pictures};
 use metacompress::{
-    demo, Backend, Compressor, Dtype, Error, Keep, Layout, Options, PMeta, Precision, Result,
+    demo, Backend, Compressor, Dtype, Error, HostTokens, Keep, Layout, Options, PMeta, Precision,
+    Result,
 };
 use metacompress::{one_line, parse_grid_flags, parse_pinpoints, threads_from};
 
@@ -304,7 +305,14 @@ fn compress(args: CompressArgs) -> Result<()> {
         ..Options::default()
     };
     let started = Instant::now();
-    let mut reduced = runner.run(method, &request, &options)?;
+    // Deepstack sets in the file: each reduced with the features' one P.
+    let extra: Vec<HostTokens> = input.extra.iter().map(|(_, set)| set.into()).collect();
+    let (mut reduced, extra_reduced) = if extra.is_empty() {
+        (runner.run(method, &request, &options)?, Vec::new())
+    } else {
+        let shared = runner.run_sharing(method, &request, &extra, &options)?;
+        (shared.main, shared.extra)
+    };
     let elapsed = started.elapsed();
     input.check_unchanged()?;
     if !args.save_projection {
@@ -334,6 +342,17 @@ fn compress(args: CompressArgs) -> Result<()> {
         values: &reduced.tokens,
         dtype,
     }];
+    for ((name, set), values) in input.extra.iter().zip(&extra_reduced) {
+        if dtype == Dtype::F16 {
+            metacompress::check_fits_f16(&format!("{name} for an f16 output"), values)?;
+        }
+        tensors.push(TensorOut {
+            name,
+            shape: shape(m, set.width()),
+            values,
+            dtype,
+        });
+    }
     if let Some(projection) = &reduced.projection {
         tensors.push(TensorOut {
             name: "projection",
@@ -342,7 +361,7 @@ fn compress(args: CompressArgs) -> Result<()> {
             dtype: Dtype::F32,
         });
     }
-    let metadata = [
+    let mut metadata = vec![
         ("method", method.name().to_string()),
         ("keep", keep.to_string()),
         ("scope", scope.name().to_string()),
@@ -350,6 +369,10 @@ fn compress(args: CompressArgs) -> Result<()> {
         ("m", m.to_string()),
         ("query_grids", reduced.queries.to_json()),
     ];
+    if !input.extra.is_empty() {
+        let names: Vec<&str> = input.extra.iter().map(|(name, _)| name.as_str()).collect();
+        metadata.push(("deepstack", serde_json::to_string(&names).expect("strings")));
+    }
     files::write_tensors(&args.output, &tensors, &metadata)?;
     if let Some(choice) = runner.choice() {
         say!("{choice}");

@@ -128,3 +128,163 @@ fn one_p_applied_to_several_token_sets_equals_separate_products() {
         );
     }
 }
+
+/// `metacompress compress` on a file holding deepstack sets (metadata `deepstack`, as
+/// `export_features` writes for Qwen3-VL): each listed set comes back reduced with the
+/// features' one `P` (checked against a float64 product with the saved projection), named as
+/// in the input and listed in the output's metadata; for a training-free method and for
+/// MetaCompress with weights from `init`, at odd sizes. A set that does not match the
+/// features, or a listed set that is missing, is the file's fault: exit 1, one line.
+#[test]
+fn the_cli_reduces_a_files_deepstack_sets_with_the_features_p() {
+    use metacompress::files::{self, TensorOut};
+    use metacompress::Dtype;
+    let (seed, mut rng) = seeded("cli_deepstack");
+    let dir = common::folder("cli_deepstack");
+    let (h, w, d) = (rng.random_range(5..9), rng.random_range(5..9), 11);
+    let n = h * (w + 1);
+    let widths = [d, rng.random_range(3..8)];
+    let x = features(&mut rng, 1, n, d);
+    let sets: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|&k| features(&mut rng, 1, n, k).values().to_vec())
+        .collect();
+    let grids = format!("[[0, {h}, {w}, {}]]", w + 1);
+    let write = |file: &std::path::Path, names: &[&str], rows: usize| {
+        let mut tensors = vec![TensorOut {
+            name: "features",
+            shape: vec![n, d],
+            values: x.values(),
+            dtype: Dtype::F32,
+        }];
+        for ((name, set), &k) in names.iter().zip(&sets).zip(&widths) {
+            tensors.push(TensorOut {
+                name,
+                shape: vec![rows, k],
+                values: &set[..rows * k],
+                dtype: Dtype::F32,
+            });
+        }
+        let metadata = [
+            ("grids", grids.clone()),
+            ("deepstack", r#"["deepstack.0", "deepstack.1"]"#.to_string()),
+        ];
+        files::write_tensors(file, &tensors, &metadata).unwrap();
+    };
+    let input = dir.join("input.safetensors");
+    write(&input, &["deepstack.0", "deepstack.1"], n);
+    let weights = dir.join("weights.safetensors");
+    let init = common::binary()
+        .args(["init", "--dim", &d.to_string(), "--dc", "5", "--output"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for method in ["pool", "metacompress"] {
+        let output = dir.join(format!("{method}.safetensors"));
+        let mut command = common::binary();
+        command.args([
+            "compress",
+            "--method",
+            method,
+            "--keep",
+            "0.3",
+            "--backend",
+            "cpu",
+            "--save-projection",
+        ]);
+        if method == "metacompress" {
+            command.arg("--weights").arg(&weights);
+        }
+        let run = command
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let bytes = std::fs::read(&output).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let p = common::f32_tensor(&file, "projection");
+        let m = p.len() / n;
+        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let listed = metadata
+            .metadata()
+            .as_ref()
+            .unwrap()
+            .get("deepstack")
+            .cloned();
+        assert_eq!(
+            listed.as_deref(),
+            Some(r#"["deepstack.0","deepstack.1"]"#),
+            "{method}"
+        );
+        let tokens = common::f32_tensor(&file, "tokens");
+        let error = relative_error(&tokens, &product(&p, x.values(), 1, m, n, d));
+        assert!(
+            error < 1e-5,
+            "{method} tokens: relative error {error:e}, seed {seed}"
+        );
+        for ((name, set), &k) in ["deepstack.0", "deepstack.1"]
+            .iter()
+            .zip(&sets)
+            .zip(&widths)
+        {
+            let reduced = common::f32_tensor(&file, name);
+            assert_eq!(reduced.len(), m * k, "{method} {name}");
+            let error = relative_error(&reduced, &product(&p, set, 1, m, n, k));
+            assert!(
+                error < 1e-5,
+                "{method} {name}: relative error {error:e}, seed {seed}"
+            );
+        }
+    }
+    // The file's faults: a set with a row too few, a listed set that is not there.
+    for (case, names, rows, expected) in [
+        (
+            "short",
+            &["deepstack.0", "deepstack.1"][..],
+            n - 1,
+            "tensor deepstack.0 has shape",
+        ),
+        (
+            "missing",
+            &["deepstack.0"][..],
+            n,
+            "tensor deepstack.1 is missing",
+        ),
+    ] {
+        let bad = dir.join(format!("{case}.safetensors"));
+        write(&bad, names, rows);
+        let run = common::binary()
+            .args([
+                "compress",
+                "--method",
+                "pool",
+                "--keep",
+                "0.3",
+                "--backend",
+                "cpu",
+                "--input",
+            ])
+            .arg(&bad)
+            .arg("--output")
+            .arg(dir.join("never.safetensors"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{case}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{case}: {stderr}");
+        assert!(stderr.contains(expected), "{case}: {stderr}");
+        assert!(!dir.join("never.safetensors").exists(), "{case}");
+    }
+}

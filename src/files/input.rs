@@ -29,6 +29,11 @@ pub struct Input {
     /// The optional tensor `attention` (`n`, or `b x n`): the vision tower's [CLS] attention
     /// over the tokens, finite and non-negative, as `b x n` values.
     pub attention: Option<Vec<f32>>,
+    /// The token sets the `deepstack` metadata names (a JSON list of tensor names, as
+    /// `export_features` writes for Qwen3-VL): each `n x d_k` (or `b x n x d_k`) like the
+    /// features, widened to f32, in the listed order; a reduction applies the features' `P`
+    /// to each.
+    pub extra: Vec<(String, Features)>,
 }
 
 /// Where an input's features are.
@@ -182,6 +187,10 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
             Some(values)
         }
     };
+    let extra = match file_metadata(path, &bytes)?.get("deepstack") {
+        None => Vec::new(),
+        Some(text) => extra_sets(path, &file, text, (batch, tokens, batched))?,
+    };
     drop(file);
     Ok(Input {
         bytes,
@@ -193,7 +202,60 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
         batched,
         grids,
         attention,
+        extra,
     })
+}
+
+/// The token sets a `deepstack` metadata entry names (`["deepstack.0", ...]`), each checked to
+/// hold one row per token of the features (`b x n x d_k`, or `n x d_k` beside `n x d`).
+fn extra_sets(
+    path: &Path,
+    file: &safetensors::SafeTensors,
+    text: &str,
+    (batch, tokens, batched): (usize, usize, bool),
+) -> Result<Vec<(String, Features)>> {
+    let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+        Error::Format(format!(
+            "{}: metadata deepstack is not a JSON list of tensor names ({e}); expected e.g. \
+             [\"deepstack.0\", \"deepstack.1\"]",
+            path.display()
+        ))
+    })?;
+    let mut sets = Vec::with_capacity(names.len());
+    for name in names {
+        if ["features", "attention"].contains(&name.as_str())
+            || sets.iter().any(|(n, _)| *n == name)
+        {
+            return Err(Error::Format(format!(
+                "{}: metadata deepstack names tensor {name} twice or names the features or \
+                 attention; expected each extra set once",
+                path.display()
+            )));
+        }
+        let Some(FileTensor { shape, values, .. }) = tensor_values(path, file, &name)? else {
+            return Err(missing(path, file, &name));
+        };
+        let width = match (batched, &shape[..]) {
+            (false, [rows, width]) if *rows == tokens => *width,
+            (true, [images, rows, width]) if (*images, *rows) == (batch, tokens) => *width,
+            _ => {
+                let expected = if batched {
+                    format!("[{batch}, {tokens}, d_k]")
+                } else {
+                    format!("[{tokens}, d_k]")
+                };
+                return Err(Error::InvalidTensor(format!(
+                    "{}: tensor {name} has shape {shape:?}; expected {expected} (one row per \
+                     token of the features, as metadata deepstack says)",
+                    path.display()
+                )));
+            }
+        };
+        let set = Features::new(batch, tokens, width, values)
+            .map_err(|e| Error::InvalidTensor(format!("{}: tensor {name}: {e}", path.display())))?;
+        sets.push((name, set));
+    }
+    Ok(sets)
 }
 
 #[cfg(test)]
