@@ -90,3 +90,74 @@ def test_the_shipped_pmeta_reduces_the_models_tokens_in_the_runtime_as_in_the_tw
     theirs = load_file(str(tmp_path / "out.safetensors"))["tokens"]
     assert theirs.shape == ours.shape == (50, 64)
     assert float((theirs - ours).norm() / ours.norm()) < 1e-4
+
+
+@torch.no_grad()
+def test_the_evaluation_on_the_shipped_model_agrees_with_a_plain_recomputation(shapes_model, tmp_path):
+    """`python -m metacompress.evaluate --model shapes --data shapes --weights shapes --methods
+    all` on a few held-out images: every requested row, nothing skipped (the toy tower has a
+    [CLS] token); `full`'s accuracy is `toy.evaluate`'s (the model's own `generate` on pixel
+    values); MetaCompress's and DivPrune's accuracy and KL equal a re-computation by hand (the
+    runtime called directly, the placeholder run cut to m, `generate` on embeddings built here,
+    the KL from the model's logits over the reference answers' words and `</s>`)."""
+    import metacompress as mc
+    from metacompress import evaluate
+    from metacompress.toy.train_model import answer_mask
+    model, processor = shapes_model
+    seed, samples, keep = 4, 3, 0.1
+    out = tmp_path / "shapes.json"
+    assert evaluate.main(["--model", "shapes", "--data", "shapes", "--seed", str(seed), "--samples",
+                          str(samples), "--methods", "all", "--keep", str(keep), "--weights", "shapes",
+                          "--backend", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {row["method"]: row for row in result["rows"]}
+    assert [(row["method"], row["keep"]) for row in result["rows"]] == \
+        [("full", 1.0)] + [(method, keep) for method in evaluate.METHODS]
+    assert not result["skipped"]
+    items = toy.questions("shapes", seed, samples)
+    assert rows["full"]["accuracy"] == toy.evaluate(model, processor, items)["all"]
+
+    image_id = model.config.image_token_id
+    adapter = Adapter(model)
+
+    def by_hand(method):
+        compressor = mc.Compressor(toy.pmeta_path("shapes") if method == "metacompress" else None, backend="cpu")
+        answers, log_probs = [], []
+        for item in items:
+            inputs = processor(images=[item.image], text=[toy.prompt([(item.questions[0].text, None)])],
+                               return_tensors="pt")
+            pixels = Pixels(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+            tokens = adapter.features(pixels)[0].float().contiguous()
+            if method != "full":
+                tokens = compressor.compress(tokens, grids=GRIDS, keep=keep, method=method, seed=seed).tokens
+
+            def embedded(text):
+                ids = processor.tokenizer(text, return_tensors="pt")["input_ids"][0]
+                at = int((ids == image_id).nonzero()[0])
+                ids = torch.cat([ids[:at], torch.full((tokens.shape[0],), image_id), ids[at + 1:]])
+                embeds = model.get_input_embeddings()(ids)
+                embeds[ids == image_id] = tokens
+                return ids, embeds[None]
+            turns = []
+            for question in item.questions:
+                turns.append((question.text, None))
+                ids, embeds = embedded(toy.prompt(turns))
+                new = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=10, do_sample=False)
+                answer = processor.tokenizer.decode(new[0], skip_special_tokens=True).strip()
+                answers.append(answer)
+                turns[-1] = (question.text, answer)
+            ids, embeds = embedded(toy.prompt([(q.text, q.answer) for q in item.questions]))
+            logits = model(inputs_embeds=embeds).logits[0].float().log_softmax(-1)
+            log_probs.append(logits[answer_mask(ids).nonzero().flatten() - 1])
+        return answers, torch.cat(log_probs)
+
+    references = [q.answer for item in items for q in item.questions]
+    _, full = by_hand("full")
+    for method in ("metacompress", "divprune"):
+        answers, reduced = by_hand(method)
+        right = sum(evaluate.normalise(a) == evaluate.normalise(r) for a, r in zip(answers, references))
+        assert rows[method]["accuracy"] == right / len(references), method
+        kl = (full.exp() * (full - reduced)).sum(-1).clamp_min(0).mean()
+        assert rows[method]["kl"] == pytest.approx(float(kl), rel=1e-4, abs=1e-7), method
+        assert rows[method]["tokens"] == 50
