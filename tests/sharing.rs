@@ -184,29 +184,29 @@ fn the_cli_reduces_a_files_deepstack_sets_with_the_features_p() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+    // `metacompress compress` on the CPU path at keep 0.3, with `flags` added.
+    let compress =
+        |input: &std::path::Path, output: &std::path::Path, flags: &[&std::ffi::OsStr]| {
+            common::binary()
+                .args(["compress", "--keep", "0.3", "--backend", "cpu", "--input"])
+                .arg(input)
+                .arg("--output")
+                .arg(output)
+                .args(flags)
+                .output()
+                .unwrap()
+        };
     for method in ["pool", "metacompress"] {
         let output = dir.join(format!("{method}.safetensors"));
-        let mut command = common::binary();
-        command.args([
-            "compress",
-            "--method",
-            method,
-            "--keep",
-            "0.3",
-            "--backend",
-            "cpu",
-            "--save-projection",
-        ]);
+        let mut flags = vec![
+            "--method".as_ref(),
+            method.as_ref(),
+            "--save-projection".as_ref(),
+        ];
         if method == "metacompress" {
-            command.arg("--weights").arg(&weights);
+            flags.extend(["--weights".as_ref(), weights.as_os_str()]);
         }
-        let run = command
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(&output)
-            .output()
-            .unwrap();
+        let run = compress(&input, &output, &flags);
         assert!(
             run.status.success(),
             "{method}: {}",
@@ -265,22 +265,11 @@ fn the_cli_reduces_a_files_deepstack_sets_with_the_features_p() {
     ] {
         let bad = dir.join(format!("{case}.safetensors"));
         write(&bad, names, rows);
-        let run = common::binary()
-            .args([
-                "compress",
-                "--method",
-                "pool",
-                "--keep",
-                "0.3",
-                "--backend",
-                "cpu",
-                "--input",
-            ])
-            .arg(&bad)
-            .arg("--output")
-            .arg(dir.join("never.safetensors"))
-            .output()
-            .unwrap();
+        let run = compress(
+            &bad,
+            &dir.join("never.safetensors"),
+            &["--method".as_ref(), "pool".as_ref()],
+        );
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(1), "{case}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{case}: {stderr}");

@@ -167,7 +167,8 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
     // Shape and finite values, checked once here.
     HostTokens::new(values.values(&bytes, dtype), batch, tokens, width)
         .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
-    let grids = match file_metadata(path, &bytes)?.get("grids") {
+    let metadata = file_metadata(path, &bytes)?;
+    let grids = match metadata.get("grids") {
         Some(text) => Some(parse_grids_json(text)?),
         None => None,
     };
@@ -187,7 +188,7 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
             Some(values)
         }
     };
-    let extra = match file_metadata(path, &bytes)?.get("deepstack") {
+    let extra = match metadata.get("deepstack") {
         None => Vec::new(),
         Some(text) => extra_sets(path, &file, text, (batch, tokens, batched))?,
     };
