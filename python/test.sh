@@ -26,4 +26,7 @@ fi
 if [ ! -x ../target/release/metacompress ]; then
     (cd .. && cargo build --release --bin metacompress)
 fi
+# The package's rooms import only from below (pyproject.toml, [tool.importlinter]).
+lint=$(.venv/bin/lint-imports --no-cache 2>&1) || { echo "$lint"; exit 1; }
+echo "$lint" | grep "Contracts:"
 METACOMPRESS_BIN="$PWD/../target/release/metacompress" .venv/bin/python -m pytest -q "$@"

@@ -1,15 +1,24 @@
-"""metacompress from Python: the native runtime, and the trainer of P_meta.
+"""metacompress from Python: the native runtime, and the trainer and evaluation of P_meta.
 
-- `metacompress.Compressor`, `metacompress.layout`, `metacompress.devices`: the Rust runtime
-  (SPEC section 8), every reduction method; errors raise `metacompress.UsageError` (a
-  ValueError) or `metacompress.Error` (a RuntimeError) with the command line's message.
+The package's rooms, bottom up (each imports only from below; `python/.importlinter` holds
+that, checked in CI):
 
-- `metacompress.torch.PMeta`: SPEC section 4 in differentiable PyTorch.
-- `metacompress.layouts`: the SPEC grids of LLaVA-1.5, LLaVA-NeXT and Qwen2-VL.
-- `metacompress.adapters.Adapter`: a frozen model's visual tokens in, logits out.
-- `python -m metacompress.train`: distillation training; `python -m metacompress.dialogues`:
-  GQA/VQA-v2 questions into multi-turn dialogues; `python -m metacompress.export_features`:
-  a model's visual tokens as the runtime's input file.
+- the runtime door, here at the top level (numpy only): `metacompress.Compressor`,
+  `metacompress.layout`, `metacompress.devices` (the Rust runtime, SPEC section 8, every
+  reduction method; errors raise `metacompress.UsageError`, a ValueError, or
+  `metacompress.Error`, a RuntimeError, with the command line's message), `layouts` (the SPEC
+  grids of real models), `files` (atomic writing), `memory`.
+- `metacompress.torch`: the PyTorch twin, SPEC section 4 in differentiable PyTorch (`PMeta`).
+- `metacompress.tasks`: images and questions (the toy task `shapes`, synthetic images,
+  LLaVA-format conversation files): data, no model.
+- `metacompress.models`: Hugging Face models: `adapters` (a frozen model's visual tokens in,
+  logits out), `reduced` (generation with reduced tokens; `metacompress.hf`), `inputs` (a
+  conversation as a model's inputs), `tiny` (tiny random-weight models of six families).
+- `metacompress.toy`: the small models trained here on the toy task, shipped.
+- `metacompress.training`: the trainer of P_meta (`python -m metacompress.train`), its loss,
+  samples, multi-turn dialogues (`python -m metacompress.dialogues`) and feature export
+  (`python -m metacompress.export_features`).
+- `metacompress.evaluation`: does the model still answer (`python -m metacompress.evaluate`).
 """
 __version__ = "0.1.0"
 

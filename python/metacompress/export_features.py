@@ -1,64 +1,6 @@
-"""Writes a model's visual tokens for one image as the runtime's input file: tensor
-`features` (`n x d`, float32) in the model's own token order, and its `grids` metadata, so
-that `metacompress compress` / `compare` run on real model features. For Qwen3-VL also its
-deepstack levels, `deepstack.0`, `deepstack.1`, ... (`n x d` each, laid out as `features`; a
-reduction applies the same `P` to each), named in the metadata `deepstack` (a JSON list).
-
-    python -m metacompress.export_features --model llava-hf/llava-v1.6-vicuna-7b-hf \\
-        --image photo.jpg --output features.safetensors
-    python -m metacompress.export_features --model tiny-llava-next --synthetic-image 3 \\
-        --output features.safetensors
-"""
-from __future__ import annotations
-
-import argparse
-import json
-import random
-
-from PIL import Image
-from safetensors.torch import save
-
-from .adapters import Adapter
-from .data import pixels_of, process_image, synthetic_image
-from .files import write_bytes
-from .train import load_model
-
-
-def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]:
-    model, processor = load_model(model_name, bf16=False)
-    adapter = Adapter(model)
-    image_processor = getattr(processor, "image_processor", processor)
-    pixels = pixels_of(process_image(image_processor, image))
-    features = adapter.features(pixels)
-    tokens = features[0]
-    n, grids = adapter.layout(pixels, 0)
-    if tokens.shape[0] != n:
-        raise SystemExit(f"the model made {tokens.shape[0]} visual tokens; the layout describes {n}")
-    tensors = {"features": tokens.float().contiguous()}
-    metadata = {"grids": json.dumps([list(g) for g in grids])}
-    if features.levels:
-        names = [f"deepstack.{k}" for k in range(len(features.levels))]
-        tensors.update({name: level[0].float().contiguous() for name, level in zip(names, features.levels)})
-        metadata["deepstack"] = json.dumps(names)
-    write_bytes(output, save(tensors, metadata=metadata))   # atomic, 0666 & ~umask as the runtime's outputs
-    return n, grids
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m metacompress.export_features")
-    parser.add_argument("--model", required=True, help="a local path or hub id, or a tiny model")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="the image file")
-    source.add_argument("--synthetic-image", type=int, metavar="SEED", help="a random test image")
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args(argv)
-    if args.image:
-        image = Image.open(args.image).convert("RGB")
-    else:
-        image = synthetic_image(random.Random(args.synthetic_image))
-    n, grids = export(args.model, image, args.output)
-    print(f"wrote {n} visual tokens, grids {[list(g) for g in grids]}, to {args.output}")
-
+"""`python -m metacompress.export_features`: a model's visual tokens as the runtime's input file; it lives in
+`metacompress.training.features`, whose docstring says how to use it."""
+from .training.features import main
 
 if __name__ == "__main__":
     main()

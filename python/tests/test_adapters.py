@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from conftest import run
-from metacompress import layouts, tiny
-from metacompress.adapters import Adapter, shorten
-from metacompress.data import collate, synthetic_sample
-from metacompress.distill import Weights, answer_kl, losses, predicting
+from metacompress import layouts
+from metacompress.models import tiny
+from metacompress.models.adapters import Adapter, shorten
+from metacompress.models.inputs import collate
+from metacompress.training.data import synthetic_sample
+from metacompress.training.distill import Weights, answer_kl, losses, predicting
 from metacompress.torch import PMeta
 
 

@@ -8,10 +8,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
-from metacompress import tiny
-from metacompress.adapters import Adapter
-from metacompress.data import conversation_sample, llava_json_samples, synthetic_image
-from metacompress.train import main as train_main
+from metacompress.models import tiny
+from metacompress.models.adapters import Adapter
+from metacompress.models.inputs import conversation_sample
+from metacompress.tasks.synthetic import synthetic_image
+from metacompress.training.data import llava_json_samples
+from metacompress.training.trainer import main as train_main
 
 WORDS = ["what", "is", "in", "the", "picture", "a", "red", "box", "where", "left", "colour",
          "it", "blue", "how", "many", "two", "three", "?", "."]

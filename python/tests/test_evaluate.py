@@ -11,9 +11,12 @@ import pytest
 import torch
 
 import metacompress as mc
-from metacompress import evaluate, tasks, tiny
-from metacompress.adapters import Adapter
-from metacompress.data import pixels_of, process_image, synthetic_image
+from metacompress import tasks
+from metacompress.evaluation import harness as evaluate
+from metacompress.models import tiny
+from metacompress.models.adapters import Adapter
+from metacompress.models.inputs import pixels_of, process_image
+from metacompress.tasks.synthetic import synthetic_image
 from metacompress.torch import PMeta
 
 LLAVA = ("tiny-llava", "tiny-llava-next")

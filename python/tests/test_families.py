@@ -16,10 +16,12 @@ from transformers import LlavaOnevisionConfig
 from transformers.vision_utils import get_vision_window_index
 
 from conftest import run
-from metacompress import layouts, tiny
-from metacompress.adapters import Adapter, Video
-from metacompress.data import collate, pixels_of, process_image, synthetic_sample
-from metacompress.distill import Weights, answer_kl, losses, predicting
+from metacompress import layouts
+from metacompress.models import tiny
+from metacompress.models.adapters import Adapter, Video
+from metacompress.models.inputs import collate, pixels_of, process_image
+from metacompress.training.data import synthetic_sample
+from metacompress.training.distill import Weights, answer_kl, losses, predicting
 from metacompress.torch import PMeta, apply_projection
 
 
@@ -215,7 +217,7 @@ def test_deepstack_levels_are_used_by_the_model(qwen3, seed):
 def test_the_student_reads_its_deepstack_levels_reduced_with_its_own_p(qwen3, seed):
     adapter, processor = qwen3
     import random
-    from metacompress.adapters import shorten
+    from metacompress.models.adapters import shorten
     batch = collate([synthetic_sample(adapter, processor, random.Random(seed))])
     pmeta = PMeta.init(adapter.width, 16, pos=(4, 4), seed=seed % 1000)
     weights = Weights(keep=0.25)

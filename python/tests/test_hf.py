@@ -10,9 +10,9 @@ import torch
 
 import metacompress as mc
 from conftest import run
-from metacompress import tiny
-from metacompress.adapters import QWEN, Adapter, Pixels
-from metacompress.data import synthetic_image
+from metacompress.models import tiny
+from metacompress.models.adapters import QWEN, Adapter, Pixels
+from metacompress.tasks.synthetic import synthetic_image
 from metacompress.hf import ReducedModel
 
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import run
 from metacompress import toy
-from metacompress.adapters import Adapter, Pixels
-from metacompress.toy import shapes
+from metacompress.models.adapters import Adapter, Pixels
+from metacompress.tasks import shapes
 
 GRIDS = [(0, 16, 16, 16), (256, 16, 16, 17)]   # base tile, then the crop with a newline a row
 
@@ -101,8 +101,8 @@ def test_the_evaluation_on_the_shipped_model_agrees_with_a_plain_recomputation(s
     runtime called directly, the placeholder run cut to m, `generate` on embeddings built here,
     the KL from the model's logits over the reference answers' words and `</s>`)."""
     import metacompress as mc
-    from metacompress import evaluate
-    from metacompress.toy.train_model import answer_mask
+    from metacompress.evaluation import harness as evaluate
+    from metacompress.toy.model import answer_mask
     model, processor = shapes_model
     seed, samples, keep = 4, 3, 0.1
     out = tmp_path / "shapes.json"

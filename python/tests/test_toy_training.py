@@ -6,7 +6,7 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 
 from metacompress.toy import model as toy_model
-from metacompress.toy import shapes
+from metacompress.tasks import shapes
 from metacompress.toy import train_model
 
 SEEDS = [-11, -12, -13, -14, -15, -16, -17, -18]   # training seeds (negative), as the script uses

@@ -14,9 +14,9 @@ import sys
 import pytest
 import torch
 
-import metacompress.train as train_module
-from metacompress.data import synthetic_image
-from metacompress.train import main as train_main
+import metacompress.training.trainer as train_module
+from metacompress.tasks.synthetic import synthetic_image
+from metacompress.training.trainer import main as train_main
 
 ARGS = ["--keep", "0.25", "--dc", "16", "--pos", "4x4"]
 CONVERSATION = [

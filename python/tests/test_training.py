@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run
-from metacompress import tiny
-from metacompress.adapters import Adapter
-from metacompress.data import collate, synthetic_sample
-from metacompress.distill import Weights, losses
-from metacompress.export_features import main as export_main
+from metacompress.models import tiny
+from metacompress.models.adapters import Adapter
+from metacompress.models.inputs import collate
+from metacompress.training.data import synthetic_sample
+from metacompress.training.distill import Weights, losses
+from metacompress.training.features import main as export_main
 from metacompress.torch import PMeta, apply_projection
-from metacompress.train import main as train_main
+from metacompress.training.trainer import main as train_main
 
 # The families added after the first three (issue 24), each with its adapter's family name.
 NEW_FAMILIES = {"tiny-qwen2.5-vl": "qwen2_5_vl", "tiny-qwen3-vl": "qwen3_vl",

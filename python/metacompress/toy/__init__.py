@@ -1,5 +1,5 @@
-"""Toy tasks and the small vision-language models trained here on them, shipped with the
-package: for evaluating compression where nothing can be downloaded (docs/EVALUATION.md).
+"""The small vision-language models trained here on the toy tasks (`metacompress.tasks`:
+`shapes`), shipped with the package: for evaluating compression where nothing can be downloaded (docs/EVALUATION.md).
 
     from metacompress import toy
     model, processor = toy.load("shapes")            # LlavaNextForConditionalGeneration + processor
@@ -7,8 +7,9 @@ package: for evaluating compression where nothing can be downloaded (docs/EVALUA
     answers = toy.ask(model, processor, items[0].image, [q.text for q in items[0].questions])
     pmeta = toy.load_pmeta("shapes")                 # P_meta trained on it at keep 0.1
 
-Splits: question sets (`questions`, `shapes.items`) use item seeds >= 0; every training image
-(the model's and P_meta's) has a negative item seed, so no question set was trained on.
+Splits (`metacompress.tasks`): question sets (`questions`) use item seeds >= 0; every
+training image (the model's and P_meta's) has a negative item seed, so no question set was
+trained on.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from . import shapes
+from .. import tasks
+from ..tasks import shapes
 
 NAMES = ("shapes",)
-TASKS = {"shapes": shapes}
 WEIGHTS = Path(__file__).parent / "weights"
 
 
@@ -57,21 +58,19 @@ def questions(name: str, seed: int, count: int) -> list:
     """A question set: `count` items (`image`, `questions` with `kind`, `text`, `answer`) of
     the task `name`, the same for the same seed (seeds >= 0)."""
     _known(name)
-    if seed < 0:
-        raise ValueError(f"seed {seed}: question sets take seeds >= 0 (negative ones are training images)")
-    return TASKS[name].items(seed, count)
+    return tasks.get(name, seed, count)
 
 
 def training_items(name: str, seed: int, count: int) -> list:
     """`count` training items (negative item seeds, never in a question set)."""
     _known(name)
-    return [TASKS[name].item(-1 - 10 ** 9 * seed - index) for index in range(count)]
+    return tasks.training_items(name, seed, count)
 
 
 def prompt(questions_and_answers: list[tuple[str, str | None]]) -> str:
     """The plain LLaVA prompt of a conversation about one image; the last answer `None` ends
     it with `ASSISTANT:` for the model to answer."""
-    from ..data import plain_prompt
+    from ..tasks.conversations import plain_prompt
     messages = []
     for index, (question, answer) in enumerate(questions_and_answers):
         content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": question}]
@@ -120,9 +119,9 @@ def forced_accuracy(model, processor, items, reduce=None) -> dict[str, float]:
     answers the argmax there is greedy decoding's first word). `reduce(tokens, grids)`, when
     given, returns the tokens the language model reads instead of the image's `tokens` (e.g.
     `lambda x, g: pmeta(x, g, keep=0.1)[0]`); the placeholder run is shortened to match."""
-    from ..adapters import Adapter, Pixels, shorten
-    from ..data import llava_messages, plain_prompt
-    from .train_model import answer_mask
+    from ..models.adapters import Adapter, Pixels, shorten
+    from ..tasks.conversations import llava_messages, plain_prompt
+    from .model import answer_mask
     adapter = Adapter(model)
     right, count = {}, {}
     for item in items:

@@ -7,7 +7,7 @@
 Llama over a word-level vocabulary (the task's words, `USER`, `ASSISTANT`, `:` and `?`). The
 processor is transformers' own `LlavaNextProcessor`, so `<image>` is expanded to the packed
 feature count by transformers' arithmetic, and prompts take LLaVA-1.5's plain format
-(`USER: <image>\\nQUESTION ASSISTANT: ANSWER</s>`, see `metacompress.data.plain_prompt`).
+(`USER: <image>\\nQUESTION ASSISTANT: ANSWER</s>`, see `metacompress.tasks.conversations.plain_prompt`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, Llava
                           LlavaNextForConditionalGeneration, LlavaNextProcessor, PreTrainedTokenizerFast)
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from . import shapes
+from ..tasks import shapes
 
 TILE, PATCH = shapes.SIZE, 8
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -72,3 +72,13 @@ def build(seed: int = 0) -> LlavaNextForConditionalGeneration:
     model.generation_config = GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
                                                do_sample=False, max_new_tokens=4)
     return model
+
+
+def answer_mask(ids: torch.Tensor) -> torch.Tensor:
+    """True at each answer word (the token after `ASSISTANT :`) and the `</s>` after it."""
+    vocab = vocabulary()
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    after = (ids[:-2] == vocab["ASSISTANT"]) & (ids[1:-1] == vocab[":"])
+    mask[2:] |= after
+    mask[3:] |= after[:-1] & (ids[3:] == EOS)
+    return mask

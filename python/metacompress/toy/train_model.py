@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import model as toy_model
-from . import shapes
-from ..data import llava_messages, pad, plain_prompt
+from ..models.inputs import pad
+from ..tasks import shapes
+from ..tasks.conversations import llava_messages, plain_prompt
 
 CLASSES = 1 + 4 * len(shapes.SHAPES)   # what covers a patch: background, then shape x colour
 CENTRES = 1 + len(shapes.SHAPES)       # whose centre a patch holds: none, then a shape
@@ -115,21 +116,11 @@ def patch_labels(labels: np.ndarray, centres) -> torch.Tensor:
     return torch.from_numpy(np.stack([cover, centre, side, count, object_side], axis=1))
 
 
-def answer_mask(ids: torch.Tensor) -> torch.Tensor:
-    """True at each answer word (the token after `ASSISTANT :`) and the `</s>` after it."""
-    vocab = toy_model.vocabulary()
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    after = (ids[:-2] == vocab["ASSISTANT"]) & (ids[1:-1] == vocab[":"])
-    mask[2:] |= after
-    mask[3:] |= after[:-1] & (ids[3:] == toy_model.EOS)
-    return mask
-
-
 def encode(processor, item: shapes.Item) -> dict:
     """One conversation's tensors: the processor's output and the answer mask."""
     text = plain_prompt(llava_messages(item.conversations()))
     out = processor(images=[item.image], text=[text], return_tensors="pt")
-    out["answer"] = answer_mask(out["input_ids"][0])[None]
+    out["answer"] = toy_model.answer_mask(out["input_ids"][0])[None]
     return out
 
 

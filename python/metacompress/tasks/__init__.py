@@ -4,16 +4,23 @@
     items = tasks.llava_json("questions.json", "images/")  # LLaVA-format conversations, GQA-style
 
 An item is an `image` (PIL, RGB) and its `questions`, each with `text` and a reference
-`answer` (and a `kind` where the task has types). The toy tasks of `metacompress.toy`
-(`shapes`) are items of this shape already.
+`answer` (and a `kind` where the task has types). The toy tasks (`shapes`, `tasks/shapes.py`)
+are items of this shape already; the toy models of `metacompress.toy` were trained on them.
+
+This room is data only (images and questions; numpy and PIL, no model): training and
+evaluation both read it.
+
+Splits of a toy task: question sets (`get`) use item seeds >= 0; every training image (the
+toy models' and P_meta's, `training_items`) has a negative item seed, so no question set was
+trained on.
 
 Shipped tasks:
 - `synthetic`: a stand-in for the tiny random-weight models (`tiny-*`), whose answers mean
   nothing: `data.synthetic_image`'s random images with three templated questions each whose
   answers follow from the pixels (is the image bright, which side is brighter, which colour
   channel is strongest). It only shows that the harness runs end to end.
-- `shapes` (and any other name in `metacompress.toy.NAMES`): the toy task its toy model was
-  trained on (`toy.questions(name, seed, samples)`, held-out images).
+- `shapes` (and any other name in `TOY`): the toy task the toy models were trained on
+  (held-out images).
 """
 from __future__ import annotations
 
@@ -24,7 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import read_conversations, synthetic_image
+from . import shapes
+from .conversations import read_conversations
+from .synthetic import synthetic_image
+
+TOY = {"shapes": shapes}
 
 
 @dataclass
@@ -45,19 +56,9 @@ class TaskError(ValueError):
     """An unknown task, or one this build cannot make; the message says which."""
 
 
-def _toy():
-    """`metacompress.toy` where this build ships it, else None."""
-    try:
-        from . import toy
-    except ImportError:
-        return None
-    return toy
-
-
 def names() -> tuple[str, ...]:
     """The shipped tasks' names."""
-    toy = _toy()
-    return ("synthetic",) + (tuple(toy.NAMES) if toy is not None else ())
+    return ("synthetic",) + tuple(TOY)
 
 
 def get(name: str, seed: int, samples: int) -> list[Item]:
@@ -65,11 +66,20 @@ def get(name: str, seed: int, samples: int) -> list[Item]:
     if name == "synthetic":
         rng = random.Random(f"synthetic-{seed}")
         return [synthetic_item(rng) for _ in range(samples)]
-    toy = _toy()
-    if toy is not None and name in toy.NAMES:
-        return list(toy.questions(name, seed, samples))
+    if name in TOY:
+        if seed < 0:
+            raise ValueError(f"seed {seed}: question sets take seeds >= 0 (negative ones are training images)")
+        return list(TOY[name].items(seed, samples))
     raise TaskError(f"task {name!r}: expected one of {', '.join(names())}, or a LLaVA-format "
                     "JSON file with --images")
+
+
+def training_items(name: str, seed: int, count: int) -> list:
+    """`count` training items of the toy task `name` (negative item seeds, never in a
+    question set)."""
+    if name not in TOY:
+        raise ValueError(f"toy task {name!r}: expected one of {', '.join(TOY)}")
+    return [TOY[name].item(-1 - 10 ** 9 * seed - index) for index in range(count)]
 
 
 def synthetic_item(rng: random.Random) -> Item:

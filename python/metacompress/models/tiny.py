@@ -143,7 +143,7 @@ class TinyProcessor:
         return data.decode("utf-8", errors="replace")
 
     def __call__(self, images, text, return_tensors="pt"):
-        from .data import image_values, pixels_of
+        from .inputs import image_values, pixels_of
         if len(images) != 1 or len(text) != 1 or text[0].count(self.image_token) != 1:
             raise ValueError(f"the tiny processor takes one image and one text with {self.image_token} once")
         out = dict(self.image_processor(images=list(images), return_tensors=return_tensors))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .adapters import Adapter, shorten
-from .data import Batch, pad
-from .torch import PMeta, apply_projection, collapse_loss, entropy_loss
+from ..models.adapters import Adapter, shorten
+from ..models.inputs import Batch, pad
+from ..torch import PMeta, apply_projection, collapse_loss, entropy_loss
 
 
 @dataclass

@@ -29,8 +29,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from . import layouts
-from .layouts import query_shape
+from .. import layouts
+from ..layouts import query_shape
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # The families with Qwen2-VL's `image_grid_thw` and 3-D rotary positions.

@@ -1,0 +1,2 @@
+"""Does the model still answer with reduced tokens? `harness` (`python -m
+metacompress.evaluate`, SPEC section 10)."""

@@ -1,0 +1,452 @@
+"""Does the model still answer? (SPEC section 10) A vision-language model answers questions
+about images with each method's reduced tokens in place of the full ones:
+
+    python -m metacompress.evaluate --model tiny-llava-next --data synthetic --samples 8 \\
+        --methods all --keep 0.1,0.25 --weights init --json eval.json --plot eval.png
+    python -m metacompress.evaluate --model llava-hf/llava-v1.6-vicuna-7b-hf \\
+        --data gqa.json --images gqa/images --methods full,metacompress,tome --keep 0.1 \\
+        --weights pmeta.safetensors --turns 1 --device cuda --dtype bfloat16
+
+Rows: `full` (the model's own tokens) first, then every method at every keep. Each image goes
+through the vision tower once for all rows; each row reduces it once (`metacompress.hf`, the
+native runtime: one implementation of every method) for all of its questions (`--turns`), which
+are asked one after another in one conversation (each turn sees the earlier questions and the
+model's own answers), answered greedily by the model's `generate` with its KV cache.
+
+Per row (docs/EVALUATION.md, "The harness"):
+- `accuracy`: greedy answers equal to the reference after `normalise` (lower case, punctuation
+  and the articles a/an/the removed, spaces collapsed: GQA/VQA-style exact match);
+  `accuracy_turn1` / `accuracy_later`: the same over first turns / later turns;
+- `agreement`: normalised answers equal to the full-token model's for the same question;
+- `kl`: mean over the reference answers' tokens (each turn's answer and its end token, as the
+  conversation renders them) of KL(full || reduced) between the next-token distributions,
+  teacher-forced: one pass over the whole conversation with the reference answers;
+- `tokens`: mean visual tokens the language model read per image;
+- `prefill_s`: mean seconds of the language model's first pass of each `generate` call (the
+  decoder stack on the prompt; not the vision tower, the reduction or the sampling).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import tasks, toy
+from ..files import write_bytes
+from ..models import tiny
+from ..models.adapters import NO_CLS, shorten
+from ..models.inputs import conversation_sample, pixels_of, render_chat
+from ..models.reduced import ATTENTION, ReducedModel
+from ..runtime import Compressor, Error as RuntimeFailure, UsageError
+from ..tasks.conversations import DataError, llava_messages
+
+METHODS = ("metacompress", "pool", "sample", "random", "tome", "divprune", "visionzip", "prumerge")
+"""Every reduction method, in the order `--methods all` gives them (after `full`)."""
+
+ARTICLES = {"a", "an", "the"}
+
+
+def normalise(answer: str) -> str:
+    """An answer as compared with the reference: lower case, every character that is not a
+    letter, digit or space made a space, the articles a/an/the removed, words joined by one
+    space ("The Red." -> "red")."""
+    words = re.sub(r"[^\w\s]|_", " ", answer.lower()).split()
+    return " ".join(word for word in words if word not in ARTICLES)
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+def arguments(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m metacompress.evaluate",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="a shipped model (tiny-llava, tiny-llava-next, tiny-qwen2-vl, a toy "
+                             "model), a local path or a hub id")
+    parser.add_argument("--data", required=True,
+                        help=f"a shipped task ({', '.join(tasks.names())}; generated from --seed) "
+                             "or a LLaVA-format JSON file (with --images)")
+    parser.add_argument("--images", help="the folder a JSON file's images are in")
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated: full, {', '.join(METHODS)}; or all [all]")
+    parser.add_argument("--keep", default="0.1", help="comma-separated keep ratios in (0, 1] [0.1]")
+    parser.add_argument("--weights",
+                        help="P_meta for metacompress: a .safetensors file, a shipped name (a toy "
+                             "model's), or init (the paper's untrained initialisation for the "
+                             "model's width: metacompress init --dim D --dc C)")
+    parser.add_argument("--dc", type=int, default=256, help="--weights init: d_c (at most d) [256]")
+    parser.add_argument("--samples", type=int, default=50, help="images [50]")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="a shipped task's question set; the random method's draws [0]")
+    parser.add_argument("--turns", type=int, default=3,
+                        help="questions per image, asked in one conversation, the image reduced "
+                             "once for all of them (fewer where an image has fewer) [3]")
+    parser.add_argument("--max-new-tokens", type=int, default=10, help="per answer [10]")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="plot accuracy against tokens kept here (.png)")
+    parser.add_argument("--device", default="auto", help="the model's: cpu, cuda, ... [auto]")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="the model's [float32]")
+    parser.add_argument("--backend", default="auto",
+                        help="the runtime's: auto, cpu, reference, vulkan, metal, dx12, gl [auto]")
+    parser.add_argument("--scope", default="image", choices=("image", "grid"))
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Plan:
+    methods: list[str]   # full first
+    keeps: list[float]
+
+
+def check(args) -> Plan:
+    """The arguments checked before any model is loaded."""
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    every = names == ["all"]
+    if every:
+        names = ["full", *METHODS]
+    for name in names:
+        if name not in ("full", *METHODS):
+            raise UsageError(f"--methods: unknown method {name!r}; expected full, "
+                             f"{', '.join(METHODS)} or all")
+    methods = ["full"] + [name for name in dict.fromkeys(names) if name != "full"]
+    try:
+        keeps = [float(value) for value in args.keep.split(",") if value.strip()]
+    except ValueError:
+        raise UsageError(f"--keep {args.keep}: expected comma-separated numbers in (0, 1]") from None
+    if not keeps or not all(0 < keep <= 1 for keep in keeps):
+        raise UsageError(f"--keep {args.keep}: expected comma-separated numbers in (0, 1]")
+    if "metacompress" in methods and args.weights is None and not every:
+        raise UsageError("method metacompress needs --weights (a P_meta file, a shipped name, or init)")
+    for flag, value in (("--samples", args.samples), ("--turns", args.turns),
+                        ("--max-new-tokens", args.max_new_tokens), ("--dc", args.dc)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: expected at least 1")
+    if args.data not in tasks.names() and not args.images:
+        raise UsageError(f"--data {args.data} is not a shipped task ({', '.join(tasks.names())}); "
+                         "a JSON file needs --images")
+    return Plan(methods, list(dict.fromkeys(keeps)))
+
+
+def load_model(name: str, dtype: torch.dtype, device: str):
+    """`(model, processor)`: a shipped model (the tiny models with `tiny.TinyProcessor`, the
+    toy models) or one from a path or hub id (`AutoModelForImageTextToText`, `AutoProcessor`)."""
+    if name in tiny.NAMES:
+        model, image_processor = tiny.build(name)
+        processor = tiny.TinyProcessor(model, image_processor)
+    elif name in toy.NAMES:
+        model, processor = toy.load(name)
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(name)
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def weights_file(spec: str | None, width: int, dc: int, seed: int, folder: Path) -> Path | None:
+    """The P_meta file of `--weights`: a file, a toy model's shipped P_meta, or `init` (the
+    paper's initialisation for width `width`, `PMeta.init`'s recipe of `metacompress init --dim
+    width --dc dc --seed seed`, written into `folder`)."""
+    if spec is None:
+        return None
+    if spec == "init":
+        from ..torch import PMeta
+        path = folder / "pmeta-init.safetensors"
+        PMeta.init(width, min(dc, width), seed=seed).save(path)
+        return path
+    if spec in toy.NAMES:
+        return toy.pmeta_path(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"--weights {spec}: no such file (or a shipped name, or init)")
+    return path
+
+
+# --- one row ---------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One method at one keep, and what it has measured so far."""
+    method: str
+    keep: float
+    reduced: ReducedModel | None = None
+    skipped: str | None = None
+    images: int = 0
+    tokens: int = 0
+    right: list[int] = field(default_factory=list)     # per turn
+    asked: list[int] = field(default_factory=list)     # per turn
+    agree: int = 0
+    kl: float = 0.0
+    kl_tokens: int = 0
+    prefill: list[float] = field(default_factory=list)
+
+    def count(self, turn: int, right: bool):
+        while len(self.asked) <= turn:
+            self.asked.append(0)
+            self.right.append(0)
+        self.asked[turn] += 1
+        self.right[turn] += int(right)
+
+    def summary(self) -> dict:
+        asked, right = sum(self.asked), sum(self.right)
+        out = {"method": self.method, "keep": self.keep, "tokens": self.tokens / self.images,
+               "accuracy": right / asked, "agreement": self.agree / asked,
+               "kl": self.kl / self.kl_tokens if self.kl_tokens else 0.0,
+               "prefill_s": sum(self.prefill) / len(self.prefill),
+               "accuracy_turn1": self.right[0] / self.asked[0]}
+        if len(self.asked) > 1:
+            out["accuracy_later"] = sum(self.right[1:]) / sum(self.asked[1:])
+        return out
+
+
+class PrefillTimer:
+    """Times the language model's first forward pass after `arm()`: the prefill of the next
+    `generate` call (the decoder stack on the whole prompt; the vision tower, the reduction
+    and the head are outside it). Forward hooks on `model.model.language_model`; CUDA is
+    synchronised at both ends."""
+
+    def __init__(self, model):
+        module = model.model.language_model
+        self.cuda = next(model.parameters()).device.type == "cuda"
+        self.armed, self.start, self.seconds = False, None, None
+        self.handles = [module.register_forward_pre_hook(self._before),
+                        module.register_forward_hook(self._after)]
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _before(self, *_):
+        if self.armed:
+            self._sync()
+            self.start = time.perf_counter()
+
+    def _after(self, *_):
+        if self.armed and self.start is not None:
+            self._sync()
+            self.seconds = time.perf_counter() - self.start
+            self.armed, self.start = False, None
+
+    def arm(self):
+        self.armed, self.start, self.seconds = True, None, None
+
+    def take(self) -> float:
+        if self.seconds is None:
+            raise RuntimeError("the language model did not run")
+        return self.seconds
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def decode(processor, ids) -> str:
+    tokenizer = getattr(processor, "tokenizer", None) or processor
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def converse(reduced: ReducedModel, processor, image, questions, images, timer: PrefillTimer,
+             max_new_tokens: int, device) -> tuple[list[str], list[float]]:
+    """The model's greedy answers to `questions` about `image`, one turn after another (each
+    turn's prompt holds the earlier questions and the model's own answers), every turn reading
+    the same reduced `images`; and each turn's prefill seconds."""
+    turns, answers, seconds = [], [], []
+    for index, question in enumerate(questions):
+        turns.append({"from": "human", "value": ("<image>\n" if index == 0 else "") + question.text})
+        text = render_chat(processor, llava_messages(turns), add_generation_prompt=True)
+        inputs = processor(images=[image], text=[text], return_tensors="pt")
+        ids = inputs["input_ids"].to(device)
+        mask = inputs.get("attention_mask")
+        timer.arm()
+        out = reduced.generate(input_ids=ids, attention_mask=None if mask is None else mask.to(device),
+                               images=images, max_new_tokens=max_new_tokens, do_sample=False)
+        seconds.append(timer.take())
+        answers.append(decode(processor, out.new_tokens[0]))
+        turns.append({"from": "gpt", "value": answers[-1]})
+    return answers, seconds
+
+
+def answer_log_probs(reduced: ReducedModel, sample, images) -> torch.Tensor:
+    """Log-probabilities (float32, `answer tokens x vocabulary`) of the next token at each
+    reference answer token of `sample` (teacher-forced), the image reading `images`."""
+    adapter = reduced.adapter
+    m = sum(tokens.shape[0] for tokens in images.tokens)
+    ids, answer = shorten(sample.input_ids, sample.answer, adapter.image_token_id, m)
+    device = images.tokens[0].device
+    ids = ids.to(device)[None]
+    logits = adapter.logits(ids, torch.ones_like(ids), images.tokens, images.grid_thw,
+                            levels=images.levels or None)[0]
+    positions = answer.nonzero().flatten().to(device) - 1
+    return torch.log_softmax(logits[positions].float(), dim=-1)
+
+
+# --- the evaluation --------------------------------------------------------------------------
+
+def items_for(args) -> list:
+    if args.data in tasks.names():
+        return tasks.get(args.data, args.seed, args.samples)
+    return tasks.llava_json(args.data, args.images, args.samples)
+
+
+def device_of(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@torch.no_grad()
+def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
+    """Runs every row over the question set; the JSON document (`--json`'s)."""
+    plan = plan or check(args)
+    items = items_for(args)
+    if not items:
+        raise UsageError(f"--data {args.data}: no images")
+    device = device_of(args.device)
+    dtype = getattr(torch, args.dtype)
+    model, processor = load_model(args.model, dtype, device)
+    family = model.config.model_type
+    with tempfile.TemporaryDirectory() as folder:
+        width = model.config.text_config.hidden_size
+        weights = weights_file(args.weights, width, args.dc, args.seed, Path(folder))
+        compressor = Compressor(weights, backend=args.backend)
+        rows = [Row("full", 1.0, ReducedModel(model, method="full"))]
+        for method in plan.methods[1:]:
+            for keep in plan.keeps:
+                row = Row(method, keep)
+                if method == "metacompress" and weights is None:
+                    row.skipped = "no --weights (a P_meta file, a shipped name, or init)"
+                elif method in ATTENTION and family in NO_CLS:
+                    row.skipped = f"{family}'s vision tower has no [CLS] token to rank by"
+                else:
+                    row.reduced = ReducedModel(model, compressor, keep=keep, method=method,
+                                               scope=args.scope, seed=args.seed)
+                rows.append(row)
+        live = [row for row in rows if row.skipped is None]
+        attention = any(row.reduced.needs_attention for row in live)
+        adapter = rows[0].reduced.adapter
+        timer = PrefillTimer(model)
+        try:
+            for index, item in enumerate(tqdm(items, desc="evaluate", unit="image", disable=not progress)):
+                questions = item.questions[:args.turns]
+                if not questions:
+                    raise UsageError(f"--data {args.data}: image {index} has no questions")
+                _image(live, adapter, processor, item.image, questions, attention, timer,
+                       args.max_new_tokens, device, warm_up=index == 0)
+        finally:
+            timer.close()
+    return {"model": args.model, "data": args.data, "samples": len(items), "seed": args.seed,
+            "turns": args.turns, "questions": sum(rows[0].asked), "weights": args.weights,
+            "device": device, "dtype": args.dtype, "runtime": compressor.device,
+            "rows": [row.summary() for row in live],
+            "skipped": [{"method": row.method, "keep": row.keep, "reason": row.skipped}
+                        for row in rows if row.skipped is not None]}
+
+
+def _image(live, adapter, processor, image, questions, attention, timer, max_new_tokens, device,
+           warm_up=False):
+    """Every row on one image: one pass of the vision tower, one reduction per row, the
+    conversation and the teacher-forced pass. `warm_up`: first one untimed, uncounted turn
+    of the full row (lazy initialisation, first-call allocations), so that the first row
+    timed is not also the first run."""
+    reference = []
+    for index, question in enumerate(questions):
+        reference += [{"from": "human", "value": ("<image>\n" if index == 0 else "") + question.text},
+                      {"from": "gpt", "value": question.answer}]
+    sample = conversation_sample(processor, image, reference)
+    dtype = adapter.model.get_input_embeddings().weight.dtype
+    pixels = pixels_of({"pixel_values": sample.pixel_values, "image_size": sample.image_size,
+                        "grid_thw": sample.grid_thw}).to(device)
+    pixels.pixel_values = pixels.pixel_values.to(dtype)
+    if attention:
+        features, weights = adapter.features_and_attention(pixels)
+    else:
+        features, weights = adapter.features(pixels), None
+    if warm_up:
+        images = live[0].reduced.reduce_features(pixels, features, weights)
+        converse(live[0].reduced, processor, image, questions[:1], images, timer, max_new_tokens, device)
+    full_answers, full_log_probs = None, None
+    for row in live:
+        images = row.reduced.reduce_features(pixels, features, weights)
+        answers, seconds = converse(row.reduced, processor, image, questions, images, timer,
+                                    max_new_tokens, device)
+        log_probs = answer_log_probs(row.reduced, sample, images)
+        if row.method == "full":
+            full_answers, full_log_probs = answers, log_probs
+        kl = (full_log_probs.exp() * (full_log_probs - log_probs)).sum(-1)
+        row.kl += float(kl.clamp_min(0).sum())
+        row.kl_tokens += kl.numel()
+        row.images += 1
+        row.tokens += sum(tokens.shape[0] for tokens in images.tokens)
+        row.prefill += seconds
+        for turn, (question, answer, full) in enumerate(zip(questions, answers, full_answers)):
+            row.count(turn, normalise(answer) == normalise(question.answer))
+            row.agree += int(normalise(answer) == normalise(full))
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def table(result: dict) -> str:
+    """The rows as a text table (skipped rows with their reason)."""
+    lines = [f"{result['model']} on {result['data']}: {result['samples']} images, "
+             f"{result['questions']} questions (up to {result['turns']} turns an image), seed {result['seed']}",
+             f"{'method':<13} {'keep':>5} {'tokens':>8} {'accuracy':>9} {'agreement':>9} "
+             f"{'kl':>8} {'prefill_ms':>10}"]
+    for row in result["rows"]:
+        lines.append(f"{row['method']:<13} {row['keep']:>5.2f} {row['tokens']:>8.1f} "
+                     f"{row['accuracy']:>9.3f} {row['agreement']:>9.3f} {row['kl']:>8.4f} "
+                     f"{1000 * row['prefill_s']:>10.2f}")
+    for row in result["skipped"]:
+        lines.append(f"{row['method']:<13} {row['keep']:>5.2f}  skipped: {row['reason']}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    """Accuracy against the visual tokens the language model read: one line per method, the
+    full-token model as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    full = next(row for row in result["rows"] if row["method"] == "full")
+    axes.axhline(full["accuracy"], color="black", linestyle="--",
+                 label=f"full ({full['tokens']:.0f} tokens)")
+    methods = dict.fromkeys(row["method"] for row in result["rows"] if row["method"] != "full")
+    for method in methods:
+        points = sorted((row["tokens"], row["accuracy"]) for row in result["rows"] if row["method"] == method)
+        axes.plot(*zip(*points), marker="o", label=method)
+    axes.set_xlabel("visual tokens the language model read (mean per image)")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(0, 1.02)
+    axes.set_title(f"{result['model']} on {result['data']} ({result['samples']} images)")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    args = arguments(argv)
+    try:
+        plan = check(args)
+        result = evaluate(args, plan)
+    except (UsageError, tasks.TaskError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeFailure as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(table(result))
+    if args.json:
+        write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+    if args.plot:
+        plot(result, args.plot)
+    return 0
