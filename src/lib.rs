@@ -64,6 +64,10 @@ pub use profile::{Clock, Profile, StepTime};
 pub use tensor::{check_fits_f16, Dtype, Features, HostTokens, HostValues};
 pub use weights::{PMeta, PositionTable};
 
+/// This library's version (`Cargo.toml`'s, the one version of the crate, the CLI's `--version`,
+/// the Python package's `__version__` and the C API's `mc_version()`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 // The README's examples compile and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -20,9 +20,8 @@ that, checked in CI):
   (`python -m metacompress.export_features`).
 - `metacompress.evaluation`: does the model still answer (`python -m metacompress.evaluate`).
 """
-__version__ = "0.1.0"
-
 # The native runtime (Rust, built into the package by maturin): every reduction method.
-from .runtime import Compressor, Error, Result, UsageError, devices, layout  # noqa: E402
+from .runtime import Compressor, Error, Result, UsageError, devices, layout
+from ._native import __version__  # the crate's version (Cargo.toml): one version everywhere
 
-__all__ = ["Compressor", "Error", "Result", "UsageError", "devices", "layout"]
+__all__ = ["Compressor", "Error", "Result", "UsageError", "__version__", "devices", "layout"]

@@ -5,6 +5,9 @@ from typing import Optional, Sequence
 import numpy as np
 import numpy.typing as npt
 
+__version__: str
+"""The native library's version (the crate's)."""
+
 class UsageError(ValueError):
     """A bad argument: where the command line exits with status 2; its message is that line."""
 

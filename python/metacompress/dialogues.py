@@ -1,6 +1,8 @@
-"""`python -m metacompress.dialogues`: multi-turn dialogues from single-question datasets; it lives in
-`metacompress.training.dialogues`, whose docstring says how to use it."""
-from .training.dialogues import main
+"""`python -m metacompress.dialogues`: multi-turn dialogues from single-question datasets. It lives in
+`metacompress.training.dialogues`, whose docstring says how to use it; a missing extra is one
+`error:` line."""
 
 if __name__ == "__main__":
-    main()
+    from .extras import run
+
+    run("metacompress.training.dialogues")

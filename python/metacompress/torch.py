@@ -10,6 +10,10 @@ float64 reference (`tests/test_pmeta.py`).
 """
 from __future__ import annotations
 
+from .extras import require
+
+require("metacompress.torch", "torch")
+
 import math
 from typing import Sequence
 

@@ -514,6 +514,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
     module.add("UsageError", py.get_type::<UsageError>())?;
     module.add("Error", py.get_type::<Error>())?;
+    module.add("__version__", metacompress::VERSION)?;
     module.add_class::<Compressor>()?;
     module.add_function(wrap_pyfunction!(layout, module)?)?;
     module.add_function(wrap_pyfunction!(devices, module)?)?;

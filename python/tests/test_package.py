@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 PYTHON = Path(__file__).resolve().parents[1]
 
@@ -68,3 +69,40 @@ def test_no_module_imports_itself_back():
         imports[module] = {t for t in targets if t in graph.modules and t != root and t != module}
     assert circles(imports) == []
     assert graph.find_modules_directly_imported_by(root) <= {"metacompress.runtime"}
+
+
+def test_one_version_everywhere(binary):
+    """The cargo workspace's version is the package's, the native library's and the CLI's (the
+    C header's and mc_version()'s are checked by bindings/c/tests)."""
+    import tomllib
+
+    import metacompress as mc
+    from importlib.metadata import version
+
+    cargo = tomllib.loads((PYTHON.parent / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    assert mc.__version__ == cargo
+    assert version("metacompress") == cargo
+    cli = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    assert cli.stdout.split() == ["metacompress", cargo]
+
+
+def test_the_package_alone_loads_no_heavy_module():
+    """`import metacompress` (the runtime door) needs numpy only: it imports no torch, no
+    transformers, no PIL (the numpy-only install is tested for real by .ci/wheel.sh)."""
+    code = ("import sys, metacompress; heavy = {'torch', 'transformers', 'PIL', 'safetensors', "
+            "'tqdm', 'matplotlib', 'accelerate'} & set(sys.modules); print(sorted(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    from metacompress import extras
+
+    real = extras.importlib.util.find_spec
+    monkeypatch.setattr(extras.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(extras.MissingExtra) as refused:
+        extras.require("metacompress.models", "hf")
+    assert str(refused.value) == ('metacompress.models needs the "hf" extra (missing: transformers): '
+                       'pip install "metacompress[hf]"')
+    extras.require("metacompress.torch", "torch")   # installed here: no error

@@ -3,3 +3,6 @@ make their visual tokens, their SPEC layouts, logits from given tokens), `inputs
 conversation and an image as a model's inputs), `reduced` (generation with reduced tokens,
 `metacompress.hf`), `tiny` (tiny random-weight models of the six families). Needs the `hf`
 extra (torch, transformers, pillow)."""
+from ..extras import require
+
+require("metacompress.models", "hf")

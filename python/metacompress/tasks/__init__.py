@@ -24,6 +24,10 @@ Shipped tasks:
 """
 from __future__ import annotations
 
+from ..extras import require
+
+require("metacompress.tasks", "hf")
+
 import random
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -13,6 +13,10 @@ trained on.
 """
 from __future__ import annotations
 
+from ..extras import require
+
+require("metacompress.toy", "hf")
+
 from pathlib import Path
 
 import torch

@@ -2,3 +2,6 @@
 `distill` (the loss), `data` (samples from conversation files, toy tasks, synthetic ones),
 `dialogues` (`python -m metacompress.dialogues`) and `features`
 (`python -m metacompress.export_features`)."""
+from ..extras import require
+
+require("metacompress.training", "train")
