@@ -14,6 +14,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("products", 1),
     ("products::openblas", 1),
     ("products::onednn", 1),
+    ("products::onednn::library", 1),
+    ("products::onednn::primitives", 1),
     ("tensor", 2),
     ("layout", 3),
     ("presets", 4),
