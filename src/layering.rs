@@ -50,6 +50,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("gpu::reduction", 25),
     ("gpu", 26),
     // The CPU engine.
+    ("cpu::prepared", 27),
+    ("cpu::stored", 27),
+    ("cpu::scores", 27),
     ("cpu", 27),
     // Backend choice, then the compressor.
     ("backend", 28),
