@@ -2,6 +2,7 @@
 //! silent one; a failure when `CI` is set), and the error measure of SPEC section 7.
 #![allow(dead_code)]
 
+pub mod hardening;
 pub mod methods;
 
 use metacompress::gpu::{GpuApi, GpuContext};
