@@ -4,6 +4,7 @@
 
 pub mod hardening;
 pub mod methods;
+pub mod runtime;
 
 use metacompress::gpu::{GpuApi, GpuContext};
 use metacompress::{Features, Grid, PMeta, PositionTable};
