@@ -297,6 +297,12 @@ fn an_upward_import_is_caught() {
     assert_eq!(violations("gpu::plan", relative).len(), 1);
     let inline = "fn f() { let x = crate::bench::workloads; }";
     assert_eq!(violations("cpu", inline).len(), 1);
+    // The rooms split into files keep their place: the CPU path's files below the facade,
+    // oneDNN's below the tensors.
+    let facade = "use crate::compress::Compressor;";
+    assert_eq!(violations("cpu::scores", facade).len(), 1);
+    let tensors = "use crate::tensor::Features;";
+    assert_eq!(violations("products::onednn::library", tensors).len(), 1);
     let through_root = "use crate::{Compressed, Options};";
     assert_eq!(violations("compare", through_root).len(), 2);
     // Downward, commented and test-only paths are fine.
