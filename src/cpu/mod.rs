@@ -5,22 +5,32 @@
 //! `--precision bf16`) widened to f32 a block of token rows at a time, so no f32 copy of `X`
 //! is ever made. The float64 reference (`reference.rs`) stays the yardstick it is tested
 //! against.
-
-use std::ops::Range;
+//!
+//! The rooms: `prepared.rs` (the storage and the weights prepared once), `stored.rs` (what
+//! the products read: token rows and the stored element type), `scores.rs` (steps 5 and 6 a
+//! block at a time); this file runs the pass and counts its cost.
 
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host_math::{pool_rows, scaled_query_weights, ProjectedTable};
+use crate::host_math::pool_rows;
 use crate::layout::{Layout, Queries, Scope};
 use crate::options::{Association, KernelVariant, Precision};
 use crate::products::{
-    bf16_on_onednn, describe_onednn_bf16, multiply, multiply_bf16, product, Kernels, Update, View,
-    ViewMut,
+    bf16_on_onednn, describe_onednn_bf16, product, Kernels, Update, View, ViewMut,
 };
 use crate::profile::Step;
-use crate::tensor::{host_bytes, HostTokens, HostValues};
+use crate::tensor::{host_bytes, HostTokens};
 use crate::weights::PMeta;
+
+mod prepared;
+mod scores;
+mod stored;
+
+pub(crate) use prepared::CpuWeights;
+use prepared::Storage;
+use scores::{softmax_rows, BlockScores};
+use stored::{ImageRows, Stored};
 
 /// What runs the pass on `--backend cpu`, for people.
 pub(crate) fn cpu_device(precision: Precision) -> String {
@@ -31,103 +41,6 @@ pub(crate) fn cpu_device(precision: Precision) -> String {
         }
     }
     format!("cpu ({}, {})", precision.name(), kernels.describe())
-}
-
-/// How the CPU path stores tokens, weights, queries and keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Storage {
-    F32,
-    Bf16,
-}
-
-impl Storage {
-    /// `values` as stored: unchanged in f32, rounded to the nearest bf16 in bf16.
-    fn round(self, values: &mut [f32]) {
-        if self == Storage::Bf16 {
-            values
-                .par_chunks_mut(1 << 14)
-                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = to_bf16(*v)));
-        }
-    }
-}
-
-fn to_bf16(value: f32) -> f32 {
-    half::bf16::from_f32(value).to_f32()
-}
-
-/// The weights as the CPU path uses them, prepared once per compressor.
-#[derive(Debug)]
-pub(crate) struct CpuWeights {
-    storage: Storage,
-    /// `w_q diag(omega) / sqrt(d_c)` (`d x d_c`), so that `pool(X)` times it is `Q'`.
-    w_q_scaled: Vec<f32>,
-    /// `w_k` as stored, when that differs from the file's (bf16).
-    w_k_rounded: Option<Vec<f32>>,
-    /// The weights in the other forms the oneDNN path reads.
-    key_weights: Box<KeyWeights>,
-    /// The position table projected once (in f32), if the weights have one.
-    table: Option<ProjectedTable>,
-}
-
-/// The weights as the oneDNN path reads them besides the stored f32.
-#[derive(Debug)]
-struct KeyWeights {
-    /// The scaled query weights in bf16.
-    w_q_bf16: Vec<half::bf16>,
-    /// `w_k` as stored, in bf16.
-    w_k_bf16: Vec<half::bf16>,
-    /// `w_k^T` as stored (`d_c x d`), for the keys' product in the orientation oneDNN runs
-    /// fastest (`K^T = w_k^T X^T`): in f32 (rounded under bf16) and in bf16.
-    w_k_transposed: Vec<f32>,
-    w_k_transposed_bf16: Vec<half::bf16>,
-}
-
-impl CpuWeights {
-    /// Scales the query weights and projects the table of `weights`, stored at `precision`
-    /// (`F32` or `Bf16`).
-    pub fn new(weights: &PMeta, precision: Precision) -> Self {
-        let storage = match precision {
-            Precision::Bf16 => Storage::Bf16,
-            _ => Storage::F32,
-        };
-        let w_q_scaled = scaled_query_weights(weights);
-        let table = ProjectedTable::of(weights, &w_q_scaled);
-        let mut w_q_scaled = w_q_scaled;
-        storage.round(&mut w_q_scaled);
-        let w_k_rounded = (storage == Storage::Bf16).then(|| {
-            let mut w_k = weights.w_k().to_vec();
-            storage.round(&mut w_k);
-            w_k
-        });
-        let (d, c) = (weights.width(), weights.channels());
-        let w_k = w_k_rounded.as_deref().unwrap_or(weights.w_k());
-        let w_k_transposed: Vec<f32> = (0..c * d).map(|i| w_k[(i % d) * c + i / d]).collect();
-        let w_k_transposed_bf16 = w_k_transposed
-            .iter()
-            .map(|&v| half::bf16::from_f32(v))
-            .collect();
-        let w_k_bf16 = w_k.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        let w_q_bf16 = w_q_scaled
-            .iter()
-            .map(|&v| half::bf16::from_f32(v))
-            .collect();
-        CpuWeights {
-            storage,
-            w_q_scaled,
-            w_k_rounded,
-            key_weights: Box::new(KeyWeights {
-                w_q_bf16,
-                w_k_bf16,
-                w_k_transposed,
-                w_k_transposed_bf16,
-            }),
-            table,
-        }
-    }
-
-    fn w_k<'a>(&'a self, weights: &'a PMeta) -> &'a [f32] {
-        self.w_k_rounded.as_deref().unwrap_or(weights.w_k())
-    }
 }
 
 /// Most bytes one block of score rows takes (64 MiB): the CPU path computes `S` and `P` a
@@ -151,224 +64,6 @@ const BLOCKS: Blocks = Blocks {
     scores: SCORE_BLOCK_BYTES,
     widen: WIDEN_BLOCK_BYTES,
 };
-
-/// The `n x d` token rows of one image as the products read them.
-struct ImageRows<'a> {
-    values: HostValues<'a>,
-    n: usize,
-    d: usize,
-    storage: Storage,
-    block_bytes: usize,
-}
-
-impl<'a> ImageRows<'a> {
-    /// The f32 values themselves, when they need neither widening nor rounding.
-    fn in_place(&self) -> Option<&'a [f32]> {
-        match (self.values, self.storage) {
-            (HostValues::F32(values), Storage::F32) => Some(values),
-            _ => None,
-        }
-    }
-
-    /// Calls `visit(block, rows)` for consecutive blocks of token rows covering `0..n`, `rows`
-    /// being the block's `block.len() x d` values as stored (`S`): the input itself when it
-    /// is already that (f32 into f32 storage, bf16 into bf16), else converted (and rounded)
-    /// into `scratch`.
-    fn for_each_block<S: Stored>(
-        &self,
-        scratch: &mut Vec<S>,
-        mut visit: impl FnMut(Range<usize>, &[S]),
-    ) {
-        if let Some(values) = S::in_place(self) {
-            return visit(0..self.n, values);
-        }
-        let block_rows = (self.block_bytes / (4 * self.d)).clamp(1, self.n);
-        for first in (0..self.n).step_by(block_rows) {
-            let block = first..(first + block_rows).min(self.n);
-            scratch.resize(block.len() * self.d, S::default());
-            S::load(self, block.start, scratch);
-            visit(block, scratch);
-        }
-    }
-
-    /// Whether values read must be rounded to the storage (bf16 storage of f32 or f16).
-    fn rounds(&self) -> bool {
-        self.storage == Storage::Bf16 && !matches!(self.values, HostValues::BF16(_))
-    }
-
-    /// Rows from `first` widened (and rounded) into `out`, in parallel.
-    fn widen(&self, first: usize, out: &mut [f32]) {
-        const CHUNK: usize = 1 << 14;
-        let start = first * self.d;
-        let rounds = self.rounds();
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(index, chunk)| {
-                self.values.widen_into(start + index * CHUNK, chunk);
-                if rounds {
-                    chunk.iter_mut().for_each(|v| *v = to_bf16(*v));
-                }
-            });
-    }
-
-    /// Adds token `token`'s row to `out` (pooling), widened (and rounded) value by value.
-    fn add_row(&self, token: usize, out: &mut [f32]) {
-        let range = token * self.d..(token + 1) * self.d;
-        let rounds = self.rounds();
-        match self.values {
-            HostValues::F32(values) if rounds => out
-                .iter_mut()
-                .zip(&values[range])
-                .for_each(|(o, &v)| *o += to_bf16(v)),
-            HostValues::F32(values) => out
-                .iter_mut()
-                .zip(&values[range])
-                .for_each(|(o, &v)| *o += v),
-            HostValues::F16(values) if rounds => out
-                .iter_mut()
-                .zip(&values[range])
-                .for_each(|(o, v)| *o += to_bf16(v.to_f32())),
-            HostValues::F16(values) => out
-                .iter_mut()
-                .zip(&values[range])
-                .for_each(|(o, v)| *o += v.to_f32()),
-            // bf16 is the top half of an f32.
-            HostValues::BF16(values) => out
-                .iter_mut()
-                .zip(&values[range])
-                .for_each(|(o, v)| *o += f32::from_bits(u32::from(v.to_bits()) << 16)),
-        }
-    }
-}
-
-/// The element type the big products read: f32 (f32 storage, and bf16 storage rounded in
-/// f32 for kernels without bf16 arithmetic), or bf16 itself for oneDNN's bf16 x bf16 -> f32
-/// (AMX, AVX-512 BF16).
-trait Stored: Copy + Default + Send + Sync + 'static {
-    /// `values` as stored (rounded to bf16 under bf16 storage) into `out`.
-    fn store(values: &[f32], storage: Storage, out: &mut Vec<Self>);
-    /// The image's tokens as they lie, when they are already of this type and storage.
-    fn in_place<'a>(rows: &ImageRows<'a>) -> Option<&'a [Self]>;
-    /// Token rows from `first` converted into `out`.
-    fn load(rows: &ImageRows, first: usize, out: &mut [Self]);
-    /// `out (+)= a b`.
-    fn multiply(a: View<Self>, b: View<Self>, out: ViewMut<f32>, update: Update<f32>);
-    /// `w_k^T` (`d_c x d`) of the prepared weights.
-    fn w_k_transposed(prepared: &CpuWeights) -> &[Self];
-    /// The scaled query weights (`d x d_c`) as stored.
-    fn w_q(prepared: &CpuWeights) -> &[Self];
-    /// One value as stored.
-    fn convert(value: f32, storage: Storage) -> Self;
-    /// `w_k` (`d x d_c`) as stored.
-    fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [Self];
-    /// f32 values (`P`) as this type reads them: themselves for f32, else converted into
-    /// `scratch`.
-    fn read<'b>(values: &'b [f32], scratch: &'b mut Vec<Self>) -> &'b [Self];
-}
-
-impl Stored for f32 {
-    fn store(values: &[f32], storage: Storage, out: &mut Vec<f32>) {
-        out.clear();
-        out.extend_from_slice(values);
-        storage.round(out);
-    }
-
-    fn in_place<'a>(rows: &ImageRows<'a>) -> Option<&'a [f32]> {
-        rows.in_place()
-    }
-
-    fn load(rows: &ImageRows, first: usize, out: &mut [f32]) {
-        rows.widen(first, out);
-    }
-
-    fn multiply(a: View<f32>, b: View<f32>, out: ViewMut<f32>, update: Update<f32>) {
-        multiply(a, b, out, update);
-    }
-
-    fn w_k_transposed(prepared: &CpuWeights) -> &[f32] {
-        &prepared.key_weights.w_k_transposed
-    }
-
-    fn w_q(prepared: &CpuWeights) -> &[f32] {
-        &prepared.w_q_scaled
-    }
-
-    fn convert(value: f32, storage: Storage) -> f32 {
-        match storage {
-            Storage::F32 => value,
-            Storage::Bf16 => to_bf16(value),
-        }
-    }
-
-    fn w_k<'a>(prepared: &'a CpuWeights, weights: &'a PMeta) -> &'a [f32] {
-        prepared.w_k(weights)
-    }
-
-    fn read<'b>(values: &'b [f32], _: &'b mut Vec<f32>) -> &'b [f32] {
-        values
-    }
-}
-
-impl Stored for half::bf16 {
-    fn store(values: &[f32], _: Storage, out: &mut Vec<half::bf16>) {
-        out.resize(values.len(), half::bf16::ZERO);
-        out.par_chunks_mut(1 << 14)
-            .zip(values.par_chunks(1 << 14))
-            .for_each(|(out, values)| {
-                out.iter_mut()
-                    .zip(values)
-                    .for_each(|(o, &v)| *o = half::bf16::from_f32(v))
-            });
-    }
-
-    fn in_place<'a>(rows: &ImageRows<'a>) -> Option<&'a [half::bf16]> {
-        match rows.values {
-            HostValues::BF16(values) => Some(values),
-            _ => None,
-        }
-    }
-
-    fn load(rows: &ImageRows, first: usize, out: &mut [half::bf16]) {
-        const CHUNK: usize = 1 << 12;
-        let start = first * rows.d;
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(index, chunk)| {
-                let mut widened = [0.0f32; CHUNK];
-                let widened = &mut widened[..chunk.len()];
-                rows.values.widen_into(start + index * CHUNK, widened);
-                chunk
-                    .iter_mut()
-                    .zip(widened.iter())
-                    .for_each(|(o, &v)| *o = half::bf16::from_f32(v));
-            });
-    }
-
-    fn multiply(a: View<half::bf16>, b: View<half::bf16>, out: ViewMut<f32>, update: Update<f32>) {
-        multiply_bf16(a, b, out, update);
-    }
-
-    fn w_k_transposed(prepared: &CpuWeights) -> &[half::bf16] {
-        &prepared.key_weights.w_k_transposed_bf16
-    }
-
-    fn w_q(prepared: &CpuWeights) -> &[half::bf16] {
-        &prepared.key_weights.w_q_bf16
-    }
-
-    fn convert(value: f32, _: Storage) -> half::bf16 {
-        half::bf16::from_f32(value)
-    }
-
-    fn w_k<'a>(prepared: &'a CpuWeights, _: &'a PMeta) -> &'a [half::bf16] {
-        &prepared.key_weights.w_k_bf16
-    }
-
-    fn read<'b>(values: &'b [f32], scratch: &'b mut Vec<half::bf16>) -> &'b [half::bf16] {
-        half::bf16::store(values, Storage::Bf16, scratch);
-        scratch
-    }
-}
 
 /// What a pass computes on, but for the tokens.
 pub(crate) struct Call<'a> {
@@ -630,112 +325,6 @@ pub(crate) fn forward_step(
         flops: 2.0 * b * (m * d * c + scores + m * n * d),
         bytes: element * b * n * d + 4.0 * (2.0 * d * c + b * m * d),
     }
-}
-
-/// Step 5 for the query rows `rows`: each query's scores against the keys it may see
-/// (its image's tokens, or its grid's span), a block of key rows at a time.
-struct BlockScores<'a> {
-    queries: &'a Queries,
-    rows: Range<usize>,
-    scope: Scope,
-    n: usize,
-}
-
-impl BlockScores<'_> {
-    /// `S = A B^T` for the tokens of `block`: `A` (`query`, `rows.len() x width`) holds the
-    /// rows' scaled queries, or the folded ones (`width = d`); `B` (`keys`, `block.len() x
-    /// width`) the block's keys, or its tokens. One product per run of queries that share
-    /// their keys, written in place into `scores` (`rows.len() x n`). Entries outside a
-    /// query's span are left for the softmax to clear.
-    fn fill<S: Stored>(
-        &self,
-        query: &[S],
-        width: usize,
-        keys: &[S],
-        block: Range<usize>,
-        scores: &mut [f32],
-    ) {
-        let (n, rows) = (self.n, &self.rows);
-        // The runs: (first query row relative to `rows`, count, the tokens they see).
-        let runs: Vec<(usize, usize, Range<usize>)> = match self.scope {
-            Scope::Image => vec![(0, rows.len(), 0..n)],
-            Scope::Grid => self
-                .queries
-                .grids
-                .iter()
-                .filter_map(|query_grid| {
-                    let first = query_grid.query_offset.max(rows.start);
-                    let last = (query_grid.query_offset + query_grid.len()).min(rows.end);
-                    // The grid's span: tokens between its rows that are not its own get
-                    // scores here and weight 0 in the softmax.
-                    (first < last).then(|| {
-                        (
-                            first - rows.start,
-                            last - first,
-                            query_grid.grid.keys().span(),
-                        )
-                    })
-                })
-                .collect(),
-        };
-        for (first, count, span) in runs {
-            let tokens = span.start.max(block.start)..span.end.min(block.end);
-            if tokens.is_empty() {
-                continue;
-            }
-            let key_rows = tokens.start - block.start..tokens.end - block.start;
-            S::multiply(
-                View::row_major(&query[first * width..(first + count) * width], count, width),
-                View::row_major(
-                    &keys[key_rows.start * width..key_rows.end * width],
-                    key_rows.len(),
-                    width,
-                )
-                .transposed(),
-                ViewMut::strided(
-                    &mut scores[first * n + tokens.start..],
-                    count,
-                    tokens.len(),
-                    n,
-                    1,
-                ),
-                Update::Overwrite,
-            );
-        }
-    }
-}
-
-/// Step 6 in place: the stable softmax of each row (queries from `first`) over its keys,
-/// zeros elsewhere.
-fn softmax_rows(scores: &mut [f32], queries: &Queries, first: usize, scope: Scope, n: usize) {
-    scores
-        .par_chunks_exact_mut(n)
-        .enumerate()
-        .for_each(|(row_index, row)| {
-            let keys = queries.keys(first + row_index, scope, n);
-            let range = keys.span();
-            if !keys.is_contiguous() {
-                // Tokens of the span that are not keys: no weight.
-                for (token, s) in row[range.clone()].iter_mut().enumerate() {
-                    if !keys.contains(range.start + token) {
-                        *s = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let largest = row[range.clone()]
-                .iter()
-                .cloned()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f64;
-            for s in &mut row[range.clone()] {
-                *s = (*s - largest).exp();
-                sum += *s as f64;
-            }
-            let inverse = (1.0 / sum) as f32;
-            row[range.clone()].iter_mut().for_each(|s| *s *= inverse);
-            row[..range.start].fill(0.0);
-            row[range.end..].fill(0.0);
-        });
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use rand_distr::StandardNormal;
 
 use super::*;
 use crate::layout::{Grid, Keep};
-use crate::tensor::Features;
+use crate::tensor::{Features, HostValues};
 use crate::weights::PositionTable;
 
 fn normal(rng: &mut ChaCha8Rng, count: usize, scale: f32) -> Vec<f32> {

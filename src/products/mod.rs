@@ -3,7 +3,7 @@
 //! run on rayon's current thread pool (all cores unless the caller or `--threads` says
 //! otherwise). Built with the `openblas` feature, the products go to the system's OpenBLAS
 //! instead (its own run-time kernels and threads), where the strides allow. Where the system
-//! has oneDNN (`libdnnl.so.2`, opened at run time: `onednn.rs`), its matmul primitives can take
+//! has oneDNN (`libdnnl.so.2`, opened at run time: `onednn/`), its matmul primitives can take
 //! them: f32, and AMX or AVX-512 BF16 for `multiply_bf16`'s bf16 x bf16 -> f32.
 //!
 //! `METACOMPRESS_CPU_KERNELS` picks the kernels: `auto` (OpenBLAS when built in, else `gemm`;

@@ -2,7 +2,9 @@
 //! silent one; a failure when `CI` is set), and the error measure of SPEC section 7.
 #![allow(dead_code)]
 
+pub mod hardening;
 pub mod methods;
+pub mod runtime;
 
 use metacompress::gpu::{GpuApi, GpuContext};
 use metacompress::{Features, Grid, PMeta, PositionTable};

@@ -10,98 +10,30 @@
 //! oneDNN's memory and operation descriptors are plain C structs in 2.x (696 and 2800 bytes in
 //! 2.6); they are held here as opaque, generously sized and aligned buffers that only the
 //! library reads and writes, so no field of theirs is declared.
+//!
+//! The rooms: `library.rs` declares the C API and opens the library; `primitives.rs` makes
+//! and keeps the primitives; this file runs the products on them.
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::ffi::c_int;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::products::{View, ViewMut};
 
+mod library;
+mod primitives;
+
+use library::{open, Api, ExecArg, Handle, ARG_DST, ARG_SRC, ARG_WEIGHTS, SUCCESS};
+use primitives::{Key, Primitive};
+
 /// The environment variable naming the oneDNN library to open (default `libdnnl.so.2`).
 pub const LIBRARY_VARIABLE: &str = "METACOMPRESS_ONEDNN_LIBRARY";
-
-/// The library opened when `LIBRARY_VARIABLE` is unset.
-const DEFAULT_LIBRARY: &str = "libdnnl.so.2";
-
-type Status = c_int;
-type Handle = *mut c_void;
-
-const SUCCESS: Status = 0;
-const ENGINE_CPU: c_int = 1;
-const STREAM_DEFAULT_FLAGS: c_uint = 1;
-const ARG_SRC: c_int = 1;
-const ARG_DST: c_int = 17;
-const ARG_WEIGHTS: c_int = 33;
-const RUNTIME_SEQ: c_uint = 1;
-const RUNTIME_OMP: c_uint = 2;
-const RUNTIME_TBB: c_uint = 4;
 
 /// oneDNN's element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum DataType {
     F32 = 3,
     Bf16 = 2,
-}
-
-/// `dnnl_version_t`.
-#[repr(C)]
-struct Version {
-    major: c_int,
-    minor: c_int,
-    patch: c_int,
-    hash: *const c_char,
-    cpu_runtime: c_uint,
-    gpu_runtime: c_uint,
-}
-
-/// `dnnl_exec_arg_t`.
-#[repr(C)]
-struct ExecArg {
-    arg: c_int,
-    memory: Handle,
-}
-
-/// Room for a `dnnl_memory_desc_t` (696 bytes in 2.6).
-#[repr(C, align(64))]
-struct MemoryDesc([u8; 4096]);
-
-/// Room for a `dnnl_matmul_desc_t` (2800 bytes in 2.6).
-#[repr(C, align(64))]
-struct MatmulDesc([u8; 16384]);
-
-/// The C API's functions this module calls.
-struct Api {
-    memory_desc_init_by_strides:
-        unsafe extern "C" fn(*mut MemoryDesc, c_int, *const i64, c_int, *const i64) -> Status,
-    matmul_desc_init: unsafe extern "C" fn(
-        *mut MatmulDesc,
-        *const MemoryDesc,
-        *const MemoryDesc,
-        *const MemoryDesc,
-        *const MemoryDesc,
-    ) -> Status,
-    primitive_attr_create: unsafe extern "C" fn(*mut Handle) -> Status,
-    primitive_attr_destroy: unsafe extern "C" fn(Handle) -> Status,
-    primitive_attr_set_output_scales:
-        unsafe extern "C" fn(Handle, i64, c_int, *const f32) -> Status,
-    primitive_attr_set_post_ops: unsafe extern "C" fn(Handle, Handle) -> Status,
-    post_ops_create: unsafe extern "C" fn(*mut Handle) -> Status,
-    post_ops_append_sum: unsafe extern "C" fn(Handle, f32) -> Status,
-    post_ops_destroy: unsafe extern "C" fn(Handle) -> Status,
-    primitive_desc_create:
-        unsafe extern "C" fn(*mut Handle, *const c_void, Handle, Handle, Handle) -> Status,
-    primitive_desc_destroy: unsafe extern "C" fn(Handle) -> Status,
-    primitive_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
-    primitive_destroy: unsafe extern "C" fn(Handle) -> Status,
-    primitive_execute: unsafe extern "C" fn(Handle, Handle, c_int, *const ExecArg) -> Status,
-    memory_create: unsafe extern "C" fn(*mut Handle, *const MemoryDesc, Handle, Handle) -> Status,
-    memory_set_data_handle: unsafe extern "C" fn(Handle, Handle) -> Status,
-    memory_destroy: unsafe extern "C" fn(Handle) -> Status,
-    stream_create: unsafe extern "C" fn(*mut Handle, Handle, c_uint) -> Status,
-    stream_wait: unsafe extern "C" fn(Handle) -> Status,
-    stream_destroy: unsafe extern "C" fn(Handle) -> Status,
-    /// OpenMP's thread count for the calling thread (the Debian build threads with OpenMP).
-    omp_set_num_threads: Option<unsafe extern "C" fn(c_int)>,
 }
 
 /// The opened library: its functions, one CPU engine, what it runs on, and the primitives
@@ -127,155 +59,11 @@ pub(super) struct OneDnn {
 unsafe impl Send for OneDnn {}
 unsafe impl Sync for OneDnn {}
 
-/// Most primitives kept; past it the cache starts over (a run has a few dozen shapes).
-const MOST_PRIMITIVES: usize = 512;
-
-/// What a primitive is made for: the sizes, the strides of each operand, the element type of
-/// the inputs, and what it does to its output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    rows: usize,
-    inner: usize,
-    columns: usize,
-    strides: [usize; 6],
-    input: DataType,
-    read_out: bool,
-    scale: u32,
-    /// Which band of a product cut into bands (0: uncut), so that bands running at once
-    /// never share a primitive's memory objects.
-    band: usize,
-}
-
-/// One matmul primitive with its memory objects and stream (one product runs on it at a time).
-struct Primitive {
-    primitive: Handle,
-    memories: [Handle; 3],
-    stream: Handle,
-}
-
-// SAFETY: the handles are used only under the entry's mutex, one thread at a time.
-unsafe impl Send for Primitive {}
-
-impl Drop for Primitive {
-    fn drop(&mut self) {
-        let Some(Ok(library)) = LIBRARY.get() else {
-            return;
-        };
-        let api = &library.api;
-        // SAFETY: each handle was created by the library and is destroyed once, here.
-        unsafe {
-            (api.primitive_destroy)(self.primitive);
-            for memory in self.memories {
-                (api.memory_destroy)(memory);
-            }
-            (api.stream_destroy)(self.stream);
-        }
-    }
-}
-
 static LIBRARY: OnceLock<Result<OneDnn, String>> = OnceLock::new();
 
 /// The library, opened on first use (`Err`: why it could not be, in one line).
 pub(super) fn library() -> Result<&'static OneDnn, String> {
     LIBRARY.get_or_init(open).as_ref().map_err(Clone::clone)
-}
-
-/// The name of an instruction set `dnnl_get_effective_cpu_isa` returns, and whether it has
-/// bf16 arithmetic.
-fn isa_name(isa: c_int) -> (&'static str, bool) {
-    match isa {
-        0x1 => ("sse41", false),
-        0x3 => ("avx", false),
-        0x7 => ("avx2", false),
-        0x407 => ("avx2_vnni", false),
-        0xf => ("avx512_mic", false),
-        0x1f => ("avx512_mic_4ops", false),
-        0x27 => ("avx512_core", false),
-        0x67 => ("avx512_core_vnni", false),
-        0xe7 => ("avx512_core_bf16", true),
-        0x3e7 => ("avx512_core_amx", true),
-        _ => ("an unknown instruction set", false),
-    }
-}
-
-fn open() -> Result<OneDnn, String> {
-    let path = std::env::var_os(LIBRARY_VARIABLE)
-        .filter(|path| !path.is_empty())
-        .unwrap_or_else(|| DEFAULT_LIBRARY.into());
-    let shown = path.to_string_lossy().into_owned();
-    // SAFETY: opening a shared library runs its initialisers; oneDNN's set up its own state.
-    let library = unsafe { libloading::Library::new(&path) }
-        .map_err(|error| format!("oneDNN ({shown}) could not be loaded: {error}"))?;
-    // SAFETY: each symbol is looked up with the prototype oneDNN 2.x's dnnl.h gives it; the
-    // version is checked before any other is called.
-    unsafe {
-        macro_rules! function {
-            ($name:literal) => {
-                *library
-                    .get(concat!($name, "\0").as_bytes())
-                    .map_err(|error| format!("oneDNN ({shown}) lacks {}: {error}", $name))?
-            };
-        }
-        let version: unsafe extern "C" fn() -> *const Version = function!("dnnl_version");
-        let version = &*version();
-        if version.major != 2 {
-            return Err(format!(
-                "oneDNN ({shown}) is version {}.{}.{}; this build speaks the C API of 2.x",
-                version.major, version.minor, version.patch
-            ));
-        }
-        let effective_isa: unsafe extern "C" fn() -> c_int =
-            function!("dnnl_get_effective_cpu_isa");
-        let engine_create: unsafe extern "C" fn(*mut Handle, c_int, usize) -> Status =
-            function!("dnnl_engine_create");
-        let api = Api {
-            memory_desc_init_by_strides: function!("dnnl_memory_desc_init_by_strides"),
-            matmul_desc_init: function!("dnnl_matmul_desc_init"),
-            primitive_attr_create: function!("dnnl_primitive_attr_create"),
-            primitive_attr_destroy: function!("dnnl_primitive_attr_destroy"),
-            primitive_attr_set_output_scales: function!("dnnl_primitive_attr_set_output_scales"),
-            primitive_attr_set_post_ops: function!("dnnl_primitive_attr_set_post_ops"),
-            post_ops_create: function!("dnnl_post_ops_create"),
-            post_ops_append_sum: function!("dnnl_post_ops_append_sum"),
-            post_ops_destroy: function!("dnnl_post_ops_destroy"),
-            primitive_desc_create: function!("dnnl_primitive_desc_create"),
-            primitive_desc_destroy: function!("dnnl_primitive_desc_destroy"),
-            primitive_create: function!("dnnl_primitive_create"),
-            primitive_destroy: function!("dnnl_primitive_destroy"),
-            primitive_execute: function!("dnnl_primitive_execute"),
-            memory_create: function!("dnnl_memory_create"),
-            memory_set_data_handle: function!("dnnl_memory_set_data_handle"),
-            memory_destroy: function!("dnnl_memory_destroy"),
-            stream_create: function!("dnnl_stream_create"),
-            stream_wait: function!("dnnl_stream_wait"),
-            stream_destroy: function!("dnnl_stream_destroy"),
-            omp_set_num_threads: library
-                .get::<unsafe extern "C" fn(c_int)>(b"omp_set_num_threads\0")
-                .ok()
-                .map(|function| *function),
-        };
-        let mut engine = std::ptr::null_mut();
-        if engine_create(&mut engine, ENGINE_CPU, 0) != SUCCESS {
-            return Err(format!("oneDNN ({shown}) could not create a CPU engine"));
-        }
-        let (isa, bf16_units) = isa_name(effective_isa());
-        let runtime = match version.cpu_runtime {
-            RUNTIME_SEQ => "sequential",
-            RUNTIME_OMP => "OpenMP",
-            RUNTIME_TBB => "TBB",
-            _ => "its own threads",
-        };
-        Ok(OneDnn {
-            api,
-            engine,
-            version: format!("{}.{}.{}", version.major, version.minor, version.patch),
-            isa,
-            bf16_units,
-            runtime,
-            primitives: Mutex::new(HashMap::new()),
-            _library: library,
-        })
-    }
 }
 
 impl OneDnn {
@@ -286,111 +74,6 @@ impl OneDnn {
             ("sequential", _) => 1,
             ("OpenMP", Some(_)) => rayon::current_num_threads(),
             _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
-    }
-
-    /// The primitive for `key`, made on first use; `None` when oneDNN has no implementation
-    /// for it.
-    fn primitive(&self, key: Key) -> Option<Arc<Mutex<Primitive>>> {
-        let mut cache = self.primitives.lock().ok()?;
-        if let Some(primitive) = cache.get(&key) {
-            return Some(primitive.clone());
-        }
-        let primitive = Arc::new(Mutex::new(self.create(&key)?));
-        #[cfg(test)]
-        tests::CREATED.with(|created| created.set(created.get() + 1));
-        if cache.len() >= MOST_PRIMITIVES {
-            cache.clear();
-        }
-        cache.insert(key, primitive.clone());
-        Some(primitive)
-    }
-
-    fn create(&self, key: &Key) -> Option<Primitive> {
-        let api = &self.api;
-        let [a_rows, a_columns, b_rows, b_columns, out_rows, out_columns] =
-            key.strides.map(|s| s as i64);
-        let describe = |rows: usize, columns: usize, strides: [i64; 2], data: DataType| {
-            let mut desc = Box::new(MemoryDesc([0; 4096]));
-            let dims = [rows as i64, columns as i64];
-            // SAFETY: `desc` has room for the struct; dims and strides hold two values each.
-            let status = unsafe {
-                (api.memory_desc_init_by_strides)(
-                    &mut *desc,
-                    2,
-                    dims.as_ptr(),
-                    data as c_int,
-                    strides.as_ptr(),
-                )
-            };
-            (status == SUCCESS).then_some(desc)
-        };
-        let a = describe(key.rows, key.inner, [a_rows, a_columns], key.input)?;
-        let b = describe(key.inner, key.columns, [b_rows, b_columns], key.input)?;
-        let out = describe(
-            key.rows,
-            key.columns,
-            [out_rows, out_columns],
-            DataType::F32,
-        )?;
-        // SAFETY: every handle made here is destroyed here or handed to the `Primitive`, which
-        // destroys it; the descriptors outlive the calls that read them.
-        unsafe {
-            let mut matmul = Box::new(MatmulDesc([0; 16384]));
-            if (api.matmul_desc_init)(&mut *matmul, &*a, &*b, std::ptr::null(), &*out) != SUCCESS {
-                return None;
-            }
-            let mut attr = std::ptr::null_mut();
-            if (api.primitive_attr_create)(&mut attr) != SUCCESS {
-                return None;
-            }
-            let scale = f32::from_bits(key.scale);
-            let mut ok = scale == 1.0
-                || (api.primitive_attr_set_output_scales)(attr, 1, 0, &scale) == SUCCESS;
-            if key.read_out {
-                let mut post_ops = std::ptr::null_mut();
-                ok = ok && (api.post_ops_create)(&mut post_ops) == SUCCESS;
-                ok = ok && (api.post_ops_append_sum)(post_ops, 1.0) == SUCCESS;
-                ok = ok && (api.primitive_attr_set_post_ops)(attr, post_ops) == SUCCESS;
-                if !post_ops.is_null() {
-                    (api.post_ops_destroy)(post_ops);
-                }
-            }
-            let mut descriptor = std::ptr::null_mut();
-            ok = ok
-                && (api.primitive_desc_create)(
-                    &mut descriptor,
-                    &*matmul as *const MatmulDesc as *const c_void,
-                    attr,
-                    self.engine,
-                    std::ptr::null_mut(),
-                ) == SUCCESS;
-            (api.primitive_attr_destroy)(attr);
-            if !ok {
-                return None;
-            }
-            let mut primitive = std::ptr::null_mut();
-            let created = (api.primitive_create)(&mut primitive, descriptor) == SUCCESS;
-            (api.primitive_desc_destroy)(descriptor);
-            if !created {
-                return None;
-            }
-            let mut made = Primitive {
-                primitive,
-                memories: [std::ptr::null_mut(); 3],
-                stream: std::ptr::null_mut(),
-            };
-            for (slot, desc) in made.memories.iter_mut().zip([&a, &b, &out]) {
-                // A null handle: no buffer is allocated; each run sets its own.
-                if (api.memory_create)(slot, &**desc, self.engine, std::ptr::null_mut()) != SUCCESS
-                {
-                    return None;
-                }
-            }
-            if (api.stream_create)(&mut made.stream, self.engine, STREAM_DEFAULT_FLAGS) != SUCCESS {
-                return None;
-            }
-            Some(made)
         }
     }
 }
