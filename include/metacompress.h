@@ -11,6 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version of this header; mc_version() returns the loaded library's. */
+#define MC_VERSION_MAJOR 0
+#define MC_VERSION_MINOR 1
+#define MC_VERSION_PATCH 0
+
 /**
  * What a call did: `MC_OK`, or why not. `mc_last_error()` holds the line of a failure.
  */
@@ -292,6 +297,13 @@ mc_status mc_layout(const char *preset,
  * failing call. Never NULL.
  */
 const char *mc_last_error(void);
+
+/**
+ * The loaded library's version, `"MAJOR.MINOR.PATCH"` (static; never freed): compare it with
+ * `MC_VERSION_MAJOR`, `MC_VERSION_MINOR` and `MC_VERSION_PATCH`, the version of the header the
+ * program was compiled against.
+ */
+const char *mc_version(void);
 
 /**
  * Frees a compressor (NULL is fine). No call on it may be running or follow.

@@ -424,6 +424,22 @@ pub extern "C" fn mc_last_error() -> *const c_char {
         .unwrap_or(c"".as_ptr())
 }
 
+/// The loaded library's version, `"MAJOR.MINOR.PATCH"` (static; never freed): compare it with
+/// `MC_VERSION_MAJOR`, `MC_VERSION_MINOR` and `MC_VERSION_PATCH`, the version of the header the
+/// program was compiled against.
+#[no_mangle]
+pub extern "C" fn mc_version() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// `library::VERSION` as a C string (the workspace's one version; a unit test holds them equal).
+const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+) {
+    Ok(version) => version,
+    Err(_) => panic!("the version holds no NUL"),
+};
+
 /// Frees a compressor (NULL is fine). No call on it may be running or follow.
 ///
 /// # Safety
@@ -438,4 +454,13 @@ pub unsafe extern "C" fn mc_close(compressor: *mut mc_compressor) {
         drop(unsafe { Box::from_raw(compressor) });
         Ok(())
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_c_version_is_the_librarys() {
+        let version = unsafe { std::ffi::CStr::from_ptr(super::mc_version()) };
+        assert_eq!(version.to_str(), Ok(library::VERSION));
+    }
 }

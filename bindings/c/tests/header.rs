@@ -6,8 +6,17 @@ use std::path::Path;
 #[test]
 fn header_is_current() {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config =
+    let mut config =
         cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    // The version the header describes: the workspace's one version (Cargo.toml), so a header
+    // from another version is stale here too.
+    config.after_includes = Some(format!(
+        "\n/* The version of this header; mc_version() returns the loaded library's. */\n\
+         #define MC_VERSION_MAJOR {}\n#define MC_VERSION_MINOR {}\n#define MC_VERSION_PATCH {}",
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH")
+    ));
     let mut generated = Vec::new();
     cbindgen::Builder::new()
         .with_config(config)

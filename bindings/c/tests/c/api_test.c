@@ -536,6 +536,10 @@ int main(int argc, char **argv) {
     }
     dir = argv[1];
     CHECK(strcmp(mc_last_error(), "") == 0, "no error line before any failure");
+    char compiled[64];
+    snprintf(compiled, sizeof compiled, "%d.%d.%d", MC_VERSION_MAJOR, MC_VERSION_MINOR, MC_VERSION_PATCH);
+    CHECK(mc_version() && strcmp(mc_version(), compiled) == 0, "mc_version %s, header %s",
+          mc_version() ? mc_version() : "NULL", compiled);
     input square = {"square", N_SQUARE, NULL, 0, 0.25, {0}, NULL};
     input strided = {"strided", N_STRIDED, strided_grids, 2, 0.5, {0}, NULL};
     load(&square);
