@@ -20,9 +20,11 @@ echo "ci: built $(basename "$wheel") and $(basename "$sdist")"
 
 "$tools/auditwheel" show "$wheel" | tee "$work/audit.txt"
 grep -q 'is consistent with the following platform tag: "manylinux_' "$work/audit.txt"
+unzip -l "$wheel" > "$work/wheel.txt"
+tar -tzf "$sdist" > "$work/sdist.txt"
 for file in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.md; do
-    unzip -l "$wheel" | grep -q "dist-info/licenses/$file" || { echo "ci: $file is not in the wheel"; exit 1; }
-    tar -tzf "$sdist" | grep -q "/$file\$" || { echo "ci: $file is not in the sdist"; exit 1; }
+    grep -q "dist-info/licenses/$file" "$work/wheel.txt" || { echo "ci: $file is not in the wheel"; exit 1; }
+    grep -q "/$file\$" "$work/sdist.txt" || { echo "ci: $file is not in the sdist"; exit 1; }
 done
 
 python3 -m venv "$work/user"
@@ -33,6 +35,7 @@ python3 -m venv "$work/user"
 # the cargo target folder is shared so that the registry's crates are not compiled again.
 python3 -m venv "$work/from-source"
 CARGO_TARGET_DIR="$root/target" "$work/from-source/bin/pip" wheel -q --no-deps -w "$work/sdist-wheel" "$sdist"
-"$tools/auditwheel" show "$work"/sdist-wheel/*.whl | grep -q 'consistent with the following platform tag: "manylinux_'
+"$tools/auditwheel" show "$work"/sdist-wheel/*.whl > "$work/audit-sdist.txt"
+grep -q 'consistent with the following platform tag: "manylinux_' "$work/audit-sdist.txt"
 "$work/from-source/bin/pip" install -q "$work"/sdist-wheel/*.whl
 (cd "$work" && "$work/from-source/bin/python" "$root/.ci/wheel_smoke.py" "$version")
