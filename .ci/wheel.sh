@@ -13,13 +13,14 @@ trap 'rm -rf "$work"' EXIT
 version=$(cargo metadata --no-deps --format-version 1 \
     | python3 -c 'import json, sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "metacompress"))')
 
-(cd python && "$tools/maturin" build --release --quiet --out "$work/dist" && "$tools/maturin" sdist --quiet --out "$work/dist")
+(cd python && "$tools/maturin" build --release --quiet --out "$work/dist" && "$tools/maturin" sdist --out "$work/dist")
 wheel=$(ls "$work"/dist/metacompress-"$version"-cp310-abi3-*.whl)
 sdist=$(ls "$work"/dist/metacompress-"$version".tar.gz)
 echo "ci: built $(basename "$wheel") and $(basename "$sdist")"
 
 "$tools/auditwheel" show "$wheel" | tee "$work/audit.txt"
-grep -q 'is consistent with the following platform tag: "manylinux_' "$work/audit.txt"
+manylinux() { tr -s ' \n' '  ' < "$1" | grep -q 'is consistent with the following platform tag: "manylinux_'; }
+manylinux "$work/audit.txt"
 unzip -l "$wheel" > "$work/wheel.txt"
 tar -tzf "$sdist" > "$work/sdist.txt"
 for file in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.md; do
@@ -36,6 +37,6 @@ python3 -m venv "$work/user"
 python3 -m venv "$work/from-source"
 CARGO_TARGET_DIR="$root/target" "$work/from-source/bin/pip" wheel -q --no-deps -w "$work/sdist-wheel" "$sdist"
 "$tools/auditwheel" show "$work"/sdist-wheel/*.whl > "$work/audit-sdist.txt"
-grep -q 'consistent with the following platform tag: "manylinux_' "$work/audit-sdist.txt"
+manylinux "$work/audit-sdist.txt"
 "$work/from-source/bin/pip" install -q "$work"/sdist-wheel/*.whl
 (cd "$work" && "$work/from-source/bin/python" "$root/.ci/wheel_smoke.py" "$version")
