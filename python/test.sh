@@ -17,10 +17,13 @@ fi
 # download each time); pip's build backend calls it by name. The install is editable (the
 # Python files are read from here), so it is redone only when it is missing or the Rust side
 # changed since the native module was built.
-native=$(ls metacompress/_native*.so 2>/dev/null | head -n 1 || true)
-if [ -z "$native" ] || ! (cd / && "$OLDPWD/.venv/bin/python" -c "import metacompress._native") 2>/dev/null \
+native=$(ls -t metacompress/_native*.so 2>/dev/null | head -n 1 || true)
+if [ -z "$native" ] || [ "$(ls metacompress/_native*.so | wc -l)" -ne 1 ] || ! (cd / && "$OLDPWD/.venv/bin/python" -c "import metacompress._native") 2>/dev/null \
     || [ -n "$(find ../src ../shaders ../Cargo.toml ../Cargo.lock src Cargo.toml pyproject.toml \
                  -newer "$native" -print -quit)" ]; then
+    # A native module of another build (a per-version one beside the abi3 one) would be
+    # imported first: remove them all before building.
+    rm -f metacompress/_native*.so
     PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install -q --no-deps --no-build-isolation -e .
 fi
 if [ ! -x ../target/release/metacompress ]; then
