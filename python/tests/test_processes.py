@@ -28,14 +28,9 @@ import metacompress
 from metacompress.evaluation import harness
 from metacompress.tasks.synthetic import synthetic_image
 from metacompress.training.trainer import main as train_main, order
+from test_train_cli import CONVERSATION
 
 ARGS = ["--keep", "0.25", "--dc", "16", "--pos", "4x4", "--lr", "3e-3", "--seed", "3"]
-CONVERSATION = [
-    {"from": "human", "value": "<image>\nwhat is in the picture?"},
-    {"from": "gpt", "value": "a red box."},
-    {"from": "human", "value": "where is it?"},
-    {"from": "gpt", "value": "on the left."},
-]
 CONFIG = """compute_environment: LOCAL_MACHINE
 distributed_type: MULTI_GPU
 num_machines: 1

@@ -430,6 +430,12 @@ def train(args, plan: Plan | None = None) -> dict:
     from accelerate import Accelerator
     accelerator = Accelerator(mixed_precision="no")
     count, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # The frozen model is replicated in every process (docs/TRAINING.md says why, and
+        # what to do for a model bigger than one device).
+        processes.agree(RunError(f"accelerate's {accelerator.distributed_type.name} config: not supported "
+                                 "(P_meta trains data-parallel with the frozen model replicated in every "
+                                 "process; use a MULTI_GPU config, see docs/TRAINING.md)"))
     torch.manual_seed(args.seed)
     failure = None
     try:
