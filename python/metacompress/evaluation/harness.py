@@ -24,6 +24,11 @@ Per row (docs/EVALUATION.md, "The harness"):
 - `tokens`: mean visual tokens the language model read per image;
 - `prefill_s`: mean seconds of the language model's first pass of each `generate` call (the
   decoder stack on the prompt; not the vision tower, the reduction or the sampling).
+
+Under `accelerate launch` (or `torchrun`) the images are sharded across the processes (image
+`i` to process `i mod N`), each image's measurements gathered to the first process, which
+sums them in image order: the table and JSON are the ones a single process gives (timings
+aside), printed and written once. A failure in any process stops all of them.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import tasks, toy
+from .. import processes, tasks, toy
 from ..files import write_bytes
 from ..models import tiny
 from ..models.adapters import NO_CLS, shorten
@@ -195,6 +200,18 @@ class Row:
         self.asked[turn] += 1
         self.right[turn] += int(right)
 
+    def add(self, measured: Measured):
+        """One image's measurements (images in their order, so that sums are the same however
+        many processes measured them)."""
+        self.kl += measured.kl
+        self.kl_tokens += measured.kl_tokens
+        self.images += 1
+        self.tokens += measured.tokens
+        self.prefill += measured.prefill
+        for turn, (right, agree) in enumerate(zip(measured.right, measured.agree)):
+            self.count(turn, right)
+            self.agree += int(agree)
+
     def summary(self) -> dict:
         asked, right = sum(self.asked), sum(self.right)
         out = {"method": self.method, "keep": self.keep, "tokens": self.tokens / self.images,
@@ -205,6 +222,18 @@ class Row:
         if len(self.asked) > 1:
             out["accuracy_later"] = sum(self.right[1:]) / sum(self.asked[1:])
         return out
+
+
+@dataclass
+class Measured:
+    """What one row measured on one image: the unit the processes gather and `Row.add` sums."""
+    index: int                 # the image's place in the question set
+    tokens: int
+    kl: float                  # summed over the reference answers' tokens
+    kl_tokens: int
+    prefill: list[float]       # per turn
+    right: list[bool]          # per turn
+    agree: list[bool]          # per turn
 
 
 class PrefillTimer:
@@ -298,7 +327,9 @@ def items_for(args) -> list:
 
 def device_of(name: str) -> str:
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and processes.count() > 1:
+        return f"cuda:{processes.local_rank()}"   # one device per process on its machine
     return name
 
 
@@ -333,15 +364,34 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
         attention = any(row.reduced.needs_attention for row in live)
         adapter = rows[0].reduced.adapter
         timer = PrefillTimer(model)
+        # Image i is measured by process i mod N; every process agrees after each round so
+        # that a failure in one stops them all.
+        count, rank = processes.count(), processes.rank()
+        measured = [[] for _ in live]
+        rounds = range(0, len(items), count)
+        bar = tqdm(total=len(items), desc="evaluate", unit="image", disable=not progress or not processes.is_main())
         try:
-            for index, item in enumerate(tqdm(items, desc="evaluate", unit="image", disable=not progress)):
-                questions = item.questions[:args.turns]
-                if not questions:
-                    raise UsageError(f"--data {args.data}: image {index} has no questions")
-                _image(live, adapter, processor, item.image, questions, attention, timer,
-                       args.max_new_tokens, device, warm_up=index == 0)
+            for first in rounds:
+                index, failure = first + rank, None
+                if index < len(items):
+                    try:
+                        questions = items[index].questions[:args.turns]
+                        if not questions:
+                            raise UsageError(f"--data {args.data}: image {index} has no questions")
+                        for out, record in zip(measured, _image(
+                                live, adapter, processor, items[index].image, questions, attention, timer,
+                                args.max_new_tokens, device, index, warm_up=first == 0)):
+                            out.append(record)
+                    except Exception as error:
+                        failure = error
+                processes.agree(failure)
+                bar.update(min(count, len(items) - first))
         finally:
+            bar.close()
             timer.close()
+        for row, shares in zip(live, zip(*processes.agree(None, measured))):
+            for record in sorted((record for share in shares for record in share), key=lambda r: r.index):
+                row.add(record)
     return {"model": args.model, "data": args.data, "samples": len(items), "seed": args.seed,
             "turns": args.turns, "questions": sum(rows[0].asked), "weights": args.weights,
             "device": device, "dtype": args.dtype, "runtime": compressor.device,
@@ -351,9 +401,9 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
 
 
 def _image(live, adapter, processor, image, questions, attention, timer, max_new_tokens, device,
-           warm_up=False):
-    """Every row on one image: one pass of the vision tower, one reduction per row, the
-    conversation and the teacher-forced pass. `warm_up`: first one untimed, uncounted turn
+           index, warm_up=False) -> list[Measured]:
+    """Every row on image `index`: one pass of the vision tower, one reduction per row, the
+    conversation and the teacher-forced pass; what each row measured. `warm_up`: first one untimed, uncounted turn
     of the full row (lazy initialisation, first-call allocations), so that the first row
     timed is not also the first run."""
     reference = []
@@ -372,7 +422,7 @@ def _image(live, adapter, processor, image, questions, attention, timer, max_new
     if warm_up:
         images = live[0].reduced.reduce_features(pixels, features, weights)
         converse(live[0].reduced, processor, image, questions[:1], images, timer, max_new_tokens, device)
-    full_answers, full_log_probs = None, None
+    full_answers, full_log_probs, measured = None, None, []
     for row in live:
         images = row.reduced.reduce_features(pixels, features, weights)
         answers, seconds = converse(row.reduced, processor, image, questions, images, timer,
@@ -381,14 +431,12 @@ def _image(live, adapter, processor, image, questions, attention, timer, max_new
         if row.method == "full":
             full_answers, full_log_probs = answers, log_probs
         kl = (full_log_probs.exp() * (full_log_probs - log_probs)).sum(-1)
-        row.kl += float(kl.clamp_min(0).sum())
-        row.kl_tokens += kl.numel()
-        row.images += 1
-        row.tokens += sum(tokens.shape[0] for tokens in images.tokens)
-        row.prefill += seconds
-        for turn, (question, answer, full) in enumerate(zip(questions, answers, full_answers)):
-            row.count(turn, normalise(answer) == normalise(question.answer))
-            row.agree += int(normalise(answer) == normalise(full))
+        measured.append(Measured(
+            index, sum(tokens.shape[0] for tokens in images.tokens), float(kl.clamp_min(0).sum()),
+            kl.numel(), seconds, [normalise(answer) == normalise(question.answer)
+                                  for question, answer in zip(questions, answers)],
+            [normalise(answer) == normalise(full) for answer, full in zip(answers, full_answers)]))
+    return measured
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -435,15 +483,21 @@ def plot(result: dict, path) -> None:
 
 def main(argv=None) -> int:
     args = arguments(argv)
+    processes.start()
+    main_process = processes.is_main()
     try:
         plan = check(args)
         result = evaluate(args, plan)
     except (UsageError, tasks.TaskError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if main_process:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeFailure as error:
-        print(f"error: {error}", file=sys.stderr)
+        if main_process:
+            print(f"error: {error}", file=sys.stderr)
         return 1
+    if not main_process:
+        return 0
     print(table(result))
     if args.json:
         write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())

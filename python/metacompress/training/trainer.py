@@ -6,7 +6,14 @@
     python -m metacompress.train --model tiny-llava --data synthetic --steps 40 \\
         --output pmeta.safetensors
     python -m metacompress.train --model shapes --data shapes --samples 512 ...   # a toy model
-    accelerate launch -m metacompress.train ...    # several GPUs, data-parallel
+    accelerate launch -m metacompress.train ...    # several processes, data-parallel
+
+Under `accelerate launch` (or `torchrun`; docs/TRAINING.md) `--batch` is per process: each
+step's global batch of `--batch` x processes conversations is split among the processes in
+order, each prepares (processes the images of) only its own share, the gradients and the
+reported losses are averaged over the whole global batch, and one process writes and prints.
+With the same global batch, seed and data order it trains the same P_meta as one process (up
+to the order of float sums). A failure in any process stops all of them with one `error:` line.
 
 Writes the weights (the runtime loads them: `metacompress compress --weights ...`) and a JSON
 beside them (`W.json`) naming the model, keep, scope and layout rule.
@@ -37,14 +44,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import toy
+from .. import processes, toy
 from ..files import write_bytes
 from ..models import tiny
 from ..models.adapters import Adapter
 from ..models.inputs import collate
 from ..tasks.conversations import DataError, read_conversations
 from ..torch import FORMAT as PMETA_FORMAT, PMeta
-from .data import llava_json_samples, synthetic_sample, toy_samples
+from .data import Prepared, llava_json_prepared, synthetic_draw, synthetic_prepare, toy_prepared
 from .distill import Weights, losses
 
 LAYOUT_RULES = {
@@ -105,7 +112,8 @@ def arguments(argv=None):
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="stop after this many optimizer steps")
-    parser.add_argument("--batch", type=int, default=4, help="conversations per step (per process)")
+    parser.add_argument("--batch", type=int, default=4,
+                        help="conversations per step and process (the global batch: this x processes) [4]")
     parser.add_argument("--samples", type=int, default=64, help="synthetic or toy conversations [64]")
     parser.add_argument("--dc", type=int, default=256,
                         help="projection width of new weights (at most the model's width) [256]")
@@ -358,22 +366,43 @@ def load_model(name: str, bf16: bool):
     return model, AutoProcessor.from_pretrained(name)
 
 
-def samples_for(args, adapter, processor, records=None):
+def samples_for(args, adapter, processor, records=None) -> Prepared:
+    """The training conversations, each prepared (its image processed) when it is asked for."""
     if args.data == "synthetic":
         if args.model not in tiny.NAMES:
             raise UsageError("--data synthetic is for the tiny models; give a conversations file")
         rng = random.Random(args.seed)
-        return [synthetic_sample(adapter, processor, rng) for _ in range(args.samples)]
+        return Prepared([synthetic_draw(rng) for _ in range(args.samples)],
+                        lambda draw: synthetic_prepare(adapter, processor, draw))
     if args.data in toy.NAMES:
-        return toy_samples(processor, args.data, args.samples, args.seed)
+        return toy_prepared(processor, args.data, args.samples, args.seed)
     if not args.images:
         raise UsageError("--images is needed with a conversations file")
     if args.model in tiny.NAMES:
         processor = tiny.TinyProcessor(adapter.model, processor)
-    try:
-        return list(llava_json_samples(processor, args.data, args.images, records=records))
-    except DataError as error:
-        raise RunError(str(error)) from None
+    return llava_json_prepared(processor, args.data, args.images, records=records)
+
+
+def order(count: int, seed: int, epoch: int) -> list[int]:
+    """The conversations' order in `epoch`: the order a shuffling `DataLoader` with a generator
+    seeded `seed` gives (two permutations drawn an epoch), so that resuming mid-epoch and any
+    number of processes see the one order."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(2 * epoch + 1):
+        permutation = torch.randperm(count, generator=generator)
+    return permutation.tolist()
+
+
+def shares(indices: list[int], batch: int, count: int, rank: int) -> list[tuple[list[int], int]]:
+    """Per step, this process's share of the global batch (`batch` x `count` conversations
+    in `indices`' order; process `rank` takes the `rank`-th run of `batch`, as accelerate's
+    sharded loader does) and the global batch's size (smaller at an epoch's end)."""
+    size = batch * count
+    steps = []
+    for start in range(0, len(indices), size):
+        whole = indices[start:start + size]
+        steps.append((whole[rank * batch:(rank + 1) * batch], len(whole)))
+    return steps
 
 
 def initial_weights(args, width: int, pos=None) -> PMeta:
@@ -395,16 +424,25 @@ def finite_or_stop(step: int, parts: dict):
 
 
 def train(args, plan: Plan | None = None) -> dict:
-    """Runs the training; returns the first and last losses."""
+    """Runs the training; returns the first and last losses, the history and the global batch."""
     if plan is None:
         plan = check(args)
     from accelerate import Accelerator
     accelerator = Accelerator(mixed_precision="no")
+    count, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # The frozen model is replicated in every process (docs/TRAINING.md says why, and
+        # what to do for a model bigger than one device).
+        processes.agree(RunError(f"accelerate's {accelerator.distributed_type.name} config: not supported "
+                                 "(P_meta trains data-parallel with the frozen model replicated in every "
+                                 "process; use a MULTI_GPU config, see docs/TRAINING.md)"))
     torch.manual_seed(args.seed)
+    failure = None
     try:
         model, processor = load_model(args.model, args.bf16)
     except (OSError, ValueError) as error:
-        raise RunError(f"--model {args.model}: {str(error).strip().splitlines()[0]}") from None
+        failure = RunError(f"--model {args.model}: {str(error).strip().splitlines()[0]}")
+    processes.agree(failure)
     if args.gradient_checkpointing:
         # transformers 5 renamed it; the old name still works there, with a warning.
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
@@ -413,43 +451,60 @@ def train(args, plan: Plan | None = None) -> dict:
     if pmeta.pos_embed is not None and not args.train_pos:
         pmeta.pos_embed.requires_grad_(False)
     samples = samples_for(args, adapter, processor, plan.records)
-    loader = torch.utils.data.DataLoader(samples, batch_size=args.batch, shuffle=True, collate_fn=collate,
-                                         generator=torch.Generator().manual_seed(args.seed))
-    total_steps = args.steps or args.epochs * math.ceil(len(samples) / args.batch)
+    steps_per_epoch = math.ceil(len(samples) / (args.batch * count))
+    total_steps = args.steps or args.epochs * steps_per_epoch
     trainable = [p for p in pmeta.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    pmeta, optimizer, loader = accelerator.prepare(pmeta, optimizer, loader)
+    pmeta, optimizer = accelerator.prepare(pmeta, optimizer)
     weights = Weights(args.keep, args.scope, args.alpha_entropy, args.alpha_collapse)
     step, history = 0, []
     checkpoint = plan.state.parent if plan.state else None
+    module = accelerator.unwrap_model(pmeta)
     if plan.resume is not None:
         state = plan.resume
         try:
-            accelerator.unwrap_model(pmeta).load_state_dict(state["pmeta"])
+            module.load_state_dict(state["pmeta"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise RunError(f"--resume: {plan.state} does not fit these weights "
                            f"({str(error).strip().splitlines()[0]})") from None
         step, history = state["step"], state["history"]
-        torch.set_rng_state(state["rng"])
+        # Each process's own random state; a checkpoint of fewer processes (or of an older
+        # version, which kept one) gives its first to the rest.
+        states = state.get("rng_by_process") or [state["rng"]]
+        torch.set_rng_state(states[rank] if rank < len(states) else states[0])
     progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_main_process,
                     desc="P_meta", dynamic_ncols=True)
-    module = accelerator.unwrap_model(pmeta)
     try:
         while step < total_steps:
-            for batch in loader:
+            epoch, done = divmod(step, steps_per_epoch)
+            for own, size in shares(order(len(samples), args.seed, epoch), args.batch, count, rank)[done:]:
                 if step >= total_steps:
                     break
+                parts, failure = None, None
                 try:
+                    # A process with no share of an epoch's last, short batch still runs one
+                    # conversation, weighted 0, so that every process takes part in the step.
+                    batch = collate([samples[i] for i in own or [0]])
                     parts = losses(adapter, pmeta, batch.to(accelerator.device), weights)
+                    finite_or_stop(step + 1, parts)
+                except DataError as error:
+                    failure = RunError(str(error))
                 except ValueError as error:   # e.g. weights that diverged to inf or NaN
-                    raise RunError(f"step {step + 1}: {error}") from None
-                finite_or_stop(step + 1, parts)
+                    failure = RunError(f"step {step + 1}: {error}")
+                except Exception as error:    # stops the other processes too, rather than hang them
+                    failure = error
+                share = len(own) / size   # this process's fraction of the global batch
+                reported = processes.agree(failure, None if parts is None else
+                                           {k: float(v.detach()) * share for k, v in parts.items()})
                 optimizer.zero_grad()
-                accelerator.backward(parts["total"])
+                # Gradients are averaged over the processes: each process's mean loss weighted
+                # by its share gives the global batch's mean (the same weight, 1, when even).
+                scale = share * count
+                accelerator.backward(parts["total"] if scale == 1 else parts["total"] * scale)
                 if args.clip > 0:
                     if args.clip_mode == "norm":
                         accelerator.clip_grad_norm_(trainable, args.clip)
@@ -458,30 +513,42 @@ def train(args, plan: Plan | None = None) -> dict:
                 optimizer.step()
                 schedule.step()
                 step += 1
-                history.append({k: float(v.detach()) for k, v in parts.items()})
+                history.append({k: sum(values[k] for values in reported) for k in reported[0]})
                 progress.update(1)
                 progress.set_postfix(pred=f"{history[-1]['pred']:.4f}", entropy=f"{history[-1]['entropy']:.3f}",
                                      collapse=f"{history[-1]['collapse']:.3f}")
                 if checkpoint and (step % args.checkpoint_every == 0 or step == total_steps):
+                    states = processes.gather(torch.get_rng_state())
+                    failure = None
                     if accelerator.is_main_process:
-                        finite_weights(module, step)
-                        checkpoint.mkdir(parents=True, exist_ok=True)
-                        save_state(plan.state, {
-                            "pmeta": module.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "step": step, "history": history,
-                            "rng": torch.get_rng_state(), "settings": plan.settings})
+                        try:
+                            finite_weights(module, step)
+                            checkpoint.mkdir(parents=True, exist_ok=True)
+                            save_state(plan.state, {
+                                "pmeta": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                "schedule": schedule.state_dict(), "step": step, "history": history,
+                                "rng": states[0], "rng_by_process": states, "settings": plan.settings})
+                        except Exception as error:
+                            failure = error
+                    processes.agree(failure)
     finally:
         progress.close()
+    failure = None
     if accelerator.is_main_process:
-        finite_weights(module, step)
-        module.save(plan.weights)
-        sidecar = {"format": SIDECAR_FORMAT, "model": args.model, "family": adapter.family,
-                   "keep": args.keep, "scope": args.scope, "layout": LAYOUT_RULES[adapter.family],
-                   "steps": step, "loss_first": history[0] if history else None,
-                   "loss_last": history[-1] if history else None}
-        write_bytes(plan.sidecar, (json.dumps(sidecar, indent=2) + "\n").encode())
+        try:
+            finite_weights(module, step)
+            module.save(plan.weights)
+            sidecar = {"format": SIDECAR_FORMAT, "model": args.model, "family": adapter.family,
+                       "keep": args.keep, "scope": args.scope, "layout": LAYOUT_RULES[adapter.family],
+                       "steps": step, "batch": args.batch * count, "processes": count,
+                       "loss_first": history[0] if history else None,
+                       "loss_last": history[-1] if history else None}
+            write_bytes(plan.sidecar, (json.dumps(sidecar, indent=2) + "\n").encode())
+        except Exception as error:
+            failure = error
+    processes.agree(failure)
     return {"first": history[0] if history else None, "last": history[-1] if history else None,
-            "history": history}
+            "history": history, "batch": args.batch * count, "processes": count}
 
 
 def finite_weights(module: PMeta, step: int):
@@ -498,18 +565,28 @@ def save_state(path: Path, state: dict):
 
 
 def main(argv=None):
+    processes.start()
     try:
-        args = arguments(argv)
-        plan = check(args)
+        failure = None
+        try:
+            args = arguments(argv)
+            plan = check(args)
+        except Exception as error:   # every process checks; all stop when one refuses
+            failure = error
+        processes.agree(failure)
         result = train(args, plan)
     except UsageError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        if processes.is_main():
+            print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except (RunError, ValueError, OSError, torch.OutOfMemoryError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        if processes.is_main():
+            print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(1) from None
-    if result["first"]:
-        print(f"trained {len(result['history'])} steps: loss {result['first']['total']:.4f} -> "
+    if result["first"] and processes.is_main():
+        batch = (f"global batch {result['batch']} ({result['processes']} processes x {args.batch})"
+                 if result["processes"] > 1 else f"batch {result['batch']}")
+        print(f"trained {len(result['history'])} steps, {batch}: loss {result['first']['total']:.4f} -> "
               f"{result['last']['total']:.4f} (pred {result['first']['pred']:.5f} -> "
               f"{result['last']['pred']:.5f}); wrote {args.output}", file=sys.stderr)
 
