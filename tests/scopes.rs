@@ -41,6 +41,29 @@ fn loose_layout(rng: &mut ChaCha8Rng) -> (Layout, Vec<usize>) {
     (layout, loose)
 }
 
+/// The options (outputs poisoned first) and request of a run of `x` without attention.
+fn poisoned_run<'a>(
+    keep: Keep,
+    scope: Scope,
+    x: &'a Features,
+    layout: &'a Layout,
+    seed: u64,
+) -> (Options, Request<'a>) {
+    let options = Options {
+        keep,
+        scope,
+        poison: true,
+        ..Options::default()
+    };
+    let request = Request {
+        features: x.into(),
+        layout,
+        attention: None,
+        seed,
+    };
+    (options, request)
+}
+
 /// The token each one-hot row of `p` (`m x n`) keeps; panics on a row that is not one-hot.
 fn kept_tokens(p: &[f32], n: usize, what: &str) -> Vec<usize> {
     p.chunks_exact(n)
@@ -95,18 +118,7 @@ fn divprune_at_scope_image_chooses_among_all_tokens_loose_ones_included() {
         let queries = layout.queries(keep);
         let m = queries.count;
         for scope in [Scope::Image, Scope::Grid] {
-            let options = Options {
-                keep,
-                scope,
-                poison: true,
-                ..Options::default()
-            };
-            let request = Request {
-                features: (&x).into(),
-                layout: &layout,
-                attention: None,
-                seed: 5,
-            };
+            let (options, request) = poisoned_run(keep, scope, &x, &layout, 5);
             let mut expected_p = Vec::new();
             let mut expected_tokens = Vec::new();
             for image in 0..b {
@@ -205,18 +217,7 @@ fn random_at_scope_image_draws_m_distinct_tokens_of_the_whole_image() {
             )
         })
         .collect();
-    let options = Options {
-        keep,
-        scope: Scope::Image,
-        poison: true,
-        ..Options::default()
-    };
-    let request = Request {
-        features: (&x).into(),
-        layout: &layout,
-        attention: None,
-        seed: draw_seed,
-    };
+    let (options, request) = poisoned_run(keep, Scope::Image, &x, &layout, draw_seed);
     for (name, runner) in &runners {
         let what = format!("seed {seed}, draws {draw_seed} on {name}, {layout:?}");
         let result = runner.run(Method::Random, &request, &options).unwrap();

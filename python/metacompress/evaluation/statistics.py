@@ -26,7 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+try:
+    from scipy import stats
+except ImportError as error:   # an install without the evaluation's extra
+    raise ImportError('the evaluation\'s statistics need scipy: pip install "metacompress[eval]"') from error
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
