@@ -104,13 +104,15 @@ def arguments(argv=None):
                         help=f"images [enough for {QUESTIONS} questions: ceil({QUESTIONS} / --turns) "
                              "where every image has --turns questions; or all a JSON file holds]")
     parser.add_argument("--seed", type=int, default=0,
-                        help="a shipped task's question set; the random method's draws [0]")
+                        help="a shipped task's question set; the random method's draws; the "
+                             "bootstrap's resamples [0]")
     parser.add_argument("--turns", type=int, default=3,
                         help="questions per image, asked in one conversation, the image reduced "
                              "once for all of them (fewer where an image has fewer) [3]")
     parser.add_argument("--max-new-tokens", type=int, default=10, help="per answer [10]")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--plot", help="plot accuracy against tokens kept here (.png)")
+    parser.add_argument("--plot", help="plot accuracy and KL against tokens kept, with their 95 %% "
+                                       "intervals, here (.png)")
     parser.add_argument("--device", default="auto", help="the model's: cpu, cuda, ... [auto]")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="the model's [float32]")
