@@ -210,14 +210,12 @@ class Row:
     right: list[int] = field(default_factory=list)     # per turn
     asked: list[int] = field(default_factory=list)     # per turn
     agree: int = 0
-    kl: float = 0.0
-    kl_tokens: int = 0
     prefill: list[float] = field(default_factory=list)
     # question by question and image by image, for the intervals (statistics.Outcomes)
     answers_right: list[bool] = field(default_factory=list)
     answers_image: list[int] = field(default_factory=list)
     answers_family: list = field(default_factory=list)
-    image_kl: list[float] = field(default_factory=list)
+    image_kl: list[float] = field(default_factory=list)          # summed over its answer tokens
     image_kl_tokens: list[int] = field(default_factory=list)
 
     def count(self, turn: int, right: bool, family=None):
@@ -237,9 +235,10 @@ class Row:
 
     def summary(self) -> dict:
         asked, right = sum(self.asked), sum(self.right)
+        kl, kl_tokens = sum(self.image_kl), sum(self.image_kl_tokens)
         out = {"method": self.method, "keep": self.keep, "tokens": self.tokens / self.images,
                "accuracy": right / asked, "agreement": self.agree / asked,
-               "kl": self.kl / self.kl_tokens if self.kl_tokens else 0.0,
+               "kl": kl / kl_tokens if kl_tokens else 0.0,
                "prefill_s": sum(self.prefill) / len(self.prefill),
                "accuracy_turn1": self.right[0] / self.asked[0], "scope": self.scope}
         if self.trained is not None:
@@ -335,14 +334,17 @@ def answer_log_probs(reduced: ReducedModel, sample, images) -> torch.Tensor:
 def items_for(args) -> list:
     """The images and their questions: `--samples` of them, or by default enough for
     `QUESTIONS` questions (at most `--turns` an image), or all there are."""
+
     def get(count):
         if args.data in tasks.names():
             return tasks.get(args.data, args.seed, count)
         return tasks.llava_json(args.data, args.images, count)
-    if args.samples is not None:
-        return get(args.samples)
+
     def asked(items):
         return sum(min(len(item.questions), args.turns) for item in items)
+
+    if args.samples is not None:
+        return get(args.samples)
     count = -(-QUESTIONS // args.turns)
     items = get(count)
     # A shipped task's first k items are those of any longer set; images with fewer questions
@@ -460,8 +462,6 @@ def _image(live, adapter, processor, image, questions, attention, timer, max_new
         if row.method == "full":
             full_answers, full_log_probs = answers, log_probs
         kl = (full_log_probs.exp() * (full_log_probs - log_probs)).sum(-1)
-        row.kl += float(kl.clamp_min(0).sum())
-        row.kl_tokens += kl.numel()
         row.image_kl.append(float(kl.clamp_min(0).sum()))
         row.image_kl_tokens.append(kl.numel())
         row.tokens += sum(tokens.shape[0] for tokens in images.tokens)
