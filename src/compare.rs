@@ -413,7 +413,7 @@ fn compare_footprint(
     let mut held = copy.saturating_add(baseline);
     let mut peak = held;
     for &method in methods {
-        let run = footprint(method, (b, n, d), &queries, true);
+        let run = footprint(method, options.scope, (b, n, d), &queries, true);
         peak = peak.max(held.saturating_add(run.peak()));
         held = held.saturating_add(run.held);
     }

@@ -757,6 +757,8 @@ fn compress_runs_every_method_and_compare_prints_the_table_json_and_pictures() {
         let metadata = metadata.metadata().clone().unwrap();
         assert_eq!(metadata["method"], method.name());
         assert_eq!(metadata["m"], "11");
+        // The scope it ran at, asked for the default image (SPEC section 4, v4).
+        assert_eq!(metadata["scope"], method.scope(Scope::Image).name());
         // The tokens are P X for the P in the file (seed {seed}).
         let p: Vec<f64> = common::f32_tensor(&file, "projection")
             .iter()

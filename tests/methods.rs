@@ -13,7 +13,7 @@ use metacompress::compare::{fidelity, sizes};
 use metacompress::methods::{check_attention, projection, Method, Request, Runner};
 use metacompress::pictures::{write_pictures, UNUSED};
 use metacompress::{
-    reference, Backend, Features, Keep, Layout, Options, Precision, Queries, SplitK,
+    reference, Backend, Features, Keep, Layout, Options, Precision, Queries, Scope, SplitK,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -72,8 +72,15 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
         .unwrap();
         let queries = layout.queries(keep);
         let m = queries.count;
+        // Both scopes (SPEC section 4, v4: DivPrune at scope image picks among all tokens).
+        let scope = if case % 2 == 0 {
+            Scope::Image
+        } else {
+            Scope::Grid
+        };
         let options = Options {
             keep,
+            scope,
             poison: true,
             ..Options::default()
         };
@@ -84,7 +91,7 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
             seed: 7,
         };
         for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
-            let what = format!("seed {seed}, case {case}, {}", method.name());
+            let what = format!("seed {seed}, case {case}, {} at {scope:?}", method.name());
             let mut expected_tokens = Vec::new();
             let mut expected_p = Vec::new();
             for (name, runner) in &runners {
@@ -96,8 +103,9 @@ fn every_baseline_matches_its_float64_reference_on_every_backend() {
                         let xi = x.image(image);
                         let ai = &attention[image * n..][..n];
                         let p_image = &p[image * m * n..][..m * n];
-                        let p_ref = reference_methods::projection(method, xi, d, ai, &queries, n)
-                            .unwrap_or_else(|| p_image.iter().map(|&v| v as f64).collect());
+                        let p_ref =
+                            reference_methods::projection(method, scope, xi, d, ai, &queries, n)
+                                .unwrap_or_else(|| p_image.iter().map(|&v| v as f64).collect());
                         let worst = p_image
                             .iter()
                             .zip(&p_ref)
@@ -131,7 +139,17 @@ fn llava_projection(rng: &mut ChaCha8Rng, method: Method, d: usize) -> (Vec<f32>
     let queries = layout.queries(Keep::new(0.1).unwrap());
     assert_eq!(queries.count, 64);
     let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+    // Per grid whatever the scope: at scope image as their authors run them.
+    let p = projection(
+        method,
+        Scope::Image,
+        x.image(0),
+        d,
+        Some(&a),
+        &queries,
+        &mut draws,
+    )
+    .unwrap();
     (p, a)
 }
 
@@ -251,6 +269,7 @@ fn prumerge_rows_are_a_kept_token_plus_its_neighbours_attention_and_reuse_tokens
     let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let p = projection(
         Method::PruMerge,
+        Scope::Image,
         x.image(0),
         13,
         Some(&flat),
@@ -281,13 +300,17 @@ fn every_baseline_matches_its_reference_on_tiny_grids_at_every_keep() {
     let (n, d) = (layout.tokens(), 6);
     let x = features(&mut rng, 1, n, d);
     let a = attention(&mut rng, n);
-    for keep in [0.05, 0.3, 0.5, 0.8, 1.0] {
+    for (keep, scope) in [0.05, 0.3, 0.5, 0.8, 1.0]
+        .into_iter()
+        .flat_map(|keep| [(keep, Scope::Image), (keep, Scope::Grid)])
+    {
         let queries = layout.queries(Keep::new(keep).unwrap());
         for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
             let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-            let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+            let p =
+                projection(method, scope, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
             let Some(expected) =
-                reference_methods::projection(method, x.image(0), d, &a, &queries, n)
+                reference_methods::projection(method, scope, x.image(0), d, &a, &queries, n)
             else {
                 continue;
             };
@@ -362,7 +385,7 @@ fn tome_merges_at_most_half_of_an_odd_count_per_round_in_its_own_order() {
     let queries = layout.queries(Keep::new(0.4).unwrap());
     assert_eq!(queries.count, 2);
     let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let p = projection(Method::Tome, &x, 3, None, &queries, &mut draws).unwrap();
+    let p = projection(Method::Tome, Scope::Grid, &x, 3, None, &queries, &mut draws).unwrap();
     assert_eq!(
         p,
         vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
@@ -386,15 +409,18 @@ fn divprune_never_keeps_a_token_twice_where_its_authors_loop_would() {
     assert_eq!(queries.count, 4);
     let authors = reference_methods::divprune_as_written(&x, d, &(0..9).collect::<Vec<_>>(), 4);
     assert_eq!(authors, vec![0, 0, 0, 0], "seed {seed}: the authors' loop");
-    let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let p = projection(Method::DivPrune, &x, d, None, &queries, &mut draws).unwrap();
-    let kept: Vec<usize> = p
-        .chunks_exact(9)
-        .map(|row| row.iter().position(|&w| w == 1.0).unwrap())
-        .collect();
-    assert_eq!(kept, vec![0, 1, 2, 3], "seed {seed}: ours");
-    let reference = reference_methods::divprune(&x, d, &queries, 9);
-    assert_eq!(p.iter().map(|&v| v as f64).collect::<Vec<_>>(), reference);
+    // One grid: both scopes choose among the same nine tokens.
+    for scope in [Scope::Image, Scope::Grid] {
+        let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        let p = projection(Method::DivPrune, scope, &x, d, None, &queries, &mut draws).unwrap();
+        let kept: Vec<usize> = p
+            .chunks_exact(9)
+            .map(|row| row.iter().position(|&w| w == 1.0).unwrap())
+            .collect();
+        assert_eq!(kept, vec![0, 1, 2, 3], "seed {seed}: ours at {scope:?}");
+        let reference = reference_methods::divprune(&x, d, &queries, 9);
+        assert_eq!(p.iter().map(|&v| v as f64).collect::<Vec<_>>(), reference);
+    }
 }
 
 #[test]
@@ -438,10 +464,11 @@ fn metacompress_runs_through_the_runner_as_the_forward_pass() {
     }
 }
 
-/// `P` of one random image under `method`, with its queries.
+/// `P` of one random image under `method` asked for `scope`, with its queries.
 fn one_projection(
     rng: &mut ChaCha8Rng,
     method: Method,
+    scope: Scope,
     seed: u64,
 ) -> (Layout, Features, Queries, Vec<f32>) {
     let layout = odd_layout(rng);
@@ -450,21 +477,22 @@ fn one_projection(
     let a = attention(rng, n);
     let queries = layout.queries(Keep::new(0.3).unwrap());
     let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-    let p = projection(method, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
+    let p = projection(method, scope, x.image(0), d, Some(&a), &queries, &mut draws).unwrap();
     (layout, x, queries, p)
 }
 
 #[test]
 fn every_projection_is_non_negative_inside_the_querys_grid() {
     let (seed, mut rng) = seeded("every_projection_is_non_negative_inside_the_querys_grid");
-    for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
-        let (layout, _, queries, p) = one_projection(&mut rng, method, 3);
+    let methods = Method::ALL.into_iter().filter(|m| !m.needs_weights());
+    for (method, scope) in methods.flat_map(|m| [(m, Scope::Grid), (m, Scope::Image)]) {
+        let (layout, _, queries, p) = one_projection(&mut rng, method, scope, 3);
         let n = layout.tokens();
         let mut columns_used = Vec::new();
         for q in &queries.grids {
             for row in q.query_offset..q.query_offset + q.len() {
                 let weights = &p[row * n..][..n];
-                let what = format!("seed {seed}, {} row {row}", method.name());
+                let what = format!("seed {seed}, {} at {scope:?} row {row}", method.name());
                 // Rows sum to 1 but where the authors' do not (visionzip's contextual rows,
                 // prumerge's rows: their own tests).
                 let sum: f64 = weights.iter().map(|&w| w as f64).sum();
@@ -475,10 +503,11 @@ fn every_projection_is_non_negative_inside_the_querys_grid() {
                     weights.iter().all(|&w| w >= 0.0),
                     "{what}: a negative weight"
                 );
+                // Inside the query's grid, but where the method chose among the whole image.
                 let inside = q.grid.offset..q.grid.end();
                 for (token, &w) in weights.iter().enumerate() {
                     assert!(
-                        w == 0.0 || inside.contains(&token),
+                        w == 0.0 || inside.contains(&token) || method.scope(scope) == Scope::Image,
                         "{what}: weighs token {token} outside its grid"
                     );
                 }
@@ -505,7 +534,7 @@ fn every_projection_is_non_negative_inside_the_querys_grid() {
 #[test]
 fn sample_keeps_the_centre_cell_of_each_window() {
     let (seed, mut rng) = seeded("sample_keeps_the_centre_cell");
-    let (layout, _, queries, p) = one_projection(&mut rng, Method::Sample, 0);
+    let (layout, _, queries, p) = one_projection(&mut rng, Method::Sample, Scope::Grid, 0);
     let n = layout.tokens();
     for q in &queries.grids {
         for i in 0..q.height {
@@ -567,13 +596,16 @@ fn pool_equals_the_pooling_windows_of_the_forward_pass() {
 
 #[test]
 fn random_is_reproducible_from_its_seed() {
-    let (_, mut rng) = seeded("random_is_reproducible_from_its_seed");
+    let (_, rng) = seeded("random_is_reproducible_from_its_seed");
     let state = rng.clone();
-    let (_, _, _, first) = one_projection(&mut rng, Method::Random, 11);
-    let (_, _, _, again) = one_projection(&mut state.clone(), Method::Random, 11);
-    let (_, _, _, other) = one_projection(&mut state.clone(), Method::Random, 12);
-    assert_eq!(first, again, "same seed, same subset");
-    assert_ne!(first, other, "another seed, another subset");
+    for scope in [Scope::Image, Scope::Grid] {
+        let mut rng = rng.clone();
+        let (_, _, _, first) = one_projection(&mut rng, Method::Random, scope, 11);
+        let (_, _, _, again) = one_projection(&mut state.clone(), Method::Random, scope, 11);
+        let (_, _, _, other) = one_projection(&mut state.clone(), Method::Random, scope, 12);
+        assert_eq!(first, again, "same seed, same subset at {scope:?}");
+        assert_ne!(first, other, "another seed, another subset at {scope:?}");
+    }
 }
 
 #[test]
@@ -631,7 +663,16 @@ fn fidelity_is_exact_for_the_identity_and_matches_hand_values() {
     let x = features(&mut rng, 1, 25, d);
     let queries = layout.queries(Keep::new(1.0).unwrap());
     let mut draws = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let p = projection(Method::Sample, x.image(0), d, None, &queries, &mut draws).unwrap();
+    let p = projection(
+        Method::Sample,
+        Scope::Grid,
+        x.image(0),
+        d,
+        None,
+        &queries,
+        &mut draws,
+    )
+    .unwrap();
     let probes = common::normal(&mut rng, 4 * d, 1.0);
     let f = fidelity(x.image(0), x.image(0), &p, &probes, d);
     assert!(
@@ -693,7 +734,7 @@ fn pictures_decode_at_the_grids_size_and_show_the_kept_cells() {
     let folder = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pictures");
     let _ = std::fs::remove_dir_all(&folder);
     for scale in [1, 3] {
-        let (layout, _, queries, p) = one_projection(&mut rng, Method::Sample, 0);
+        let (layout, _, queries, p) = one_projection(&mut rng, Method::Sample, Scope::Grid, 0);
         let n = layout.tokens();
         let written = write_pictures(&folder, Method::Sample, &p, n, &queries, scale).unwrap();
         assert_eq!(written.len(), queries.grids.len());

@@ -250,13 +250,15 @@ fn every_baseline_method_follows_strided_grids() {
         };
         let (xi, ai) = (x.image(0), attention.as_slice());
         for method in Method::ALL.into_iter().filter(|m| !m.needs_weights()) {
-            let Some(expected) = reference_methods::projection(method, xi, d, ai, &queries, n)
+            let Some(expected) =
+                reference_methods::projection(method, options.scope, xi, d, ai, &queries, n)
             else {
-                // random: every row one-hot on a token of its own grid.
+                // random: every row one-hot on a token of its own grid, or of the image at
+                // scope image.
                 let out = runners[0].1.run(method, &request, &options).unwrap();
                 let p = out.projection.unwrap();
                 for (row, values) in p.chunks_exact(n).enumerate() {
-                    let keys = queries.keys(row, Scope::Grid, n);
+                    let keys = queries.keys(row, method.scope(options.scope), n);
                     for (j, v) in values.iter().enumerate() {
                         assert!(*v == 0.0 || keys.contains(j), "seed {seed}: {method:?}");
                     }

@@ -4,10 +4,10 @@ The package's rooms, bottom up (each imports only from below; `python/.importlin
 that, checked in CI):
 
 - the runtime door, here at the top level (numpy only): `metacompress.Compressor`,
-  `metacompress.layout`, `metacompress.devices` (the Rust runtime, SPEC section 8, every
-  reduction method; errors raise `metacompress.UsageError`, a ValueError, or
-  `metacompress.Error`, a RuntimeError, with the command line's message), `layouts` (the SPEC
-  grids of real models), `files` (atomic writing), `memory`.
+  `metacompress.layout`, `metacompress.devices`, `metacompress.method_scope` (the Rust
+  runtime, SPEC section 8, every reduction method; errors raise `metacompress.UsageError`, a
+  ValueError, or `metacompress.Error`, a RuntimeError, with the command line's message),
+  `layouts` (the SPEC grids of real models), `files` (atomic writing), `memory`.
 - `metacompress.torch`: the PyTorch twin, SPEC section 4 in differentiable PyTorch (`PMeta`).
 - `metacompress.tasks`: images and questions (the toy task `shapes`, synthetic images,
   LLaVA-format conversation files): data, no model.
@@ -21,7 +21,8 @@ that, checked in CI):
 - `metacompress.evaluation`: does the model still answer (`python -m metacompress.evaluate`).
 """
 # The native runtime (Rust, built into the package by maturin): every reduction method.
-from .runtime import Compressor, Error, Result, UsageError, devices, layout
+from .runtime import Compressor, Error, Result, UsageError, devices, layout, method_scope
 from ._native import __version__  # the crate's version (Cargo.toml): one version everywhere
 
-__all__ = ["Compressor", "Error", "Result", "UsageError", "__version__", "devices", "layout"]
+__all__ = ["Compressor", "Error", "Result", "UsageError", "__version__", "devices", "layout",
+           "method_scope"]

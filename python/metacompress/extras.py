@@ -7,7 +7,7 @@ the rest comes with extras (python/pyproject.toml, README "Python"):
 | `torch` | `metacompress.torch` (the PyTorch twin), torch tensors in/out | torch, safetensors               |
 | `hf`    | `metacompress.models`, `metacompress.hf`, `metacompress.tasks`, `metacompress.toy` | + transformers, pillow |
 | `train` | `metacompress.training`, `python -m metacompress.train`       | + accelerate, tqdm               |
-| `eval`  | `metacompress.evaluation`, `python -m metacompress.evaluate`  | + tqdm, matplotlib               |
+| `eval`  | `metacompress.evaluation`, `python -m metacompress.evaluate`  | + tqdm, matplotlib, scipy        |
 | `all`   | everything                                                    |                                  |
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ MODULES = {
     "torch": _TORCH,
     "hf": _HF,
     "train": _HF + ("accelerate", "tqdm"),
-    "eval": _HF + ("tqdm", "matplotlib"),
+    "eval": _HF + ("tqdm", "matplotlib", "scipy"),
 }
 
 

@@ -221,6 +221,15 @@ def layout(preset: str, pinpoints=None) -> Tuple[int, list]:
     return _native.layout(preset, pinpoints)
 
 
+def method_scope(method: str, scope: str = "image") -> str:
+    """The scope `method` runs at when `compress(scope=scope)` asks for one (SPEC section 4,
+    v4): `scope` for metacompress, divprune and random (at "image" these two choose among all
+    tokens of the image, loose ones included); "grid" for pool, sample, tome, visionzip and
+    prumerge, which are defined per grid or run per tile by their authors whatever the scope."""
+    with _ArgumentsAsUsage():
+        return _native.method_scope(method, scope)
+
+
 def devices() -> list:
     """Every adapter wgpu sees: dicts with "name", "vendor", "backend", "type", "driver",
     "f16", "subgroups", "timestamps", "binding_limit", "offset_alignment"."""

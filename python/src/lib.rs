@@ -509,6 +509,15 @@ fn devices(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
         .collect()
 }
 
+/// The scope `method` runs at when `scope` is asked for (SPEC section 4, v4): its own for the
+/// methods defined or run per grid whatever the scope.
+#[pyfunction]
+fn method_scope(method: &Bound<'_, PyAny>, scope: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+    let method: Method = choice("method", method)?;
+    let scope: Scope = choice("scope", scope)?;
+    Ok(method.scope(scope).name())
+}
+
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
@@ -518,5 +527,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Compressor>()?;
     module.add_function(wrap_pyfunction!(layout, module)?)?;
     module.add_function(wrap_pyfunction!(devices, module)?)?;
+    module.add_function(wrap_pyfunction!(method_scope, module)?)?;
     Ok(())
 }

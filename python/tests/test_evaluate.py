@@ -3,7 +3,10 @@
 layer's own projections; the harness runs end to end with every method and writes every
 row; its accuracy, agreement and KL equal a plain re-computation (the model's `generate` on
 inputs built by hand, the KL from the model's logits); a multi-turn run runs the vision tower
-once per image and the runtime once per image and row."""
+once per image and the runtime once per image and row. Issue 29 (SPEC section 10, v4): every
+row carries its intervals, scope, per-family accuracy and difference to MetaCompress of the
+same run at the same keep; each method runs at its authors' scope unless --scope says
+otherwise; by default a run asks at least 1000 questions."""
 import json
 import random
 
@@ -108,7 +111,8 @@ def test_refusals(tmp_path):
 
 # --- end to end --------------------------------------------------------------------------------
 
-ROW_KEYS = {"method", "keep", "tokens", "accuracy", "agreement", "kl", "prefill_s"}
+ROW_KEYS = {"method", "keep", "tokens", "accuracy", "agreement", "kl", "prefill_s",
+            "accuracy_ci", "kl_ci", "scope", "accuracy_by_family"}
 
 
 @pytest.mark.parametrize("name", tiny.NAMES)
@@ -133,6 +137,7 @@ def test_end_to_end(name, tmp_path, capsys):
     assert got == [row for row in requested if row not in skipped]
     for row in result["rows"]:
         assert ROW_KEYS <= set(row), row
+        assert ("vs_metacompress" in row) == (row["method"] != "metacompress"), row
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["agreement"] <= 1 and row["kl"] >= 0
         assert row["prefill_s"] > 0 and row["tokens"] > 0
     full = result["rows"][0]
@@ -273,3 +278,116 @@ def test_each_image_reduced_once(monkeypatch):
     assert len(generations) == 7 * 3 * 3 + 1     # rows x images x turns, and one warm-up turn
     assert result["questions"] == 9
     assert all("accuracy_later" in row for row in result["rows"])
+
+
+# --- statistics (issue 29) ---------------------------------------------------------------------
+
+AUTHORS_SCOPE = {"metacompress": "image", "divprune": "image", "random": "image", "pool": "grid",
+                 "sample": "grid", "tome": "grid", "visionzip": "grid", "prumerge": "grid"}
+
+STATISTICS_MODELS = ("tiny-llava", "shapes")
+"""The models the statistics run end to end on; a shipped toy model is asked its own task."""
+
+
+def task_of(model: str) -> str:
+    return "synthetic" if model.startswith("tiny-") else "shapes"
+
+
+def check_statistics(result: dict, families: set):
+    """Every row's intervals hold its value; per-family accuracies make up the accuracy; every
+    method but MetaCompress is compared with MetaCompress of the run at the same keep."""
+    rows = result["rows"]
+    assert result["confidence"] == 0.95 and result["resamples"] >= 1000
+    metacompress = {row["keep"]: row for row in rows if row["method"] == "metacompress"}
+    for row in rows:
+        context = f"{result['model']} {row['method']} {row['keep']}"
+        assert ROW_KEYS <= set(row), context
+        for key in ("accuracy", "kl"):
+            low, high = row[f"{key}_ci"]
+            assert low <= row[key] + 1e-12 and row[key] <= high + 1e-12, context
+        assert row["scope"] == (None if row["method"] == "full" else AUTHORS_SCOPE[row["method"]]), context
+        by_family = row["accuracy_by_family"]
+        assert set(by_family) == families, context
+        if row["method"] == "metacompress":
+            assert "vs_metacompress" not in row and row["trained"] is (result["weights"] != "init")
+            continue
+        vs = row["vs_metacompress"]
+        if row["keep"] not in metacompress:
+            assert vs is None, context
+            continue
+        reference = metacompress[row["keep"]]
+        assert vs["accuracy_diff"] == pytest.approx(row["accuracy"] - reference["accuracy"], abs=1e-12), context
+        assert vs["kl_diff"] == pytest.approx(row["kl"] - reference["kl"], abs=1e-9), context
+        for key in ("accuracy_diff", "kl_diff"):
+            low, high = vs[f"{key}_ci"]
+            assert low <= vs[key] + 1e-12 and vs[key] <= high + 1e-12, context
+        assert 0 <= vs["mcnemar_p"] <= 1, context
+    assert result["rows"][0]["kl_ci"] == [0.0, 0.0]                  # full against itself
+
+
+@pytest.mark.parametrize("name", STATISTICS_MODELS)
+def test_statistics_end_to_end(name, tmp_path, capsys):
+    data, samples = task_of(name), 3
+    out = tmp_path / "eval.json"
+    status = evaluate.main(["--model", name, "--data", data, "--samples", str(samples), "--turns", "2",
+                            "--methods", "full,metacompress,pool,random,divprune,tome", "--keep", "0.25,0.5",
+                            "--weights", "init", "--dc", "16", "--max-new-tokens", "3", "--backend", "cpu",
+                            "--json", str(out), "--plot", str(tmp_path / "eval.png")])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert result["metacompress_trained"] is False
+    questions = [question for item in tasks.get(data, 0, samples) for question in item.questions[:2]]
+    families = {getattr(question, "family", None) for question in questions} - {None}
+    check_statistics(result, families)
+    for row in result["rows"]:
+        if row["accuracy_by_family"]:
+            counts = {family: sum(getattr(q, "family", None) == family for q in questions) for family in families}
+            total = sum(row["accuracy_by_family"][family] * counts[family] for family in families)
+            assert total / len(questions) == pytest.approx(row["accuracy"], abs=1e-12)
+    printed = capsys.readouterr().out
+    assert "metacompress (init)" in printed and "against metacompress (init, untrained)" in printed
+    assert f"{result['rows'][1]['accuracy']:.3f} [" in printed
+    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_method_runs_at_its_authors_scope_unless_told(monkeypatch):
+    model, image_processor = tiny.build("tiny-llava-next")
+    monkeypatch.setattr(evaluate, "load_model", lambda *_: (model, tiny.TinyProcessor(model, image_processor)))
+    scopes = []
+    compress = mc.Compressor.compress_sharing
+    monkeypatch.setattr(mc.Compressor, "compress_sharing",
+                        lambda self, *a, **k: scopes.append((k["method"], k["scope"])) or compress(self, *a, **k))
+    for asked in (None, "grid", "image"):
+        scopes.clear()
+        argv = ["--model", "tiny-llava-next", "--data", "synthetic", "--samples", "1", "--turns", "1",
+                "--methods", "pool,random,tome,divprune,prumerge", "--keep", "0.5", "--max-new-tokens", "1",
+                "--backend", "cpu"] + ([] if asked is None else ["--scope", asked])
+        result = evaluate.evaluate(evaluate.arguments(argv), progress=False)
+        # --scope image changes nothing: the per-grid methods stay per grid.
+        expected = {method: "grid" for method in AUTHORS_SCOPE} if asked == "grid" else AUTHORS_SCOPE
+        assert {row["method"]: row["scope"] for row in result["rows"][1:]} == \
+            {method: expected[method] for method in ("pool", "random", "tome", "divprune", "prumerge")}
+        assert dict(scopes) == {row["method"]: row["scope"] for row in result["rows"][1:]}, asked
+        assert all(row["vs_metacompress"] is None for row in result["rows"])   # no metacompress row
+
+
+def test_a_default_run_asks_at_least_1000_questions(tmp_path):
+    for turns, images in ((3, 334), (2, 500), (1, 1000)):
+        args = evaluate.arguments(["--model", "tiny-llava", "--data", "synthetic", "--turns", str(turns)])
+        assert args.samples is None
+        items = evaluate.items_for(args)
+        assert len(items) == images, turns
+        assert sum(min(len(item.questions), turns) for item in items) >= 1000
+    # A task whose images hold fewer questions than --turns asks for: more images.
+    args = evaluate.arguments(["--model", "tiny-llava", "--data", "synthetic", "--turns", "5"])
+    items = evaluate.items_for(args)
+    assert sum(min(len(item.questions), 5) for item in items) >= 1000
+    assert sum(min(len(item.questions), 5) for item in items[:-1]) < 1000
+    # A file with fewer: all of it.
+    record = {"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                  {"from": "gpt", "value": "A"}]}
+    tasks.get("synthetic", 0, 1)[0].image.save(tmp_path / "0.png")
+    (tmp_path / "data.json").write_text(json.dumps([record] * 4))
+    args = evaluate.arguments(["--model", "tiny-llava", "--data", str(tmp_path / "data.json"),
+                               "--images", str(tmp_path)])
+    assert len(evaluate.items_for(args)) == 4

@@ -126,7 +126,8 @@ pub(crate) fn compress(args: CompressArgs) -> Result<()> {
     let mut metadata = vec![
         ("method", method.name().to_string()),
         ("keep", keep.to_string()),
-        ("scope", scope.name().to_string()),
+        // The scope the method ran at (its own where it has one: SPEC section 4, v4).
+        ("scope", method.scope(scope).name().to_string()),
         ("n", n.to_string()),
         ("m", m.to_string()),
         ("query_grids", reduced.queries.to_json()),
@@ -143,7 +144,7 @@ pub(crate) fn compress(args: CompressArgs) -> Result<()> {
         "compressed {b} x {n} -> {m} tokens of width {d} ({}, keep {}, scope {}) on {} in {:.1} ms; wrote {}",
         method.name(),
         keep,
-        scope.name(),
+        method.scope(scope).name(),
         runner.device(),
         elapsed.as_secs_f64() * 1e3,
         args.output.display()

@@ -1,5 +1,6 @@
 //! The spatial methods: `pool` (each row uniform over its pooling window), `sample` (the
-//! cell at the centre of each window) and `random` (a uniformly random subset of the grid).
+//! cell at the centre of each window) and `random` (a uniformly random subset of the grid or,
+//! at scope `image`, of the whole image).
 
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
@@ -55,4 +56,12 @@ pub fn random(query_grid: &QueryGrid, rng: &mut ChaCha8Rng) -> Vec<Row> {
         .into_iter()
         .map(|cell| vec![(grid.token_of_cell(cell), 1.0)])
         .collect()
+}
+
+/// `count` distinct tokens of `0..n` (the whole image, loose tokens included) drawn uniformly
+/// from `rng`, in token order: `random` at scope `image`.
+pub fn random_image(n: usize, count: usize, rng: &mut ChaCha8Rng) -> Vec<Row> {
+    let mut chosen = sample(rng, n, count).into_vec();
+    chosen.sort_unstable();
+    chosen.into_iter().map(|token| vec![(token, 1.0)]).collect()
 }

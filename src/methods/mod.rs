@@ -2,9 +2,13 @@
 //! the heuristic baselines it generalises. Each method builds its `P` (`m x n` per image,
 //! with the same query grids, hence the same `m`, as `metacompress` at the same keep) and
 //! the reduced tokens are `Y = P X` through the same reduction kernel, on the GPU or the CPU
-//! path. The baselines build `P` on the host, grid by grid, as their authors' code computes
-//! it (SPEC v3: non-negative, rows summing to 1 only where the authors' do): their rows only
-//! weigh tokens of their own grid, and loose tokens get no weight.
+//! path. The baselines build `P` on the host as their authors' code computes it (SPEC v3:
+//! non-negative, rows summing to 1 only where the authors' do), each at its authors' scope
+//! (SPEC section 4, v4; `Method::scope`): `divprune` and `random` at scope `image` choose
+//! among all `n` tokens of the image, loose ones included, and at scope `grid` grid by grid;
+//! `pool` and `sample` are defined per grid, and `tome`, `visionzip` and `prumerge` run per
+//! grid whatever the scope (their authors run them inside the vision tower, tile by tile).
+//! A per-grid row only weighs tokens of its own grid, and loose tokens get no weight.
 
 mod attention;
 mod divprune;
@@ -22,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::gpu::reduction::GpuReduction;
 use crate::gpu::resident::Tokens;
 use crate::gpu::GpuContext;
-use crate::layout::{Layout, Queries, QueryGrid};
+use crate::layout::{Layout, Queries, QueryGrid, Scope};
 use crate::options::{Backend, Options, Precision};
 use crate::reference;
 pub use crate::tensor::check_attention;
@@ -98,6 +102,26 @@ impl Method {
         matches!(self, Method::VisionZip | Method::PruMerge)
     }
 
+    /// The scope the method runs at when `requested` is asked for (SPEC section 4, v4):
+    /// `requested` for `metacompress`, `divprune` and `random`; `grid` for the others, which
+    /// are defined per grid (`pool`, `sample`) or run per tile by their authors (`tome`,
+    /// `visionzip`, `prumerge`). Output metadata names this scope.
+    pub fn scope(self, requested: Scope) -> Scope {
+        match self {
+            Method::MetaCompress | Method::DivPrune | Method::Random => requested,
+            Method::Pool | Method::Sample | Method::Tome | Method::VisionZip | Method::PruMerge => {
+                Scope::Grid
+            }
+        }
+    }
+
+    /// The scope its authors run it at, which evaluations use by default: `image` for
+    /// `metacompress` (the paper's default), `divprune` (the packed sequence) and `random`;
+    /// `grid` for the others.
+    pub fn authors_scope(self) -> Scope {
+        self.scope(Scope::Image)
+    }
+
     /// Whether every row of its `P` is one-hot (pruning) rather than spread (merging).
     pub fn prunes(self) -> bool {
         matches!(self, Method::Sample | Method::Random | Method::DivPrune)
@@ -122,6 +146,26 @@ impl Method {
     }
 }
 
+/// Whether the method compares tokens (float64 similarities of its candidates).
+fn compares_tokens(method: Method) -> bool {
+    matches!(
+        method,
+        Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge
+    )
+}
+
+/// Refuses `method`'s similarities of `candidates` tokens when they would not fit in memory.
+fn check_similarities(method: Method, candidates: usize) -> Result<()> {
+    if compares_tokens(method) {
+        host_bytes(
+            &format!("{}'s token similarities", method.name()),
+            &[candidates, candidates],
+            8,
+        )?;
+    }
+    Ok(())
+}
+
 /// The rows of one grid under a method that needs no weights.
 fn grid_rows(
     method: Method,
@@ -138,18 +182,7 @@ fn grid_rows(
                 .expect_err("the method needs attention")
         })
     };
-    if matches!(
-        method,
-        Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge
-    ) {
-        // The float64 similarities these methods compare are at most (grid tokens)^2.
-        let tokens = query_grid.grid.len();
-        host_bytes(
-            &format!("{}'s token similarities", method.name()),
-            &[tokens, tokens],
-            8,
-        )?;
-    }
+    check_similarities(method, query_grid.grid.len())?;
     Ok(match method {
         Method::MetaCompress => {
             return Err(Error::InvalidArgument(
@@ -183,10 +216,12 @@ impl Footprint {
     }
 }
 
-/// What `method` will hold on `b` images of `n` tokens of width `d` with `queries`
-/// (`save_projection`: whether `metacompress` hands back its `P`; the others always do).
+/// What `method` will hold on `b` images of `n` tokens of width `d` with `queries`, asked
+/// for `scope` (`save_projection`: whether `metacompress` hands back its `P`; the others
+/// always do).
 pub fn footprint(
     method: Method,
+    scope: Scope,
     (b, n, d): (usize, usize, usize),
     queries: &Queries,
     save_projection: bool,
@@ -208,9 +243,14 @@ pub fn footprint(
         return Footprint { held, transient: 0 };
     }
     let copy = bytes(&[b, n, d], 4);
-    // One grid at a time: its float64 similarities and unit-length tokens.
-    let similarities = match method {
-        Method::Tome | Method::DivPrune | Method::VisionZip | Method::PruMerge => queries
+    // One set of candidates at a time (a grid, or the whole image at scope image): its
+    // float64 similarities and unit-length tokens.
+    let similarities = if !compares_tokens(method) {
+        0
+    } else if method.scope(scope) == Scope::Image {
+        bytes(&[n, n], 8).saturating_add(bytes(&[n, d], 8))
+    } else {
+        queries
             .grids
             .iter()
             .map(|query_grid| {
@@ -218,8 +258,7 @@ pub fn footprint(
                 bytes(&[tokens, tokens], 8).saturating_add(bytes(&[tokens, d], 8))
             })
             .max()
-            .unwrap_or(0),
-        _ => 0,
+            .unwrap_or(0)
     };
     Footprint {
         held: tokens.saturating_add(projection),
@@ -240,11 +279,12 @@ pub fn check_footprint(what: &str, peak: u64) -> Result<()> {
     Ok(())
 }
 
-/// `P` (`m x n`, row-major) of one image (`n x width`) under a method that needs no weights;
-/// `attention` is the image's (`n`) where the method reads it; `rng` draws `random`'s
-/// subsets.
+/// `P` (`m x n`, row-major) of one image (`n x width`) under a method that needs no weights,
+/// asked for `scope` (the method runs at `method.scope(scope)`); `attention` is the image's
+/// (`n`) where the method reads it; `rng` draws `random`'s subsets.
 pub fn projection(
     method: Method,
+    scope: Scope,
     image: &[f32],
     width: usize,
     attention: Option<&[f32]>,
@@ -254,6 +294,24 @@ pub fn projection(
     let n = image.len() / width;
     host_bytes(&format!("{}'s P", method.name()), &[queries.count, n], 4)?;
     let mut p = vec![0.0f32; queries.count * n];
+    // At scope image: the same m rows, chosen among all n tokens (SPEC section 4, v4).
+    let image_rows = match (method, method.scope(scope)) {
+        (Method::DivPrune, Scope::Image) => {
+            check_similarities(method, n)?;
+            Some(divprune::divprune_image(image, width, queries.count))
+        }
+        (Method::Random, Scope::Image) => Some(grid::random_image(n, queries.count, rng)),
+        _ => None,
+    };
+    if let Some(rows) = image_rows {
+        debug_assert_eq!(rows.len(), queries.count);
+        for (index, row) in rows.into_iter().enumerate() {
+            for (token, weight) in row {
+                p[index * n + token] = weight;
+            }
+        }
+        return Ok(p);
+    }
     for query_grid in &queries.grids {
         let rows = grid_rows(method, image, width, attention, query_grid, rng)?;
         debug_assert_eq!(rows.len(), query_grid.len());
@@ -432,8 +490,8 @@ impl Runner {
 
     /// Runs `method` on every image of `request`: `Y`, the queries and `P` (always for the
     /// other methods; for `metacompress` only with `options.save_projection`).
-    /// `options` gives the keep, `poison` and `max_binding_bytes`, and for `metacompress`
-    /// the scope and kernels.
+    /// `options` gives the keep, the scope (`method.scope(options.scope)` is the one used),
+    /// `poison` and `max_binding_bytes`, and for `metacompress` the kernels.
     pub fn run(&self, method: Method, request: &Request, options: &Options) -> Result<Compressed> {
         self.check(method, request)?;
         let features = request.features;
@@ -444,7 +502,13 @@ impl Runner {
         }
         let queries = request.layout.queries(options.keep);
         // The whole run's memory, before any of it is taken.
-        let needed = footprint(method, (b, n, d), &queries, options.save_projection);
+        let needed = footprint(
+            method,
+            options.scope,
+            (b, n, d),
+            &queries,
+            options.save_projection,
+        );
         check_footprint(&format!("method {}", method.name()), needed.peak())?;
         if method == Method::MetaCompress {
             // P only when asked for: the forward pass never holds the whole of it otherwise.
@@ -460,6 +524,7 @@ impl Runner {
             let attention = request.attention.map(|a| &a[image * n..][..n]);
             p.extend(projection(
                 method,
+                options.scope,
                 features.image(image),
                 d,
                 attention,
@@ -507,7 +572,14 @@ impl Runner {
             }
         }
         let queries = request.layout.queries(options.keep);
-        let mut peak = footprint(method, (b, n, request.features.width()), &queries, true).peak();
+        let mut peak = footprint(
+            method,
+            options.scope,
+            (b, n, request.features.width()),
+            &queries,
+            true,
+        )
+        .peak();
         for set in extra {
             // Each set's f32 copy and reduced tokens.
             let copy = (b * n * set.width()) as u64 * 4;

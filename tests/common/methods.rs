@@ -6,9 +6,12 @@
 
 use metacompress::{Queries, QueryGrid};
 
-/// The float64 `P` of a baseline, or `None` for the two without a deterministic reference.
+/// The float64 `P` of a baseline asked for `scope`, or `None` for the two without a
+/// deterministic reference. SPEC section 4, v4: DivPrune at scope image chooses among all
+/// `n` tokens; every other baseline here runs per grid whatever the scope.
 pub fn projection(
     method: metacompress::methods::Method,
+    scope: metacompress::Scope,
     x: &[f32],
     d: usize,
     attention: &[f32],
@@ -20,6 +23,9 @@ pub fn projection(
         Method::Pool => pool(queries, n),
         Method::Sample => sample(queries, n),
         Method::Tome => tome(x, d, queries, n),
+        Method::DivPrune if scope == metacompress::Scope::Image => {
+            divprune_image(x, d, queries.count, n)
+        }
         Method::DivPrune => divprune(x, d, queries, n),
         Method::VisionZip => visionzip(x, d, attention, queries, n),
         Method::PruMerge => prumerge(x, d, attention, queries, n),
@@ -203,44 +209,61 @@ pub fn tome(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
 
 pub fn divprune(x: &[f32], d: usize, queries: &Queries, n: usize) -> Vec<f64> {
     assemble(queries, n, |q| {
-        let g = q.grid;
-        let count = g.len();
-        let tokens = cells(&g);
-        let vectors: Vec<Vec<f64>> = (0..count).map(|i| token(x, d, tokens[i])).collect();
-        let dist = |i: usize, j: usize| 1.0 - cosine(&vectors[i], &vectors[j]);
-        let first = if count == 1 {
-            0
-        } else {
-            let nearest: Vec<f64> = (0..count)
-                .map(|i| {
-                    (0..count)
-                        .filter(|&j| j != i)
-                        .map(|j| dist(i, j))
-                        .fold(f64::INFINITY, f64::min)
-                })
-                .collect();
-            first_max(&nearest)
-        };
-        let mut kept = vec![first];
-        while kept.len() < q.len() {
-            let scores: Vec<f64> = (0..count)
-                .map(|i| {
-                    if kept.contains(&i) {
-                        f64::NEG_INFINITY
-                    } else {
-                        kept.iter()
-                            .map(|&k| dist(i, k))
-                            .fold(f64::INFINITY, f64::min)
-                    }
-                })
-                .collect();
-            kept.push(first_max(&scores));
-        }
-        kept.sort();
-        kept.into_iter()
-            .map(|i| vec![(cells(&g)[i], 1.0)])
+        divprune_kept(x, d, &cells(&q.grid), q.len())
+            .into_iter()
+            .map(|t| vec![(t, 1.0)])
             .collect()
     })
+}
+
+/// DivPrune at scope image: `m` rows, one-hot on `m` of all `n` tokens (loose ones
+/// included), in token order.
+pub fn divprune_image(x: &[f32], d: usize, m: usize, n: usize) -> Vec<f64> {
+    let mut p = vec![0.0; m * n];
+    let all: Vec<usize> = (0..n).collect();
+    for (row, t) in divprune_kept(x, d, &all, m).into_iter().enumerate() {
+        p[row * n + t] = 1.0;
+    }
+    p
+}
+
+/// The `count` tokens of `tokens` greedy max-min diversity keeps (a kept token never a
+/// candidate again), in token order.
+fn divprune_kept(x: &[f32], d: usize, tokens: &[usize], count: usize) -> Vec<usize> {
+    let total = tokens.len();
+    let vectors: Vec<Vec<f64>> = tokens.iter().map(|&t| token(x, d, t)).collect();
+    let dist = |i: usize, j: usize| 1.0 - cosine(&vectors[i], &vectors[j]);
+    let first = if total == 1 {
+        0
+    } else {
+        let nearest: Vec<f64> = (0..total)
+            .map(|i| {
+                (0..total)
+                    .filter(|&j| j != i)
+                    .map(|j| dist(i, j))
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        first_max(&nearest)
+    };
+    let mut kept = vec![first];
+    while kept.len() < count {
+        let scores: Vec<f64> = (0..total)
+            .map(|i| {
+                if kept.contains(&i) {
+                    f64::NEG_INFINITY
+                } else {
+                    kept.iter()
+                        .map(|&k| dist(i, k))
+                        .fold(f64::INFINITY, f64::min)
+                }
+            })
+            .collect();
+        kept.push(first_max(&scores));
+    }
+    let mut kept: Vec<usize> = kept.into_iter().map(|i| tokens[i]).collect();
+    kept.sort();
+    kept
 }
 
 /// The authors' DivPrune loop as written (`DivPrune` in their `llava_arch.py`), on the tokens

@@ -23,7 +23,17 @@ Per row (docs/EVALUATION.md, "The harness"):
   teacher-forced: one pass over the whole conversation with the reference answers;
 - `tokens`: mean visual tokens the language model read per image;
 - `prefill_s`: mean seconds of the language model's first pass of each `generate` call (the
-  decoder stack on the prompt; not the vision tower, the reduction or the sampling).
+  decoder stack on the prompt; not the vision tower, the reduction or the sampling);
+- `scope`: the scope the method ran at (its authors' unless `--scope` says otherwise:
+  `mc.method_scope`; None for `full`);
+- `accuracy_ci`, `kl_ci`: 95 % paired-bootstrap intervals (images resampled, the same
+  resamples for every row: `statistics`); `accuracy_by_family`: accuracy per question family
+  (`{}` when the questions have none); `vs_metacompress`: this row minus MetaCompress of the
+  same run at the same keep, with intervals and McNemar's exact p (None where there is no such
+  row; absent from MetaCompress's own rows).
+
+`--samples` defaults to enough images for 1000 questions (`QUESTIONS`), so that the intervals
+are narrow enough to tell methods apart. `table` and `plot` are in `report`.
 
 Under `accelerate launch` (or `torchrun`) the images are sharded across the processes (image
 `i` to process `i mod N`), each image's measurements gathered to the first process, which
@@ -41,6 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -50,13 +61,19 @@ from ..models import tiny
 from ..models.adapters import NO_CLS, shorten
 from ..models.inputs import conversation_sample, pixels_of, render_chat
 from ..models.reduced import ATTENTION, ReducedModel
-from ..runtime import Compressor, Error as RuntimeFailure, UsageError
+from ..runtime import Compressor, Error as RuntimeFailure, UsageError, method_scope
 from ..tasks.conversations import DataError, llava_messages
+from . import statistics
+from .report import plot, table
 
 METHODS = ("metacompress", "pool", "sample", "random", "tome", "divprune", "visionzip", "prumerge")
 """Every reduction method, in the order `--methods all` gives them (after `full`)."""
 
 ARTICLES = {"a", "an", "the"}
+
+QUESTIONS = 1000
+"""Questions a run asks by default (`--samples` unset): at least this many, where the data
+has them."""
 
 
 def normalise(answer: str) -> str:
@@ -88,21 +105,28 @@ def arguments(argv=None):
                              "model's), or init (the paper's untrained initialisation for the "
                              "model's width: metacompress init --dim D --dc C)")
     parser.add_argument("--dc", type=int, default=256, help="--weights init: d_c (at most d) [256]")
-    parser.add_argument("--samples", type=int, default=50, help="images [50]")
+    parser.add_argument("--samples", type=int,
+                        help=f"images [enough for {QUESTIONS} questions: ceil({QUESTIONS} / --turns) "
+                             "where every image has --turns questions; or all a JSON file holds]")
     parser.add_argument("--seed", type=int, default=0,
-                        help="a shipped task's question set; the random method's draws [0]")
+                        help="a shipped task's question set; the random method's draws; the "
+                             "bootstrap's resamples [0]")
     parser.add_argument("--turns", type=int, default=3,
                         help="questions per image, asked in one conversation, the image reduced "
                              "once for all of them (fewer where an image has fewer) [3]")
     parser.add_argument("--max-new-tokens", type=int, default=10, help="per answer [10]")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--plot", help="plot accuracy against tokens kept here (.png)")
+    parser.add_argument("--plot", help="plot accuracy and KL against tokens kept, with their 95 %% "
+                                       "intervals, here (.png)")
     parser.add_argument("--device", default="auto", help="the model's: cpu, cuda, ... [auto]")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="the model's [float32]")
     parser.add_argument("--backend", default="auto",
                         help="the runtime's: auto, cpu, reference, vulkan, metal, dx12, gl [auto]")
-    parser.add_argument("--scope", default="image", choices=("image", "grid"))
+    parser.add_argument("--scope", choices=("image", "grid"),
+                        help="the scope every method is asked for [each its authors': image for "
+                             "metacompress, divprune and random; grid for the others, which run "
+                             "per grid whatever is asked]")
     return parser.parse_args(argv)
 
 
@@ -133,7 +157,7 @@ def check(args) -> Plan:
         raise UsageError("method metacompress needs --weights (a P_meta file, a shipped name, or init)")
     for flag, value in (("--samples", args.samples), ("--turns", args.turns),
                         ("--max-new-tokens", args.max_new_tokens), ("--dc", args.dc)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{flag} {value}: expected at least 1")
     if args.data not in tasks.names() and not args.images:
         raise UsageError(f"--data {args.data} is not a shipped task ({', '.join(tasks.names())}); "
@@ -184,41 +208,58 @@ class Row:
     keep: float
     reduced: ReducedModel | None = None
     skipped: str | None = None
+    scope: str | None = None                           # the scope it ran at (None: full)
+    trained: bool | None = None                        # metacompress: False with --weights init
     images: int = 0
     tokens: int = 0
     right: list[int] = field(default_factory=list)     # per turn
     asked: list[int] = field(default_factory=list)     # per turn
     agree: int = 0
-    kl: float = 0.0
-    kl_tokens: int = 0
     prefill: list[float] = field(default_factory=list)
+    # question by question and image by image, for the intervals (statistics.Outcomes)
+    answers_right: list[bool] = field(default_factory=list)
+    answers_image: list[int] = field(default_factory=list)
+    answers_family: list = field(default_factory=list)
+    image_kl: list[float] = field(default_factory=list)          # summed over its answer tokens
+    image_kl_tokens: list[int] = field(default_factory=list)
 
-    def count(self, turn: int, right: bool):
+    def count(self, turn: int, right: bool, family=None):
         while len(self.asked) <= turn:
             self.asked.append(0)
             self.right.append(0)
         self.asked[turn] += 1
         self.right[turn] += int(right)
+        self.answers_right.append(bool(right))
+        self.answers_image.append(self.images)
+        self.answers_family.append(family)
+
+    def outcomes(self) -> statistics.Outcomes:
+        return statistics.Outcomes(np.array(self.answers_right, dtype=bool),
+                                   np.array(self.answers_image, dtype=int), np.array(self.image_kl),
+                                   np.array(self.image_kl_tokens), list(self.answers_family))
 
     def add(self, measured: Measured):
-        """One image's measurements (images in their order, so that sums are the same however
-        many processes measured them)."""
-        self.kl += measured.kl
-        self.kl_tokens += measured.kl_tokens
-        self.images += 1
+        """One image's measurements (images in their order, so that sums and the intervals'
+        per-image records are the same however many processes measured them)."""
+        self.image_kl.append(measured.kl)
+        self.image_kl_tokens.append(measured.kl_tokens)
         self.tokens += measured.tokens
         self.prefill += measured.prefill
-        for turn, (right, agree) in enumerate(zip(measured.right, measured.agree)):
-            self.count(turn, right)
+        for turn, (right, agree, family) in enumerate(zip(measured.right, measured.agree, measured.family)):
+            self.count(turn, right, family)
             self.agree += int(agree)
+        self.images += 1
 
     def summary(self) -> dict:
         asked, right = sum(self.asked), sum(self.right)
+        kl, kl_tokens = sum(self.image_kl), sum(self.image_kl_tokens)
         out = {"method": self.method, "keep": self.keep, "tokens": self.tokens / self.images,
                "accuracy": right / asked, "agreement": self.agree / asked,
-               "kl": self.kl / self.kl_tokens if self.kl_tokens else 0.0,
+               "kl": kl / kl_tokens if kl_tokens else 0.0,
                "prefill_s": sum(self.prefill) / len(self.prefill),
-               "accuracy_turn1": self.right[0] / self.asked[0]}
+               "accuracy_turn1": self.right[0] / self.asked[0], "scope": self.scope}
+        if self.trained is not None:
+            out["trained"] = self.trained
         if len(self.asked) > 1:
             out["accuracy_later"] = sum(self.right[1:]) / sum(self.asked[1:])
         return out
@@ -234,6 +275,7 @@ class Measured:
     prefill: list[float]       # per turn
     right: list[bool]          # per turn
     agree: list[bool]          # per turn
+    family: list               # per turn: each question's family (None where the task has none)
 
 
 class PrefillTimer:
@@ -320,9 +362,30 @@ def answer_log_probs(reduced: ReducedModel, sample, images) -> torch.Tensor:
 # --- the evaluation --------------------------------------------------------------------------
 
 def items_for(args) -> list:
-    if args.data in tasks.names():
-        return tasks.get(args.data, args.seed, args.samples)
-    return tasks.llava_json(args.data, args.images, args.samples)
+    """The images and their questions: `--samples` of them, or by default enough for
+    `QUESTIONS` questions (at most `--turns` an image), or all there are."""
+
+    def get(count):
+        if args.data in tasks.names():
+            return tasks.get(args.data, args.seed, count)
+        return tasks.llava_json(args.data, args.images, count)
+
+    def asked(items):
+        return sum(min(len(item.questions), args.turns) for item in items)
+
+    if args.samples is not None:
+        return get(args.samples)
+    count = -(-QUESTIONS // args.turns)
+    items = get(count)
+    # A shipped task's first k items are those of any longer set; images with fewer questions
+    # than --turns ask for more images.
+    while len(items) == count and asked(items) < QUESTIONS and asked(items) > 0:
+        count = -(-count * QUESTIONS // asked(items)) + 1
+        items = get(count)
+    for cut in range(1, len(items) + 1):
+        if asked(items[:cut]) >= QUESTIONS:
+            return items[:cut]
+    return items
 
 
 def device_of(name: str) -> str:
@@ -351,14 +414,16 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
         rows = [Row("full", 1.0, ReducedModel(model, method="full"))]
         for method in plan.methods[1:]:
             for keep in plan.keeps:
-                row = Row(method, keep)
+                row = Row(method, keep, scope=method_scope(method, args.scope or "image"))
+                if method == "metacompress":
+                    row.trained = args.weights != "init"
                 if method == "metacompress" and weights is None:
                     row.skipped = "no --weights (a P_meta file, a shipped name, or init)"
                 elif method in ATTENTION and family in NO_CLS:
                     row.skipped = f"{family}'s vision tower has no [CLS] token to rank by"
                 else:
                     row.reduced = ReducedModel(model, compressor, keep=keep, method=method,
-                                               scope=args.scope, seed=args.seed)
+                                               scope=row.scope, seed=args.seed)
                 rows.append(row)
         live = [row for row in rows if row.skipped is None]
         attention = any(row.reduced.needs_attention for row in live)
@@ -395,9 +460,26 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
     return {"model": args.model, "data": args.data, "samples": len(items), "seed": args.seed,
             "turns": args.turns, "questions": sum(rows[0].asked), "weights": args.weights,
             "device": device, "dtype": args.dtype, "runtime": compressor.device,
-            "rows": [row.summary() for row in live],
+            "confidence": statistics.CONFIDENCE, "resamples": statistics.RESAMPLES,
+            "metacompress_trained": (args.weights != "init") if weights is not None else None,
+            "rows": summaries(live, args.seed),
             "skipped": [{"method": row.method, "keep": row.keep, "reason": row.skipped}
                         for row in rows if row.skipped is not None]}
+
+
+def summaries(live: list[Row], seed: int) -> list[dict]:
+    """Every row's numbers with their intervals; each method but MetaCompress against
+    MetaCompress of this run at the same keep (`vs_metacompress`, None where there is none)."""
+    metacompress = {row.keep: index for index, row in enumerate(live) if row.method == "metacompress"}
+    baselines = [None if row.method == "metacompress" else metacompress.get(row.keep) for row in live]
+    extra = statistics.row_statistics([row.outcomes() for row in live], baselines, seed=seed)
+    out = []
+    for row, more in zip(live, extra):
+        summary = row.summary() | more
+        if row.method != "metacompress":
+            summary.setdefault("vs_metacompress", None)
+        out.append(summary)
+    return out
 
 
 def _image(live, adapter, processor, image, questions, attention, timer, max_new_tokens, device,
@@ -435,51 +517,12 @@ def _image(live, adapter, processor, image, questions, attention, timer, max_new
             index, sum(tokens.shape[0] for tokens in images.tokens), float(kl.clamp_min(0).sum()),
             kl.numel(), seconds, [normalise(answer) == normalise(question.answer)
                                   for question, answer in zip(questions, answers)],
-            [normalise(answer) == normalise(full) for answer, full in zip(answers, full_answers)]))
+            [normalise(answer) == normalise(full) for answer, full in zip(answers, full_answers)],
+            [getattr(question, "family", None) for question in questions]))
     return measured
 
 
-# --- output ----------------------------------------------------------------------------------
-
-def table(result: dict) -> str:
-    """The rows as a text table (skipped rows with their reason)."""
-    lines = [f"{result['model']} on {result['data']}: {result['samples']} images, "
-             f"{result['questions']} questions (up to {result['turns']} turns an image), seed {result['seed']}",
-             f"{'method':<13} {'keep':>5} {'tokens':>8} {'accuracy':>9} {'agreement':>9} "
-             f"{'kl':>8} {'prefill_ms':>10}"]
-    for row in result["rows"]:
-        lines.append(f"{row['method']:<13} {row['keep']:>5.2f} {row['tokens']:>8.1f} "
-                     f"{row['accuracy']:>9.3f} {row['agreement']:>9.3f} {row['kl']:>8.4f} "
-                     f"{1000 * row['prefill_s']:>10.2f}")
-    for row in result["skipped"]:
-        lines.append(f"{row['method']:<13} {row['keep']:>5.2f}  skipped: {row['reason']}")
-    return "\n".join(lines)
-
-
-def plot(result: dict, path) -> None:
-    """Accuracy against the visual tokens the language model read: one line per method, the
-    full-token model as a dashed line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    full = next(row for row in result["rows"] if row["method"] == "full")
-    axes.axhline(full["accuracy"], color="black", linestyle="--",
-                 label=f"full ({full['tokens']:.0f} tokens)")
-    methods = dict.fromkeys(row["method"] for row in result["rows"] if row["method"] != "full")
-    for method in methods:
-        points = sorted((row["tokens"], row["accuracy"]) for row in result["rows"] if row["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=method)
-    axes.set_xlabel("visual tokens the language model read (mean per image)")
-    axes.set_ylabel("accuracy")
-    axes.set_ylim(0, 1.02)
-    axes.set_title(f"{result['model']} on {result['data']} ({result['samples']} images)")
-    axes.legend(fontsize="small")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
+# --- output (table and plot: report.py) -----------------------------------------------------
 
 def main(argv=None) -> int:
     args = arguments(argv)
