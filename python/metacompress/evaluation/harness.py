@@ -489,8 +489,8 @@ def _image(live, adapter, processor, image, questions, attention, timer, max_new
     of the full row (lazy initialisation, first-call allocations), so that the first row
     timed is not also the first run."""
     reference = []
-    for index, question in enumerate(questions):
-        reference += [{"from": "human", "value": ("<image>\n" if index == 0 else "") + question.text},
+    for turn, question in enumerate(questions):
+        reference += [{"from": "human", "value": ("<image>\n" if turn == 0 else "") + question.text},
                       {"from": "gpt", "value": question.answer}]
     sample = conversation_sample(processor, image, reference)
     dtype = adapter.model.get_input_embeddings().weight.dtype
