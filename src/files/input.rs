@@ -207,6 +207,10 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
     })
 }
 
+/// The tensors `compress` writes besides the reduced extra sets: no extra set may take their
+/// names.
+const OUTPUT_NAMES: [&str; 2] = ["tokens", "projection"];
+
 /// The token sets a `deepstack` metadata entry names (`["deepstack.0", ...]`), each checked to
 /// hold one row per token of the features (`b x n x d_k`, or `n x d_k` beside `n x d`).
 fn extra_sets(
@@ -233,6 +237,15 @@ fn extra_sets(
                 path.display()
             )));
         }
+        // The output holds each set under its own name beside these.
+        if OUTPUT_NAMES.contains(&name.as_str()) {
+            return Err(Error::Format(format!(
+                "{}: metadata deepstack names tensor {name}, a name compress gives its own \
+                 output ({}); expected other names for the extra sets, e.g. deepstack.0",
+                path.display(),
+                OUTPUT_NAMES.join(", ")
+            )));
+        }
         let Some(FileTensor { shape, values, .. }) = tensor_values(path, file, &name)? else {
             return Err(missing(path, file, &name));
         };
@@ -252,8 +265,8 @@ fn extra_sets(
                 )));
             }
         };
-        let set = Features::new(batch, tokens, width, values)
-            .map_err(|e| Error::InvalidTensor(format!("{}: tensor {name}: {e}", path.display())))?;
+        let set = Features::named(&name, batch, tokens, width, values)
+            .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
         sets.push((name, set));
     }
     Ok(sets)
