@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,12 +39,13 @@ import torch
 from tqdm import tqdm
 
 from .. import tasks, toy
-from ..files import write_bytes
+from ..commands import CommandFailure, CommandUsage, Parser, one_line, run
+from ..files import Outputs, check_distinct, check_output
 from ..models import tiny
 from ..models.adapters import NO_CLS, shorten
 from ..models.inputs import conversation_sample, pixels_of, render_chat
 from ..models.reduced import ATTENTION, ReducedModel
-from ..runtime import Compressor, Error as RuntimeFailure, UsageError
+from ..runtime import Compressor, UsageError
 from ..tasks.conversations import DataError, llava_messages
 
 METHODS = ("metacompress", "pool", "sample", "random", "tome", "divprune", "visionzip", "prumerge")
@@ -65,9 +65,8 @@ def normalise(answer: str) -> str:
 # --- arguments -------------------------------------------------------------------------------
 
 def arguments(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m metacompress.evaluate",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m metacompress.evaluate", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="a shipped model (tiny-llava, tiny-llava-next, tiny-qwen2-vl, a toy "
                              "model), a local path or a hub id")
@@ -91,7 +90,7 @@ def arguments(argv=None):
                              "once for all of them (fewer where an image has fewer) [3]")
     parser.add_argument("--max-new-tokens", type=int, default=10, help="per answer [10]")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--plot", help="plot accuracy against tokens kept here (.png)")
+    parser.add_argument("--plot", help="plot accuracy against tokens kept here (.png, .pdf or .svg)")
     parser.add_argument("--device", default="auto", help="the model's: cpu, cuda, ... [auto]")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="the model's [float32]")
@@ -105,6 +104,7 @@ def arguments(argv=None):
 class Plan:
     methods: list[str]   # full first
     keeps: list[float]
+    records: list | None = None   # a JSON file's, checked
 
 
 def check(args) -> Plan:
@@ -133,7 +133,50 @@ def check(args) -> Plan:
     if args.data not in tasks.names() and not args.images:
         raise UsageError(f"--data {args.data} is not a shipped task ({', '.join(tasks.names())}); "
                          "a JSON file needs --images")
-    return Plan(methods, list(dict.fromkeys(keeps)))
+    plan = Plan(methods, list(dict.fromkeys(keeps)))
+    check_run(args, plan)
+    return plan
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+"""What `--plot` writes, by its extension."""
+
+
+def check_run(args, plan: Plan) -> None:
+    """The rest of what is checked before any model loads: numbers, the device, the model
+    path, the data (its records and images) and the outputs (FORMATS.md "Writing outputs":
+    not an input, not a folder, a known extension, a writable folder, not each other)."""
+    tasks.check_count(args.samples)
+    if not 0 <= args.seed < 2 ** 63:
+        raise UsageError(f"--seed {args.seed}: expected 0 <= seed < 2^63")
+    if args.device != "auto":
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {args.device!r} is not a torch device; expected cpu, cuda, "
+                             "cuda:1, mps, ... or auto") from None
+    shipped = args.model in tiny.NAMES + toy.NAMES
+    if not shipped and (Path(args.model).exists() or args.model.startswith((".", "/", "~"))):
+        folder = Path(args.model).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--model {args.model}: " + ("is a file; expected a model folder"
+                                                         if folder.exists() else "no such folder"))
+    inputs = []
+    if args.data not in tasks.names():
+        plan.records = tasks.read_conversations(args.data, args.images)
+        inputs.append(("--data", args.data))
+        inputs += [("image", Path(args.images) / record["image"])
+                   for record in plan.records[:args.samples]]
+    if args.weights not in (None, "init", *toy.NAMES):
+        if not Path(args.weights).is_file():
+            raise UsageError(f"--weights {args.weights}: no such file (or a shipped name, or init)")
+        inputs.append(("--weights", args.weights))
+    if args.json:
+        check_output("--json", args.json, inputs)
+    if args.plot:
+        check_output("--plot", args.plot, inputs, suffixes=PLOT_FORMATS)
+    check_distinct([(flag, path) for flag, path in (("--json", args.json), ("--plot", args.plot))
+                    if path])
 
 
 def load_model(name: str, dtype: torch.dtype, device: str):
@@ -146,8 +189,12 @@ def load_model(name: str, dtype: torch.dtype, device: str):
         model, processor = toy.load(name)
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(name)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(name)
+        except Exception as error:   # transformers raises many types for a model it cannot load
+            raise CommandFailure(f"--model {name}: cannot load it as a vision-language model "
+                                 f"({one_line(error)})") from None
     return model.to(device=device, dtype=dtype).eval(), processor
 
 
@@ -290,10 +337,13 @@ def answer_log_probs(reduced: ReducedModel, sample, images) -> torch.Tensor:
 
 # --- the evaluation --------------------------------------------------------------------------
 
-def items_for(args) -> list:
+def items_for(args, plan: Plan | None = None) -> tasks.Items:
+    """The question set, each image made or read as it is reached."""
     if args.data in tasks.names():
-        return tasks.get(args.data, args.seed, args.samples)
-    return tasks.llava_json(args.data, args.images, args.samples)
+        return tasks.items(args.data, args.seed, args.samples)
+    records = plan.records if plan is not None and plan.records is not None else \
+        tasks.read_conversations(args.data, args.images)
+    return tasks.llava_items(records, args.images, args.samples)
 
 
 def device_of(name: str) -> str:
@@ -306,7 +356,7 @@ def device_of(name: str) -> str:
 def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
     """Runs every row over the question set; the JSON document (`--json`'s)."""
     plan = plan or check(args)
-    items = items_for(args)
+    items = items_for(args, plan)
     if not items:
         raise UsageError(f"--data {args.data}: no images")
     device = device_of(args.device)
@@ -408,9 +458,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path) -> None:
+def plot(result: dict, path, format: str | None = None) -> None:
     """Accuracy against the visual tokens the language model read: one line per method, the
-    full-token model as a dashed line."""
+    full-token model as a dashed line. `path`: a file name or a stream (`format`: png, pdf or
+    svg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -429,24 +480,24 @@ def plot(result: dict, path) -> None:
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format=format)
     plt.close(figure)
 
 
 def main(argv=None) -> int:
+    """The command: 0, or 2 (arguments) / 1 (anything else) after one `error:` line."""
+    return run(lambda: _run(argv), usage=(UsageError, CommandUsage, tasks.TaskError, DataError))
+
+
+def _run(argv) -> None:
     args = arguments(argv)
-    try:
-        plan = check(args)
-        result = evaluate(args, plan)
-    except (UsageError, tasks.TaskError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeFailure as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    plan = check(args)
+    result = evaluate(args, plan)
     print(table(result))
-    if args.json:
-        write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
-    if args.plot:
-        plot(result, args.plot)
-    return 0
+    # The report and the plot are one set: both written, or neither.
+    with Outputs() as outputs:
+        if args.json:
+            outputs.add_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        if args.plot:
+            outputs.add(args.plot, lambda stream: plot(result, stream, Path(args.plot).suffix[1:].lower()))
+        outputs.commit()

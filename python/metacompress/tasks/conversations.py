@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .images import ImageError, check_size
+
 
 def llava_messages(conversations: list[dict]) -> list[dict]:
     """LLaVA JSON turns (`from: human|gpt`, `value`, `<image>` in the first) as chat messages
@@ -58,6 +60,9 @@ def read_conversations(path, images) -> list[dict]:
     except json.JSONDecodeError as error:
         raise DataError(f"--data {path} is not valid JSON: {error.msg} at line {error.lineno} "
                         f"column {error.colno}") from None
+    except RecursionError:
+        raise DataError(f"--data {path} nests its JSON too deeply to read; expected a list of "
+                        '{"image", "conversations"} records') from None
     if not isinstance(records, list):
         raise DataError(f"--data {path} holds a JSON {type(records).__name__}; expected a list of "
                         '{"image", "conversations"} records')
@@ -97,7 +102,10 @@ def read_conversations(path, images) -> list[dict]:
                 raise DataError(f"{where}: image {file}: no such file")
             try:
                 with Image.open(file) as opened:
+                    check_size(file, opened)
                     opened.verify()
+            except ImageError as error:
+                raise DataError(f"{where}: {error}") from None
             except Exception as error:  # PIL raises several types for a file it cannot read
                 raise DataError(f"{where}: image {file} is not an image PIL reads ({error})") from None
             checked.add(file)
