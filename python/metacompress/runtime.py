@@ -14,8 +14,9 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 # Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset;
-# compute needs no display (the command line does the same before it opens a device).
-if sys.platform.startswith("linux") and "XDG_RUNTIME_DIR" not in os.environ:
+# compute needs no display (the command line and the C API's mc_open do the same; set but
+# empty counts as unset).
+if sys.platform.startswith("linux") and not os.environ.get("XDG_RUNTIME_DIR"):
     import tempfile
 
     os.environ["XDG_RUNTIME_DIR"] = tempfile.gettempdir()
