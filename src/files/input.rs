@@ -77,7 +77,8 @@ impl Input {
 
     /// Refuses an input file whose size or modification time changed since it was mapped (a
     /// rewrite by another program while it was read: the values read may mix old and new);
-    /// `Ok` for a file read into memory. Call it after the computation, before writing.
+    /// `Ok` for a file read into memory. Call it after the computation, before writing, and
+    /// before reporting the computation's own failure (a change explains it).
     pub fn check_unchanged(&self) -> Result<()> {
         match &self.bytes {
             FileBytes::Mapped(map) => map.check_unchanged(),
@@ -164,9 +165,15 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
         Some(_) => InputValues::InPlace(range),
         None => InputValues::Widened(decode(data, dtype)),
     };
-    // Shape and finite values, checked once here.
-    HostTokens::new(values.values(&bytes, dtype), batch, tokens, width)
-        .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
+    // Shape and finite values, checked once here. A mapped file rewritten in place meanwhile
+    // may show a bad value that is gone again: its change is the cause to report.
+    HostTokens::new(values.values(&bytes, dtype), batch, tokens, width).map_err(|e| {
+        match &bytes {
+            FileBytes::Mapped(map) => map.check_unchanged().err(),
+            FileBytes::Read(_) => None,
+        }
+        .unwrap_or_else(|| Error::InvalidTensor(format!("{}: {e}", path.display())))
+    })?;
     let metadata = file_metadata(path, &bytes)?;
     let grids = match metadata.get("grids") {
         Some(text) => Some(parse_grids_json(text)?),
