@@ -52,11 +52,12 @@ def status_of(error: BaseException, usage: Sequence[type]) -> int:
 def run(work: Callable[[], object], usage: Sequence[type] = ()) -> int:
     """Runs a command's `work` and returns its exit status: 0, or the status of what stopped
     it after its one `error:` line (`usage`: more exception classes that are the arguments'
-    fault). `SystemExit` (`--help`) passes through."""
+    fault). `SystemExit` (`--help`) and `AssertionError` (a bug of the program, which the
+    tests also raise to stop a run at a given point) pass through."""
     try:
         work()
-    except SystemExit:
-        raise
+    except (SystemExit, AssertionError):
+        raise   # --help; a failed assertion is the program's bug, kept with its traceback
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
