@@ -77,7 +77,7 @@ fn a_value_toggled_during_the_check_gives_an_error_never_a_panic() {
 /// A named set is named in the check's messages (`HostTokens::named`).
 #[test]
 fn a_named_sets_bad_value_is_named_by_the_set() {
-    let mut values = vec![1.0f32; 2 * 3 * 4];
+    let mut values = [1.0f32; 2 * 3 * 4];
     values[4 + 3] = f32::NAN;
     let error = HostTokens::named("extra[1]", &values[..], 2, 3, 4)
         .unwrap_err()

@@ -90,7 +90,7 @@ fn an_extra_set_is_named_in_its_messages() {
 fn a_misaligned_attention_is_a_usage_error() {
     let compressor = open();
     let tokens = vec![1.0f32; 36 * 8];
-    let attention = vec![1.0f32; 37];
+    let attention = [1.0f32; 37];
     let mut params = mc_call_params_default();
     params.method = c"visionzip".as_ptr();
     params.keep = 0.25;
