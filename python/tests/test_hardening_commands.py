@@ -8,15 +8,15 @@ import subprocess
 import sys
 import time
 import zlib
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from metacompress import tasks
 from metacompress.evaluation import harness as evaluate
 from metacompress.tasks.images import ImageError, read_image
 from metacompress.training import features as export_features
+
+from conftest import one_error
 
 
 def png(width: int, height: int, data: bytes) -> bytes:
@@ -24,24 +24,6 @@ def png(width: int, height: int, data: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def refused(*_, **__):
-        raise AssertionError("a model was loaded before the refusal")
-    monkeypatch.setattr(evaluate, "load_model", refused)
-    monkeypatch.setattr(export_features, "load_model", refused)
-
-
-def one_error(capsys, status_got, status: int, *says: str) -> str:
-    assert status_got == status
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for word in says:
-        assert word in lines[0], err
-    return lines[0]
 
 
 # --- bombs ---------------------------------------------------------------------------------------
@@ -59,7 +41,7 @@ def test_question_sets_are_made_as_they_are_read_and_bounded():
         tasks.items("synthetic", 0, 10 ** 9)
 
 
-def test_huge_sample_counts_are_refused_at_once(capsys, no_model):
+def test_huge_sample_counts_are_refused_at_once(capsys, no_model_loaded):
     started = time.monotonic()
     status = evaluate.main(["--model", "tiny-llava", "--data", "synthetic", "--methods", "pool",
                             "--samples", str(10 ** 9)])
@@ -80,7 +62,7 @@ def test_toy_items_are_checked_before_the_model(tmp_path):
         assert time.monotonic() - started < 60
 
 
-def test_image_bombs_and_truncated_images_are_refused(tmp_path, capsys, no_model):
+def test_image_bombs_and_truncated_images_are_refused(tmp_path, capsys, no_model_loaded):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png(12000, 12000, zlib.compress(b"\0" * 100)))
     rows = b"".join(b"\0" + bytes([200, 100, 50]) * 64 for _ in range(64))
@@ -112,7 +94,7 @@ def test_image_bombs_and_truncated_images_are_refused(tmp_path, capsys, no_model
 
 # --- one error line ------------------------------------------------------------------------------
 
-def test_evaluate_refuses_arguments_in_one_line(tmp_path, capsys, no_model):
+def test_evaluate_refuses_arguments_in_one_line(tmp_path, capsys, no_model_loaded):
     base = ["--model", "tiny-llava", "--data", "synthetic", "--methods", "pool"]
     for extra, says in [(["--seed", "-1"], "--seed"), (["--device", "bogus"], "--device"),
                         (["--samples", "x"], "--samples"),
@@ -151,7 +133,7 @@ def test_an_offline_hub_id_gives_one_line(tmp_path, capsys, monkeypatch):
     one_error(capsys, status, 1, "nobody/no-such-model-34")
 
 
-def test_export_features_refuses_in_one_line(tmp_path, capsys, no_model):
+def test_export_features_refuses_in_one_line(tmp_path, capsys, no_model_loaded):
     image = tmp_path / "x.png"
     image.write_bytes(b"not an image")
     status = export_features.main(["--model", "tiny-llava", "--image", str(image),

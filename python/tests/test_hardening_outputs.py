@@ -12,14 +12,7 @@ from metacompress import files
 from metacompress.evaluation import harness as evaluate
 from metacompress.training import features as export_features
 
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: the refusals must come first."""
-    def refused(*_, **__):
-        raise AssertionError("a model was loaded before the refusal")
-    monkeypatch.setattr(evaluate, "load_model", refused)
-    monkeypatch.setattr(export_features, "load_model", refused)
+from conftest import one_error
 
 
 def conversations(tmp_path: Path) -> tuple[Path, Path]:
@@ -32,14 +25,8 @@ def conversations(tmp_path: Path) -> tuple[Path, Path]:
     return data, images
 
 
-def refused(capsys, call, status: int, *says: str):
-    assert call() == status
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for word in says:
-        assert word in lines[0], err
-    return lines[0]
+def refused(capsys, call, status: int, *says: str) -> str:
+    return one_error(capsys, call(), status, *says)
 
 
 def run_evaluate(data, images, *extra):
@@ -47,7 +34,7 @@ def run_evaluate(data, images, *extra):
                                   "--methods", "pool", *map(str, extra)])
 
 
-def test_evaluate_outputs_that_are_inputs_are_refused_before_the_model(tmp_path, capsys, no_model):
+def test_evaluate_outputs_that_are_inputs_are_refused_before_the_model(tmp_path, capsys, no_model_loaded):
     data, images = conversations(tmp_path)
     before = data.read_bytes()
     refused(capsys, run_evaluate(data, images, "--json", data), 2, "--json", "--data")
@@ -62,7 +49,7 @@ def test_evaluate_outputs_that_are_inputs_are_refused_before_the_model(tmp_path,
     assert Image.open(images / "red.png").size == (32, 32)
 
 
-def test_evaluate_bad_outputs_are_refused_before_the_model(tmp_path, capsys, no_model):
+def test_evaluate_bad_outputs_are_refused_before_the_model(tmp_path, capsys, no_model_loaded):
     data, images = conversations(tmp_path)
     same = tmp_path / "same.png"
     refused(capsys, run_evaluate(data, images, "--json", same, "--plot", same), 2, "same file")
@@ -96,7 +83,7 @@ def test_the_report_and_the_plot_are_one_set(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.png"]
 
 
-def test_export_features_output_that_is_its_image_is_refused(tmp_path, capsys, no_model):
+def test_export_features_output_that_is_its_image_is_refused(tmp_path, capsys, no_model_loaded):
     image = tmp_path / "photo.png"
     Image.new("RGB", (32, 32)).save(image)
     before = image.read_bytes()
