@@ -130,6 +130,13 @@ def test_extra_sets_are_named_in_their_messages():
     with pytest.raises(mc.Error) as raised:
         compressor.compress_sharing(x, [x, bad], method="pool")
     assert str(raised.value) == "extra[1][0, 2, 3] is NaN; expected finite values"
+    # An f16 set whose reduced tokens pass f16's range (VisionZip's rows need not sum to 1).
+    attention = np.random.default_rng(0).random(36).astype(np.float32)
+    big = np.full((36, 4), 60000, np.float16)
+    with pytest.raises(mc.Error) as raised:
+        compressor.compress_sharing(x, [x.astype(np.float16), big], method="visionzip",
+                                    keep=0.25, attention=attention)
+    assert str(raised.value).startswith("extra[1] for an f16 output element")
 
 
 def test_python_values_a_caller_should_not_pass_are_usage_errors():
