@@ -71,7 +71,8 @@ fn choice<T: clap::ValueEnum>(flag: &str, value: &Bound<'_, PyAny>) -> PyResult<
             .map(|v| v.get_name().to_string())
             .collect();
         usage(format!(
-            "invalid value '{value}' for '--{flag} <{}>' [possible values: {}]",
+            "invalid value '{}' for '--{flag} <{}>' [possible values: {}]",
+            echoed(&value),
             flag.to_uppercase(),
             names.join(", ")
         ))

@@ -13,7 +13,7 @@ import pytest
 
 from metacompress import tasks
 from metacompress.evaluation import harness as evaluate
-from metacompress.tasks.images import ImageError, read_image
+from metacompress.tasks.conversations import ImageError, read_image
 from metacompress.training import features as export_features
 
 from conftest import one_error

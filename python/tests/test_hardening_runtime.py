@@ -173,6 +173,8 @@ def test_messages_cut_values_and_use_the_apis_words():
     assert len(line) < 400, len(line)
     line = usage(lambda: compressor.compress(x, method="pool", keep="0.5\n" + "9" * 1_000_000))
     assert len(line) < 400, len(line)
+    line = usage(lambda: compressor.compress(x, method="pool " * 200_000))
+    assert len(line) < 400, len(line)
     line = usage(lambda: compressor.compress(np.ones((35, 8), np.float32), method="pool"))
     assert "--grid" not in line and "grids=" in line
     line = usage(lambda: compressor.compress(x, method="visionzip"))

@@ -37,8 +37,7 @@ import numpy as np
 from PIL import Image
 
 from . import shapes
-from .conversations import read_conversations
-from .images import read_image
+from .conversations import read_conversations, read_image
 from .synthetic import synthetic_image
 
 TOY = {"shapes": shapes}

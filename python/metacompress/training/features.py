@@ -22,7 +22,7 @@ from ..files import check_output, write_bytes
 from ..models import tiny
 from ..models.adapters import Adapter
 from ..models.inputs import pixels_of, process_image
-from ..tasks.images import read_image
+from ..tasks.conversations import read_image
 from ..tasks.synthetic import synthetic_image
 from .trainer import load_model
 
