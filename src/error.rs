@@ -120,14 +120,26 @@ pub fn one_line(text: &str) -> String {
 /// `text` as an error message echoes it: in quotes, control characters escaped, cut to about
 /// 80 characters (a bad value may be a 400 KB string).
 pub(crate) fn quoted(text: &str) -> String {
+    let (head, cut) = cut_value(text);
+    format!("\"{head}\"{cut}")
+}
+
+/// `text` (a value's `repr`, a list a caller passed) as a message echoes it without quotes:
+/// control characters escaped, cut after 80 characters with its length, as `quoted` cuts.
+pub fn echoed(text: &str) -> String {
+    let (head, cut) = cut_value(text);
+    format!("{head}{cut}")
+}
+
+/// The escaped head of `text` (at most 80 characters) and what says it was cut, if it was.
+fn cut_value(text: &str) -> (String, String) {
     const MOST: usize = 80;
     let escaped: String = text.chars().flat_map(char::escape_debug).collect();
     match escaped.char_indices().nth(MOST) {
-        Some((cut, _)) => format!(
-            "\"{}\"... ({} characters)",
-            &escaped[..cut],
-            text.chars().count()
+        Some((cut, _)) => (
+            escaped[..cut].to_string(),
+            format!("... ({} characters)", text.chars().count()),
         ),
-        None => format!("\"{escaped}\""),
+        None => (escaped, String::new()),
     }
 }

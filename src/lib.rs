@@ -48,7 +48,7 @@ pub(crate) mod weights;
 mod layering;
 
 pub use compress::{CompressFuture, Compressed, Compressor};
-pub use error::{one_line, Error, Result};
+pub use error::{echoed, one_line, Error, Result};
 pub use gpu::memory::MemoryCount;
 pub use gpu::resident::{GpuCompressed, GpuTokens, Tokens};
 pub use gpu::{GpuApi, GpuContext};
@@ -57,7 +57,7 @@ pub use layout::{
 };
 pub use options::{
     check_threads, threads_from, Association, Backend, Elem, KernelVariant, Options, Precision,
-    SplitK, MAX_PIECES, MAX_THREADS,
+    ProcessPool, SplitK, MAX_PIECES, MAX_THREADS,
 };
 pub use presets::{parse_pinpoints, LLAVA_NEXT_PINPOINTS, LLAVA_ONEVISION_PINPOINTS};
 pub use profile::{Clock, Profile, StepTime};

@@ -116,6 +116,61 @@ pub fn threads_from(requested: Option<usize>) -> Result<Option<usize>> {
     }
 }
 
+/// The CPU path's threads for a caller that may `fork` (a Python program under
+/// `multiprocessing` or a DataLoader worker, a C server): a rayon pool of `threads` (`None`:
+/// one per logical CPU), built at the first call of
+/// each process. A forked child has no threads of the pool its parent built (`fork` copies
+/// the calling thread only), and work handed to that pool would wait for ever; so the pool is
+/// rebuilt when the process id is no longer the one it was built in (the parent's is left
+/// unused in the child, its threads do not exist there). The bindings run every call in one.
+pub struct ProcessPool {
+    threads: Option<usize>,
+    built: std::sync::Mutex<Option<(u32, std::sync::Arc<rayon::ThreadPool>)>>,
+}
+
+impl ProcessPool {
+    /// A pool of `threads`, as `threads_from` gives them (`None`: one per logical CPU); no
+    /// thread starts before the first call.
+    pub const fn new(threads: Option<usize>) -> Self {
+        ProcessPool {
+            threads,
+            built: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs `work` in this process's pool, building it first where this process has none.
+    pub fn install<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T> {
+        Ok(self.pool()?.install(work))
+    }
+
+    fn pool(&self) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+        let process = std::process::id();
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((owner, pool)) = built.as_ref() {
+            if *owner == process {
+                return Ok(pool.clone());
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.unwrap_or(0))
+            .build()
+            .map_err(|e| {
+                Error::Unsupported(format!(
+                    "cannot start the CPU path's {} threads: {e}",
+                    self.threads
+                        .map_or("default".to_string(), |t| t.to_string())
+                ))
+            })?;
+        let pool = std::sync::Arc::new(pool);
+        // A parent's pool is forgotten, not dropped: dropping it would signal threads that
+        // this process does not have.
+        if let Some(stale) = built.replace((process, pool.clone())) {
+            std::mem::forget(stale);
+        }
+        Ok(pool)
+    }
+}
+
 /// Most pieces a split-K product is cut into.
 pub const MAX_PIECES: u32 = 64;
 

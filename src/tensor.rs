@@ -84,8 +84,19 @@ pub struct Features {
 impl Features {
     /// Checked features: `values.len() == batch * tokens * width`, all finite, no zero size.
     pub fn new(batch: usize, tokens: usize, width: usize, values: Vec<f32>) -> Result<Self> {
-        check_shape(batch, tokens, width, values.len())?;
-        check_finite("features", &[batch, tokens, width], &values)?;
+        Self::named("features", batch, tokens, width, values)
+    }
+
+    /// `new` for a set its messages call `name` (`deepstack.2`) rather than `features`.
+    pub fn named(
+        name: &str,
+        batch: usize,
+        tokens: usize,
+        width: usize,
+        values: Vec<f32>,
+    ) -> Result<Self> {
+        check_shape(name, batch, tokens, width, values.len())?;
+        check_finite(name, &[batch, tokens, width], &values)?;
         Ok(Features {
             batch,
             tokens,
@@ -241,10 +252,22 @@ impl<'a> HostTokens<'a> {
         tokens: usize,
         width: usize,
     ) -> Result<Self> {
+        Self::named("features", values, batch, tokens, width)
+    }
+
+    /// `new` for a set its messages call `name` (`extra[1]`, `deepstack.2`) rather than
+    /// `features`.
+    pub fn named(
+        name: &str,
+        values: impl Into<HostValues<'a>>,
+        batch: usize,
+        tokens: usize,
+        width: usize,
+    ) -> Result<Self> {
         let values = values.into();
-        check_shape(batch, tokens, width, values.len())?;
+        check_shape(name, batch, tokens, width, values.len())?;
         if let HostValues::F32(values) = values {
-            check_finite("features", &[batch, tokens, width], values)?;
+            check_finite(name, &[batch, tokens, width], values)?;
         } else {
             // f16 and bf16 widen exactly; a chunk at a time keeps the copy small.
             const CHUNK: usize = 1 << 14;
@@ -256,7 +279,7 @@ impl<'a> HostTokens<'a> {
                     let index = first + offset;
                     let (image, token) = (index / (tokens * width), index % (tokens * width));
                     return Err(Error::InvalidTensor(format!(
-                        "features[{image}, {}, {}] is {}; expected finite values",
+                        "{name}[{image}, {}, {}] is {}; expected finite values",
                         token / width,
                         token % width,
                         chunk[offset]
@@ -331,16 +354,16 @@ impl<'a> From<&'a Features> for HostTokens<'a> {
 }
 
 /// Refuses an empty shape, or a value count that is not `batch x tokens x width`.
-fn check_shape(batch: usize, tokens: usize, width: usize, count: usize) -> Result<()> {
+fn check_shape(name: &str, batch: usize, tokens: usize, width: usize, count: usize) -> Result<()> {
     if batch == 0 || tokens == 0 || width == 0 {
         return Err(Error::InvalidTensor(format!(
-            "features of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
+            "{name} of shape [{batch}, {tokens}, {width}] are empty; expected every size at least 1"
         )));
     }
     let expected = batch.checked_mul(tokens).and_then(|v| v.checked_mul(width));
     if expected != Some(count) {
         return Err(Error::InvalidTensor(format!(
-            "features hold {count} values; expected {batch} x {tokens} x {width}"
+            "{name} hold {count} values; expected {batch} x {tokens} x {width}"
         )));
     }
     Ok(())
@@ -417,8 +440,11 @@ pub fn check_each(
     expected: &str,
 ) -> Result<()> {
     use rayon::prelude::*;
-    // Chunks in parallel, each tested without an early exit (so the test vectorises), then
-    // the first bad value of the first bad chunk.
+    // Chunks in parallel, each tested without an early exit (so the test vectorises); a bad
+    // chunk is then read once more, each value once, for the first bad value and its index.
+    // Another thread or process may change the values meanwhile (they are the caller's
+    // memory, or a mapped file): a bad value that is good again on the second reading is
+    // refused as a change, never assumed to be there.
     const CHUNK: usize = 1 << 15;
     let Some(chunk) = values
         .par_chunks(CHUNK)
@@ -426,11 +452,20 @@ pub fn check_each(
     else {
         return Ok(());
     };
-    let position = chunk * CHUNK
-        + values[chunk * CHUNK..]
-            .iter()
-            .position(|v| !valid(*v))
-            .expect("the chunk holds a bad value");
+    let first = chunk * CHUNK;
+    let end = values.len().min(first + CHUNK);
+    let Some((offset, value)) = values[first..end]
+        .iter()
+        .copied()
+        .enumerate()
+        .find(|(_, v)| !valid(*v))
+    else {
+        return Err(Error::InvalidTensor(format!(
+            "{name} changed while it was being checked for {expected} (a bad value was good \
+             when read again); expected values that stay unchanged during the call"
+        )));
+    };
+    let position = first + offset;
     let mut index = vec![0; shape.len()];
     let mut rest = position;
     for (slot, size) in index.iter_mut().zip(shape).rev() {
@@ -439,9 +474,8 @@ pub fn check_each(
     }
     let index: Vec<String> = index.iter().map(|i| i.to_string()).collect();
     Err(Error::InvalidTensor(format!(
-        "{name}[{}] is {}; expected {expected}",
+        "{name}[{}] is {value}; expected {expected}",
         index.join(", "),
-        values[position]
     )))
 }
 

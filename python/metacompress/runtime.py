@@ -14,8 +14,9 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 # Headless Linux: Mesa's Wayland probe complains on stderr when XDG_RUNTIME_DIR is unset;
-# compute needs no display (the command line does the same before it opens a device).
-if sys.platform.startswith("linux") and "XDG_RUNTIME_DIR" not in os.environ:
+# compute needs no display (the command line and the C API's mc_open do the same; set but
+# empty counts as unset).
+if sys.platform.startswith("linux") and not os.environ.get("XDG_RUNTIME_DIR"):
     import tempfile
 
     os.environ["XDG_RUNTIME_DIR"] = tempfile.gettempdir()
@@ -41,31 +42,54 @@ class Result(NamedTuple):
     `hq * wq`."""
 
 
+def _one_line(text: str) -> str:
+    """`text` on one line, cut after 300 characters (a message may echo a huge value)."""
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else f"{text[:300]}... ({len(text)} characters)"
+
+
+def _shown(value) -> str:
+    """`repr(value)` as a message shows it: one line, cut after 80 characters."""
+    text = repr(value).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
+
+
 def _torch_tensor(value) -> bool:
     """Whether `value` is a torch tensor (without importing torch when nobody has)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _host_view(x):
-    """`(array, bf16, torch_dtype)`: x as a numpy array over the same memory."""
+def _host_view(x, name: str = "x"):
+    """`(array, bf16, torch_dtype)`: x as a numpy array over the same memory; `name` is what
+    messages call it (`x`, `extra[1]`)."""
     if isinstance(x, np.ndarray):
         return x, False, None
     if not _torch_tensor(x):
-        raise UsageError(f"x is a {type(x).__name__}; expected a numpy array or a torch tensor")
+        raise UsageError(f"{name} is a {type(x).__name__}; expected a numpy array or a torch tensor")
     import torch
 
+    if x.is_nested or x.layout != torch.strided:
+        kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+        raise UsageError(f"{name} is a {kind} torch tensor; expected a dense one (x.to_dense(), "
+                         "or torch.stack of a nested tensor's parts)")
     if x.device.type != "cpu":
         raise UsageError(
-            f"x is on {x.device}; expected a CPU tensor (the runtime reads host memory: pass x.cpu())"
+            f"{name} is on {x.device}; expected a CPU tensor (the runtime reads host memory: pass "
+            f"{name}.cpu())"
         )
-    x = x.detach()
-    if x.dtype == torch.bfloat16:
-        # numpy has no bfloat16: the same bytes as uint16, read as bf16 by the runtime.
-        return x.view(torch.int16).numpy().view(np.uint16), True, x.dtype
-    if x.dtype in (torch.float32, torch.float16):
+    # A negated or conjugated view holds its values only as a flag on other memory: made real.
+    x = x.detach().resolve_neg().resolve_conj()
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise UsageError(f"{name} has dtype {x.dtype}; expected torch.float32, torch.float16 or "
+                         "torch.bfloat16")
+    try:
+        if x.dtype == torch.bfloat16:
+            # numpy has no bfloat16: the same bytes as uint16, read as bf16 by the runtime.
+            return x.view(torch.int16).numpy().view(np.uint16), True, x.dtype
         return x.numpy(), False, x.dtype
-    raise UsageError(f"x has dtype {x.dtype}; expected torch.float32, torch.float16 or torch.bfloat16")
+    except (TypeError, RuntimeError) as error:
+        raise UsageError(f"{name} cannot be read as host memory: {error}") from None
 
 
 def _as_input(tokens, bf16: bool, torch_dtype):
@@ -88,7 +112,7 @@ class _ArgumentsAsUsage:
 
     def __exit__(self, kind, error, traceback):
         if kind is not None and issubclass(kind, (TypeError, OverflowError)):
-            raise UsageError(str(error).replace("\n", " ")) from None
+            raise UsageError(_one_line(str(error))) from None
         return False
 
 
@@ -96,11 +120,14 @@ def _attention(attention):
     """The attention as a float32 numpy array (a copy only when it is not one already)."""
     if attention is None:
         return None
-    if _torch_tensor(attention):
-        attention = attention.detach().cpu().float().numpy()
     try:
+        if _torch_tensor(attention):
+            if attention.device.type == "meta":
+                raise UsageError("attention is on the meta device (shapes, no values); expected "
+                                 "a tensor holding values")
+            attention = attention.detach().to_dense().cpu().float().numpy()
         return np.ascontiguousarray(attention, dtype=np.float32)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise UsageError(f"attention cannot be read as float32 values: {error}") from None
 
 
@@ -180,14 +207,17 @@ class Compressor:
         `(b, n, d_k)`, any width, each read where it lies like `x`). Returns
         `(result, [P X_k, ...])`, each reduced set in its own dtype and kind (numpy or torch).
         """
-        if isinstance(extra, (np.ndarray, str)) or _torch_tensor(extra):
+        if isinstance(extra, np.ndarray) or _torch_tensor(extra):
             raise UsageError("extra is one array; expected a list of arrays or tensors")
+        if not isinstance(extra, (list, tuple)):
+            raise UsageError(f"extra is a {type(extra).__name__}; expected a list of arrays or "
+                             "tensors (an empty list for none)")
         return self._compress(x, list(extra), grids, layout, keep, scope, method, seed,
                               attention, projection)
 
     def _compress(self, x, extra, grids, layout, keep, scope, method, seed, attention, projection):
         array, bf16, torch_dtype = _host_view(x)
-        views = [_host_view(set_) for set_ in extra]
+        views = [_host_view(set_, f"extra[{index}]") for index, set_ in enumerate(extra)]
         with _ArgumentsAsUsage():
             tokens, projected, queries, _, reduced = self._native.compress(
                 array, bf16, grids, layout, keep, scope, method, seed, _attention(attention),
@@ -215,8 +245,8 @@ def layout(preset: str, pinpoints=None) -> Tuple[int, list]:
     if pinpoints is not None and not isinstance(pinpoints, str):
         try:
             pinpoints = json.dumps([[int(value) for value in pair] for pair in pinpoints])
-        except (TypeError, ValueError):
-            raise UsageError(f"pinpoints {pinpoints!r} are not resolutions; expected a list of "
+        except (TypeError, ValueError, OverflowError):
+            raise UsageError(f"pinpoints {_shown(pinpoints)} are not resolutions; expected a list of "
                              "[height, width] pairs such as [[336, 672], [672, 336]]") from None
     return _native.layout(preset, pinpoints)
 

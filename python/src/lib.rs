@@ -13,13 +13,14 @@ use numpy::{
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict};
 
 use metacompress::gpu::{list_adapters, GpuApi};
 use metacompress::methods::{Method, Request, Runner};
 use metacompress::{
-    check_fits_f16, check_threads, files, parse_pinpoints, threads_from, Backend, Grid, HostTokens,
-    HostValues, Keep, Layout, Options, Precision, Scope,
+    check_fits_f16, check_threads, echoed, files, one_line, parse_pinpoints, threads_from, Backend,
+    Grid, HostTokens, HostValues, Keep, Layout, Options, Precision, ProcessPool, Scope,
+    MAX_THREADS,
 };
 
 pyo3::create_exception!(
@@ -45,9 +46,17 @@ fn raised(error: metacompress::Error) -> PyErr {
     }
 }
 
-/// A usage error of the binding itself (a Python value of the wrong kind).
+/// A usage error of the binding itself (a Python value of the wrong kind), on one line.
 fn usage(message: String) -> PyErr {
-    UsageError::new_err(message)
+    UsageError::new_err(one_line(&message))
+}
+
+/// A Python value as a message shows it: its `repr`, cut after 80 characters (a value may be
+/// a 12 MB list), control characters escaped.
+fn shown(value: &Bound<'_, PyAny>) -> String {
+    value
+        .repr()
+        .map_or_else(|_| "?".to_string(), |text| echoed(&text.to_string()))
 }
 
 /// A named choice (`method`, `scope`, `backend`, `precision`) as the command line parses it,
@@ -62,7 +71,8 @@ fn choice<T: clap::ValueEnum>(flag: &str, value: &Bound<'_, PyAny>) -> PyResult<
             .map(|v| v.get_name().to_string())
             .collect();
         usage(format!(
-            "invalid value '{value}' for '--{flag} <{}>' [possible values: {}]",
+            "invalid value '{}' for '--{flag} <{}>' [possible values: {}]",
+            echoed(&value),
             flag.to_uppercase(),
             names.join(", ")
         ))
@@ -79,20 +89,23 @@ fn text(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
     })
 }
 
-/// A number argument, or a usage error naming it when the value is no such number.
+/// A number argument, or a usage error naming it when the value is no such number (a bool
+/// is no number here, though Python counts `True` as 1).
 fn number<'py, T: for<'a> FromPyObject<'a, 'py>>(
     value: &Bound<'py, PyAny>,
     name: &str,
     expected: &str,
 ) -> PyResult<T> {
-    value.extract().map_err(|_| {
-        let shown = value
-            .repr()
-            .map_or_else(|_| "?".to_string(), |text| text.to_string());
+    let refused = || {
         usage(format!(
-            "{name} {shown} is out of range; expected {expected}"
+            "{name} {} is out of range; expected {expected}",
+            shown(value)
         ))
-    })
+    };
+    if value.is_instance_of::<PyBool>() {
+        return Err(refused());
+    }
+    value.extract().map_err(|_| refused())
 }
 
 /// The images `x` as the library reads them: borrowed where they lie.
@@ -104,38 +117,39 @@ enum Borrowed<'py> {
 }
 
 impl<'py> Borrowed<'py> {
-    fn of(x: &Bound<'py, PyAny>, bf16: bool) -> PyResult<Self> {
+    /// `x` (called `name` in messages: `x`, `extra[1]`) where it lies, or a usage error.
+    fn of(x: &Bound<'py, PyAny>, bf16: bool, name: &str) -> PyResult<Self> {
         let array = x.cast::<PyUntypedArray>().map_err(|_| {
             usage(format!(
-                "x is a {}; expected a numpy array or a torch tensor",
+                "{name} is a {}; expected a numpy array or a torch tensor",
                 type_name(x)
             ))
         })?;
         if !(2..=3).contains(&array.ndim()) {
             return Err(usage(format!(
-                "x has shape {:?}; expected (n, d) or (b, n, d)",
+                "{name} has shape {:?}; expected (n, d) or (b, n, d)",
                 array.shape()
             )));
         }
         if !array.is_c_contiguous() {
             return Err(usage(format!(
-                "x of shape {:?} is not C-contiguous; expected a row-major array (numpy: \
+                "{name} of shape {:?} is not C-contiguous; expected a row-major array (numpy: \
                  np.ascontiguousarray(x); torch: x.contiguous())",
                 array.shape()
             )));
         }
         if !array.is_aligned() {
             return Err(usage(format!(
-                "x of shape {:?} is not aligned to its element size (a view at an odd byte \
+                "{name} of shape {:?} is not aligned to its element size (a view at an odd byte \
                  offset); expected an aligned array (numpy: np.require(x, requirements=\"CA\"))",
                 array.shape()
             )));
         }
-        let readonly = |error: numpy::BorrowError| usage(format!("x cannot be read: {error}"));
+        let readonly = |error: numpy::BorrowError| usage(format!("{name} cannot be read: {error}"));
         if bf16 {
             let array = x.cast::<PyArrayDyn<u16>>().map_err(|_| {
                 usage(format!(
-                    "bf16 x has dtype {}; expected uint16 bits",
+                    "bf16 {name} has dtype {}; expected uint16 bits",
                     array.dtype()
                 ))
             })?;
@@ -148,7 +162,7 @@ impl<'py> Borrowed<'py> {
             return Ok(Borrowed::F16(array.try_readonly().map_err(readonly)?));
         }
         Err(usage(format!(
-            "x has dtype {}; expected float32 or float16 (numpy), or float32, float16 or \
+            "{name} has dtype {}; expected float32 or float16 (numpy), or float32, float16 or \
              bfloat16 (torch)",
             array.dtype()
         )))
@@ -196,12 +210,17 @@ enum Output {
 }
 
 impl Output {
-    /// `tokens` (f32, from the runtime) in the element type of `dtype`.
-    fn of(tokens: Vec<f32>, dtype: metacompress::Dtype) -> metacompress::Result<Output> {
+    /// `tokens` (f32, from the runtime) in the element type of `dtype`; `name` says whose
+    /// (`tokens`, `extra[1]`) where they do not fit f16.
+    fn of(
+        tokens: Vec<f32>,
+        dtype: metacompress::Dtype,
+        name: &str,
+    ) -> metacompress::Result<Output> {
         Ok(match dtype {
             metacompress::Dtype::F32 => Output::F32(tokens),
             metacompress::Dtype::F16 => {
-                check_fits_f16("tokens for an f16 output", &tokens)?;
+                check_fits_f16(&format!("{name} for an f16 output"), &tokens)?;
                 Output::F16(tokens.iter().map(|&v| half::f16::from_f32(v)).collect())
             }
             metacompress::Dtype::BF16 => Output::Bf16(
@@ -222,6 +241,32 @@ impl Output {
     }
 }
 
+/// The attention of `b` images of `n` tokens, as the library reads it: `(n,)` or `(b, n)`,
+/// row-major; a wrong size is a usage error here (a file's attention is the file's fault).
+fn attention_of<'a>(
+    values: &'a PyReadonlyArrayDyn<'_, f32>,
+    b: usize,
+    n: usize,
+) -> PyResult<&'a [f32]> {
+    let shape = values.shape();
+    if !(shape == [b, n] || (b == 1 && shape == [n])) {
+        let expected = if b == 1 {
+            format!("({n},) or (1, {n})")
+        } else {
+            format!("({b}, {n})")
+        };
+        return Err(usage(format!(
+            "attention has shape {shape:?}; expected one value per token, {expected}"
+        )));
+    }
+    values.as_slice().map_err(|_| {
+        usage(
+            "attention is not C-contiguous and aligned; expected a row-major float32 array"
+                .to_string(),
+        )
+    })
+}
+
 /// The layout of a call: `grids`, a preset, or one square grid.
 fn layout_of(
     grids: Option<&Bound<'_, PyAny>>,
@@ -239,12 +284,15 @@ fn layout_of(
                 usage(format!(
                     "grids {} are not grids; expected a list of (offset, h, w) or (offset, h, \
                      w, stride) tuples of non-negative integers",
-                    grids
-                        .repr()
-                        .map_or_else(|_| "?".to_string(), |text| text.to_string())
+                    shown(grids)
                 ))
             };
             let entries: Vec<Vec<usize>> = grids.extract().map_err(|_| bad())?;
+            if entries.is_empty() {
+                return Err(usage(
+                    "grids is an empty list; expected at least one (offset, h, w) grid".into(),
+                ));
+            }
             let grids = entries
                 .into_iter()
                 .map(|entry| match entry[..] {
@@ -258,7 +306,12 @@ fn layout_of(
             Layout::new(tokens, grids).map_err(raised)
         }
         (None, Some(preset)) => Layout::preset_for(preset, None, tokens).map_err(raised),
-        (None, None) => Layout::square(tokens).map_err(raised),
+        (None, None) => Layout::square(tokens).map_err(|_| {
+            usage(format!(
+                "{tokens} tokens is not a perfect square and no layout was given; expected \
+                 grids=[(offset, h, w), ...] or layout=PRESET (such as \"llava-next:1000x667\")"
+            ))
+        }),
     }
 }
 
@@ -279,16 +332,23 @@ type GridTuple = (usize, usize, usize, usize);
 #[pyclass(frozen, module = "metacompress._native")]
 struct Compressor {
     runner: Runner,
-    /// The CPU path's threads when `threads` was given (else rayon's global pool: all cores).
-    pool: Option<rayon::ThreadPool>,
+    /// The CPU path's threads when `threads` (or `RAYON_NUM_THREADS`) gave a count; else
+    /// `ALL_CORES`, shared by every such compressor.
+    pool: Option<ProcessPool>,
 }
 
+/// One thread per logical CPU, for every compressor without a count of its own. Not rayon's
+/// global pool: a process forked after a call (multiprocessing, DataLoader workers) has none
+/// of that pool's threads, and its calls would wait for ever; a `ProcessPool` is rebuilt in
+/// the child.
+static ALL_CORES: ProcessPool = ProcessPool::new(None);
+
 impl Compressor {
-    fn on_pool<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
-        match &self.pool {
-            Some(pool) => pool.install(work),
-            None => work(),
-        }
+    fn on_pool<T: Send>(
+        &self,
+        work: impl FnOnce() -> metacompress::Result<T> + Send,
+    ) -> metacompress::Result<T> {
+        self.pool.as_ref().unwrap_or(&ALL_CORES).install(work)?
     }
 }
 
@@ -310,20 +370,17 @@ impl Compressor {
         let requested = match threads {
             None => None,
             Some(threads) => {
-                let threads: i128 = number(threads, "threads", "an integer from 1")?;
+                let threads: i128 = number(
+                    threads,
+                    "threads",
+                    &format!("an integer from 1 to {MAX_THREADS}"),
+                )?;
                 Some(check_threads(threads).map_err(raised)?)
             }
         };
-        let pool = match threads_from(requested).map_err(raised)? {
-            None => None,
-            Some(threads) => {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .map_err(|e| Error::new_err(format!("--threads {threads}: {e}")))?;
-                Some(pool)
-            }
-        };
+        let pool = threads_from(requested)
+            .map_err(raised)?
+            .map(|threads| ProcessPool::new(Some(threads)));
         let runner = py
             .detach(|| {
                 let weights = weights.as_deref().map(files::read_weights).transpose()?;
@@ -335,9 +392,9 @@ impl Compressor {
 
     /// What runs the pass: the line the command line prints after "on".
     #[getter]
-    fn device(&self) -> String {
+    fn device(&self) -> PyResult<String> {
         // Inside the pool: the CPU path names the threads it runs on.
-        self.on_pool(|| self.runner.device())
+        self.on_pool(|| Ok(self.runner.device())).map_err(raised)
     }
 
     /// Why backend "auto" chose what it chose (None when it was not asked to choose).
@@ -371,29 +428,34 @@ impl Compressor {
         let seed: u64 = number(seed, "seed", "an integer from 0 to 2^64 - 1")?;
         let scope: Scope = choice("scope", scope)?;
         let method: Method = choice("method", method)?;
-        let source = Borrowed::of(x, bf16)?;
+        let source = Borrowed::of(x, bf16, "x")?;
         let ((b, n, d), single) = source.shape();
         let layout = layout.map(|preset| text(preset, "layout")).transpose()?;
         let layout = layout_of(grids, layout.as_deref(), n)?;
+        // What the method needs, in this API's words (the library's name the CLI's flags).
+        if method.needs_weights() && !self.runner.has_weights() {
+            return Err(usage(format!(
+                "method {} needs P_meta weights; expected a Compressor made with weights (a \
+                 P_meta .safetensors file)",
+                method.name()
+            )));
+        }
         let attention = match &attention {
-            Some(values) if !(1..=2).contains(&values.ndim()) => {
+            None if method.needs_attention() => {
                 return Err(usage(format!(
-                    "attention has shape {:?}; expected (n,) or (b, n)",
-                    values.shape()
+                    "method {} needs the vision tower's [CLS] attention over the tokens; \
+                     expected attention= of shape (n,) or (b, n), non-negative",
+                    method.name()
                 )))
             }
-            Some(values) => Some(values.as_slice().map_err(|_| {
-                usage(
-                    "attention is not C-contiguous and aligned; expected a row-major float32 array"
-                        .to_string(),
-                )
-            })?),
             None => None,
+            Some(values) => Some(attention_of(values, b, n)?),
         };
         let values = source.values();
         let sets = extra
             .iter()
-            .map(|(set, bf16)| Borrowed::of(set, *bf16))
+            .enumerate()
+            .map(|(index, (set, bf16))| Borrowed::of(set, *bf16, &format!("extra[{index}]")))
             .collect::<PyResult<Vec<_>>>()?;
         let mut set_widths = Vec::with_capacity(sets.len());
         for (index, set) in sets.iter().enumerate() {
@@ -426,7 +488,10 @@ impl Compressor {
                     let extra_tokens = set_values
                         .iter()
                         .zip(&set_widths)
-                        .map(|(&set, &width)| HostTokens::new(set, b, n, width))
+                        .enumerate()
+                        .map(|(index, (&set, &width))| {
+                            HostTokens::named(&format!("extra[{index}]"), set, b, n, width)
+                        })
                         .collect::<metacompress::Result<Vec<_>>>()?;
                     let started = std::time::Instant::now();
                     let (reduced, reduced_extra) = if extra_tokens.is_empty() {
@@ -438,11 +503,14 @@ impl Compressor {
                         (shared.main, shared.extra)
                     };
                     let seconds = started.elapsed().as_secs_f64();
-                    let output = Output::of(reduced.tokens, values.dtype())?;
+                    let output = Output::of(reduced.tokens, values.dtype(), "tokens")?;
                     let extra_outputs = reduced_extra
                         .into_iter()
                         .zip(&set_values)
-                        .map(|(tokens, set)| Output::of(tokens, set.dtype()))
+                        .enumerate()
+                        .map(|(index, (tokens, set))| {
+                            Output::of(tokens, set.dtype(), &format!("extra[{index}]"))
+                        })
                         .collect::<metacompress::Result<Vec<_>>>()?;
                     let projected = if projection { reduced.projection } else { None };
                     Ok((output, projected, reduced.queries, seconds, extra_outputs))

@@ -30,3 +30,27 @@ def run(binary, *args):
     result = subprocess.run([binary, *map(str, args)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+@pytest.fixture
+def no_model_loaded(monkeypatch):
+    """Fails the test if `evaluate` or `export_features` gets as far as loading a model: their
+    refusals must come first."""
+    from metacompress.evaluation import harness
+    from metacompress.training import features
+
+    def refused(*_, **__):
+        raise AssertionError("a model was loaded before the refusal")
+    monkeypatch.setattr(harness, "load_model", refused)
+    monkeypatch.setattr(features, "load_model", refused)
+
+
+def one_error(capsys, status_got: int, status: int, *says: str) -> str:
+    """A command's answer: exit `status` and one `error:` line on stderr saying `says`."""
+    assert status_got == status
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in says:
+        assert word in lines[0], err
+    return lines[0]

@@ -83,8 +83,10 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
         split_k: args.device.split_k,
         ..Options::default()
     };
-    let (report, results) = compare::compare(&runner, &request, &options, &probes, &source)?;
+    let compared = compare::compare(&runner, &request, &options, &probes, &source);
+    // An input changed during the run explains a failure of the run too.
     input.check_unchanged()?;
+    let (report, results) = compared?;
     if let Some(choice) = runner.choice() {
         say!("{choice}");
     }

@@ -69,14 +69,19 @@ pub(crate) fn compress(args: CompressArgs) -> Result<()> {
     let started = Instant::now();
     // Deepstack sets in the file: each reduced with the features' one P.
     let extra: Vec<HostTokens> = input.extra.iter().map(|(_, set)| set.into()).collect();
-    let (mut reduced, extra_reduced) = if extra.is_empty() {
-        (runner.run(method, &request, &options)?, Vec::new())
+    let run = if extra.is_empty() {
+        runner
+            .run(method, &request, &options)
+            .map(|reduced| (reduced, Vec::new()))
     } else {
-        let shared = runner.run_sharing(method, &request, &extra, &options)?;
-        (shared.main, shared.extra)
+        runner
+            .run_sharing(method, &request, &extra, &options)
+            .map(|shared| (shared.main, shared.extra))
     };
     let elapsed = started.elapsed();
+    // An input changed during the run explains a failure of the run too.
     input.check_unchanged()?;
+    let (mut reduced, extra_reduced) = run?;
     if !args.save_projection {
         reduced.projection = None;
     }

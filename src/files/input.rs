@@ -77,7 +77,8 @@ impl Input {
 
     /// Refuses an input file whose size or modification time changed since it was mapped (a
     /// rewrite by another program while it was read: the values read may mix old and new);
-    /// `Ok` for a file read into memory. Call it after the computation, before writing.
+    /// `Ok` for a file read into memory. Call it after the computation, before writing, and
+    /// before reporting the computation's own failure (a change explains it).
     pub fn check_unchanged(&self) -> Result<()> {
         match &self.bytes {
             FileBytes::Mapped(map) => map.check_unchanged(),
@@ -164,9 +165,15 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
         Some(_) => InputValues::InPlace(range),
         None => InputValues::Widened(decode(data, dtype)),
     };
-    // Shape and finite values, checked once here.
-    HostTokens::new(values.values(&bytes, dtype), batch, tokens, width)
-        .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
+    // Shape and finite values, checked once here. A mapped file rewritten in place meanwhile
+    // may show a bad value that is gone again: its change is the cause to report.
+    HostTokens::new(values.values(&bytes, dtype), batch, tokens, width).map_err(|e| {
+        match &bytes {
+            FileBytes::Mapped(map) => map.check_unchanged().err(),
+            FileBytes::Read(_) => None,
+        }
+        .unwrap_or_else(|| Error::InvalidTensor(format!("{}: {e}", path.display())))
+    })?;
     let metadata = file_metadata(path, &bytes)?;
     let grids = match metadata.get("grids") {
         Some(text) => Some(parse_grids_json(text)?),
@@ -207,6 +214,10 @@ fn input_of(path: &Path, bytes: FileBytes) -> Result<Input> {
     })
 }
 
+/// The tensors `compress` writes besides the reduced extra sets: no extra set may take their
+/// names.
+const OUTPUT_NAMES: [&str; 2] = ["tokens", "projection"];
+
 /// The token sets a `deepstack` metadata entry names (`["deepstack.0", ...]`), each checked to
 /// hold one row per token of the features (`b x n x d_k`, or `n x d_k` beside `n x d`).
 fn extra_sets(
@@ -233,6 +244,15 @@ fn extra_sets(
                 path.display()
             )));
         }
+        // The output holds each set under its own name beside these.
+        if OUTPUT_NAMES.contains(&name.as_str()) {
+            return Err(Error::Format(format!(
+                "{}: metadata deepstack names tensor {name}, a name compress gives its own \
+                 output ({}); expected other names for the extra sets, e.g. deepstack.0",
+                path.display(),
+                OUTPUT_NAMES.join(", ")
+            )));
+        }
         let Some(FileTensor { shape, values, .. }) = tensor_values(path, file, &name)? else {
             return Err(missing(path, file, &name));
         };
@@ -252,8 +272,8 @@ fn extra_sets(
                 )));
             }
         };
-        let set = Features::new(batch, tokens, width, values)
-            .map_err(|e| Error::InvalidTensor(format!("{}: tensor {name}: {e}", path.display())))?;
+        let set = Features::named(&name, batch, tokens, width, values)
+            .map_err(|e| Error::InvalidTensor(format!("{}: {e}", path.display())))?;
         sets.push((name, set));
     }
     Ok(sets)

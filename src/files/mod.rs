@@ -286,6 +286,15 @@ const MAX_HEADER: usize = 100_000_000;
 /// `HashMap`, whose order changes from run to run, so it is given none and the metadata is
 /// put in here).
 pub fn encode_tensors(tensors: &[TensorOut], metadata: &[(&str, String)]) -> Result<Vec<u8>> {
+    // A file holds each name once (safetensors' own writer assumes so).
+    for (index, tensor) in tensors.iter().enumerate() {
+        if tensors[..index].iter().any(|t| t.name == tensor.name) {
+            return Err(Error::Format(format!(
+                "cannot store tensor {} twice; expected each output tensor under its own name",
+                tensor.name
+            )));
+        }
+    }
     let encoded: Vec<Vec<u8>> = tensors.iter().map(|t| encode(t.values, t.dtype)).collect();
     let views = tensors
         .iter()

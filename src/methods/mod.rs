@@ -483,6 +483,11 @@ impl Runner {
         }
     }
 
+    /// Whether the runner holds P_meta weights (what `metacompress` needs).
+    pub fn has_weights(&self) -> bool {
+        self.compressor.is_some()
+    }
+
     /// Whether `method` can run on this runner and `request` (`Ok`), or what is missing.
     pub fn check(&self, method: Method, request: &Request) -> Result<()> {
         method.check_inputs(self.compressor.is_some(), request.attention.is_some())

@@ -242,9 +242,14 @@ pub(crate) unsafe fn host_values<'a>(
             )))
         }
     };
+    // The width as the caller set it: `d`, or an extra set's `extra[1].d`.
+    let width = match what.strip_suffix("tokens") {
+        Some(set) => format!("{set}d"),
+        None => "d".to_string(),
+    };
     if batch == 0 || d == 0 {
         return Err(usage(format!(
-            "{function}: batch = {batch}, d = {d}; expected both at least 1"
+            "{function}: batch = {batch}, {width} = {d}; expected both at least 1"
         )));
     }
     let size = match dtype {
@@ -261,8 +266,8 @@ pub(crate) unsafe fn host_values<'a>(
         })
         .ok_or_else(|| {
             usage(format!(
-                "{function}: batch x n x d = {batch} x {n} x {d} values is more than memory \
-                 can hold"
+                "{function}: batch x n x {width} = {batch} x {n} x {d} values of {what} is more \
+                 than memory can hold"
             ))
         })?;
     if !(tokens as usize).is_multiple_of(size) {

@@ -7,7 +7,8 @@ use std::ptr::null_mut;
 
 use library::methods::{Request, Runner};
 use library::{
-    files, parse_pinpoints, Backend, Error, HostTokens, Layout, Precision, Result, MAX_THREADS,
+    files, parse_pinpoints, Backend, Error, HostTokens, Layout, Precision, ProcessPool, Result,
+    MAX_THREADS,
 };
 
 use crate::arguments::{host_values, named, output, path, required, room, text, usage, Call};
@@ -22,9 +23,16 @@ pub struct mc_compressor {
     runner: Runner,
     /// `mc_device`'s answer, alive as long as the compressor.
     device: CString,
-    /// The CPU path's own threads, when `mc_open_params.threads` asked for a number.
-    pool: Option<rayon::ThreadPool>,
+    /// The CPU path's own threads, when `mc_open_params.threads` (or `RAYON_NUM_THREADS`)
+    /// asked for a number; else `ALL_CORES`.
+    pool: Option<ProcessPool>,
 }
+
+/// One thread per logical CPU, for every compressor without a count of its own. Not rayon's
+/// global pool: a process that forks after a call (a pre-forking server) has none of that
+/// pool's threads in the child, and its calls would wait for ever; a `ProcessPool` is rebuilt
+/// there.
+static ALL_CORES: ProcessPool = ProcessPool::new(None);
 
 // Several threads may call one compressor at once (SPEC section 9).
 const _: fn() = || {
@@ -33,12 +41,9 @@ const _: fn() = || {
 };
 
 impl mc_compressor {
-    /// Runs `work` on the compressor's threads (rayon's global pool without a pool).
-    fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(pool) => pool.install(work),
-            None => work(),
-        }
+    /// Runs `work` on the compressor's threads (built in this process at its first call).
+    fn install<R: Send>(&self, work: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        self.pool.as_ref().unwrap_or(&ALL_CORES).install(work)?
     }
 }
 
@@ -86,15 +91,8 @@ pub unsafe extern "C" fn mc_open(
             threads => Some(threads as usize),
         };
         // 0: RAYON_NUM_THREADS if set (bounded as the CLI bounds it), else every core.
-        let pool = match library::threads_from(requested)? {
-            None => None,
-            Some(threads) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .map_err(|e| Error::Unsupported(format!("{threads} threads: {e}")))?,
-            ),
-        };
+        let pool = library::threads_from(requested)?.map(|threads| ProcessPool::new(Some(threads)));
+        quiet_mesa();
         let weights = weights_path.map(files::read_weights).transpose()?;
         let open = || -> Result<(Runner, String)> {
             let runner = Runner::new(weights, backend, adapter, precision)?;
@@ -102,10 +100,7 @@ pub unsafe extern "C" fn mc_open(
             Ok((runner, device))
         };
         // The CPU path's description counts the threads of the pool it runs on.
-        let (runner, device) = match &pool {
-            Some(pool) => pool.install(open)?,
-            None => open()?,
-        };
+        let (runner, device) = pool.as_ref().unwrap_or(&ALL_CORES).install(open)??;
         let compressor = mc_compressor {
             runner,
             device: CString::new(device.replace('\0', " ")).unwrap_or_default(),
@@ -115,6 +110,19 @@ pub unsafe extern "C" fn mc_open(
         unsafe { *out = Box::into_raw(Box::new(compressor)) };
         Ok(())
     })
+}
+
+/// Headless Linux: Mesa's Wayland probe prints "XDG_RUNTIME_DIR is invalid or not set" on
+/// the application's stderr when a device is opened with the variable unset or empty. An
+/// `mc_open` that finds it so sets it to the temporary folder then, as the CLI and the Python package do
+/// at their start (an application that reads its environment from other threads while it
+/// calls `mc_open` sets the variable itself first).
+fn quiet_mesa() {
+    if cfg!(target_os = "linux")
+        && std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|dir| dir.is_empty())
+    {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
 }
 
 /// What runs the compressor's passes, for people (the adapter and API, or the CPU path and
@@ -302,21 +310,31 @@ pub unsafe extern "C" fn mc_compress_sharing(
         }
         let attention = match call.attention.is_null() {
             true => None,
-            // SAFETY: the caller's promise of `batch * n` floats.
+            false if !(call.attention as usize).is_multiple_of(align_of::<f32>()) => {
+                return Err(usage(format!(
+                    "{function}: mc_call_params.attention is not aligned to float's 4 bytes"
+                )))
+            }
+            // SAFETY: the caller's promise of `batch * n` floats (alignment checked).
             false => Some(unsafe { std::slice::from_raw_parts(call.attention, batch * n) }),
         };
-        let request = Request {
-            features: HostTokens::new(values, batch, n, d)?,
-            layout: &call.layout,
-            attention,
-            seed: call.seed,
-        };
-        let extra_tokens = extra_values
-            .into_iter()
-            .zip(sets)
-            .map(|(values, set)| HostTokens::new(values, batch, n, set.d))
-            .collect::<Result<Vec<_>>>()?;
+        let widths: Vec<usize> = sets.iter().map(|set| set.d).collect();
         let (reduced, reduced_extra) = compressor.install(|| {
+            // The finite-value checks read every value: on the compressor's threads too.
+            let request = Request {
+                features: HostTokens::new(values, batch, n, d)?,
+                layout: &call.layout,
+                attention,
+                seed: call.seed,
+            };
+            let extra_tokens = extra_values
+                .into_iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(index, (values, &width))| {
+                    HostTokens::named(&format!("extra[{index}].tokens"), values, batch, n, width)
+                })
+                .collect::<Result<Vec<_>>>()?;
             if extra_tokens.is_empty() {
                 let reduced = compressor
                     .runner

@@ -23,3 +23,7 @@ mod status;
 mod params;
 
 mod calls;
+
+// Hostile use of the calls (issue 34): sets named in messages, alignment, the environment.
+#[cfg(test)]
+mod hardening;

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,12 +55,13 @@ import torch
 from tqdm import tqdm
 
 from .. import processes, tasks, toy
-from ..files import write_bytes
+from ..commands import CommandFailure, CommandUsage, Parser, one_line, run
+from ..files import Outputs, check_distinct, check_output
 from ..models import tiny
 from ..models.adapters import NO_CLS, shorten
 from ..models.inputs import conversation_sample, pixels_of, render_chat
 from ..models.reduced import ATTENTION, ReducedModel
-from ..runtime import Compressor, Error as RuntimeFailure, UsageError, method_scope
+from ..runtime import Compressor, UsageError, method_scope
 from ..tasks.conversations import DataError, llava_messages
 from . import statistics
 from .report import plot, table
@@ -87,9 +87,8 @@ def normalise(answer: str) -> str:
 # --- arguments -------------------------------------------------------------------------------
 
 def arguments(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m metacompress.evaluate",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m metacompress.evaluate", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="a shipped model (tiny-llava, tiny-llava-next, tiny-qwen2-vl, a toy "
                              "model), a local path or a hub id")
@@ -117,7 +116,7 @@ def arguments(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=10, help="per answer [10]")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="plot accuracy and KL against tokens kept, with their 95 %% "
-                                       "intervals, here (.png)")
+                                       "intervals, here (.png, .pdf or .svg)")
     parser.add_argument("--device", default="auto", help="the model's: cpu, cuda, ... [auto]")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="the model's [float32]")
@@ -134,6 +133,7 @@ def arguments(argv=None):
 class Plan:
     methods: list[str]   # full first
     keeps: list[float]
+    records: list | None = None   # a JSON file's, checked
 
 
 def check(args) -> Plan:
@@ -162,7 +162,50 @@ def check(args) -> Plan:
     if args.data not in tasks.names() and not args.images:
         raise UsageError(f"--data {args.data} is not a shipped task ({', '.join(tasks.names())}); "
                          "a JSON file needs --images")
-    return Plan(methods, list(dict.fromkeys(keeps)))
+    plan = Plan(methods, list(dict.fromkeys(keeps)))
+    check_run(args, plan)
+    return plan
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+"""What `--plot` writes, by its extension."""
+
+
+def check_run(args, plan: Plan) -> None:
+    """The rest of what is checked before any model loads: numbers, the device, the model
+    path, the data (its records and images) and the outputs (FORMATS.md "Writing outputs":
+    not an input, not a folder, a known extension, a writable folder, not each other)."""
+    tasks.check_count(args.samples)
+    if not 0 <= args.seed < 2 ** 63:
+        raise UsageError(f"--seed {args.seed}: expected 0 <= seed < 2^63")
+    if args.device != "auto":
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {args.device!r} is not a torch device; expected cpu, cuda, "
+                             "cuda:1, mps, ... or auto") from None
+    shipped = args.model in tiny.NAMES + toy.NAMES
+    if not shipped and (Path(args.model).exists() or args.model.startswith((".", "/", "~"))):
+        folder = Path(args.model).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--model {args.model}: " + ("is a file; expected a model folder"
+                                                         if folder.exists() else "no such folder"))
+    inputs = []
+    if args.data not in tasks.names():
+        plan.records = tasks.read_conversations(args.data, args.images)
+        inputs.append(("--data", args.data))
+        inputs += [("image", Path(args.images) / record["image"])
+                   for record in plan.records[:args.samples]]
+    if args.weights not in (None, "init", *toy.NAMES):
+        if not Path(args.weights).is_file():
+            raise UsageError(f"--weights {args.weights}: no such file (or a shipped name, or init)")
+        inputs.append(("--weights", args.weights))
+    if args.json:
+        check_output("--json", args.json, inputs)
+    if args.plot:
+        check_output("--plot", args.plot, inputs, suffixes=PLOT_FORMATS)
+    check_distinct([(flag, path) for flag, path in (("--json", args.json), ("--plot", args.plot))
+                    if path])
 
 
 def load_model(name: str, dtype: torch.dtype, device: str):
@@ -175,8 +218,12 @@ def load_model(name: str, dtype: torch.dtype, device: str):
         model, processor = toy.load(name)
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(name)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(name)
+        except Exception as error:   # transformers raises many types for a model it cannot load
+            raise CommandFailure(f"--model {name}: cannot load it as a vision-language model "
+                                 f"({one_line(error)})") from None
     return model.to(device=device, dtype=dtype).eval(), processor
 
 
@@ -361,31 +408,29 @@ def answer_log_probs(reduced: ReducedModel, sample, images) -> torch.Tensor:
 
 # --- the evaluation --------------------------------------------------------------------------
 
-def items_for(args) -> list:
-    """The images and their questions: `--samples` of them, or by default enough for
-    `QUESTIONS` questions (at most `--turns` an image), or all there are."""
+def items_for(args, plan: Plan | None = None) -> tasks.Items:
+    """The question set, each image made or read as it is reached: `--samples` images, or by
+    default enough for `QUESTIONS` questions (at most `--turns` an image), or all there are."""
+    if args.data in tasks.names():
+        def get(count):
+            return tasks.items(args.data, args.seed, count)
+        available = None
+    else:
+        records = plan.records if plan is not None and plan.records is not None else \
+            tasks.read_conversations(args.data, args.images)
 
-    def get(count):
-        if args.data in tasks.names():
-            return tasks.get(args.data, args.seed, count)
-        return tasks.llava_json(args.data, args.images, count)
-
-    def asked(items):
-        return sum(min(len(item.questions), args.turns) for item in items)
-
+        def get(count):
+            return tasks.llava_items(records, args.images, count)
+        available = len(records)
     if args.samples is not None:
         return get(args.samples)
-    count = -(-QUESTIONS // args.turns)
-    items = get(count)
-    # A shipped task's first k items are those of any longer set; images with fewer questions
-    # than --turns ask for more images.
-    while len(items) == count and asked(items) < QUESTIONS and asked(items) > 0:
-        count = -(-count * QUESTIONS // asked(items)) + 1
-        items = get(count)
-    for cut in range(1, len(items) + 1):
-        if asked(items[:cut]) >= QUESTIONS:
-            return items[:cut]
-    return items
+    # Count the questions image by image (each made once here, then again as it is reached).
+    count, asked = 0, 0
+    for item in get(available if available is not None else tasks.MOST_ITEMS):
+        count, asked = count + 1, asked + min(len(item.questions), args.turns)
+        if asked >= QUESTIONS:
+            break
+    return get(max(count, 1))
 
 
 def device_of(name: str) -> str:
@@ -400,7 +445,7 @@ def device_of(name: str) -> str:
 def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
     """Runs every row over the question set; the JSON document (`--json`'s)."""
     plan = plan or check(args)
-    items = items_for(args)
+    items = items_for(args, plan)
     if not items:
         raise UsageError(f"--data {args.data}: no images")
     device = device_of(args.device)
@@ -433,22 +478,26 @@ def evaluate(args, plan: Plan | None = None, progress: bool = True) -> dict:
         # that a failure in one stops them all.
         count, rank = processes.count(), processes.rank()
         measured = [[] for _ in live]
-        rounds = range(0, len(items), count)
+        # Every process walks the set in order (each image made or read as it is reached,
+        # never all held) and measures its own images.
+        walk = iter(items)
         bar = tqdm(total=len(items), desc="evaluate", unit="image", disable=not progress or not processes.is_main())
         try:
-            for first in rounds:
-                index, failure = first + rank, None
-                if index < len(items):
-                    try:
-                        questions = items[index].questions[:args.turns]
+            for first in range(0, len(items), count):
+                failure = None
+                try:
+                    batch = [next(walk) for _ in range(min(count, len(items) - first))]
+                    if rank < len(batch):
+                        index = first + rank
+                        questions = batch[rank].questions[:args.turns]
                         if not questions:
                             raise UsageError(f"--data {args.data}: image {index} has no questions")
                         for out, record in zip(measured, _image(
-                                live, adapter, processor, items[index].image, questions, attention, timer,
+                                live, adapter, processor, batch[rank].image, questions, attention, timer,
                                 args.max_new_tokens, device, index, warm_up=first == 0)):
                             out.append(record)
-                    except Exception as error:
-                        failure = error
+                except Exception as error:
+                    failure = error
                 processes.agree(failure)
                 bar.update(min(count, len(items) - first))
         finally:
@@ -525,25 +574,24 @@ def _image(live, adapter, processor, image, questions, attention, timer, max_new
 # --- output (table and plot: report.py) -----------------------------------------------------
 
 def main(argv=None) -> int:
-    args = arguments(argv)
+    """The command: 0, or 2 (arguments) / 1 (anything else) after one `error:` line, printed by
+    the first process (every process stops when one fails)."""
     processes.start()
-    main_process = processes.is_main()
-    try:
-        plan = check(args)
-        result = evaluate(args, plan)
-    except (UsageError, tasks.TaskError, DataError) as error:
-        if main_process:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeFailure as error:
-        if main_process:
-            print(f"error: {error}", file=sys.stderr)
-        return 1
-    if not main_process:
-        return 0
+    return run(lambda: _run(argv), usage=(UsageError, CommandUsage, tasks.TaskError, DataError),
+               speak=processes.is_main())
+
+
+def _run(argv) -> None:
+    args = arguments(argv)
+    plan = check(args)
+    result = evaluate(args, plan)
+    if not processes.is_main():
+        return
     print(table(result))
-    if args.json:
-        write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
-    if args.plot:
-        plot(result, args.plot)
-    return 0
+    # The report and the plot are one set: both written, or neither.
+    with Outputs() as outputs:
+        if args.json:
+            outputs.add_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        if args.plot:
+            outputs.add(args.plot, lambda stream: plot(result, stream, Path(args.plot).suffix[1:].lower()))
+        outputs.commit()

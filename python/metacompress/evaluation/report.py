@@ -75,10 +75,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path) -> None:
+def plot(result: dict, path, format: str | None = None) -> None:
     """Accuracy and KL against the visual tokens the language model read: one line per
     method with its intervals as bars, the full-token model as a dashed line (its accuracy
-    interval shaded)."""
+    interval shaded). `path`: a file name or a stream (`format`: png, pdf or svg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,5 +117,5 @@ def plot(result: dict, path) -> None:
     figure.suptitle(f"{result['model']} on {result['data']} ({result['samples']} images, "
                     f"{result['questions']} questions{bars})")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format=format)
     plt.close(figure)

@@ -31,12 +31,13 @@ require("metacompress.tasks", "hf")
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from . import shapes
-from .conversations import read_conversations
+from .conversations import read_conversations, read_image
 from .synthetic import synthetic_image
 
 TOY = {"shapes": shapes}
@@ -65,17 +66,58 @@ def names() -> tuple[str, ...]:
     return ("synthetic",) + tuple(TOY)
 
 
-def get(name: str, seed: int, samples: int) -> list[Item]:
-    """`samples` items of the shipped task `name`, the same for the same `seed`."""
+MOST_ITEMS = 1_000_000
+"""The most items a question set may have (`--samples`, `toy --items`): far past any
+evaluation, and refused in one line above it rather than run for days."""
+
+
+class Items:
+    """`count` items made one at a time as they are read, never all held: a question set of
+    any size costs one image's memory. `items()` makes a fresh iterator over the same items
+    (the same seed), so the set can be read any number of times."""
+
+    def __init__(self, count: int, items: Callable[[], Iterator[Item]]):
+        self.count, self._items = count, items
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Item]:
+        made = self._items()
+        for _ in range(self.count):
+            yield next(made)
+
+
+def check_count(count: int, what: str = "samples") -> None:
+    """Refuses a question set size outside `1..=MOST_ITEMS` (`what` names the flag)."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MOST_ITEMS:
+        raise TaskError(f"--{what} {count}: expected 1 to {MOST_ITEMS:,} items".replace(",", " "))
+
+
+def items(name: str, seed: int, samples: int) -> Items:
+    """`samples` items of the shipped task `name`, the same for the same `seed`, made as they
+    are read (`Items`)."""
+    check_count(samples)
     if name == "synthetic":
-        rng = random.Random(f"synthetic-{seed}")
-        return [synthetic_item(rng) for _ in range(samples)]
+        def synthetic() -> Iterator[Item]:
+            rng = random.Random(f"synthetic-{seed}")
+            while True:
+                yield synthetic_item(rng)
+        return Items(samples, synthetic)
     if name in TOY:
         if seed < 0:
-            raise ValueError(f"seed {seed}: question sets take seeds >= 0 (negative ones are training images)")
-        return list(TOY[name].items(seed, samples))
+            raise TaskError(f"seed {seed}: question sets take seeds >= 0 (negative ones are training images)")
+        task = TOY[name]
+        return Items(samples, lambda: (task.item(seed * 1_000_003 + index)
+                                       for index in range(samples)))
     raise TaskError(f"task {name!r}: expected one of {', '.join(names())}, or a LLaVA-format "
                     "JSON file with --images")
+
+
+def get(name: str, seed: int, samples: int) -> list[Item]:
+    """`samples` items of the shipped task `name`, the same for the same `seed`, as a list
+    (every image in memory; `items` makes them as they are read)."""
+    return list(items(name, seed, samples))
 
 
 def training_items(name: str, seed: int, count: int) -> list:
@@ -107,14 +149,20 @@ def llava_json(path, images, samples: int | None = None) -> list[Item]:
     `{"image": FILE, "conversations": [{"from": "human"|"gpt", "value": TEXT}, ...]}`, images
     under the folder `images`): each human turn followed by a gpt turn is a question (its
     `<image>` removed) and its reference answer. `samples`: the first that many records."""
-    records = read_conversations(path, images)
-    items = []
-    for record in records[:samples]:
-        with Image.open(Path(images) / record["image"]) as opened:
-            image = opened.convert("RGB")
-        turns = record["conversations"]
-        questions = [Question(asked["value"].replace("<image>", "").strip(), answered["value"].strip())
-                     for asked, answered in zip(turns, turns[1:])
-                     if asked["from"] == "human" and answered["from"] == "gpt"]
-        items.append(Item(image, questions))
-    return items
+    return list(llava_items(read_conversations(path, images), images, samples))
+
+
+def llava_items(records: list[dict], images, samples: int | None = None) -> Items:
+    """`llava_json`'s items of records `read_conversations` checked, each image read (within
+    `images.MOST_PIXELS`, whole) as it is reached."""
+    records = records[:samples]
+
+    def made() -> Iterator[Item]:
+        for record in records:
+            image = read_image(Path(images) / record["image"])
+            turns = record["conversations"]
+            questions = [Question(asked["value"].replace("<image>", "").strip(), answered["value"].strip())
+                         for asked, answered in zip(turns, turns[1:])
+                         if asked["from"] == "human" and answered["from"] == "gpt"]
+            yield Item(image, questions)
+    return Items(len(records), made)

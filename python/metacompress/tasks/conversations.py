@@ -1,13 +1,17 @@
 """Conversations as text: LLaVA-format conversation files (`read_conversations`, checked
 record by record), their turns as chat messages (`llava_messages`) and LLaVA-1.5's plain
-prompt format (`plain_prompt`). No model here: training and evaluation render them through
+prompt format (`plain_prompt`); and image files as every command reads them (`read_image`:
+the size the header claims checked against a budget before any pixel is decoded, since a
+115-byte PNG may claim 12000 x 12000 pixels, 2.7 GB; the pixels decoded whole or refused,
+never a truncated file's missing rows filled with zeros). No model here: training and evaluation render them through
 a model's processor (`metacompress.models.inputs`)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 
 def llava_messages(conversations: list[dict]) -> list[dict]:
@@ -58,6 +62,9 @@ def read_conversations(path, images) -> list[dict]:
     except json.JSONDecodeError as error:
         raise DataError(f"--data {path} is not valid JSON: {error.msg} at line {error.lineno} "
                         f"column {error.colno}") from None
+    except RecursionError:
+        raise DataError(f"--data {path} nests its JSON too deeply to read; expected a list of "
+                        '{"image", "conversations"} records') from None
     if not isinstance(records, list):
         raise DataError(f"--data {path} holds a JSON {type(records).__name__}; expected a list of "
                         '{"image", "conversations"} records')
@@ -97,8 +104,59 @@ def read_conversations(path, images) -> list[dict]:
                 raise DataError(f"{where}: image {file}: no such file")
             try:
                 with Image.open(file) as opened:
+                    check_size(file, opened)
                     opened.verify()
+            except ImageError as error:
+                raise DataError(f"{where}: {error}") from None
             except Exception as error:  # PIL raises several types for a file it cannot read
                 raise DataError(f"{where}: image {file} is not an image PIL reads ({error})") from None
             checked.add(file)
     return records
+
+
+# --- image files -----------------------------------------------------------------------------
+
+MOST_PIXELS = 1 << 26
+"""The most pixels an image file may claim (67 108 864: 8192 x 8192, 256 MiB as RGBA), far past
+what any vision tower reads (LLaVA-OneVision's 3000 x 2000 photos are 6 million)."""
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names it and says why."""
+
+
+def check_size(path, opened: Image.Image) -> None:
+    """Refuses an image whose header claims more than `MOST_PIXELS` pixels (read from the
+    header alone: nothing is decoded)."""
+    width, height = opened.size
+    if width * height > MOST_PIXELS:
+        raise ImageError(f"image {path} claims {width} x {height} pixels; expected at most "
+                         f"{MOST_PIXELS:,} pixels (8192 x 8192)".replace(",", " "))
+
+
+def read_image(path) -> Image.Image:
+    """The image file `path` as RGB, decoded whole: refused (`ImageError`) when it is missing,
+    not an image PIL reads, larger than `MOST_PIXELS`, or truncated."""
+    path = Path(path)
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        with warnings.catch_warnings():
+            # The budget is checked here; PIL's own bomb warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                check_size(path, opened)
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                opened.load()
+                return opened.convert("RGB")
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"image {path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"image {path} is a folder; expected an image file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # PIL raises several types for a file it cannot read, a truncated one among them.
+        text = " ".join(str(error).split())[:200]
+        raise ImageError(f"image {path} is not an image PIL reads whole ({text})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated

@@ -11,30 +11,36 @@ reduction applies the same `P` to each), named in the metadata `deepstack` (a JS
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 
 from PIL import Image
 from safetensors.torch import save
 
-from ..files import write_bytes
+from ..commands import CommandFailure, CommandUsage, Parser, one_line, run
+from ..files import check_output, write_bytes
+from ..models import tiny
 from ..models.adapters import Adapter
 from ..models.inputs import pixels_of, process_image
+from ..tasks.conversations import read_image
 from ..tasks.synthetic import synthetic_image
 from .trainer import load_model
 
 
 def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]:
-    model, processor = load_model(model_name, bf16=False)
-    adapter = Adapter(model)
+    try:
+        model, processor = load_model(model_name, bf16=False)
+        adapter = Adapter(model)
+    except Exception as error:   # transformers raises many types for a model it cannot load
+        raise CommandFailure(f"--model {model_name}: cannot load it as a vision-language model "
+                             f"({one_line(error)})") from None
     image_processor = getattr(processor, "image_processor", processor)
     pixels = pixels_of(process_image(image_processor, image))
     features = adapter.features(pixels)
     tokens = features[0]
     n, grids = adapter.layout(pixels, 0)
     if tokens.shape[0] != n:
-        raise SystemExit(f"the model made {tokens.shape[0]} visual tokens; the layout describes {n}")
+        raise CommandFailure(f"the model made {tokens.shape[0]} visual tokens; the layout describes {n}")
     tensors = {"features": tokens.float().contiguous()}
     metadata = {"grids": json.dumps([list(g) for g in grids])}
     if features.levels:
@@ -45,16 +51,29 @@ def export(model_name: str, image: Image.Image, output: str) -> tuple[int, list]
     return n, grids
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m metacompress.export_features")
+def main(argv=None) -> int:
+    """The command: 0, or 2 (arguments) / 1 (anything else) after one `error:` line."""
+    return run(lambda: _run(argv))
+
+
+def _run(argv) -> None:
+    parser = Parser(prog="python -m metacompress.export_features")
     parser.add_argument("--model", required=True, help="a local path or hub id, or a tiny model")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="the image file")
     source.add_argument("--synthetic-image", type=int, metavar="SEED", help="a random test image")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
+    # Before the model loads: the output, then the image, read whole within the budget.
+    check_output("--output", args.output, [("--image", args.image)] if args.image else [])
+    if args.model not in tiny.NAMES:
+        from pathlib import Path
+        folder = Path(args.model).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise CommandUsage(f"--model {args.model} is a file; expected a model folder, a hub id "
+                               f"or one of {', '.join(tiny.NAMES)}")
     if args.image:
-        image = Image.open(args.image).convert("RGB")
+        image: Image.Image = read_image(args.image)
     else:
         image = synthetic_image(random.Random(args.synthetic_image))
     n, grids = export(args.model, image, args.output)

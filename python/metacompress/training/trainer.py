@@ -36,7 +36,6 @@ import json
 import math
 import os
 import random
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import processes, toy
+from .. import files, processes, toy
+from ..commands import run
 from ..files import write_bytes
 from ..models import tiny
 from ..models.adapters import Adapter
@@ -179,29 +179,13 @@ def check_numbers(args):
         raise UsageError(f"--seed {args.seed}: expected 0 <= seed < 2^63")
 
 
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_output(path: Path, what: str):
-    """An output: a new file in an existing folder, or a regular file to replace."""
+    """An output: a new file in an existing folder, or a regular file to replace
+    (`files.check_output`, the rules every Python writer follows)."""
     try:
-        existing = path.stat()
-    except FileNotFoundError:
-        existing = None
-    except OSError as error:
-        raise RunError(f"{what} {path}: {error.strerror}") from None
-    if existing is not None and not stat.S_ISREG(existing.st_mode):
-        raise UsageError(f"{what} {path} exists and is not a regular file; expected a new file or a "
-                         "regular file to replace")
-    folder = path.parent
-    if not folder.is_dir():
-        raise RunError(f"{what} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RunError(f"{what} {path}: the folder {folder} is not writable")
+        files.check_output(what, path)
+    except files.OutputError as error:
+        raise (UsageError if error.status == 2 else RunError)(str(error)) from None
 
 
 def own_sidecar(path: Path) -> bool:
@@ -286,7 +270,7 @@ def check(args) -> Plan:
             for name, source in pairs:
                 if source == state and what == "the checkpoint":
                     continue   # resuming reads state.pt and writes it again
-                if same_file(output, source):
+                if files.same_file(output, source):
                     raise UsageError(f"{what} {output} is the same file as the input {name} {source}; "
                                      "expected another path")
             if model_folder is not None and output.exists() and not written_here(output):
@@ -565,32 +549,26 @@ def save_state(path: Path, state: dict):
 
 
 def main(argv=None):
+    """The command; exits 2 (arguments) or 1 (anything else) after one `error:` line, printed
+    by the first process (every process stops when one fails)."""
     processes.start()
+    status = run(lambda: _run(argv), usage=(UsageError,), speak=processes.is_main())
+    if status:
+        raise SystemExit(status)
+
+
+def _run(argv) -> None:
+    failure = None
     try:
-        failure = None
-        try:
-            args = arguments(argv)
-            plan = check(args)
-        except Exception as error:   # every process checks; all stop when one refuses
-            failure = error
-        processes.agree(failure)
-        result = train(args, plan)
-    except UsageError as error:
-        if processes.is_main():
-            print(f"error: {one_line(error)}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (RunError, ValueError, OSError, torch.OutOfMemoryError) as error:
-        if processes.is_main():
-            print(f"error: {one_line(error)}", file=sys.stderr)
-        raise SystemExit(1) from None
+        args = arguments(argv)
+        plan = check(args)
+    except Exception as error:   # every process checks; all stop when one refuses
+        failure = error
+    processes.agree(failure)
+    result = train(args, plan)
     if result["first"] and processes.is_main():
         batch = (f"global batch {result['batch']} ({result['processes']} processes x {args.batch})"
                  if result["processes"] > 1 else f"batch {result['batch']}")
         print(f"trained {len(result['history'])} steps, {batch}: loss {result['first']['total']:.4f} -> "
               f"{result['last']['total']:.4f} (pred {result['first']['pred']:.5f} -> "
               f"{result['last']['pred']:.5f}); wrote {args.output}", file=sys.stderr)
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line."""
-    return " ".join(str(error).split()) or type(error).__name__
