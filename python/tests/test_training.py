@@ -145,7 +145,7 @@ def test_bf16_and_gradient_checkpointing_train(tmp_path):
     assert json.loads(output.with_suffix(".json").read_text())["steps"] == 2
 
 
-def test_exported_features_are_written_as_the_runtime_writes_outputs(tmp_path, monkeypatch):
+def test_exported_features_are_written_as_the_runtime_writes_outputs(tmp_path, monkeypatch, capsys):
     """Atomically (a failure leaves no file and no temporary), 0666 & ~umask when new, the
     mode kept when replaced."""
     features = tmp_path / "f.safetensors"
@@ -164,7 +164,9 @@ def test_exported_features_are_written_as_the_runtime_writes_outputs(tmp_path, m
     def fail(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(OSError, match="disk full"):
-        export_main(["--model", "tiny-llava", "--synthetic-image", "7", "--output", str(features)])
+    capsys.readouterr()
+    # One error line and exit status 1 (the command's handler), the old file untouched.
+    assert export_main(["--model", "tiny-llava", "--synthetic-image", "7", "--output", str(features)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["error: disk full"]
     assert features.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors"]

@@ -175,7 +175,8 @@ def check_run(args, plan: Plan) -> None:
     """The rest of what is checked before any model loads: numbers, the device, the model
     path, the data (its records and images) and the outputs (FORMATS.md "Writing outputs":
     not an input, not a folder, a known extension, a writable folder, not each other)."""
-    tasks.check_count(args.samples)
+    if args.samples is not None:   # None: enough images for QUESTIONS questions
+        tasks.check_count(args.samples)
     if not 0 <= args.seed < 2 ** 63:
         raise UsageError(f"--seed {args.seed}: expected 0 <= seed < 2^63")
     if args.device != "auto":
