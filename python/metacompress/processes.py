@@ -8,6 +8,7 @@ raises the first failure (in process order), and only the main process prints it
 """
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 
@@ -53,6 +54,16 @@ def start() -> None:
         distributed.init_process_group("gloo" if cpu else "nccl")
     else:
         PartialState(cpu=cpu)
+    # Leave the group before the interpreter tears down: a process that exits with it alive
+    # can abort in the backend's threads ("terminate called without an active exception").
+    atexit.register(finish)
+
+
+def finish() -> None:
+    """Leaves the processes' group, if this process joined one."""
+    import torch.distributed as distributed
+    if distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def gather(value) -> list:
